@@ -1,0 +1,451 @@
+//! DATA transparency (RFC 5321 4.5.2): the receiving decoder and the sending encoder.
+//!
+//! The decoder is the SMTP-smuggling defence (CVE-2023-51764 and its family): the data ends
+//! only at `<CRLF>.<CRLF>`, never at `<LF>.<LF>`, `<CR>.<CR>` or any mix, and a bare LF or a bare
+//! CR anywhere marks the whole message for rejection. A message can therefore never be split
+//! into two, whatever the next hop considers a line ending.
+
+/// What happened to a chunk of input fed to the [`DataDecoder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProgress {
+    /// Every byte was consumed; the end of data was not seen yet.
+    NeedMore,
+    /// The end-of-data marker ended at `consumed`; bytes after it belong to the next command.
+    Done { consumed: usize },
+}
+
+/// Why a complete message must be refused (decided once the end marker has been read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRejection {
+    BareLineEnding,
+    TooLarge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line (after CRLF, or at the start of the data).
+    LineStart,
+    InLine,
+    /// Saw CR; a LF must follow.
+    Cr,
+    /// Saw '.' at the start of a line.
+    Dot,
+    /// Saw ".\r" at the start of a line.
+    DotCr,
+}
+
+/// Decodes dot-stuffed message data into the message bytes (CRLF kept as is).
+#[derive(Debug)]
+pub struct DataDecoder {
+    state: State,
+    max_size: usize,
+    size: usize,
+    bare_line_ending: bool,
+    too_large: bool,
+}
+
+impl DataDecoder {
+    /// `max_size` bounds what is appended to the output; the rest is counted and dropped so that
+    /// memory stays bounded and the message can still be refused once its end is found.
+    pub fn new(max_size: usize) -> Self {
+        Self {
+            state: State::LineStart,
+            max_size,
+            size: 0,
+            bare_line_ending: false,
+            too_large: false,
+        }
+    }
+
+    /// Octets of decoded message seen so far (including any over the limit).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// After `Done`: `Ok(())` if the message in the output is complete and acceptable.
+    pub fn verdict(&self) -> Result<(), DataRejection> {
+        if self.bare_line_ending {
+            Err(DataRejection::BareLineEnding)
+        } else if self.too_large {
+            Err(DataRejection::TooLarge)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True once a bare LF or CR has been seen: the message will be rejected, so callers may
+    /// stop storing it (but must keep feeding until the end marker).
+    pub fn is_doomed(&self) -> bool {
+        self.bare_line_ending || self.too_large
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        self.size = self.size.saturating_add(bytes.len());
+        if self.size > self.max_size {
+            self.too_large = true;
+        }
+        if !self.is_doomed() {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Feeds received bytes, appending decoded message bytes to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> DataProgress {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::InLine => {
+                    // Fast path: copy up to the next CR or LF in one go.
+                    let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                    if run > 0 {
+                        self.emit(out, &input[i..i + run]);
+                        i += run;
+                        continue;
+                    }
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\r' {
+                        self.state = State::Cr;
+                    } else {
+                        // RFC 5321 2.3.8: a bare LF is not a line ending.
+                        self.bare_line_ending = true;
+                        self.emit(out, b"\n");
+                    }
+                }
+                State::LineStart => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'.' => self.state = State::Dot,
+                        b'\r' => self.state = State::Cr,
+                        b'\n' => {
+                            self.bare_line_ending = true;
+                            self.emit(out, b"\n");
+                            self.state = State::InLine;
+                        }
+                        _ => {
+                            self.emit(out, &[b]);
+                            self.state = State::InLine;
+                        }
+                    }
+                }
+                State::Cr => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'\n' => {
+                            self.emit(out, b"\r\n");
+                            self.state = State::LineStart;
+                        }
+                        b'\r' => {
+                            self.bare_line_ending = true;
+                            self.emit(out, b"\r");
+                        }
+                        _ => {
+                            self.bare_line_ending = true;
+                            self.emit(out, &[b'\r', b]);
+                            self.state = State::InLine;
+                        }
+                    }
+                }
+                State::Dot => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'\r' => self.state = State::DotCr,
+                        // RFC 5321 4.5.2: the leading dot of a stuffed line is removed.
+                        b'\n' => {
+                            self.bare_line_ending = true;
+                            self.emit(out, b"\n");
+                            self.state = State::InLine;
+                        }
+                        _ => {
+                            self.emit(out, &[b]);
+                            self.state = State::InLine;
+                        }
+                    }
+                }
+                State::DotCr => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'\n' => {
+                            self.state = State::LineStart;
+                            return DataProgress::Done { consumed: i };
+                        }
+                        b'\r' => {
+                            self.bare_line_ending = true;
+                            self.emit(out, b"\r");
+                            self.state = State::Cr;
+                        }
+                        _ => {
+                            self.bare_line_ending = true;
+                            self.emit(out, &[b'\r', b]);
+                            self.state = State::InLine;
+                        }
+                    }
+                }
+            }
+        }
+        DataProgress::NeedMore
+    }
+}
+
+/// Encodes a message for the wire: lines end in CRLF (bare LF and bare CR are converted, as
+/// sendmail does for local submissions), leading dots are doubled, and the `.` terminator is
+/// appended by [`DotStuffer::finish`]. Streaming: feed chunks of any size.
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    pending_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    pub fn new() -> Self {
+        Self {
+            at_line_start: true,
+            pending_cr: false,
+        }
+    }
+
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 64 + 8);
+        for &b in input {
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                }
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.at_line_start = false;
+                }
+            }
+        }
+    }
+
+    /// Ends the data: a CRLF if the message did not end with one, then `.CRLF`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            out.extend_from_slice(b"\r\n");
+            self.at_line_start = true;
+        }
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+
+    /// Convenience: the whole wire form of a message.
+    pub fn encode(message: &[u8]) -> Vec<u8> {
+        let mut s = DotStuffer::new();
+        let mut out = Vec::with_capacity(message.len() + 16);
+        s.feed(message, &mut out);
+        s.finish(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> (DataProgress, Vec<u8>, Result<(), DataRejection>) {
+        let mut d = DataDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let p = d.feed(input, &mut out);
+        (p, out, d.verdict())
+    }
+
+    #[test]
+    fn plain_message() {
+        let (p, out, v) = decode_all(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+        assert_eq!(p, DataProgress::Done { consumed: 24 });
+        assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(v, Ok(()));
+    }
+
+    #[test]
+    fn empty_message() {
+        let (p, out, v) = decode_all(b".\r\n");
+        assert_eq!(p, DataProgress::Done { consumed: 3 });
+        assert!(out.is_empty());
+        assert_eq!(v, Ok(()));
+    }
+
+    #[test]
+    fn unstuffing() {
+        let (_, out, _) = decode_all(b"..hidden\r\n...two\r\n.x\r\n.\r\n");
+        assert_eq!(out, b".hidden\r\n..two\r\nx\r\n");
+    }
+
+    #[test]
+    fn byte_by_byte_equals_bulk() {
+        let input = b"a\r\n..b\r\nc\r\n.\r\nNEXT";
+        let mut d = DataDecoder::new(100);
+        let mut out = Vec::new();
+        let mut done_at = None;
+        for (i, b) in input.iter().enumerate() {
+            if let DataProgress::Done { consumed } = d.feed(std::slice::from_ref(b), &mut out) {
+                assert_eq!(consumed, 1);
+                done_at = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(done_at, Some(input.len() - 4));
+        assert_eq!(out, b"a\r\n.b\r\nc\r\n");
+    }
+
+    #[test]
+    fn smuggling_variants_never_end_data() {
+        // None of these contain <CRLF>.<CRLF>: the data must not end, and must be doomed.
+        for input in [
+            &b"a\n.\nMAIL FROM:<x@y>\n"[..],
+            b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+            b"a\r\n.\nMAIL FROM:<x@y>\r\n",
+            b"a\r.\rMAIL FROM:<x@y>\r\n",
+            b"a\r.\r\nMAIL FROM:<x@y>\r\n",
+            b"a\r\n.\rMAIL FROM:<x@y>\r\n",
+        ] {
+            let (p, _, v) = decode_all(input);
+            assert_eq!(p, DataProgress::NeedMore, "{input:?} ended the data");
+            assert_eq!(
+                v,
+                Err(DataRejection::BareLineEnding),
+                "{input:?} not flagged"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_lf_rejects_at_real_end() {
+        let (p, _, v) = decode_all(b"a\nb\r\n.\r\n");
+        assert!(matches!(p, DataProgress::Done { .. }));
+        assert_eq!(v, Err(DataRejection::BareLineEnding));
+        let (_, _, v) = decode_all(b"a\rb\r\n.\r\n");
+        assert_eq!(v, Err(DataRejection::BareLineEnding));
+    }
+
+    #[test]
+    fn size_limit_bounds_memory() {
+        let mut d = DataDecoder::new(10);
+        let mut out = Vec::new();
+        assert_eq!(d.feed(&[b'x'; 1000], &mut out), DataProgress::NeedMore);
+        assert!(out.len() <= 10);
+        assert!(matches!(
+            d.feed(b"\r\n.\r\n", &mut out),
+            DataProgress::Done { .. }
+        ));
+        assert_eq!(d.verdict(), Err(DataRejection::TooLarge));
+        assert_eq!(d.size(), 1002);
+    }
+
+    #[test]
+    fn stuffer_round_trip() {
+        let msg = b"From: a\r\n\r\n.leading\r\n..two\r\n.\r\nend";
+        let wire = DotStuffer::encode(msg);
+        assert_eq!(
+            wire,
+            b"From: a\r\n\r\n..leading\r\n...two\r\n..\r\nend\r\n.\r\n"
+        );
+        let (p, out, v) = decode_all(&wire);
+        assert_eq!(
+            p,
+            DataProgress::Done {
+                consumed: wire.len()
+            }
+        );
+        assert_eq!(out, b"From: a\r\n\r\n.leading\r\n..two\r\n.\r\nend\r\n");
+        assert_eq!(v, Ok(()));
+    }
+
+    #[test]
+    fn stuffer_normalizes_line_endings() {
+        assert_eq!(
+            DotStuffer::encode(b"a\nb\rc\r\n.d\n"),
+            b"a\r\nb\r\nc\r\n..d\r\n.\r\n"
+        );
+        assert_eq!(DotStuffer::encode(b""), b".\r\n");
+        // Chunk boundaries inside CRLF don't change anything.
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        s.feed(b"a\r", &mut out);
+        s.feed(b"\n.b\r", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"a\r\n..b\r\n.\r\n");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a user's message holds, encode-then-decode gives it back with CRLF line
+        /// endings, the decoder stops exactly at the end of the encoded stream, and never early.
+        #[test]
+        fn encode_decode_round_trip(msg in proptest::collection::vec(prop_oneof![
+            Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..400), split in 0usize..500) {
+            let wire = DotStuffer::encode(&msg);
+            let mut d = DataDecoder::new(1 << 20);
+            let mut out = Vec::new();
+            let split = split.min(wire.len());
+            let first = d.feed(&wire[..split], &mut out);
+            let total = match first {
+                DataProgress::Done { consumed } => consumed,
+                DataProgress::NeedMore => match d.feed(&wire[split..], &mut out) {
+                    DataProgress::Done { consumed } => split + consumed,
+                    DataProgress::NeedMore => panic!("no end found"),
+                },
+            };
+            prop_assert_eq!(total, wire.len());
+            prop_assert_eq!(d.verdict(), Ok(()));
+            // Expected: the message with every line ending normalised to CRLF, plus a final CRLF.
+            let mut expected = Vec::new();
+            let mut s = DotStuffer::new();
+            s.feed(&msg, &mut Vec::new());
+            let mut i = 0;
+            while i < msg.len() {
+                match msg[i] {
+                    b'\r' if msg.get(i + 1) == Some(&b'\n') => { expected.extend_from_slice(b"\r\n"); i += 2; continue; }
+                    b'\r' | b'\n' => expected.extend_from_slice(b"\r\n"),
+                    b => expected.push(b),
+                }
+                i += 1;
+            }
+            if !expected.is_empty() && !expected.ends_with(b"\r\n") { expected.extend_from_slice(b"\r\n"); }
+            prop_assert_eq!(out, expected);
+        }
+
+        /// Arbitrary input never panics, and if it ends the data, the end marker is really there.
+        #[test]
+        fn decoder_total(input in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut d = DataDecoder::new(100);
+            let mut out = Vec::new();
+            if let DataProgress::Done { consumed } = d.feed(&input, &mut out) {
+                prop_assert!(input[..consumed].ends_with(b"\r\n.\r\n") || consumed == 3 && input.starts_with(b".\r\n"));
+            }
+            prop_assert!(out.len() <= 100);
+        }
+    }
+}

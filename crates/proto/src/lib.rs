@@ -1,0 +1,19 @@
+//! tern's SMTP protocol core, free of I/O so it can be unit-tested and fuzzed: commands,
+//! replies, addresses, ESMTP parameters, DATA transparency, EHLO capabilities and SASL.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod line;
+pub mod params;
+pub mod reply;
+pub mod sasl;
+
+pub use address::{Address, AddressError, Domain, ForwardPath, ReversePath};
+pub use command::{Command, CommandError, MAX_COMMAND_LINE};
+pub use data::{DataDecoder, DataProgress, DataRejection, DotStuffer};
+pub use ehlo::Capabilities;
+pub use line::{LineEvent, LineReader};
+pub use params::{BodyType, MailParams, RcptParams};
+pub use reply::{ec, EnhancedCode, Reply, ReplyError, ReplyParser, Severity};
