@@ -1,0 +1,315 @@
+"""Size, length, count and time limits (RFC 5321 4.5.3) and the configured [limits]."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from ternlib import HOSTNAME, RawSMTP, SMTPClosed, make_message
+
+
+def domain_of_length(n: int) -> str:
+    """A syntactically valid domain of exactly n octets (labels of at most 63)."""
+    labels = []
+    remaining = n
+    while remaining > 0:
+        take = min(63, remaining)
+        if remaining - take == 1:  # a trailing label of 0 octets is impossible: shorten this one
+            take -= 1
+        labels.append("a" * take)
+        remaining -= take + 1  # +1 for the dot before the next label
+    d = ".".join(labels)
+    if len(d) < n:
+        d = d + "b" * (n - len(d))
+    assert len(d) == n, (len(d), n)
+    return d
+
+
+# ---------------------------------------------------------------- address lengths (RFC 5321 4.5.3.1)
+
+
+def test_local_part_64_accepted(srv):
+    local = "a" * 64
+    with srv.session() as c:
+        c.expect(f"MAIL FROM:<{local}@example.test>", 250, "2.1.0")
+        c.expect(f"RCPT TO:<{local}@tern.test>", 250, "2.1.5")
+
+
+def test_local_part_65_rejected(srv):
+    local = "a" * 65
+    with srv.session() as c:
+        text = c.expect(f"MAIL FROM:<{local}@example.test>", 501, "5.1.7")
+        assert "too long" in text.lower(), text
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        text = c.expect(f"RCPT TO:<{local}@tern.test>", 501, "5.1.3")
+        assert "too long" in text.lower(), text
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+
+
+def test_domain_256_rejected(srv):
+    domain = domain_of_length(256)
+    with srv.session() as c:
+        text = c.expect(f"MAIL FROM:<a@{domain}>", 501, "5.1.7")
+        assert "too long" in text.lower(), text
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        text = c.expect(f"RCPT TO:<a@{domain}>", 501, "5.1.3")
+        assert "too long" in text.lower(), text
+
+
+def test_path_over_256_rejected(srv):
+    """Local part and domain each within their limits, but the whole path is longer than 256 octets."""
+    domain = domain_of_length(200)
+    path = f"<{'a' * 64}@{domain}>"
+    assert len(path) > 256
+    with srv.session() as c:
+        text = c.expect(f"MAIL FROM:{path}", 501, "5.1.7")
+        assert "too long" in text.lower(), text
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        text = c.expect(f"RCPT TO:{path}", 501, "5.1.3")
+        assert "too long" in text.lower(), text
+
+
+def test_long_path_within_limits_accepted(srv):
+    domain = domain_of_length(200)
+    path = f"<{'a' * 40}@{domain}>"
+    assert len(path) < 256
+    with srv.session() as c:
+        c.expect(f"MAIL FROM:{path}", 250, "2.1.0")
+
+
+# ---------------------------------------------------------------- command line length (RFC 5321 4.5.3.1.4)
+
+
+@pytest.mark.parametrize("total", [513, 514, 1000, 5000])
+def test_line_too_long_then_session_continues(srv, total):
+    with srv.session() as c:
+        prefix = b"NOOP "
+        line = prefix + b"x" * (total - len(prefix) - 2) + b"\r\n"
+        assert len(line) == total
+        c.send(line)
+        code, lines = c.read_reply()
+        assert code == 500, lines
+        assert lines[0].startswith("5.5.2 "), lines
+        assert "too long" in lines[0].lower(), lines
+        # Exactly one reply for the long line, then the session works normally.
+        c.expect("NOOP", 250, "2.0.0")
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+
+
+def test_line_of_512_accepted(srv):
+    """512 octets including CRLF is the limit itself, not beyond it."""
+    with srv.session() as c:
+        line = b"NOOP " + b"x" * (512 - 5 - 2) + b"\r\n"
+        assert len(line) == 512
+        c.send(line)
+        code, lines = c.read_reply()
+        assert code == 250, lines
+
+
+def test_long_mail_line_does_not_start_transaction(srv):
+    with srv.session() as c:
+        c.send(b"MAIL FROM:<a@example.test> " + b"X" * 600 + b"\r\n")
+        code, lines = c.read_reply()
+        assert code == 500 and lines[0].startswith("5.5.2"), lines
+        # The over-long MAIL was not executed: RCPT still needs MAIL.
+        c.expect("RCPT TO:<alice@tern.test>", 503, "5.5.1")
+
+
+# ---------------------------------------------------------------- max_recipients
+
+
+def test_recipients_beyond_max(tern):
+    srv = tern(limits={"max_recipients": 3})
+    rcpts = [f"user{i}@tern.test" for i in range(5)]
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        for r in rcpts[:3]:
+            c.expect(f"RCPT TO:<{r}>", 250, "2.1.5")
+        for r in rcpts[3:]:
+            text = c.expect(f"RCPT TO:<{r}>", 452, "4.5.3")
+            assert "Too many recipients" in text
+        c.expect("DATA", 354)
+        c.send(b"Subject: many\r\n\r\nhi\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 250, lines
+    for r in rcpts[:3]:
+        assert len(srv.wait_messages(r)) == 1, r
+    for r in rcpts[3:]:
+        assert srv.messages(r) == [], r
+    assert len(srv.delivered_files()) == 3
+
+
+def test_max_recipients_resets_per_transaction(tern):
+    srv = tern(limits={"max_recipients": 2})
+    with srv.session() as c:
+        for _ in range(2):
+            c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+            c.expect("RCPT TO:<a1@tern.test>", 250, "2.1.5")
+            c.expect("RCPT TO:<a2@tern.test>", 250, "2.1.5")
+            c.expect("RCPT TO:<a3@tern.test>", 452, "4.5.3")
+            c.expect("RSET", 250, "2.0.0")
+
+
+# ---------------------------------------------------------------- max_message_size
+
+
+def test_size_param_over_limit_nothing_delivered(tern):
+    srv = tern(limits={"max_message_size": 10000})
+    with srv.session() as c:
+        text = c.expect("MAIL FROM:<a@example.test> SIZE=20000", 552, "5.3.4")
+        assert "Message size exceeds fixed maximum message size" in text
+        # No transaction was opened.
+        c.expect("RCPT TO:<alice@tern.test>", 503, "5.5.1")
+    srv.assert_nothing_delivered(settle=0.3)
+
+
+@pytest.mark.parametrize("with_size_param", [False, True])
+def test_too_much_data_nothing_delivered(tern, with_size_param):
+    """The client lies (or says nothing) about the size and sends more than max_message_size."""
+    srv = tern(limits={"max_message_size": 10000})
+    body = (b"x" * 76 + b"\r\n") * 400  # ~31 KB
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>" + (" SIZE=500" if with_size_param else ""), 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: big\r\n\r\n" + body + b".\r\n")
+        code, lines = c.read_reply()
+        assert code == 552, lines
+        assert lines[0].startswith("5.3.4 "), lines
+        # The session goes on and a small message still gets through.
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<bob@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: small\r\n\r\nok\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 250, lines
+    assert srv.messages("alice@tern.test") == []
+    assert len(srv.wait_messages("bob@tern.test")) == 1
+    time.sleep(0.3)
+    assert srv.messages("alice@tern.test") == []
+
+
+def test_message_just_under_limit_delivered(tern):
+    srv = tern(limits={"max_message_size": 10000})
+    msg = make_message("fits", body=(b"y" * 78 + b"\r\n") * 100)  # ~8.2 KB
+    assert len(msg) < 9000
+    srv.deliver("sender@example.test", "alice@tern.test", msg)
+    assert len(srv.wait_messages("alice@tern.test")) == 1
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def test_command_timeout(tern):
+    srv = tern(limits={"command_timeout": "2s"})
+    with srv.raw(timeout=8) as c:
+        c.greet()
+        c.ehlo()
+        start = time.monotonic()
+        code, lines = c.read_reply()
+        waited = time.monotonic() - start
+        assert code == 421, lines
+        assert lines[0] == f"4.4.2 {HOSTNAME} Timeout, closing connection", lines
+        assert 1.5 <= waited <= 6, waited
+        c.wait_closed()
+
+
+def test_command_timeout_before_helo(tern):
+    srv = tern(limits={"command_timeout": "2s"})
+    with srv.raw(timeout=8) as c:
+        c.greet()
+        code, lines = c.read_reply()
+        assert code == 421 and lines[0].startswith("4.4.2 "), lines
+        c.wait_closed()
+
+
+def test_activity_resets_command_timeout(tern):
+    srv = tern(limits={"command_timeout": "2s"})
+    with srv.session() as c:
+        for _ in range(4):
+            time.sleep(1)
+            c.expect("NOOP", 250, "2.0.0")
+
+
+def test_data_timeout_nothing_delivered(tern):
+    srv = tern(limits={"data_timeout": "2s", "command_timeout": "30s"})
+    with srv.raw(timeout=8) as c:
+        c.start()
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: slow\r\n\r\npartial line\r\n")
+        code, lines = c.read_reply()
+        assert code == 421, lines
+        assert lines[0].startswith("4.4.2 "), lines
+        c.wait_closed()
+    srv.assert_nothing_delivered(settle=0.5)
+
+
+# ---------------------------------------------------------------- max_connections
+
+
+def test_max_connections(tern):
+    srv = tern(limits={"max_connections": 2})
+    time.sleep(0.2)  # let the readiness probe's session end
+    a = srv.raw()
+    b = srv.raw()
+    try:
+        a.greet()
+        b.greet()
+        with srv.raw() as c:
+            code, lines = c.read_reply()
+            assert code == 421, lines
+            assert lines[0] == f"4.7.0 {HOSTNAME} Too many connections, try again later", lines
+            c.wait_closed()
+        # The two admitted sessions are unaffected.
+        a.ehlo()
+        a.expect("NOOP", 250, "2.0.0")
+        b.ehlo()
+        b.expect("NOOP", 250, "2.0.0")
+        # Once one leaves, a newcomer is admitted again (bounded retry: the slot frees asynchronously).
+        a.expect("QUIT", 221)
+        a.wait_closed()
+        deadline = time.monotonic() + 5
+        while True:
+            with srv.raw() as d:
+                code, lines = d.read_reply()
+                if code == 220:
+                    break
+            assert time.monotonic() < deadline, "slot never freed after QUIT"
+            time.sleep(0.1)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_connections_beyond_limit_many_times(tern):
+    """Rejected connections must not leak slots."""
+    srv = tern(limits={"max_connections": 1})
+    time.sleep(0.2)
+    with srv.raw() as a:
+        a.greet()
+        for _ in range(20):
+            with srv.raw() as c:
+                try:
+                    code, _ = c.read_reply()
+                except (SMTPClosed, socket.timeout, ConnectionResetError):
+                    code = None
+                assert code == 421
+    time.sleep(0.3)
+    with srv.session() as c:
+        c.expect("NOOP", 250, "2.0.0")
+
+
+def test_rawsmtp_timeout_is_bounded(srv):
+    """Harness self-check: a read with nothing to read fails after the timeout, it does not hang."""
+    c = RawSMTP(srv.host, srv.port, timeout=1)
+    c.greet()
+    start = time.monotonic()
+    with pytest.raises(socket.timeout):
+        c.read_reply()
+    assert time.monotonic() - start < 3
+    c.close()

@@ -1,0 +1,168 @@
+"""Whole mail transactions: what lands in the Maildir byte for byte, trace headers, several recipients,
+aliases, the null sender, the queue id in the 250 reply and in the log."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+
+import pytest
+
+from ternlib import HOSTNAME, as_stored, header, make_message, queue_id, split_trace
+
+
+def check_received(value: str, helo: str, esmtp: bool, qid: str, rcpt: str | None) -> None:
+    """RFC 5321 4.4 time stamp line: from <helo> (... [ip]) by <host> with (E)SMTP id <id> [for <rcpt>]; <date>."""
+    m = re.match(r"^from (\S+) \((?:[^()]*?)\[127\.0\.0\.1\]\)\s+by (\S+)(?: \([^()]*\))?\s+with (\S+)\s+id (\S+)(.*)$", value)
+    assert m, f"Received header not in RFC 5321 4.4 form: {value!r}"
+    assert m.group(1) == helo, value
+    assert m.group(2) == HOSTNAME, value
+    assert m.group(3) == ("ESMTP" if esmtp else "SMTP"), value
+    assert m.group(4).rstrip(";") == qid, f"Received id {m.group(4)!r} != queue id {qid!r}"
+    rest = m.group(5)
+    if rcpt is not None:
+        assert re.match(rf"^\s+for <{re.escape(rcpt)}>;", rest), f"expected 'for <{rcpt}>' in {value!r}"
+    else:
+        assert " for " not in rest, f"no 'for' clause expected with several recipients: {value!r}"
+    date = value.rpartition(";")[2].strip()
+    assert email.utils.parsedate_to_datetime(date) is not None, f"bad date in Received: {date!r}"
+
+
+def test_smtplib_delivery_exact_bytes(srv):
+    msg = make_message("exact bytes", b"Line one\r\nLine two\r\n\r\nLast line\r\n")
+    qid = srv.deliver("sender@example.test", "alice@tern.test", msg)
+    [content] = srv.wait_messages("alice@tern.test")
+    trace, rest = split_trace(content)
+    names = [n.lower() for n, _ in trace]
+    assert names == ["return-path", "delivered-to", "received"], f"trace headers {trace}"
+    assert header(trace, "Return-Path") == ["<sender@example.test>"]
+    assert header(trace, "Delivered-To") == ["alice@tern.test"]
+    check_received(header(trace, "Received")[0], "client.test", True, qid, "alice@tern.test")
+    # The message itself is stored unchanged after the trace headers.
+    assert rest == as_stored(msg, content)
+
+
+def test_maildir_layout(srv):
+    srv.deliver("sender@example.test", "alice@tern.test", make_message())
+    md = srv.data_dir / "mailboxes" / "tern.test" / "alice"
+    for sub in ("tmp", "new", "cur"):
+        assert (md / sub).is_dir(), f"{md / sub} missing"
+    assert len(list((md / "new").iterdir())) == 1
+    assert list((md / "tmp").iterdir()) == [], "tmp/ must be empty after delivery"
+
+
+def test_helo_gives_with_smtp(srv):
+    with srv.raw() as c:
+        c.greet()
+        c.expect("HELO old.client.test", 250)
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: helo\r\n\r\nbody\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 250
+        qid = queue_id(lines[0])
+    [content] = srv.wait_messages("alice@tern.test")
+    trace, _ = split_trace(content)
+    check_received(header(trace, "Received")[0], "old.client.test", False, qid, "alice@tern.test")
+
+
+def test_multiple_recipients_one_copy_each(srv):
+    rcpts = ["alice@tern.test", "bob@tern.test", "carol@tern.test"]
+    msg = make_message("three", to="alice@tern.test")
+    qid = srv.deliver("sender@example.test", rcpts, msg)
+    for r in rcpts:
+        got = srv.wait_messages(r)
+        assert len(got) == 1, f"{r}: {len(got)} copies"
+        trace, rest = split_trace(got[0])
+        assert header(trace, "Delivered-To") == [r]
+        assert header(trace, "Return-Path") == ["<sender@example.test>"]
+        check_received(header(trace, "Received")[0], "client.test", True, qid, None)
+        assert rest == as_stored(msg, got[0])
+    assert len(srv.delivered_files()) == 3
+
+
+def test_recipient_case_folded_to_one_mailbox(srv):
+    srv.deliver("sender@example.test", ["Alice@TERN.test"], make_message("case 1"))
+    srv.deliver("sender@example.test", ["ALICE@tern.TEST"], make_message("case 2"))
+    assert (srv.data_dir / "mailboxes" / "tern.test" / "alice" / "new").is_dir()
+    assert len(srv.wait_messages("alice@tern.test", 2)) == 2
+    assert len(srv.delivered_files()) == 2
+
+
+def test_aliases(tern):
+    srv = tern(aliases={"sales@tern.test": ["alice@tern.test", "bob@tern.test"]})
+    msg = make_message("to sales", to="sales@tern.test")
+    srv.deliver("sender@example.test", "sales@tern.test", msg)
+    for r in ("alice@tern.test", "bob@tern.test"):
+        [content] = srv.wait_messages(r)
+        _, rest = split_trace(content)
+        assert rest == as_stored(msg, content)
+    assert srv.messages("sales@tern.test") == [], "an alias has no mailbox of its own"
+    assert len(srv.delivered_files()) == 2
+
+
+def test_null_sender(srv):
+    msg = make_message("bounce", sender="MAILER-DAEMON@example.test")
+    srv.deliver("<>", "alice@tern.test", msg)
+    [content] = srv.wait_messages("alice@tern.test")
+    trace, rest = split_trace(content)
+    assert header(trace, "Return-Path") == ["<>"]
+    assert rest == as_stored(msg, content)
+
+
+def test_queue_ids_unique(srv):
+    ids = {srv.deliver("sender@example.test", "alice@tern.test", make_message(f"n{i}")) for i in range(5)}
+    assert len(ids) == 5
+    assert len(srv.wait_messages("alice@tern.test", 5)) == 5
+
+
+def test_two_transactions_one_session(srv):
+    with srv.session() as c:
+        qids = []
+        for i, rcpt in enumerate(["alice@tern.test", "bob@tern.test"]):
+            c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+            c.expect(f"RCPT TO:<{rcpt}>", 250, "2.1.5")
+            c.expect("DATA", 354)
+            c.send(f"Subject: tx {i}\r\n\r\nbody {i}\r\n.\r\n".encode())
+            code, lines = c.read_reply()
+            assert code == 250, lines
+            qids.append(queue_id(lines[0]))
+        c.expect("QUIT", 221)
+    assert qids[0] != qids[1]
+    assert b"body 0" in srv.wait_messages("alice@tern.test")[0]
+    assert b"body 1" in srv.wait_messages("bob@tern.test")[0]
+
+
+def test_log_has_queue_id_and_recipient(srv):
+    qid = srv.deliver("sender@example.test", "logcheck@tern.test", make_message("log"))
+    srv.wait_messages("logcheck@tern.test")
+    log = srv.log()
+    lines = [line for line in log.splitlines() if qid in line]
+    assert lines, f"queue id {qid} not in log:\n{log}"
+    assert any("logcheck@tern.test" in line for line in log.splitlines()), f"recipient not in log:\n{log}"
+
+
+def test_log_one_line_per_connection(srv):
+    before = srv.log()
+    with srv.raw() as c:
+        c.greet()
+        c.expect("QUIT", 221)
+        c.wait_closed()
+    # The connection line may be written at close: give the server a moment.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and srv.log() == before:
+        time.sleep(0.05)
+    added = srv.log()[len(before):]
+    assert "127.0.0.1" in added, f"no connection log line naming the peer:\n{added}"
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_many_messages_same_mailbox(srv, n):
+    for i in range(n):
+        srv.deliver("sender@example.test", "bulk@tern.test", make_message(f"bulk {i}"))
+    got = srv.wait_messages("bulk@tern.test", n)
+    assert len(got) == n
+    subjects = sorted(re.search(rb"Subject: (bulk \d+)", m).group(1) for m in got)
+    assert subjects == sorted(f"bulk {i}".encode() for i in range(n))
