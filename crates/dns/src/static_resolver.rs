@@ -1,0 +1,80 @@
+//! An in-memory resolver for tests: fixed MX and address tables, NXDOMAIN for anything else.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::error::DnsError;
+use crate::resolver::{DnsFuture, MxRecord, Resolver};
+
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    mx: HashMap<String, Vec<MxRecord>>,
+    ips: HashMap<String, Vec<IpAddr>>,
+    failing: HashMap<String, String>,
+}
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl StaticResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an MX record for `domain`.
+    pub fn mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
+        self.mx.entry(key(domain)).or_default().push(MxRecord {
+            preference,
+            exchange: key(exchange),
+        });
+        self
+    }
+
+    /// Adds an address for `host` (the name then exists, with NODATA for MX unless one is added).
+    pub fn ip(mut self, host: &str, ip: IpAddr) -> Self {
+        self.ips.entry(key(host)).or_default().push(ip);
+        self
+    }
+
+    /// Makes every lookup of `name` fail temporarily (like SERVFAIL).
+    pub fn servfail(mut self, name: &str) -> Self {
+        self.failing.insert(key(name), "SERVFAIL".into());
+        self
+    }
+
+    fn exists(&self, k: &str) -> bool {
+        self.mx.contains_key(k) || self.ips.contains_key(k)
+    }
+
+    fn check(&self, k: &str) -> Result<(), DnsError> {
+        if let Some(reason) = self.failing.get(k) {
+            return Err(DnsError::Temporary {
+                name: k.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        if !self.exists(k) {
+            return Err(DnsError::NxDomain(k.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl Resolver for StaticResolver {
+    fn mx(&self, domain: &str) -> DnsFuture<'_, Vec<MxRecord>> {
+        let k = key(domain);
+        let result = self
+            .check(&k)
+            .map(|()| self.mx.get(&k).cloned().unwrap_or_default());
+        Box::pin(async move { result })
+    }
+
+    fn ips(&self, host: &str) -> DnsFuture<'_, Vec<IpAddr>> {
+        let k = key(host);
+        let result = self
+            .check(&k)
+            .map(|()| self.ips.get(&k).cloned().unwrap_or_default());
+        Box::pin(async move { result })
+    }
+}
