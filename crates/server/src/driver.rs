@@ -1,0 +1,312 @@
+//! The thin async loop around a [`Session`]: reads lines, batches pipelined replies
+//! (RFC 2920: flush before waiting for more input), switches to DATA mode, enforces timeouts
+//! (RFC 5321 4.5.3.2), and hands accepted messages to the [`MessageStore`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use tern_config::Config;
+use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
+
+use crate::replies;
+use crate::session::{Action, DataEnd, Session};
+use crate::store::MessageStore;
+use crate::tls::TlsProvider;
+
+/// Any byte stream a session can run over: TCP, or TLS over TCP after STARTTLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+
+/// Command-mode reads are small (a command line is at most 512 octets), which keeps an idle
+/// connection cheap; DATA gets a larger buffer only while a message streams in.
+const COMMAND_READ_BUF: usize = 1024;
+const DATA_READ_BUF: usize = 64 * 1024;
+
+/// Why a session ended, for the connection log line.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Quit,
+    ClientClosed,
+    Timeout,
+    Shutdown,
+    TooManyErrors,
+    IoError,
+    TlsFailed,
+}
+
+pub struct Driver<S: MessageStore> {
+    pub cfg: Arc<Config>,
+    pub store: Arc<S>,
+    pub tls: Option<Arc<TlsProvider>>,
+    pub shutdown: CancellationToken,
+}
+
+struct Io {
+    stream: BoxStream,
+    reader: LineReader,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    write_timeout: Duration,
+}
+
+enum ReadResult {
+    Data(usize),
+    Eof,
+    Timeout,
+    Shutdown,
+    Error,
+}
+
+impl Io {
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    /// A client that stops reading must not pin the session forever: writes time out too.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let res = tokio::time::timeout(self.write_timeout, async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        })
+        .await;
+        self.out.clear();
+        matches!(res, Ok(Ok(())))
+    }
+
+    async fn read(&mut self, timeout: Duration, shutdown: &CancellationToken) -> ReadResult {
+        tokio::select! {
+            r = tokio::time::timeout(timeout, self.stream.read(&mut self.buf)) => match r {
+                Ok(Ok(0)) => ReadResult::Eof,
+                Ok(Ok(n)) => ReadResult::Data(n),
+                Ok(Err(_)) => ReadResult::Error,
+                Err(_) => ReadResult::Timeout,
+            },
+            _ = shutdown.cancelled() => ReadResult::Shutdown,
+        }
+    }
+}
+
+struct Stats {
+    accepted: u32,
+    rejected: u32,
+}
+
+impl<S: MessageStore> Driver<S> {
+    pub async fn run(&self, stream: BoxStream, mut session: Session) {
+        let started = Instant::now();
+        let peer = session.conn().peer;
+        let mut io = Io {
+            stream,
+            reader: LineReader::new(MAX_COMMAND_LINE),
+            out: Vec::new(),
+            buf: vec![0; COMMAND_READ_BUF],
+            write_timeout: self.cfg.limits.command_timeout,
+        };
+        let mut stats = Stats {
+            accepted: 0,
+            rejected: 0,
+        };
+        io.queue(&session.greeting());
+        let end = if io.flush().await {
+            self.command_loop(&mut io, &mut session, &mut stats).await
+        } else {
+            End::IoError
+        };
+        if let Some(txn) = session.transaction() {
+            info!(queue_id = %txn.id, client_ip = %peer.ip(), outcome = "aborted", reason = ?end, "transaction aborted");
+        }
+        let _ = io.stream.shutdown().await;
+        info!(
+            client = %peer,
+            helo = session.helo_name().unwrap_or("-"),
+            tls = session.conn().tls.as_deref().unwrap_or("-"),
+            accepted = stats.accepted,
+            rejected = stats.rejected,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = ?end,
+            "connection closed"
+        );
+    }
+
+    async fn command_loop(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> End {
+        loop {
+            // Answer every complete command already buffered (pipelining), then flush once.
+            while let Some(event) = io.reader.next_line() {
+                let action = match event {
+                    LineEvent::Line(line) => session.handle_line(&line),
+                    LineEvent::TooLong => session.line_too_long(),
+                };
+                match action {
+                    Action::Reply(r) => io.queue(&r),
+                    Action::Close(r) => {
+                        let end = if r.code() == 221 {
+                            End::Quit
+                        } else {
+                            End::TooManyErrors
+                        };
+                        io.queue(&r);
+                        io.flush().await;
+                        return end;
+                    }
+                    Action::StartData(r) => {
+                        io.queue(&r);
+                        if !io.flush().await {
+                            return End::IoError;
+                        }
+                        if let Some(end) = self.data(io, session, stats).await {
+                            return end;
+                        }
+                    }
+                    Action::StartTls(r) => {
+                        io.queue(&r);
+                        if !io.flush().await {
+                            return End::IoError;
+                        }
+                        // RFC 3207 5 / CVE-2011-0411: whatever was pipelined after STARTTLS
+                        // arrived in plaintext and must never be executed.
+                        io.reader.clear();
+                        if let Some(end) = self.start_tls(io, session).await {
+                            return end;
+                        }
+                    }
+                }
+            }
+            if !io.flush().await {
+                return End::IoError;
+            }
+            match io
+                .read(self.cfg.limits.command_timeout, &self.shutdown)
+                .await
+            {
+                ReadResult::Data(n) => io.reader.push(&io.buf[..n]),
+                ReadResult::Eof => return End::ClientClosed,
+                ReadResult::Error => return End::IoError,
+                ReadResult::Timeout => {
+                    io.queue(&session.timeout_reply());
+                    io.flush().await;
+                    return End::Timeout;
+                }
+                ReadResult::Shutdown => {
+                    io.queue(&session.shutdown_reply());
+                    io.flush().await;
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Reads one message. Returns `Some(end)` if the connection must close.
+    async fn data(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> Option<End> {
+        let max = usize::try_from(self.cfg.limits.max_message_size).unwrap_or(usize::MAX);
+        let mut decoder = DataDecoder::new(max);
+        let mut body = Vec::new();
+        let mut progress = io.reader.drain_into(&mut decoder, &mut body);
+        let mut data_buf = vec![0u8; DATA_READ_BUF];
+        while progress == DataProgress::NeedMore {
+            let read = tokio::select! {
+                r = tokio::time::timeout(self.cfg.limits.data_timeout, io.stream.read(&mut data_buf)) => r,
+                _ = self.shutdown.cancelled() => {
+                    // Nothing of this message is stored: the client will retry it.
+                    io.queue(&session.shutdown_reply());
+                    io.flush().await;
+                    return Some(End::Shutdown);
+                }
+            };
+            match read {
+                Ok(Ok(0)) => return Some(End::ClientClosed),
+                Ok(Ok(n)) => {
+                    progress = decoder.feed(&data_buf[..n], &mut body);
+                    if let DataProgress::Done { consumed } = progress {
+                        // Bytes after the end marker are the next pipelined commands.
+                        io.reader.push(&data_buf[consumed..n]);
+                    }
+                }
+                Ok(Err(_)) => return Some(End::IoError),
+                Err(_) => {
+                    io.queue(&session.timeout_reply());
+                    io.flush().await;
+                    return Some(End::Timeout);
+                }
+            }
+        }
+        drop(data_buf);
+        let size = decoder.size();
+        let verdict = decoder.verdict();
+        let eight_bit = !body.is_ascii();
+        let reply = match session.finish_data(verdict, eight_bit) {
+            DataEnd::Reject(reply) => {
+                stats.rejected += 1;
+                info!(client_ip = %session.conn().peer.ip(), size, outcome = "rejected", reply = %reply, "message rejected");
+                reply
+            }
+            DataEnd::Store(accepted) => {
+                if header_section_len(&body) > self.cfg.limits.max_header_size as usize {
+                    stats.rejected += 1;
+                    replies::header_too_big()
+                } else {
+                    let id = accepted.id.clone();
+                    let from = accepted.sender.clone().unwrap_or_default();
+                    let rcpts: Vec<String> = accepted
+                        .recipients
+                        .iter()
+                        .map(|r| r.address.clone())
+                        .collect();
+                    let helo = accepted.helo.clone();
+                    match self.store.store(accepted, body).await {
+                        Ok(()) => {
+                            stats.accepted += 1;
+                            info!(queue_id = %id, client_ip = %session.conn().peer.ip(), helo = %helo,
+                                from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
+                                outcome = "accepted", "message accepted");
+                            replies::queued(&id)
+                        }
+                        Err(e) => {
+                            stats.rejected += 1;
+                            warn!(queue_id = %id, client_ip = %session.conn().peer.ip(), error = %e,
+                                outcome = "store-failed", "message not stored");
+                            replies::local_error()
+                        }
+                    }
+                }
+            }
+        };
+        io.queue(&reply);
+        None
+    }
+
+    async fn start_tls(&self, io: &mut Io, session: &mut Session) -> Option<End> {
+        let Some(tls) = &self.tls else {
+            return Some(End::TlsFailed);
+        };
+        let plain = std::mem::replace(
+            &mut io.stream,
+            Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
+        );
+        match tls.accept(plain, self.cfg.limits.command_timeout).await {
+            Ok((stream, description)) => {
+                io.stream = stream;
+                session.tls_established(description);
+                None
+            }
+            Err(e) => {
+                info!(client = %session.conn().peer, error = %e, "TLS handshake failed");
+                Some(End::TlsFailed)
+            }
+        }
+    }
+}
+
+/// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
+/// the whole message if there is none.
+fn header_section_len(body: &[u8]) -> usize {
+    memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |i| i + 4)
+}

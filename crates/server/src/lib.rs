@@ -1,0 +1,17 @@
+//! tern's inbound SMTP: a pure session state machine ([`session`]), the reply table
+//! ([`replies`]), recipient policy ([`policy`]), the trace header ([`received`]), the async
+//! driver and listeners, and the [`store::MessageStore`] hand-off to durable storage.
+
+pub mod driver;
+pub mod listener;
+pub mod policy;
+pub mod received;
+pub mod replies;
+pub mod session;
+pub mod store;
+pub mod tls;
+
+pub use listener::{bind_all, BoundListener, Server};
+pub use session::{Accepted, AcceptedRecipient, ConnInfo, ListenerKind, Session};
+pub use store::{MessageStore, StoreError};
+pub use tls::TlsProvider;

@@ -1,0 +1,206 @@
+//! Listening sockets: accept loops with connection limits (total and per client IP), one task
+//! per session, implicit TLS on the submissions port, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use tern_config::Config;
+
+use crate::driver::{BoxStream, Driver};
+use crate::replies;
+use crate::session::{ConnInfo, ListenerKind, Session};
+use crate::store::MessageStore;
+use crate::tls::TlsProvider;
+
+pub struct BoundListener {
+    pub kind: ListenerKind,
+    pub listener: TcpListener,
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every configured address; fails with the address in the message (e.g. port in use).
+pub async fn bind_all(cfg: &Config) -> io::Result<Vec<BoundListener>> {
+    let mut out = Vec::new();
+    let groups = [
+        (ListenerKind::Smtp, &cfg.smtp.listen),
+        (ListenerKind::Submission, &cfg.submission.listen),
+        (ListenerKind::Submissions, &cfg.submissions.listen),
+    ];
+    for (kind, addrs) in groups {
+        for addr in addrs.iter() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            out.push(BoundListener { kind, listener });
+        }
+    }
+    Ok(out)
+}
+
+/// Counts open connections, in total and per client address.
+#[derive(Default)]
+struct Counters {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct Slot {
+    counters: Arc<Mutex<Counters>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = match self.counters.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pub struct Server<S: MessageStore> {
+    driver: Arc<Driver<S>>,
+    counters: Arc<Mutex<Counters>>,
+    tracker: TaskTracker,
+}
+
+impl<S: MessageStore> Server<S> {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<S>,
+        tls: Option<Arc<TlsProvider>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            driver: Arc::new(Driver {
+                cfg,
+                store,
+                tls,
+                shutdown,
+            }),
+            counters: Arc::default(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Serves until the shutdown token fires, then waits for sessions to end.
+    pub async fn run(self, listeners: Vec<BoundListener>) {
+        let this = Arc::new(self);
+        let mut accept_tasks = Vec::new();
+        for l in listeners {
+            let this = this.clone();
+            accept_tasks.push(tokio::spawn(async move { this.accept_loop(l).await }));
+        }
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        this.tracker.close();
+        this.tracker.wait().await;
+    }
+
+    async fn accept_loop(self: &Arc<Self>, l: BoundListener) {
+        let shutdown = self.driver.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                r = l.listener.accept() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let _ = stream.set_nodelay(true);
+                    let this = self.clone();
+                    self.tracker
+                        .spawn(async move { this.connection(stream, peer, local, l.kind).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn take_slot(&self, ip: IpAddr) -> Option<Slot> {
+        let limits = &self.driver.cfg.limits;
+        let mut c = match self.counters.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if c.total >= limits.max_connections
+            || (limits.max_connections_per_ip > 0 && per_ip >= limits.max_connections_per_ip)
+        {
+            return None;
+        }
+        c.total += 1;
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        Some(Slot {
+            counters: self.counters.clone(),
+            ip,
+        })
+    }
+
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        kind: ListenerKind,
+    ) {
+        let cfg = &self.driver.cfg;
+        let Some(_slot) = self.take_slot(peer.ip()) else {
+            info!(client = %peer, "connection refused: too many connections");
+            let reply = replies::too_many_connections(&cfg.hostname).to_bytes();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&reply))
+                    .await;
+            return;
+        };
+        let mut conn = ConnInfo {
+            peer,
+            local,
+            kind,
+            tls: None,
+            tls_available: self.driver.tls.is_some(),
+        };
+        let mut boxed: BoxStream = Box::new(stream);
+        if kind == ListenerKind::Submissions {
+            // RFC 8314 3.3: TLS first, then the SMTP greeting.
+            let Some(tls) = &self.driver.tls else { return };
+            match tls.accept(boxed, cfg.limits.command_timeout).await {
+                Ok((s, description)) => {
+                    boxed = s;
+                    conn.tls = Some(description);
+                }
+                Err(e) => {
+                    info!(client = %peer, error = %e, "implicit TLS handshake failed");
+                    return;
+                }
+            }
+        }
+        let session = Session::new(cfg.clone(), conn);
+        self.driver.run(boxed, session).await;
+    }
+}

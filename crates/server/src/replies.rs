@@ -1,0 +1,272 @@
+//! Every reply the server sends, in one place (docs/smtp-replies.md is this table in prose).
+//! Enhanced codes per RFC 3463; RFC 2034 3 exempts the greeting and HELO/EHLO replies.
+
+use tern_proto::{ec, Reply};
+
+pub fn greeting(host: &str) -> Reply {
+    Reply::new(220, None, format!("{host} ESMTP tern"))
+}
+
+pub fn helo(host: &str) -> Reply {
+    Reply::new(250, None, host.to_string())
+}
+
+pub fn ehlo(host: &str, client: &str, extensions: Vec<String>) -> Reply {
+    let mut lines = vec![format!("{host} Hello {client}")];
+    lines.extend(extensions);
+    Reply::with_lines(250, None, lines)
+}
+
+pub fn helo_syntax() -> Reply {
+    Reply::new(501, ec(5, 5, 4), "Syntax: EHLO hostname")
+}
+
+pub fn ok() -> Reply {
+    Reply::new(250, ec(2, 0, 0), "OK")
+}
+
+pub fn sender_ok() -> Reply {
+    Reply::new(250, ec(2, 1, 0), "Sender OK")
+}
+
+pub fn recipient_ok() -> Reply {
+    Reply::new(250, ec(2, 1, 5), "Recipient OK")
+}
+
+pub fn need_helo() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Send HELO/EHLO first")
+}
+
+pub fn nested_mail() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Sender already specified")
+}
+
+pub fn need_mail() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Need MAIL before RCPT")
+}
+
+pub fn need_mail_before_data() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Need MAIL before DATA")
+}
+
+pub fn need_rcpt() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Need RCPT before DATA")
+}
+
+pub fn no_valid_recipients() -> Reply {
+    Reply::new(554, ec(5, 5, 1), "No valid recipients")
+}
+
+pub fn bad_sender(why: &str) -> Reply {
+    Reply::new(
+        501,
+        ec(5, 1, 7),
+        format!("Bad sender address syntax: {why}"),
+    )
+}
+
+pub fn bad_recipient(why: &str) -> Reply {
+    Reply::new(
+        501,
+        ec(5, 1, 3),
+        format!("Bad recipient address syntax: {why}"),
+    )
+}
+
+pub fn syntax(why: &str) -> Reply {
+    Reply::new(501, ec(5, 5, 4), format!("Syntax error: {why}"))
+}
+
+pub fn unsupported_param(name: &str) -> Reply {
+    Reply::new(555, ec(5, 5, 4), format!("Unsupported parameter {name}"))
+}
+
+pub fn bad_param_value(name: &str) -> Reply {
+    Reply::new(
+        501,
+        ec(5, 5, 4),
+        format!("Invalid value for parameter {name}"),
+    )
+}
+
+pub fn too_big() -> Reply {
+    Reply::new(
+        552,
+        ec(5, 3, 4),
+        "Message size exceeds fixed maximum message size",
+    )
+}
+
+pub fn utf8_required() -> Reply {
+    Reply::new(553, ec(5, 6, 7), "Non-ASCII address requires SMTPUTF8")
+}
+
+pub fn no_such_user(addr: &str) -> Reply {
+    Reply::new(
+        550,
+        ec(5, 1, 1),
+        format!("<{addr}>: Recipient address rejected: no such user"),
+    )
+}
+
+pub fn relay_denied(addr: &str) -> Reply {
+    Reply::new(550, ec(5, 7, 1), format!("<{addr}>: Relay access denied"))
+}
+
+pub fn too_many_recipients() -> Reply {
+    Reply::new(452, ec(4, 5, 3), "Too many recipients")
+}
+
+pub fn start_data() -> Reply {
+    Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")
+}
+
+pub fn queued(id: &str) -> Reply {
+    Reply::new(250, ec(2, 0, 0), format!("OK: queued as {id}"))
+}
+
+pub fn bare_line_ending() -> Reply {
+    Reply::new(
+        554,
+        ec(5, 6, 0),
+        "Message rejected: bare <LF> or <CR> in message data (see SMTP smuggling)",
+    )
+}
+
+pub fn local_error() -> Reply {
+    Reply::new(
+        451,
+        ec(4, 3, 0),
+        "Local error in processing, try again later",
+    )
+}
+
+pub fn header_too_big() -> Reply {
+    Reply::new(552, ec(5, 3, 4), "Header section exceeds the size limit")
+}
+
+pub fn quit(host: &str) -> Reply {
+    Reply::new(221, ec(2, 0, 0), format!("{host} closing connection"))
+}
+
+pub fn vrfy_ambiguous() -> Reply {
+    Reply::new(
+        252,
+        ec(2, 5, 0),
+        "Cannot VRFY user, but will accept message and attempt delivery",
+    )
+}
+
+pub fn vrfy_ok(addr: &str) -> Reply {
+    Reply::new(250, ec(2, 1, 5), format!("<{addr}>"))
+}
+
+pub fn expn_disabled() -> Reply {
+    Reply::new(502, ec(5, 5, 1), "EXPN is disabled")
+}
+
+pub fn expn_list(members: &[String]) -> Reply {
+    Reply::with_lines(
+        250,
+        ec(2, 1, 5),
+        members.iter().map(|m| format!("<{m}>")).collect(),
+    )
+}
+
+pub fn obsolete(verb: &str) -> Reply {
+    Reply::new(
+        502,
+        ec(5, 5, 1),
+        format!("{verb} is obsolete (removed by RFC 5321)"),
+    )
+}
+
+pub fn turn() -> Reply {
+    Reply::new(
+        502,
+        ec(5, 5, 1),
+        "TURN is not supported: it is insecure (RFC 2821), use ETRN or ATRN",
+    )
+}
+
+pub fn unrecognized() -> Reply {
+    Reply::new(500, ec(5, 5, 1), "Command unrecognized")
+}
+
+pub fn line_too_long() -> Reply {
+    Reply::new(500, ec(5, 5, 2), "Line too long")
+}
+
+pub fn timeout(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 4, 2),
+        format!("{host} Timeout, closing connection"),
+    )
+}
+
+pub fn too_many_connections(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 0),
+        format!("{host} Too many connections, try again later"),
+    )
+}
+
+pub fn shutting_down(host: &str) -> Reply {
+    Reply::new(421, ec(4, 3, 2), format!("{host} Service shutting down"))
+}
+
+pub fn too_many_errors(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 0),
+        format!("{host} Too many errors, closing connection"),
+    )
+}
+
+pub fn tls_unavailable() -> Reply {
+    Reply::new(454, ec(4, 7, 0), "TLS not available")
+}
+
+pub fn auth_unavailable() -> Reply {
+    Reply::new(502, ec(5, 5, 1), "AUTH not available")
+}
+
+/// RFC 5321 4.1.1.8 / 4.3.2: help per command.
+pub fn help(topic: Option<&str>) -> Reply {
+    let Some(topic) = topic else {
+        return Reply::with_lines(
+            214,
+            ec(2, 0, 0),
+            vec![
+                "tern SMTP server. Commands:".into(),
+                "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH".into(),
+                "HELP <command> describes one; see RFC 5321.".into(),
+            ],
+        );
+    };
+    let text = match topic.to_ascii_uppercase().as_str() {
+        "HELO" => "HELO <hostname>: identify yourself (plain SMTP)",
+        "EHLO" => "EHLO <hostname>: identify yourself and list the ESMTP extensions",
+        "MAIL" => {
+            "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]: start a transaction"
+        }
+        "RCPT" => "RCPT TO:<address>: add a recipient",
+        "DATA" => "DATA: send the message, ended by a line holding a single dot",
+        "RSET" => "RSET: abort the current transaction",
+        "NOOP" => "NOOP: do nothing",
+        "QUIT" => "QUIT: close the connection",
+        "VRFY" => "VRFY <user>: verify an address (usually answered 252)",
+        "EXPN" => "EXPN <list>: expand a mailing list (disabled by default)",
+        "HELP" => "HELP [command]: this help",
+        "STARTTLS" => "STARTTLS: switch the connection to TLS (RFC 3207)",
+        "AUTH" => "AUTH <mechanism> [initial-response]: authenticate (RFC 4954), over TLS only",
+        "SEND" | "SOML" | "SAML" => {
+            "SEND, SOML and SAML were removed by RFC 5321 and are not supported"
+        }
+        "TURN" => "TURN is insecure (RFC 2821) and not supported",
+        _ => return Reply::new(504, ec(5, 5, 1), "HELP topic unknown"),
+    };
+    Reply::new(214, ec(2, 0, 0), text)
+}

@@ -1,0 +1,445 @@
+//! The inbound SMTP session as a pure state machine: one handler per verb, each returning an
+//! [`Action`] for the driver. No I/O happens here, so every command and error can be tested
+//! without a socket, and the driver stays a thin loop around it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tern_config::Config;
+use tern_proto::{
+    AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath, MailParams, Reply,
+    ReversePath,
+};
+
+use crate::policy::{self, RcptDecision, Target};
+use crate::received::{self, TraceInfo};
+use crate::replies;
+
+/// Which listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Port 25: mail from anywhere to local domains.
+    Smtp,
+    /// Port 587 (RFC 6409): STARTTLS then AUTH.
+    Submission,
+    /// Port 465 (RFC 8314): implicit TLS then AUTH.
+    Submissions,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub kind: ListenerKind,
+    /// Negotiated TLS, e.g. "TLSv1.3 TLS13_AES_256_GCM_SHA384".
+    pub tls: Option<String>,
+    /// Whether STARTTLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Helo {
+    name: String,
+    esmtp: bool,
+}
+
+/// An open mail transaction (after MAIL, before the end of DATA).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub id: String,
+    pub from: ReversePath,
+    pub params: MailParams,
+    pub recipients: Vec<AcceptedRecipient>,
+    rejected: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptedRecipient {
+    /// As the client gave it (after normalizing `<postmaster>`).
+    pub address: String,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// No transaction open (before MAIL, or after RSET / end of DATA).
+    Idle,
+    /// MAIL accepted, collecting recipients.
+    Mail(Transaction),
+    /// DATA accepted (354 sent); the driver feeds the message.
+    Data(Transaction),
+}
+
+/// What the driver must do after a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Send the 354 and read the message with a DATA decoder.
+    StartData(Reply),
+    /// Send the 220 and run the TLS handshake; discard everything buffered.
+    StartTls(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+}
+
+/// A message that passed every check and must be stored before the 250.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: String,
+    pub sender: Option<String>,
+    pub recipients: Vec<AcceptedRecipient>,
+    /// Trace header to prepend to the client's data.
+    pub received: String,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub helo: String,
+}
+
+pub enum DataEnd {
+    Reject(Reply),
+    Store(Accepted),
+}
+
+pub struct Session {
+    cfg: Arc<Config>,
+    conn: ConnInfo,
+    helo: Option<Helo>,
+    state: State,
+    errors: u32,
+    authenticated: Option<String>,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<Config>, conn: ConnInfo) -> Self {
+        Self {
+            cfg,
+            conn,
+            helo: None,
+            state: State::Idle,
+            errors: 0,
+            authenticated: None,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        replies::greeting(&self.cfg.hostname)
+    }
+
+    pub fn conn(&self) -> &ConnInfo {
+        &self.conn
+    }
+
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// The open transaction, if any (for logging an aborted one).
+    pub fn transaction(&self) -> Option<&Transaction> {
+        match &self.state {
+            State::Mail(t) | State::Data(t) => Some(t),
+            State::Idle => None,
+        }
+    }
+
+    pub fn timeout_reply(&self) -> Reply {
+        replies::timeout(&self.cfg.hostname)
+    }
+
+    pub fn shutdown_reply(&self) -> Reply {
+        replies::shutting_down(&self.cfg.hostname)
+    }
+
+    /// RFC 3207 4.2: after the handshake the session starts over.
+    pub fn tls_established(&mut self, description: String) {
+        self.conn.tls = Some(description);
+        self.helo = None;
+        self.state = State::Idle;
+        self.authenticated = None;
+    }
+
+    pub fn set_authenticated(&mut self, user: String) {
+        self.authenticated = Some(user);
+    }
+
+    fn relay_allowed(&self) -> bool {
+        self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip())
+    }
+
+    /// An error reply counts toward `limits.max_errors`; past it the session is closed.
+    fn error(&mut self, reply: Reply) -> Action {
+        self.errors += 1;
+        if self.errors >= self.cfg.limits.max_errors as u32 {
+            Action::Close(replies::too_many_errors(&self.cfg.hostname))
+        } else {
+            Action::Reply(reply)
+        }
+    }
+
+    pub fn line_too_long(&mut self) -> Action {
+        self.error(replies::line_too_long())
+    }
+
+    pub fn handle_line(&mut self, line: &[u8]) -> Action {
+        match Command::parse(line) {
+            Ok(cmd) => self.handle(cmd),
+            Err(e) => {
+                let reply = self.parse_error_reply(&e);
+                self.error(reply)
+            }
+        }
+    }
+
+    fn parse_error_reply(&self, e: &CommandError) -> Reply {
+        match e {
+            CommandError::Unrecognized => replies::unrecognized(),
+            CommandError::Syntax(why) => replies::syntax(why),
+            CommandError::BadSender(a) => replies::bad_sender(&address_error_text(a)),
+            CommandError::BadRecipient(a) => replies::bad_recipient(&address_error_text(a)),
+            CommandError::UnsupportedParam(p) => replies::unsupported_param(p),
+            CommandError::BadParamValue(p) => replies::bad_param_value(p),
+        }
+    }
+
+    pub fn handle(&mut self, cmd: Command) -> Action {
+        match cmd {
+            Command::Helo(name) => self.helo(name, false),
+            Command::Ehlo(name) => self.helo(name, true),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Rset => {
+                self.state = State::Idle;
+                Action::Reply(replies::ok())
+            }
+            Command::Noop => Action::Reply(replies::ok()),
+            Command::Quit => Action::Close(replies::quit(&self.cfg.hostname)),
+            Command::Vrfy(arg) => self.vrfy(&arg),
+            Command::Expn(arg) => self.expn(&arg),
+            Command::Help(topic) => Action::Reply(replies::help(topic.as_deref())),
+            Command::StartTls => self.starttls(),
+            Command::Auth { .. } => self.error(replies::auth_unavailable()),
+            Command::Obsolete(verb) => self.error(replies::obsolete(verb)),
+            Command::Turn => self.error(replies::turn()),
+        }
+    }
+
+    fn helo(&mut self, name: String, esmtp: bool) -> Action {
+        // RFC 5321 4.1.4: HELO/EHLO also resets any transaction.
+        self.state = State::Idle;
+        let reply = if esmtp {
+            replies::ehlo(&self.cfg.hostname, &name, self.extensions())
+        } else {
+            replies::helo(&self.cfg.hostname)
+        };
+        self.helo = Some(Helo { name, esmtp });
+        Action::Reply(reply)
+    }
+
+    fn extensions(&self) -> Vec<String> {
+        let mut ext = vec![
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.limits.max_message_size),
+            "8BITMIME".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "SMTPUTF8".to_string(),
+        ];
+        if self.conn.tls_available && self.conn.tls.is_none() {
+            ext.push("STARTTLS".to_string());
+        }
+        ext.push("HELP".to_string());
+        ext
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Action {
+        let Some(helo) = &self.helo else {
+            return self.error(replies::need_helo());
+        };
+        if !matches!(self.state, State::Idle) {
+            return self.error(replies::nested_mail());
+        }
+        // RFC 1870 6: a declared size over the limit is refused at MAIL.
+        if params
+            .size
+            .is_some_and(|s| s > self.cfg.limits.max_message_size)
+        {
+            return Action::Reply(replies::too_big());
+        }
+        // RFC 6531 3.4: non-ASCII envelope addresses only with SMTPUTF8 (and only over EHLO).
+        if from.address().is_some_and(|a| !a.is_ascii()) && !(params.smtputf8 && helo.esmtp) {
+            return Action::Reply(replies::utf8_required());
+        }
+        if (params.smtputf8 || params.body.is_some()) && !helo.esmtp {
+            return self.error(replies::unsupported_param(if params.smtputf8 {
+                "SMTPUTF8"
+            } else {
+                "BODY"
+            }));
+        }
+        self.state = State::Mail(Transaction {
+            id: new_queue_id(),
+            from,
+            params,
+            recipients: Vec::new(),
+            rejected: 0,
+        });
+        Action::Reply(replies::sender_ok())
+    }
+
+    fn rcpt(&mut self, to: ForwardPath) -> Action {
+        let relay_allowed = self.relay_allowed();
+        let max = self.cfg.limits.max_recipients;
+        let State::Mail(txn) = &mut self.state else {
+            return self.error(if self.helo.is_none() {
+                replies::need_helo()
+            } else {
+                replies::need_mail()
+            });
+        };
+        if let ForwardPath::Mailbox(a) = &to {
+            if !a.is_ascii() && !txn.params.smtputf8 {
+                return Action::Reply(replies::utf8_required());
+            }
+        }
+        // RFC 5321 4.5.3.1.10: refuse the excess with 452, keep the ones already accepted.
+        if txn.recipients.len() >= max {
+            return Action::Reply(replies::too_many_recipients());
+        }
+        let display = match &to {
+            ForwardPath::Postmaster => policy::postmaster_address(&self.cfg).to_string(),
+            ForwardPath::Mailbox(a) => a.to_string(),
+        };
+        match policy::decide_recipient(&self.cfg, &to, relay_allowed) {
+            RcptDecision::Accept(targets) => {
+                txn.recipients.push(AcceptedRecipient {
+                    address: display,
+                    targets,
+                });
+                Action::Reply(replies::recipient_ok())
+            }
+            RcptDecision::NoSuchUser => {
+                txn.rejected += 1;
+                Action::Reply(replies::no_such_user(&display))
+            }
+            RcptDecision::RelayDenied => {
+                txn.rejected += 1;
+                Action::Reply(replies::relay_denied(&display))
+            }
+        }
+    }
+
+    fn data(&mut self) -> Action {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(txn) if !txn.recipients.is_empty() => {
+                self.state = State::Data(txn);
+                Action::StartData(replies::start_data())
+            }
+            State::Mail(txn) => {
+                // RFC 5321 3.3: DATA with no valid recipient is refused (503 or 554).
+                let reply = if txn.rejected > 0 {
+                    replies::no_valid_recipients()
+                } else {
+                    replies::need_rcpt()
+                };
+                self.state = State::Mail(txn);
+                self.error(reply)
+            }
+            other => {
+                let reply = if self.helo.is_none() {
+                    replies::need_helo()
+                } else {
+                    replies::need_mail_before_data()
+                };
+                self.state = other;
+                self.error(reply)
+            }
+        }
+    }
+
+    /// Called by the driver once the end-of-data marker was read.
+    pub fn finish_data(
+        &mut self,
+        verdict: Result<(), DataRejection>,
+        body_has_8bit: bool,
+    ) -> DataEnd {
+        let State::Data(txn) = std::mem::replace(&mut self.state, State::Idle) else {
+            return DataEnd::Reject(replies::need_mail());
+        };
+        match verdict {
+            Err(DataRejection::BareLineEnding) => {
+                return DataEnd::Reject(replies::bare_line_ending())
+            }
+            Err(DataRejection::TooLarge) => return DataEnd::Reject(replies::too_big()),
+            Ok(()) => {}
+        }
+        let helo = self.helo.clone().unwrap_or(Helo {
+            name: "unknown".into(),
+            esmtp: false,
+        });
+        let single = (txn.recipients.len() == 1).then(|| txn.recipients[0].address.clone());
+        let date = received::now_rfc5322();
+        let received = received::received_header(&TraceInfo {
+            helo: &helo.name,
+            client_ip: self.conn.peer.ip(),
+            hostname: &self.cfg.hostname,
+            esmtp: helo.esmtp,
+            tls: self.conn.tls.as_deref(),
+            authenticated: self.authenticated.is_some(),
+            smtputf8: txn.params.smtputf8,
+            id: &txn.id,
+            single_recipient: single.as_deref(),
+            date: &date,
+        });
+        DataEnd::Store(Accepted {
+            id: txn.id,
+            sender: txn.from.address().map(|a| a.to_string()),
+            recipients: txn.recipients,
+            received,
+            smtputf8: txn.params.smtputf8,
+            eight_bit: body_has_8bit || txn.params.body == Some(BodyType::EightBitMime),
+            helo: helo.name,
+        })
+    }
+
+    fn vrfy(&mut self, arg: &str) -> Action {
+        if !self.cfg.local.vrfy {
+            return Action::Reply(replies::vrfy_ambiguous());
+        }
+        match policy::verify(&self.cfg, arg) {
+            Some(addr) => Action::Reply(replies::vrfy_ok(&addr)),
+            None => Action::Reply(replies::no_such_user(arg.trim_matches(['<', '>']))),
+        }
+    }
+
+    fn expn(&mut self, arg: &str) -> Action {
+        if !self.cfg.local.expn {
+            return Action::Reply(replies::expn_disabled());
+        }
+        match policy::expand(&self.cfg, arg) {
+            Some(members) if !members.is_empty() => Action::Reply(replies::expn_list(&members)),
+            _ => Action::Reply(replies::no_such_user(arg.trim_matches(['<', '>']))),
+        }
+    }
+
+    fn starttls(&mut self) -> Action {
+        if !self.conn.tls_available || self.conn.tls.is_some() {
+            return self.error(replies::tls_unavailable());
+        }
+        Action::StartTls(Reply::new(
+            220,
+            tern_proto::ec(2, 0, 0),
+            "Ready to start TLS",
+        ))
+    }
+}
+
+fn address_error_text(e: &AddressError) -> String {
+    e.to_string()
+}
+
+/// Time-ordered, unique across restarts and nodes (UUID v7), safe as a file name.
+pub fn new_queue_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests;

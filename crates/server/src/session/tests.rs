@@ -1,0 +1,330 @@
+//! Session tests without sockets: each line in, the exact reply out.
+
+use std::sync::Arc;
+
+use tern_config::Config;
+use tern_proto::DataRejection;
+
+use super::*;
+
+fn config(toml: &str) -> Arc<Config> {
+    let base = "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n";
+    let text = if toml.contains("[local]") {
+        format!("hostname = \"mx.tern.test\"\n{toml}")
+    } else {
+        format!("{base}{toml}")
+    };
+    Arc::new(Config::from_toml_str(&text, std::path::Path::new("test.toml")).unwrap())
+}
+
+fn session_with(cfg: Arc<Config>, peer: &str) -> Session {
+    Session::new(
+        cfg,
+        ConnInfo {
+            peer: peer.parse().unwrap(),
+            local: "127.0.0.1:25".parse().unwrap(),
+            kind: ListenerKind::Smtp,
+            tls: None,
+            tls_available: false,
+        },
+    )
+}
+
+fn session() -> Session {
+    session_with(config(""), "127.0.0.1:40000")
+}
+
+/// Sends a line and returns the reply's first line as it goes on the wire (without CRLF).
+fn say(s: &mut Session, line: &str) -> String {
+    let reply = match s.handle_line(line.as_bytes()) {
+        Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) | Action::Close(r) => r,
+    };
+    let wire = String::from_utf8(reply.to_bytes()).unwrap();
+    wire.lines().last().unwrap().to_string()
+}
+
+fn code(s: &mut Session, line: &str) -> u16 {
+    say(s, line)[..3].parse().unwrap()
+}
+
+#[test]
+fn the_seed_transaction() {
+    let mut s = session();
+    assert_eq!(s.greeting().to_bytes(), b"220 mx.tern.test ESMTP tern\r\n");
+    assert_eq!(say(&mut s, "HELO walton.net"), "250 mx.tern.test");
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<johnboy@walton.net>"),
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        say(&mut s, "RCPT TO:<riker@tern.test>"),
+        "250 2.1.5 Recipient OK"
+    );
+    assert_eq!(say(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+        panic!()
+    };
+    assert_eq!(acc.sender.as_deref(), Some("johnboy@walton.net"));
+    assert_eq!(
+        acc.recipients[0].targets,
+        vec![Target::Local("riker@tern.test".into())]
+    );
+    assert!(acc.received.starts_with(
+        "Received: from walton.net ([127.0.0.1])\r\n\tby mx.tern.test (tern) with SMTP"
+    ));
+    assert!(acc.received.contains("for <riker@tern.test>"));
+    assert_eq!(
+        say(&mut s, "QUIT"),
+        "221 2.0.0 mx.tern.test closing connection"
+    );
+}
+
+#[test]
+fn ehlo_lists_extensions() {
+    let mut s = session();
+    let Action::Reply(r) = s.handle_line(b"EHLO client.test") else {
+        panic!()
+    };
+    let wire = String::from_utf8(r.to_bytes()).unwrap();
+    for ext in [
+        "250-mx.tern.test Hello client.test",
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(wire.contains(ext), "{ext} missing from {wire}");
+    }
+    assert!(!wire.contains("STARTTLS"));
+}
+
+#[test]
+fn sequence_errors() {
+    let mut s = session();
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<a@b.test>"),
+        "503 5.5.1 Send HELO/EHLO first"
+    );
+    assert_eq!(code(&mut s, "RCPT TO:<a@tern.test>"), 503);
+    assert_eq!(code(&mut s, "DATA"), 503);
+    say(&mut s, "EHLO x");
+    assert_eq!(
+        say(&mut s, "RCPT TO:<a@tern.test>"),
+        "503 5.5.1 Need MAIL before RCPT"
+    );
+    assert_eq!(say(&mut s, "DATA"), "503 5.5.1 Need MAIL before DATA");
+    say(&mut s, "MAIL FROM:<>");
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<>"),
+        "503 5.5.1 Sender already specified"
+    );
+    assert_eq!(say(&mut s, "DATA"), "503 5.5.1 Need RCPT before DATA");
+    assert_eq!(say(&mut s, "RSET"), "250 2.0.0 OK");
+    assert_eq!(code(&mut s, "RCPT TO:<a@tern.test>"), 503);
+}
+
+#[test]
+fn all_rejected_gives_554_at_data() {
+    let mut s = session_with(config("[relay]\ntrusted_networks = []\n"), "192.0.2.1:1");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert_eq!(
+        say(&mut s, "RCPT TO:<x@elsewhere.test>"),
+        "550 5.7.1 <x@elsewhere.test>: Relay access denied"
+    );
+    assert_eq!(say(&mut s, "DATA"), "554 5.5.1 No valid recipients");
+}
+
+#[test]
+fn every_other_verb() {
+    let mut s = session();
+    assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK");
+    assert_eq!(code(&mut s, "VRFY riker"), 252);
+    assert_eq!(say(&mut s, "EXPN staff"), "502 5.5.1 EXPN is disabled");
+    assert_eq!(
+        say(&mut s, "HELP"),
+        "214 2.0.0 HELP <command> describes one; see RFC 5321."
+    );
+    assert!(say(&mut s, "help mail").starts_with("214 2.0.0 MAIL FROM:<address>"));
+    assert_eq!(say(&mut s, "HELP FOO"), "504 5.5.1 HELP topic unknown");
+    assert_eq!(
+        say(&mut s, "SEND FROM:<a@b.test>"),
+        "502 5.5.1 SEND is obsolete (removed by RFC 5321)"
+    );
+    assert_eq!(code(&mut s, "SOML FROM:<a@b.test>"), 502);
+    assert_eq!(code(&mut s, "SAML FROM:<a@b.test>"), 502);
+    assert!(say(&mut s, "TURN").starts_with("502 5.5.1 TURN is not supported: it is insecure"));
+    assert_eq!(say(&mut s, "FOO"), "500 5.5.1 Command unrecognized");
+    assert_eq!(code(&mut s, "STARTTLS"), 454);
+    assert_eq!(code(&mut s, "helo"), 501);
+}
+
+#[test]
+fn syntax_and_parameter_errors() {
+    let mut s = session();
+    say(&mut s, "EHLO x");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@>"), 501);
+    assert!(say(&mut s, "MAIL FROM:<a@b.test> FOO=1").starts_with("555 5.5.4"));
+    assert!(say(&mut s, "MAIL FROM:<a@b.test> SIZE=x").starts_with("501 5.5.4"));
+    assert!(say(&mut s, "MAIL FROM:<a@b.test> SIZE=99999999999").starts_with("552 5.3.4"));
+    let long = "a".repeat(65);
+    assert!(say(&mut s, &format!("MAIL FROM:<{long}@b.test>")).starts_with("501 5.1.7"));
+    assert!(say(&mut s, "MAIL FROM:<δ@b.test>").starts_with("553 5.6.7"));
+    assert_eq!(code(&mut s, "MAIL FROM:<δ@b.test> SMTPUTF8"), 250);
+    assert_eq!(code(&mut s, "RCPT TO:<ü@tern.test>"), 250);
+    assert!(say(&mut s, "RCPT TO:<>").starts_with("501 5.1.3"));
+    assert!(say(&mut s, "RCPT TO:<a@tern.test> NOTIFY=NEVER").starts_with("555 5.5.4"));
+}
+
+#[test]
+fn utf8_recipient_needs_smtputf8() {
+    let mut s = session();
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert!(say(&mut s, "RCPT TO:<ü@tern.test>").starts_with("553 5.6.7"));
+}
+
+#[test]
+fn local_users_aliases_and_postmaster() {
+    let cfg = config(
+        "[local]\ndomains = [\"tern.test\"]\n[[users]]\nname = \"alice@tern.test\"\n[aliases]\n\"team@tern.test\" = [\"alice@tern.test\", \"bob@remote.test\"]\n",
+    );
+    let mut s = session_with(cfg, "192.0.2.9:5");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert_eq!(code(&mut s, "RCPT TO:<Alice@TERN.test.>"), 250);
+    assert_eq!(
+        say(&mut s, "RCPT TO:<nobody@tern.test>"),
+        "550 5.1.1 <nobody@tern.test>: Recipient address rejected: no such user"
+    );
+    assert_eq!(code(&mut s, "RCPT TO:<team@tern.test>"), 250);
+    assert_eq!(code(&mut s, "RCPT TO:<postmaster>"), 250);
+    assert_eq!(code(&mut s, "RCPT TO:<postmaster@tern.test>"), 250);
+    say(&mut s, "DATA");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+        panic!()
+    };
+    assert_eq!(acc.recipients.len(), 4);
+    assert_eq!(
+        acc.recipients[1].targets,
+        vec![
+            Target::Local("alice@tern.test".into()),
+            Target::Remote("bob@remote.test".into())
+        ]
+    );
+    assert!(
+        !acc.received.contains(" for <"),
+        "several recipients: no for clause"
+    );
+}
+
+#[test]
+fn relay_policy() {
+    // Trusted (loopback by default) may relay.
+    let mut s = session();
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@tern.test>");
+    assert_eq!(code(&mut s, "RCPT TO:<x@elsewhere.test>"), 250);
+    // Untrusted may not, whatever the decoration.
+    let mut s = session_with(config(""), "192.0.2.1:1");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert!(say(&mut s, "RCPT TO:<x@elsewhere.test>").starts_with("550 5.7.1"));
+    assert!(say(&mut s, "RCPT TO:<@tern.test:x@elsewhere.test>").starts_with("550 5.7.1"));
+    assert!(say(&mut s, "RCPT TO:<x@elsewhere.test@tern.test>").starts_with("501"));
+    // Decorated local parts stay local (delivered to a local mailbox or refused, never relayed).
+    for local in [
+        "<x%elsewhere.test@tern.test>",
+        "<\"x@elsewhere.test\"@tern.test>",
+        "<elsewhere.test!x@tern.test>",
+        "<x@TERN.TEST.>",
+    ] {
+        assert_eq!(code(&mut s, &format!("RCPT TO:{local}")), 250, "{local}");
+    }
+    say(&mut s, "DATA");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+        panic!()
+    };
+    assert!(acc
+        .recipients
+        .iter()
+        .flat_map(|r| &r.targets)
+        .all(|t| matches!(t, Target::Local(_))));
+}
+
+#[test]
+fn recipient_limit_keeps_the_first() {
+    let mut s = session_with(config("[limits]\nmax_recipients = 2\n"), "127.0.0.1:1");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert_eq!(code(&mut s, "RCPT TO:<a@tern.test>"), 250);
+    assert_eq!(code(&mut s, "RCPT TO:<b@tern.test>"), 250);
+    assert_eq!(
+        say(&mut s, "RCPT TO:<c@tern.test>"),
+        "452 4.5.3 Too many recipients"
+    );
+    say(&mut s, "DATA");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+        panic!()
+    };
+    assert_eq!(acc.recipients.len(), 2);
+}
+
+#[test]
+fn data_rejections() {
+    for (verdict, expect) in [
+        (DataRejection::BareLineEnding, 554),
+        (DataRejection::TooLarge, 552),
+    ] {
+        let mut s = session();
+        say(&mut s, "EHLO x");
+        say(&mut s, "MAIL FROM:<a@b.test>");
+        say(&mut s, "RCPT TO:<a@tern.test>");
+        say(&mut s, "DATA");
+        let DataEnd::Reject(r) = s.finish_data(Err(verdict), false) else {
+            panic!()
+        };
+        assert_eq!(r.code(), expect);
+        // The session is usable again afterwards.
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.test>"), 250);
+    }
+}
+
+#[test]
+fn vrfy_and_expn_when_enabled() {
+    let cfg = config(
+        "[local]\ndomains = [\"tern.test\"]\nvrfy = true\nexpn = true\n[[users]]\nname = \"alice@tern.test\"\n[aliases]\n\"team@tern.test\" = [\"alice@tern.test\"]\n",
+    );
+    let mut s = session_with(cfg, "127.0.0.1:1");
+    assert_eq!(
+        say(&mut s, "VRFY alice@tern.test"),
+        "250 2.1.5 <alice@tern.test>"
+    );
+    assert_eq!(code(&mut s, "VRFY nobody@tern.test"), 550);
+    assert_eq!(
+        say(&mut s, "EXPN team@tern.test"),
+        "250 2.1.5 <alice@tern.test>"
+    );
+    assert_eq!(code(&mut s, "EXPN alice@tern.test"), 550);
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let mut s = session_with(config("[limits]\nmax_errors = 3\n"), "127.0.0.1:1");
+    assert!(matches!(s.handle_line(b"BAD"), Action::Reply(_)));
+    assert!(matches!(s.handle_line(b"BAD"), Action::Reply(_)));
+    let Action::Close(r) = s.handle_line(b"BAD") else {
+        panic!()
+    };
+    assert_eq!(r.code(), 421);
+}
+
+#[test]
+fn helo_resets_transaction() {
+    let mut s = session();
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    say(&mut s, "EHLO x");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b.test>"), 250);
+}

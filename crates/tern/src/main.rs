@@ -1,0 +1,45 @@
+//! The `tern` binary: one executable for the server, the sending tools and administration.
+//! Invoked as `sendmail` (a symlink), it behaves as the sendmail-compatible submission tool.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "tern: a mail transfer agent and sending tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SMTP server (embedded defaults when no config is found).
+    Serve {
+        /// Config file (default: $TERN_CONFIG, else /etc/tern/tern.toml if present, else built-in defaults).
+        #[arg(long, short = 'c', env = "TERN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print every problem with its key and fix.
+    CheckConfig {
+        /// The file to check (default: the one `serve` would use).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let invoked_as = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _ = invoked_as;
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => cmd::serve::run(config.as_deref()),
+        Command::CheckConfig { file } => cmd::check_config::run(file.as_deref()),
+    }
+}
