@@ -1,0 +1,984 @@
+//! Validation: turns the raw TOML structs into a `Config`, collecting every problem with key path and fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::defaults;
+use crate::error::{quote_key, Issue, Issues};
+use crate::raw::{OneOrMany, RawConfig, RawRoute, RawTls, Size};
+use crate::types::{
+    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
+    QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+};
+use crate::values::{
+    is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
+    parse_socket_addr_default_port, split_address,
+};
+
+type Text = Option<Spanned<String>>;
+type TextList = Option<Spanned<Vec<Spanned<String>>>>;
+
+fn at<T>(value: &Spanned<T>) -> Option<Range<usize>> {
+    Some(value.span())
+}
+
+/// Validates `raw` (parsed from `text`, which came from `origin`) into a `Config`.
+pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config, Vec<Issue>> {
+    let mut v = Issues::new(text, origin);
+
+    let hostname = match &raw.hostname {
+        Some(h) => domain_name(&mut v, h, "hostname").unwrap_or_else(defaults::hostname),
+        None => defaults::hostname(),
+    };
+    let data_dir = match &raw.data_dir {
+        Some(d) if d.get_ref().trim().is_empty() => {
+            v.add(
+                at(d),
+                "data_dir",
+                "the path is empty",
+                format!("name a directory, e.g. \"{}\"", defaults::DATA_DIR),
+            );
+            PathBuf::from(defaults::DATA_DIR)
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => PathBuf::from(defaults::DATA_DIR),
+    };
+
+    // Listeners. The AUTH policy lives in [submission] and applies wherever AUTH is offered.
+    let require_tls_for_auth = flag(
+        &raw.submission.require_tls_for_auth,
+        defaults::REQUIRE_TLS_FOR_AUTH,
+    );
+    let enforce_sender = flag(&raw.submission.enforce_sender, defaults::ENFORCE_SENDER);
+    let listener = |listen| ListenerConfig {
+        listen,
+        require_tls_for_auth,
+        enforce_sender,
+    };
+    let mut seen_addrs = HashMap::new();
+    let smtp = listener(listen(
+        &mut v,
+        &raw.smtp.listen,
+        "smtp.listen",
+        vec![defaults::SMTP_LISTEN],
+        &mut seen_addrs,
+    ));
+    let submission = listener(listen(
+        &mut v,
+        &raw.submission.listen,
+        "submission.listen",
+        Vec::new(),
+        &mut seen_addrs,
+    ));
+    let submissions = listener(listen(
+        &mut v,
+        &raw.submissions.listen,
+        "submissions.listen",
+        Vec::new(),
+        &mut seen_addrs,
+    ));
+
+    let tls = raw.tls.as_ref().map(|t| tls(&mut v, t));
+    check_listeners(
+        &mut v,
+        &raw,
+        &smtp,
+        &submission,
+        &submissions,
+        tls.is_some(),
+        require_tls_for_auth,
+    );
+
+    let limits = limits(&mut v, &raw);
+    let users = users(&mut v, &raw);
+
+    let domains = match &raw.local.domains {
+        Some(list) => {
+            let mut domains: Vec<String> = Vec::new();
+            for (i, d) in list.get_ref().iter().enumerate() {
+                if let Some(d) = domain_name(&mut v, d, &format!("local.domains[{i}]")) {
+                    if !domains.contains(&d) {
+                        domains.push(d);
+                    }
+                }
+            }
+            domains
+        }
+        None => defaults::local_domains(&hostname),
+    };
+    let local = LocalConfig {
+        catch_all: flag(
+            &raw.local.catch_all,
+            defaults::catch_all(!raw.users.is_empty()),
+        ),
+        vrfy: flag(&raw.local.vrfy, defaults::VRFY),
+        expn: flag(&raw.local.expn, defaults::EXPN),
+        domains,
+    };
+    check_user_domains(&mut v, &raw, &users, &local.domains);
+    let aliases = aliases(&mut v, &raw.aliases, &local.domains);
+
+    let trusted_networks = match &raw.relay.trusted_networks {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let parsed = parse_network(n.get_ref());
+                if parsed.is_none() {
+                    v.add(
+                        at(n),
+                        format!("relay.trusted_networks[{i}]"),
+                        format!("invalid network \"{}\"", n.get_ref()),
+                        "write a CIDR such as \"192.0.2.0/24\" or \"2001:db8::/32\", or a single address such as \"192.0.2.1\"",
+                    );
+                }
+                parsed
+            })
+            .collect(),
+        None => defaults::trusted_networks(),
+    };
+
+    let routes = routes(&mut v, &raw.routes);
+
+    let nameservers = match &raw.dns.nameservers {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let parsed = parse_socket_addr_default_port(n.get_ref(), defaults::DNS_PORT).filter(|a| a.port() != 0);
+                if parsed.is_none() {
+                    v.add(
+                        at(n),
+                        format!("dns.nameservers[{i}]"),
+                        format!("invalid nameserver \"{}\"", n.get_ref()),
+                        "write an IP address with an optional port, e.g. \"127.0.0.1\", \"127.0.0.1:5353\" or \"[::1]:53\"",
+                    );
+                }
+                parsed
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let queue = queue(&mut v, &raw);
+    let outbound = outbound(&mut v, &raw, &hostname);
+    let log = log(&mut v, &raw);
+
+    v.finish()?;
+    Ok(Config {
+        hostname,
+        data_dir,
+        smtp,
+        submission,
+        submissions,
+        tls,
+        limits,
+        local,
+        users,
+        aliases,
+        relay: RelayConfig { trusted_networks },
+        routes,
+        dns: DnsConfig { nameservers },
+        queue,
+        outbound,
+        log,
+        source: Some(origin.to_path_buf()),
+    })
+}
+
+fn flag(value: &Option<Spanned<bool>>, default: bool) -> bool {
+    value.as_ref().map_or(default, |b| *b.get_ref())
+}
+
+/// A domain name, normalized (lower-case, no trailing dot); `None` (and an issue) when invalid.
+fn domain_name(v: &mut Issues, value: &Spanned<String>, key: &str) -> Option<String> {
+    let name = normalize_domain(value.get_ref().trim());
+    if is_domain(&name) {
+        return Some(name);
+    }
+    v.add(
+        at(value),
+        key,
+        format!("\"{}\" is not a valid domain name", value.get_ref()),
+        "use a name such as \"mx.example.test\": letters, digits and hyphens in dot-separated labels",
+    );
+    None
+}
+
+fn listen(
+    v: &mut Issues,
+    value: &TextList,
+    key: &'static str,
+    default: Vec<SocketAddr>,
+    seen: &mut HashMap<SocketAddr, String>,
+) -> Vec<SocketAddr> {
+    let Some(list) = value else { return default };
+    let mut addrs = Vec::new();
+    for (i, item) in list.get_ref().iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Ok(addr) = item.get_ref().trim().parse::<SocketAddr>() else {
+            v.add(
+                at(item),
+                item_key,
+                format!("invalid listen address \"{}\"", item.get_ref()),
+                "write IP:PORT such as \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:25\" (host names are not allowed)",
+            );
+            continue;
+        };
+        // Port 0 asks the OS for a free port (tests); two of those never clash.
+        if addr.port() != 0 {
+            if let Some(first) = seen.get(&addr) {
+                v.add(
+                    at(item),
+                    item_key,
+                    format!("{addr} is already listed in {first}"),
+                    "listen on each address only once",
+                );
+                continue;
+            }
+            seen.insert(addr, item_key);
+        }
+        addrs.push(addr);
+    }
+    addrs
+}
+
+fn check_listeners(
+    v: &mut Issues,
+    raw: &RawConfig,
+    smtp: &ListenerConfig,
+    submission: &ListenerConfig,
+    submissions: &ListenerConfig,
+    have_tls: bool,
+    require_tls_for_auth: bool,
+) {
+    let span_of = |l: &TextList| l.as_ref().and_then(at);
+    if smtp.listen.is_empty()
+        && submission.listen.is_empty()
+        && submissions.listen.is_empty()
+        && raw
+            .smtp
+            .listen
+            .as_ref()
+            .is_some_and(|l| l.get_ref().is_empty())
+    {
+        v.add(
+            span_of(&raw.smtp.listen),
+            "smtp.listen",
+            "no listener is configured: smtp.listen, submission.listen and submissions.listen are all empty",
+            "add an address to smtp.listen (e.g. [\"0.0.0.0:25\"]) or to submission.listen / submissions.listen",
+        );
+    }
+    if !submissions.listen.is_empty() && !have_tls {
+        v.add(
+            span_of(&raw.submissions.listen),
+            "submissions.listen",
+            "implicit TLS (RFC 8314) needs a certificate, but there is no [tls] table",
+            "add [tls] with cert and key, or set submissions.listen = []",
+        );
+    }
+    if !submission.listen.is_empty() && !have_tls && require_tls_for_auth {
+        v.add(
+            span_of(&raw.submission.listen),
+            "submission.listen",
+            "submission.require_tls_for_auth is true but there is no [tls] table, so no client could ever authenticate",
+            "add [tls] with cert and key, or set submission.require_tls_for_auth = false (only for tests on loopback)",
+        );
+    }
+}
+
+fn tls(v: &mut Issues, value: &Spanned<RawTls>) -> TlsConfig {
+    let t = value.get_ref();
+    TlsConfig {
+        cert: pem_file(
+            v,
+            &t.cert,
+            "tls.cert",
+            "-----BEGIN CERTIFICATE-----",
+            "a PEM certificate chain",
+        ),
+        key: pem_file(
+            v,
+            &t.key,
+            "tls.key",
+            "PRIVATE KEY-----",
+            "a PEM private key",
+        ),
+    }
+}
+
+/// Checks at load time that a PEM file exists, is readable and holds what it should, so a bad path
+/// fails `tern check-config` instead of the first STARTTLS handshake.
+fn pem_file(
+    v: &mut Issues,
+    value: &Spanned<String>,
+    key: &str,
+    marker: &str,
+    what: &str,
+) -> PathBuf {
+    let path = PathBuf::from(value.get_ref());
+    if value.get_ref().trim().is_empty() {
+        v.add(
+            at(value),
+            key,
+            "the path is empty",
+            format!("name the file holding {what}"),
+        );
+        return path;
+    }
+    match std::fs::read(&path) {
+        Err(e) => v.add(
+            at(value),
+            key,
+            format!("cannot read \"{}\": {e}", path.display()),
+            file_fix(&e),
+        ),
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            if !(text.contains("-----BEGIN") && text.contains(marker)) {
+                v.add(
+                    at(value),
+                    key,
+                    format!("\"{}\" does not contain {what} (no \"{marker}\" line)", path.display()),
+                    "point tls.cert at the PEM full-chain certificate and tls.key at the PEM private key",
+                );
+            }
+        }
+    }
+    path
+}
+
+fn file_fix(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            "correct the path or create the file (relative paths are relative to the current directory)"
+        }
+        std::io::ErrorKind::PermissionDenied => "make the file readable by the user tern runs as",
+        _ => "check that the path names a readable file",
+    }
+}
+
+fn duration(
+    v: &mut Issues,
+    value: &Text,
+    key: &str,
+    default: Duration,
+    zero_allowed: bool,
+) -> Duration {
+    let Some(value) = value else { return default };
+    let text = value.get_ref();
+    match parse_duration(text) {
+        Err(_) => {
+            v.add(
+                at(value),
+                key,
+                format!("invalid duration \"{text}\" (expected e.g. \"5m\", \"30s\", \"1h\")"),
+                "use a humantime duration",
+            );
+            default
+        }
+        Ok(d) if d.is_zero() && !zero_allowed => {
+            v.add(
+                at(value),
+                key,
+                format!("duration \"{text}\" is zero"),
+                format!(
+                    "use a duration longer than zero, e.g. \"{}\" (the default)",
+                    humantime::format_duration(default)
+                ),
+            );
+            default
+        }
+        Ok(d) => d,
+    }
+}
+
+/// A whole number in `min..=max`; `default` when absent or invalid (with an issue).
+fn number(
+    v: &mut Issues,
+    value: &Option<Spanned<i64>>,
+    key: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+    note: &str,
+) -> i64 {
+    let Some(value) = value else { return default };
+    let n = *value.get_ref();
+    if n < min || n > max {
+        let problem = if n < min {
+            if min == 0 {
+                format!("{n} is negative")
+            } else {
+                format!("{n} is too small (minimum {min})")
+            }
+        } else {
+            format!("{n} is too large (maximum {max})")
+        };
+        let range = if max == i64::MAX {
+            format!("of at least {min}")
+        } else {
+            format!("from {min} to {max}")
+        };
+        v.add(
+            at(value),
+            key,
+            problem,
+            format!("use a number {range}, e.g. {default} (the default){note}"),
+        );
+        return default;
+    }
+    n
+}
+
+fn count(
+    v: &mut Issues,
+    value: &Option<Spanned<i64>>,
+    key: &str,
+    min: i64,
+    default: usize,
+    note: &str,
+) -> usize {
+    let default_i = i64::try_from(default).unwrap_or(i64::MAX);
+    usize::try_from(number(v, value, key, min, i64::MAX, default_i, note)).unwrap_or(default)
+}
+
+fn port(v: &mut Issues, value: &Option<Spanned<i64>>, key: &str, default: u16) -> u16 {
+    u16::try_from(number(v, value, key, 1, 65535, i64::from(default), "")).unwrap_or(default)
+}
+
+fn size(v: &mut Issues, value: &Option<Spanned<Size>>, key: &str, default: u64) -> u64 {
+    let Some(value) = value else { return default };
+    let fix = format!(
+        "write a number of bytes such as {default}, or a size string such as \"25MiB\" or \"10MB\""
+    );
+    let parsed = match value.get_ref() {
+        Size::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+        Size::Text(t) => parse_size(t).map_err(|why| format!("invalid size \"{t}\": {why}")),
+    };
+    match parsed {
+        Ok(0) => {
+            v.add(at(value), key, "the size is zero", fix);
+            default
+        }
+        Ok(n) => n,
+        Err(problem) => {
+            v.add(at(value), key, problem, fix);
+            default
+        }
+    }
+}
+
+fn tls_policy(v: &mut Issues, value: &Text, key: &str, default: TlsPolicy) -> TlsPolicy {
+    let Some(value) = value else { return default };
+    let text = value.get_ref().trim().to_ascii_lowercase();
+    match TlsPolicy::ALL.iter().find(|(name, _)| *name == text) {
+        Some((_, policy)) => *policy,
+        None => {
+            v.add(
+                at(value),
+                key,
+                format!("unknown TLS policy \"{}\"", value.get_ref()),
+                "use one of \"none\", \"opportunistic\", \"required\"",
+            );
+            default
+        }
+    }
+}
+
+fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
+    let l = &raw.limits;
+    Limits {
+        max_message_size: size(
+            v,
+            &l.max_message_size,
+            "limits.max_message_size",
+            defaults::MAX_MESSAGE_SIZE,
+        ),
+        max_recipients: count(
+            v,
+            &l.max_recipients,
+            "limits.max_recipients",
+            1,
+            defaults::MAX_RECIPIENTS,
+            "",
+        ),
+        max_connections: count(
+            v,
+            &l.max_connections,
+            "limits.max_connections",
+            1,
+            defaults::MAX_CONNECTIONS,
+            "",
+        ),
+        max_connections_per_ip: count(
+            v,
+            &l.max_connections_per_ip,
+            "limits.max_connections_per_ip",
+            0,
+            defaults::MAX_CONNECTIONS_PER_IP,
+            "; 0 means unlimited",
+        ),
+        max_messages_per_ip_per_minute: count(
+            v,
+            &l.max_messages_per_ip_per_minute,
+            "limits.max_messages_per_ip_per_minute",
+            0,
+            defaults::MAX_MESSAGES_PER_IP_PER_MINUTE,
+            "; 0 means unlimited",
+        ),
+        max_errors: count(
+            v,
+            &l.max_errors,
+            "limits.max_errors",
+            1,
+            defaults::MAX_ERRORS,
+            "",
+        ),
+        max_header_size: size(
+            v,
+            &l.max_header_size,
+            "limits.max_header_size",
+            defaults::MAX_HEADER_SIZE,
+        ),
+        max_auth_failures: count(
+            v,
+            &l.max_auth_failures,
+            "limits.max_auth_failures",
+            1,
+            defaults::MAX_AUTH_FAILURES,
+            "",
+        ),
+        command_timeout: duration(
+            v,
+            &l.command_timeout,
+            "limits.command_timeout",
+            defaults::COMMAND_TIMEOUT,
+            false,
+        ),
+        data_timeout: duration(
+            v,
+            &l.data_timeout,
+            "limits.data_timeout",
+            defaults::DATA_TIMEOUT,
+            false,
+        ),
+    }
+}
+
+fn users(v: &mut Issues, raw: &RawConfig) -> Vec<User> {
+    let mut users: Vec<User> = Vec::new();
+    let mut index_of: HashMap<String, usize> = HashMap::new();
+    for (i, u) in raw.users.iter().enumerate() {
+        let name = u.name.get_ref().trim().to_ascii_lowercase();
+        let key = format!("users[{i}].name");
+        if split_address(&name).is_none() {
+            v.add(
+                at(&u.name),
+                key,
+                format!("\"{}\" is not an address", u.name.get_ref()),
+                "write the full address, e.g. name = \"alice@example.test\"",
+            );
+            continue;
+        }
+        if let Some(first) = index_of.get(&name) {
+            v.add(
+                at(&u.name),
+                key,
+                format!("user \"{name}\" is already defined as users[{first}]"),
+                "remove one of the two entries",
+            );
+            continue;
+        }
+        if let Some(p) = &u.password {
+            if !p.get_ref().starts_with("$argon2") {
+                v.add(
+                    at(p),
+                    format!("users[{i}].password"),
+                    "the password is not an argon2 hash (it must start with \"$argon2\")",
+                    "store the hash printed by `tern passwd`, never the plain password; or remove the key for a mailbox without login",
+                );
+            }
+        }
+        index_of.insert(name.clone(), i);
+        users.push(User {
+            name,
+            password: u.password.as_ref().map(|p| p.get_ref().clone()),
+        });
+    }
+    users
+}
+
+/// Users must live in a local domain: mail for any other domain is relayed, never delivered to them.
+fn check_user_domains(v: &mut Issues, raw: &RawConfig, users: &[User], domains: &[String]) {
+    for (i, u) in raw.users.iter().enumerate() {
+        let name = u.name.get_ref().trim().to_ascii_lowercase();
+        let Some((_, domain)) = split_address(&name) else {
+            continue;
+        };
+        let domain = normalize_domain(domain);
+        if users.iter().any(|k| k.name == name) && !domains.contains(&domain) {
+            v.add(
+                at(&u.name),
+                format!("users[{i}].name"),
+                format!("the domain \"{domain}\" of user \"{name}\" is not a local domain"),
+                format!("add \"{domain}\" to local.domains, or correct the address"),
+            );
+        }
+    }
+}
+
+fn aliases(
+    v: &mut Issues,
+    raw: &BTreeMap<String, Spanned<OneOrMany>>,
+    domains: &[String],
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (name, targets) in raw {
+        let key = format!("aliases.{}", quote_key(name));
+        let alias = name.trim().to_ascii_lowercase();
+        let Some((_, domain)) = split_address(&alias) else {
+            v.add(
+                at(targets),
+                key,
+                format!("alias \"{name}\" is not an address"),
+                "write the full address as the key, e.g. \"postmaster@example.test\" = [\"alice@example.test\"]",
+            );
+            continue;
+        };
+        let domain = normalize_domain(domain);
+        if !domains.contains(&domain) {
+            v.add(
+                at(targets),
+                key.clone(),
+                format!("the domain \"{domain}\" of alias \"{alias}\" is not a local domain, so the alias could never match"),
+                format!("add \"{domain}\" to local.domains, or correct the alias"),
+            );
+        }
+        if out.contains_key(&alias) {
+            v.add(
+                at(targets),
+                key,
+                format!("alias \"{alias}\" is defined twice (keys are case-insensitive)"),
+                "merge the two entries into one",
+            );
+            continue;
+        }
+        let list = &targets.get_ref().0;
+        if list.is_empty() {
+            v.add(
+                at(targets),
+                key.clone(),
+                "the alias has no targets",
+                "list one or more addresses, e.g. [\"alice@example.test\"]",
+            );
+        }
+        let mut clean = Vec::new();
+        for target in list {
+            let target = target.trim();
+            if split_address(target).is_none() {
+                v.add(
+                    at(targets),
+                    key.clone(),
+                    format!("target \"{target}\" is not an address (it needs local@domain)"),
+                    "write full addresses such as \"alice@example.test\"",
+                );
+            } else {
+                clean.push(target.to_string());
+            }
+        }
+        out.insert(alias, clean);
+    }
+    out
+}
+
+fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap<String, Route> {
+    let mut out = BTreeMap::new();
+    for (name, route) in raw {
+        let key = format!("routes.{}", quote_key(name));
+        let domain = if name.trim() == "*" {
+            "*".to_string()
+        } else {
+            normalize_domain(name.trim())
+        };
+        if domain != "*" && !is_domain(&domain) {
+            v.add(
+                at(route),
+                key.clone(),
+                format!("\"{name}\" is neither a domain name nor \"*\""),
+                "use the destination domain as the key (\"partner.test\"), or \"*\" for a smarthost",
+            );
+        }
+        if out.contains_key(&domain) {
+            v.add(
+                at(route),
+                key,
+                format!("a route for \"{domain}\" is defined twice (keys are case-insensitive)"),
+                "keep one of the two entries",
+            );
+            continue;
+        }
+        let built = match route.get_ref() {
+            RawRoute::Short(target) => match parse_host_port(target, defaults::ROUTE_PORT) {
+                Ok((host, port)) => Some(Route {
+                    host,
+                    port,
+                    tls: defaults::ROUTE_TLS,
+                    auth: None,
+                }),
+                Err(why) => {
+                    v.add(
+                        at(route),
+                        key.clone(),
+                        format!("invalid route \"{target}\": {why}"),
+                        "write \"host\" or \"host:port\", e.g. \"mx.partner.test:2525\" or \"[2001:db8::1]:25\"",
+                    );
+                    None
+                }
+            },
+            RawRoute::Full(t) => {
+                let host_text = t.host.get_ref().trim();
+                let host = host_text
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host_text);
+                if host.parse::<IpAddr>().is_err()
+                    && !is_domain(host.strip_suffix('.').unwrap_or(host))
+                {
+                    let fix = if host.contains(':') {
+                        "put only the name or IP in host and the port in port = ..."
+                    } else {
+                        "use a host name such as \"mx.partner.test\" or an IP address"
+                    };
+                    v.add(
+                        at(&t.host),
+                        format!("{key}.host"),
+                        format!("\"{host_text}\" is neither a domain name nor an IP address"),
+                        fix,
+                    );
+                }
+                let port = port(v, &t.port, &format!("{key}.port"), defaults::ROUTE_PORT);
+                let tls = tls_policy(v, &t.tls, &format!("{key}.tls"), defaults::ROUTE_TLS);
+                let auth = route_auth(v, &key, &t.user, &t.password_file, at(route));
+                Some(Route {
+                    host: host.to_string(),
+                    port,
+                    tls,
+                    auth,
+                })
+            }
+        };
+        if let Some(r) = built {
+            out.insert(domain, r);
+        }
+    }
+    out
+}
+
+fn route_auth(
+    v: &mut Issues,
+    key: &str,
+    user: &Text,
+    password_file: &Text,
+    route_span: Option<Range<usize>>,
+) -> Option<RouteAuth> {
+    match (user, password_file) {
+        (None, None) => None,
+        (Some(u), None) => {
+            v.add(
+                at(u),
+                format!("{key}.user"),
+                "user is set but password_file is not",
+                "set both user and password_file, or neither",
+            );
+            None
+        }
+        (None, Some(p)) => {
+            v.add(
+                at(p),
+                format!("{key}.password_file"),
+                "password_file is set but user is not",
+                "set both user and password_file, or neither",
+            );
+            None
+        }
+        (Some(u), Some(p)) => {
+            if u.get_ref().is_empty() {
+                v.add(
+                    at(u).or(route_span),
+                    format!("{key}.user"),
+                    "the user name is empty",
+                    "set the login name for the next hop",
+                );
+            }
+            let path = PathBuf::from(p.get_ref());
+            if let Err(e) = std::fs::File::open(&path) {
+                v.add(
+                    at(p),
+                    format!("{key}.password_file"),
+                    format!("cannot read \"{}\": {e}", path.display()),
+                    file_fix(&e),
+                );
+            }
+            Some(RouteAuth {
+                user: u.get_ref().clone(),
+                password_file: path,
+            })
+        }
+    }
+}
+
+fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
+    let q = &raw.queue;
+    let retry_schedule = match &q.retry_schedule {
+        None => defaults::RETRY_SCHEDULE.to_vec(),
+        Some(list) if list.get_ref().is_empty() => {
+            v.add(
+                at(list),
+                "queue.retry_schedule",
+                "the retry schedule is empty",
+                "list at least one delay, e.g. [\"5m\", \"30m\", \"1h\"] (the last one repeats)",
+            );
+            defaults::RETRY_SCHEDULE.to_vec()
+        }
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                duration(
+                    v,
+                    &Some(d.clone()),
+                    &format!("queue.retry_schedule[{i}]"),
+                    defaults::RETRY_SCHEDULE[0],
+                    false,
+                )
+            })
+            .collect(),
+    };
+    let delay_warning = duration(
+        v,
+        &q.delay_warning,
+        "queue.delay_warning",
+        Duration::ZERO,
+        true,
+    );
+    QueueConfig {
+        max_age: duration(
+            v,
+            &q.max_age,
+            "queue.max_age",
+            defaults::QUEUE_MAX_AGE,
+            false,
+        ),
+        retry_schedule,
+        max_received_headers: count(
+            v,
+            &q.max_received_headers,
+            "queue.max_received_headers",
+            1,
+            defaults::MAX_RECEIVED_HEADERS,
+            "",
+        ),
+        delay_warning: (!delay_warning.is_zero())
+            .then_some(delay_warning)
+            .or(defaults::DELAY_WARNING),
+    }
+}
+
+fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
+    let o = &raw.outbound;
+    OutboundConfig {
+        mx_port: port(v, &o.mx_port, "outbound.mx_port", defaults::MX_PORT),
+        concurrency: count(
+            v,
+            &o.concurrency,
+            "outbound.concurrency",
+            1,
+            defaults::OUTBOUND_CONCURRENCY,
+            "",
+        ),
+        concurrency_per_host: count(
+            v,
+            &o.concurrency_per_host,
+            "outbound.concurrency_per_host",
+            1,
+            defaults::OUTBOUND_CONCURRENCY_PER_HOST,
+            "",
+        ),
+        tls: tls_policy(v, &o.tls, "outbound.tls", defaults::OUTBOUND_TLS),
+        helo_name: match &o.helo_name {
+            Some(h) => {
+                domain_name(v, h, "outbound.helo_name").unwrap_or_else(|| hostname.to_string())
+            }
+            None => hostname.to_string(),
+        },
+        connect_timeout: duration(
+            v,
+            &o.connect_timeout,
+            "outbound.connect_timeout",
+            defaults::CONNECT_TIMEOUT,
+            false,
+        ),
+        command_timeout: duration(
+            v,
+            &o.command_timeout,
+            "outbound.command_timeout",
+            defaults::OUTBOUND_COMMAND_TIMEOUT,
+            false,
+        ),
+        data_timeout: duration(
+            v,
+            &o.data_timeout,
+            "outbound.data_timeout",
+            defaults::OUTBOUND_DATA_TIMEOUT,
+            false,
+        ),
+    }
+}
+
+fn log(v: &mut Issues, raw: &RawConfig) -> LogConfig {
+    let level = match &raw.log.level {
+        None => defaults::LOG_LEVEL.to_string(),
+        Some(l) => {
+            let level = l.get_ref().trim().to_ascii_lowercase();
+            if LOG_LEVELS.contains(&level.as_str()) {
+                level
+            } else {
+                v.add(
+                    at(l),
+                    "log.level",
+                    format!("unknown log level \"{}\"", l.get_ref()),
+                    "use one of \"trace\", \"debug\", \"info\", \"warn\", \"error\"",
+                );
+                defaults::LOG_LEVEL.to_string()
+            }
+        }
+    };
+    let format = match &raw.log.format {
+        None => defaults::LOG_FORMAT,
+        Some(f) => {
+            let text = f.get_ref().trim().to_ascii_lowercase();
+            match LogFormat::ALL.iter().find(|(name, _)| *name == text) {
+                Some((_, format)) => *format,
+                None => {
+                    v.add(
+                        at(f),
+                        "log.format",
+                        format!("unknown log format \"{}\"", f.get_ref()),
+                        "use \"text\" or \"json\"",
+                    );
+                    defaults::LOG_FORMAT
+                }
+            }
+        }
+    };
+    LogConfig { level, format }
+}

@@ -1,0 +1,243 @@
+//! Every default value of the configuration, in one place. `Config::defaults()` and the loader both use these.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::types::{
+    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
+    QueueConfig, RelayConfig, TlsPolicy,
+};
+use crate::values::{is_domain, normalize_domain};
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+/// Used when the system hostname is unavailable or not a valid domain name.
+pub const FALLBACK_HOSTNAME: &str = "localhost";
+pub const DATA_DIR: &str = "./tern-data";
+/// An unprivileged loopback port, so a fresh install cannot become an open relay by accident.
+pub const SMTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2525));
+pub const REQUIRE_TLS_FOR_AUTH: bool = true;
+pub const ENFORCE_SENDER: bool = true;
+
+/// 25 MiB, a common provider limit; advertised via SIZE (RFC 1870).
+pub const MAX_MESSAGE_SIZE: u64 = 26_214_400;
+/// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients.
+pub const MAX_RECIPIENTS: usize = 100;
+pub const MAX_CONNECTIONS: usize = 1000;
+pub const MAX_CONNECTIONS_PER_IP: usize = 100;
+pub const MAX_MESSAGES_PER_IP_PER_MINUTE: usize = 0;
+pub const MAX_ERRORS: usize = 20;
+pub const MAX_HEADER_SIZE: u64 = 1_048_576;
+pub const MAX_AUTH_FAILURES: usize = 5;
+/// RFC 5321 4.5.3.2.7: server timeout of at least 5 minutes while awaiting a command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * MINUTE);
+/// RFC 5321 4.5.3.2.6: DATA termination timeout of at least 10 minutes.
+pub const DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
+
+pub const VRFY: bool = false;
+pub const EXPN: bool = false;
+
+/// RFC 5321 4.5.4.1: give up after 4-5 days.
+pub const QUEUE_MAX_AGE: Duration = Duration::from_secs(5 * DAY);
+/// RFC 5321 4.5.4.1 asks for retry intervals of at least 30 minutes; the first retries come sooner
+/// (greylisting usually clears in minutes) and the schedule backs off to hourly.
+pub const RETRY_SCHEDULE: [Duration; 5] = [
+    Duration::from_secs(5 * MINUTE),
+    Duration::from_secs(10 * MINUTE),
+    Duration::from_secs(20 * MINUTE),
+    Duration::from_secs(40 * MINUTE),
+    Duration::from_secs(HOUR),
+];
+/// RFC 5321 6.3: loops are detected by counting Received headers. The RFC suggests a threshold of
+/// "normally at least 100"; we use Postfix's `hopcount_limit` of 50, which no legitimate path reaches.
+pub const MAX_RECEIVED_HEADERS: usize = 50;
+/// `None`: no delay warning DSN.
+pub const DELAY_WARNING: Option<Duration> = None;
+
+/// RFC 5321 4.5.4.2: SMTP is port 25.
+pub const MX_PORT: u16 = 25;
+/// Port used by a route written without one.
+pub const ROUTE_PORT: u16 = 25;
+pub const OUTBOUND_CONCURRENCY: usize = 50;
+pub const OUTBOUND_CONCURRENCY_PER_HOST: usize = 5;
+pub const OUTBOUND_TLS: TlsPolicy = TlsPolicy::Opportunistic;
+pub const ROUTE_TLS: TlsPolicy = TlsPolicy::Opportunistic;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 5321 4.5.3.2.1-4.5.3.2.5: 5 minutes for the banner and MAIL/RCPT replies (2-3 for DATA; we use one value).
+pub const OUTBOUND_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * MINUTE);
+/// RFC 5321 4.5.3.2.6: 10 minutes for the reply to the final dot.
+pub const OUTBOUND_DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
+
+/// Port used for a nameserver given as a bare IP address.
+pub const DNS_PORT: u16 = 53;
+
+pub const LOG_LEVEL: &str = "info";
+pub const LOG_FORMAT: LogFormat = LogFormat::Text;
+
+// Checked at compile time: the defaults must agree with each other and with the RFC minimums.
+const _: () = assert!(MAX_HEADER_SIZE <= MAX_MESSAGE_SIZE);
+const _: () = assert!(MAX_RECIPIENTS >= 100, "RFC 5321 4.5.3.1.8");
+const _: () = assert!(COMMAND_TIMEOUT.as_secs() >= 300, "RFC 5321 4.5.3.2.7");
+const _: () = assert!(DATA_TIMEOUT.as_secs() >= 600, "RFC 5321 4.5.3.2.6");
+
+/// The system hostname if it is a valid domain name, else "localhost".
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| normalize_domain(h.trim()))
+        .filter(|h| is_domain(h))
+        .unwrap_or_else(|| FALLBACK_HOSTNAME.to_string())
+}
+
+/// "localhost" and our hostname, without duplicates.
+pub fn local_domains(hostname: &str) -> Vec<String> {
+    let mut domains = vec![FALLBACK_HOSTNAME.to_string()];
+    let own = normalize_domain(hostname);
+    if !domains.contains(&own) {
+        domains.push(own);
+    }
+    domains
+}
+
+/// Catch-all is on when no users are configured, so a fresh install accepts mail for any local address.
+pub fn catch_all(users_configured: bool) -> bool {
+    !users_configured
+}
+
+/// Loopback, IPv4 and IPv6.
+pub fn trusted_networks() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+        IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+    ]
+}
+
+pub fn smtp() -> ListenerConfig {
+    ListenerConfig {
+        listen: vec![SMTP_LISTEN],
+        require_tls_for_auth: REQUIRE_TLS_FOR_AUTH,
+        enforce_sender: ENFORCE_SENDER,
+    }
+}
+
+pub fn submission() -> ListenerConfig {
+    ListenerConfig {
+        listen: Vec::new(),
+        require_tls_for_auth: REQUIRE_TLS_FOR_AUTH,
+        enforce_sender: ENFORCE_SENDER,
+    }
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        max_message_size: MAX_MESSAGE_SIZE,
+        max_recipients: MAX_RECIPIENTS,
+        max_connections: MAX_CONNECTIONS,
+        max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+        max_messages_per_ip_per_minute: MAX_MESSAGES_PER_IP_PER_MINUTE,
+        max_errors: MAX_ERRORS,
+        max_header_size: MAX_HEADER_SIZE,
+        max_auth_failures: MAX_AUTH_FAILURES,
+        command_timeout: COMMAND_TIMEOUT,
+        data_timeout: DATA_TIMEOUT,
+    }
+}
+
+pub fn queue() -> QueueConfig {
+    QueueConfig {
+        max_age: QUEUE_MAX_AGE,
+        retry_schedule: RETRY_SCHEDULE.to_vec(),
+        max_received_headers: MAX_RECEIVED_HEADERS,
+        delay_warning: DELAY_WARNING,
+    }
+}
+
+pub fn outbound(hostname: &str) -> OutboundConfig {
+    OutboundConfig {
+        mx_port: MX_PORT,
+        concurrency: OUTBOUND_CONCURRENCY,
+        concurrency_per_host: OUTBOUND_CONCURRENCY_PER_HOST,
+        tls: OUTBOUND_TLS,
+        helo_name: hostname.to_string(),
+        connect_timeout: CONNECT_TIMEOUT,
+        command_timeout: OUTBOUND_COMMAND_TIMEOUT,
+        data_timeout: OUTBOUND_DATA_TIMEOUT,
+    }
+}
+
+pub fn log() -> LogConfig {
+    LogConfig {
+        level: LOG_LEVEL.to_string(),
+        format: LOG_FORMAT,
+    }
+}
+
+/// The configuration used when no file is given: see `Config::defaults`.
+pub(crate) fn config() -> Config {
+    let hostname = hostname();
+    Config {
+        data_dir: PathBuf::from(DATA_DIR),
+        smtp: smtp(),
+        submission: submission(),
+        submissions: submission(),
+        tls: None,
+        limits: limits(),
+        local: LocalConfig {
+            domains: local_domains(&hostname),
+            catch_all: catch_all(false),
+            vrfy: VRFY,
+            expn: EXPN,
+        },
+        users: Vec::new(),
+        aliases: Default::default(),
+        relay: RelayConfig {
+            trusted_networks: trusted_networks(),
+        },
+        routes: Default::default(),
+        dns: DnsConfig {
+            nameservers: Vec::new(),
+        },
+        queue: queue(),
+        outbound: outbound(&hostname),
+        log: log(),
+        source: None,
+        hostname,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn hostname_is_a_domain() {
+        assert!(is_domain(&hostname()));
+    }
+
+    #[test]
+    fn local_domains_dedupe() {
+        assert_eq!(local_domains("localhost"), vec!["localhost"]);
+        assert_eq!(
+            local_domains("MX.Example.test."),
+            vec!["localhost", "mx.example.test"]
+        );
+    }
+
+    #[test]
+    fn default_trusted_networks_are_loopback() {
+        let nets = trusted_networks();
+        assert!(nets
+            .iter()
+            .any(|n| n.contains(&IpAddr::V4(Ipv4Addr::new(127, 9, 9, 9)))));
+        assert!(nets
+            .iter()
+            .any(|n| n.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST))));
+    }
+}

@@ -1,0 +1,27 @@
+//! tern's configuration: TOML file -> validated, read-only `Config`, with every default in `defaults`.
+//!
+//! ```
+//! use std::path::Path;
+//! let config = tern_config::Config::from_toml_str("[limits]\nmax_recipients = 50\n", Path::new("tern.toml")).unwrap();
+//! assert_eq!(config.limits.max_recipients, 50);
+//! assert!(config.is_local_domain("LOCALHOST."));
+//! ```
+
+mod build;
+pub mod defaults;
+mod error;
+mod load;
+mod query;
+mod raw;
+mod types;
+mod values;
+
+pub use error::{ConfigError, Issue};
+pub use load::{ENV_VAR, SYSTEM_PATH};
+pub use types::{
+    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
+    QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+};
+
+#[cfg(test)]
+mod tests;

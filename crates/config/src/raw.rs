@@ -1,0 +1,233 @@
+//! The TOML file as written: serde structs that reject unknown keys, with spans kept for error positions.
+//! Nothing is interpreted here; `build` turns these into the validated `Config`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+type Text = Option<Spanned<String>>;
+type Int = Option<Spanned<i64>>;
+type Flag = Option<Spanned<bool>>;
+type TextList = Option<Spanned<Vec<Spanned<String>>>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub hostname: Text,
+    pub data_dir: Text,
+    pub smtp: RawSmtp,
+    pub submission: RawSubmission,
+    pub submissions: RawSubmissions,
+    pub tls: Option<Spanned<RawTls>>,
+    pub limits: RawLimits,
+    pub local: RawLocal,
+    pub users: Vec<RawUser>,
+    pub aliases: BTreeMap<String, Spanned<OneOrMany>>,
+    pub relay: RawRelay,
+    pub routes: BTreeMap<String, Spanned<RawRoute>>,
+    pub dns: RawDns,
+    pub queue: RawQueue,
+    pub outbound: RawOutbound,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSmtp {
+    pub listen: TextList,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSubmission {
+    pub listen: TextList,
+    pub require_tls_for_auth: Flag,
+    pub enforce_sender: Flag,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSubmissions {
+    pub listen: TextList,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_message_size: Option<Spanned<Size>>,
+    pub max_recipients: Int,
+    pub max_connections: Int,
+    pub max_connections_per_ip: Int,
+    pub max_messages_per_ip_per_minute: Int,
+    pub max_errors: Int,
+    pub max_header_size: Option<Spanned<Size>>,
+    pub max_auth_failures: Int,
+    pub command_timeout: Text,
+    pub data_timeout: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawLocal {
+    pub domains: TextList,
+    pub catch_all: Flag,
+    pub vrfy: Flag,
+    pub expn: Flag,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUser {
+    pub name: Spanned<String>,
+    pub password: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawRelay {
+    pub trusted_networks: TextList,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub nameservers: TextList,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub max_age: Text,
+    pub retry_schedule: TextList,
+    pub max_received_headers: Int,
+    pub delay_warning: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawOutbound {
+    pub mx_port: Int,
+    pub concurrency: Int,
+    pub concurrency_per_host: Int,
+    pub tls: Text,
+    pub helo_name: Text,
+    pub connect_timeout: Text,
+    pub command_timeout: Text,
+    pub data_timeout: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub level: Text,
+    pub format: Text,
+}
+
+/// A route: either the shorthand string "host[:port]" or a full table.
+#[derive(Debug)]
+pub(crate) enum RawRoute {
+    Short(String),
+    Full(RawRouteTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteTable {
+    pub host: Spanned<String>,
+    pub port: Int,
+    pub tls: Text,
+    pub user: Text,
+    pub password_file: Text,
+}
+
+// Hand-written instead of `#[serde(untagged)]`: untagged enums turn every mistake inside the table
+// (an unknown key, a wrong type) into "data did not match any variant", which tells the user nothing.
+impl<'de> Deserialize<'de> for RawRoute {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RouteVisitor;
+        impl<'de> Visitor<'de> for RouteVisitor {
+            type Value = RawRoute;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a \"host[:port]\" string or a table { host, port, tls, user, password_file }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRoute, E> {
+                Ok(RawRoute::Short(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoute, A::Error> {
+                RawRouteTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRoute::Full)
+            }
+        }
+        deserializer.deserialize_any(RouteVisitor)
+    }
+}
+
+/// Alias targets: one address as a string, or a list of addresses.
+#[derive(Debug)]
+pub(crate) struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address string or a list of address strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
+/// A byte size: an integer (the documented form) or a string such as "25MiB".
+#[derive(Debug)]
+pub(crate) enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl<'de> Visitor<'de> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of bytes (e.g. 26214400) or a size string (e.g. \"25MiB\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                i64::try_from(v)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::custom("size is too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}

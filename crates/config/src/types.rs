@@ -1,0 +1,253 @@
+//! The validated, read-only configuration types that the rest of tern consumes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration. Build it with [`Config::defaults`], [`Config::from_toml_str`],
+/// [`Config::load_file`] or [`Config::discover`]; every value in it has already been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Our own name: EHLO greeting, Received headers, DSNs. A valid domain name.
+    pub hostname: String,
+    /// Where the spool and maildirs live. Relative paths are relative to the current directory.
+    pub data_dir: PathBuf,
+    /// Port 25 style MTA-to-MTA listener (RFC 5321).
+    pub smtp: ListenerConfig,
+    /// Message submission with STARTTLS + AUTH (RFC 6409).
+    pub submission: ListenerConfig,
+    /// Message submission over implicit TLS (RFC 8314).
+    pub submissions: ListenerConfig,
+    /// Certificate and key; `None` means no STARTTLS and no implicit-TLS listener.
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+    pub local: LocalConfig,
+    pub users: Vec<User>,
+    /// Lower-cased alias address -> one or more target addresses.
+    pub aliases: BTreeMap<String, Vec<String>>,
+    pub relay: RelayConfig,
+    /// Lower-cased destination domain (or "*" for a smarthost) -> static route.
+    pub routes: BTreeMap<String, Route>,
+    pub dns: DnsConfig,
+    pub queue: QueueConfig,
+    pub outbound: OutboundConfig,
+    pub log: LogConfig,
+    /// The file this configuration came from; `None` for the embedded defaults.
+    pub source: Option<PathBuf>,
+}
+
+/// One listener kind. `require_tls_for_auth` and `enforce_sender` matter for submission(s) only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// RFC 4954 4 / RFC 6409 4.3: do not offer or accept AUTH before TLS is active.
+    pub require_tls_for_auth: bool,
+    /// MAIL FROM must be an address of the authenticated user (RFC 6409 6.1 allows the MSA to enforce this).
+    pub enforce_sender: bool,
+}
+
+/// PEM files for the server certificate (full chain) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Per-session and per-client limits, enforced by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes; advertised with SIZE (RFC 1870).
+    pub max_message_size: u64,
+    /// RCPT commands accepted per transaction (RFC 5321 4.5.3.1.8 requires at least 100 be accepted).
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// 0 = unlimited.
+    pub max_messages_per_ip_per_minute: usize,
+    /// Bad commands in one session before 421 and close.
+    pub max_errors: usize,
+    /// Bytes of the header section of one message.
+    pub max_header_size: u64,
+    /// Failed AUTH attempts per IP before 421.
+    pub max_auth_failures: usize,
+    /// RFC 5321 4.5.3.2.7: server timeout waiting for the next command.
+    pub command_timeout: Duration,
+    /// RFC 5321 4.5.3.2.6: timeout while receiving DATA (between blocks / before the final reply).
+    pub data_timeout: Duration,
+}
+
+/// Which domains we deliver locally, and how we answer about local users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Lower-cased, no trailing dot.
+    pub domains: Vec<String>,
+    /// Accept any local part of a local domain (delivered to the maildir of that address).
+    pub catch_all: bool,
+    /// RFC 5321 3.5.3: true answers VRFY for local users with 250; false always answers 252.
+    pub vrfy: bool,
+    /// RFC 5321 3.5.2: true lets EXPN expand aliases; false refuses.
+    pub expn: bool,
+}
+
+/// A local mailbox that may also log in (AUTH) when it has a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Full address, lower-cased; its domain is one of `local.domains`.
+    pub name: String,
+    /// argon2 PHC hash (`$argon2id$...`); `None` = mailbox only, cannot AUTH.
+    pub password: Option<String>,
+}
+
+// Hand-written so a stray `{:?}` never puts a password hash into a log.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<argon2 hash>"))
+            .finish()
+    }
+}
+
+/// Who may relay to non-local domains without AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub trusted_networks: Vec<ipnet::IpNet>,
+}
+
+/// A static next hop for a remote domain (no MX lookup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Domain name or IP address literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsPolicy,
+    pub auth: Option<RouteAuth>,
+}
+
+/// Credentials for AUTH at a route's next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    pub user: String,
+    /// File whose content (trailing newline stripped) is the password; checked readable at load.
+    pub password_file: PathBuf,
+}
+
+impl RouteAuth {
+    /// Reads the password from `password_file`, without its trailing line ending.
+    pub fn read_password(&self) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(&self.password_file)?;
+        Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// Outbound TLS policy (RFC 3207 STARTTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TlsPolicy {
+    /// Never use STARTTLS.
+    None,
+    /// Use STARTTLS when offered, fall back to plaintext otherwise; certificates are not verified.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must be offered and succeed; otherwise the attempt fails temporarily (no plaintext).
+    Required,
+}
+
+impl TlsPolicy {
+    pub const ALL: [(&'static str, TlsPolicy); 3] = [
+        ("none", TlsPolicy::None),
+        ("opportunistic", TlsPolicy::Opportunistic),
+        ("required", TlsPolicy::Required),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required => "required",
+        }
+    }
+}
+
+impl fmt::Display for TlsPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Empty = the system resolver (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Spool lifetime and retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// RFC 5321 4.5.4.1: give up (and bounce) after this long; 4-5 days is the suggested range.
+    pub max_age: Duration,
+    /// Delay before attempt n+1; the last entry repeats. Jitter is the scheduler's job.
+    pub retry_schedule: Vec<Duration>,
+    /// RFC 5321 6.3: more Received headers than this means a mail loop; the message is rejected/bounced.
+    pub max_received_headers: usize,
+    /// Send a "delayed" DSN (RFC 3464) after this long; `None` = never.
+    pub delay_warning: Option<Duration>,
+}
+
+/// Outbound delivery (the SMTP client side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// Port for MX delivery; 25 in production (RFC 5321 4.5.4.2), a high port in tests.
+    pub mx_port: u16,
+    pub concurrency: usize,
+    pub concurrency_per_host: usize,
+    /// Policy for MX delivery; routes carry their own.
+    pub tls: TlsPolicy,
+    /// Name we send in EHLO/HELO.
+    pub helo_name: String,
+    pub connect_timeout: Duration,
+    /// RFC 5321 4.5.3.2.1-4.5.3.2.5: wait for the banner and the EHLO/MAIL/RCPT/DATA replies.
+    pub command_timeout: Duration,
+    /// RFC 5321 4.5.3.2.6: wait for the reply to the final dot.
+    pub data_timeout: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One of trace, debug, info, warn, error (lower-case).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub const ALL: [(&'static str, LogFormat); 2] =
+        [("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The accepted `log.level` values.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
