@@ -1,0 +1,120 @@
+//! Opening a ready session over TCP: connect under a timeout, implicit TLS or STARTTLS per the
+//! `TlsMode`, EHLO (again after TLS), and AUTH when credentials are given.
+
+use std::net::SocketAddr;
+
+use rustls_pki_types::CertificateDer;
+use tern_proto::sasl::Credentials;
+use tokio::net::TcpStream;
+
+use crate::error::{ClientError, Stage};
+use crate::session::{Session, SessionOptions};
+use crate::tls::{TlsMode, TlsParams};
+use crate::transcript::Direction;
+
+/// Everything `connect` needs besides the address.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub session: SessionOptions,
+    pub tls: TlsMode,
+    /// Verify the server certificate (chain and name). The relay turns this off for
+    /// opportunistic STARTTLS to MX hosts (RFC 7435); `tern send` keeps it on.
+    pub verify_tls: bool,
+    /// CA certificates trusted in addition to the webpki roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub credentials: Option<Credentials>,
+}
+
+impl ConnectOptions {
+    pub fn new(session: SessionOptions) -> Self {
+        Self {
+            session,
+            tls: TlsMode::Opportunistic,
+            verify_tls: true,
+            extra_roots: Vec::new(),
+            credentials: None,
+        }
+    }
+}
+
+/// A TCP connection within the connect timeout.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    opts: &SessionOptions,
+) -> Result<TcpStream, ClientError> {
+    let limit = opts.timeouts.connect;
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(ClientError::io(Stage::Connect, e)),
+        Err(_) => Err(ClientError::Timeout {
+            stage: Stage::Connect,
+            after: limit,
+        }),
+    }
+}
+
+/// Connects to `addr` (whose host name is `server_name`, used for SNI and verification) and
+/// returns a session that has greeted, negotiated TLS per `opts.tls` and authenticated.
+pub async fn connect(
+    addr: SocketAddr,
+    server_name: &str,
+    opts: &ConnectOptions,
+) -> Result<Session<TcpStream>, ClientError> {
+    let params = match opts.tls {
+        TlsMode::None => None,
+        _ => Some(TlsParams::new(
+            server_name,
+            opts.verify_tls,
+            &opts.extra_roots,
+        )?),
+    };
+    match attempt(addr, opts, params.as_ref(), opts.tls).await {
+        // RFC 7435 / RFC 3207 4.1: a failed opportunistic handshake leaves a dead connection;
+        // deliver in the clear on a fresh one rather than not at all.
+        Err(ClientError::Tls(reason)) if opts.tls == TlsMode::Opportunistic => {
+            if let Some(t) = &opts.session.transcript {
+                t(
+                    Direction::Client,
+                    &format!("<TLS failed ({reason}); reconnecting without TLS>"),
+                );
+            }
+            attempt(addr, opts, None, TlsMode::None).await
+        }
+        other => other,
+    }
+}
+
+async fn attempt(
+    addr: SocketAddr,
+    opts: &ConnectOptions,
+    params: Option<&TlsParams>,
+    mode: TlsMode,
+) -> Result<Session<TcpStream>, ClientError> {
+    let tcp = connect_tcp(addr, &opts.session).await?;
+    let mut session = Session::new(tcp, opts.session.clone());
+    if let (TlsMode::Implicit, Some(p)) = (mode, params) {
+        session.tls_handshake(p).await?;
+    }
+    session.banner().await?;
+    let offers_tls = session.ehlo().await?.starttls;
+    if matches!(mode, TlsMode::Opportunistic | TlsMode::Required) {
+        match (offers_tls, params) {
+            (true, Some(p)) => match session.starttls(p).await.map(|_| ()) {
+                Ok(()) => {}
+                // A refused STARTTLS leaves the plain session usable (opportunistic only).
+                Err(ClientError::Rejected { .. })
+                    if mode == TlsMode::Opportunistic && session.is_usable() => {}
+                Err(e) => return Err(e),
+            },
+            _ if mode == TlsMode::Required => return Err(ClientError::TlsUnavailable),
+            _ => {}
+        }
+    }
+    if let Some(creds) = &opts.credentials {
+        session.auth(creds).await?;
+    }
+    Ok(session)
+}

@@ -1,0 +1,138 @@
+//! Client errors. Each is classified temporary or permanent here (architecture habit 3), so a bare
+//! I/O error never decides between retry and bounce by accident.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_proto::{Reply, ReplyError};
+
+/// The protocol phase an error or reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Banner,
+    Ehlo,
+    Helo,
+    StartTls,
+    Tls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// Sending the message body.
+    DataBody,
+    /// The reply to the final dot.
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Banner => "greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::Helo => "HELO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Tls => "TLS handshake",
+            Stage::Auth => "AUTH",
+            Stage::Mail => "MAIL FROM",
+            Stage::Rcpt => "RCPT TO",
+            Stage::Data => "DATA",
+            Stage::DataBody => "message transfer",
+            Stage::DataEnd => "end of data",
+            Stage::Rset => "RSET",
+            Stage::Quit => "QUIT",
+        })
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("{stage}: {source}")]
+    Io {
+        stage: Stage,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("timed out after {}s waiting for {stage}", after.as_secs_f64())]
+    Timeout { stage: Stage, after: Duration },
+    #[error("connection closed by the server during {stage}")]
+    Closed { stage: Stage },
+    #[error("invalid reply during {stage}: {error}")]
+    Protocol { stage: Stage, error: ReplyError },
+    #[error("{stage} rejected: {reply}")]
+    Rejected { stage: Stage, reply: Reply },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("TLS is required but the server does not offer STARTTLS")]
+    TlsUnavailable,
+    #[error("refusing to send credentials over an unencrypted connection")]
+    PlaintextAuth,
+    #[error("the server offers no supported AUTH mechanism (PLAIN, LOGIN)")]
+    AuthUnavailable,
+    #[error("the message contains 8-bit data but the server does not support 8BITMIME")]
+    Needs8BitMime,
+    #[error("non-ASCII addresses need SMTPUTF8 but the server does not support it")]
+    NeedsSmtpUtf8,
+    #[error("message size {size} exceeds the server's limit of {limit} (SIZE)")]
+    TooBig { size: u64, limit: u64 },
+    #[error("the connection is no longer usable")]
+    Unusable,
+}
+
+impl ClientError {
+    pub(crate) fn io(stage: Stage, e: io::Error) -> Self {
+        ClientError::Io {
+            stage,
+            source: Arc::new(e),
+        }
+    }
+
+    /// Temporary (retry later, exit 75) or permanent (bounce, exit 69).
+    /// Network trouble, timeouts, garbage and missing TLS/AUTH support are temporary, as
+    /// Postfix defers them; a 5xx reply and a message the server can never take are permanent.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            ClientError::Rejected { reply, .. } => reply.code() < 500,
+            ClientError::PlaintextAuth
+            | ClientError::Needs8BitMime
+            | ClientError::NeedsSmtpUtf8
+            | ClientError::TooBig { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// The server reply this error quotes, if any.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            ClientError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let r = |c| ClientError::Rejected {
+            stage: Stage::Auth,
+            reply: Reply::new(c, None, "x"),
+        };
+        assert!(r(454).is_temporary());
+        assert!(!r(535).is_temporary());
+        assert!(ClientError::Closed { stage: Stage::Mail }.is_temporary());
+        assert!(!ClientError::TooBig { size: 2, limit: 1 }.is_temporary());
+        let t = ClientError::Timeout {
+            stage: Stage::Banner,
+            after: Duration::from_secs(3),
+        };
+        assert_eq!(t.to_string(), "timed out after 3s waiting for greeting");
+    }
+}

@@ -1,0 +1,34 @@
+//! tern's outbound SMTP client, shared by `tern send`, `tern sendmail` and relay delivery: reads
+//! and checks every reply, per-phase timeouts (RFC 5321 4.5.3.2), PIPELINING (RFC 2920), SIZE,
+//! 8BITMIME/SMTPUTF8, STARTTLS and implicit TLS, AUTH PLAIN/LOGIN, one outcome per recipient.
+//!
+//! Two layers: [`Session`] drives one connection over any async stream (tests use an in-memory
+//! duplex), and [`connect`] opens a TCP connection and runs banner, EHLO, STARTTLS and AUTH.
+
+pub mod connect;
+pub mod envelope;
+pub mod error;
+pub mod outcome;
+pub mod session;
+pub mod stream;
+pub mod timeouts;
+pub mod tls;
+pub mod transaction;
+pub mod transcript;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod scripted;
+#[cfg(test)]
+mod session_tests;
+
+pub use connect::{connect, connect_tcp, ConnectOptions};
+pub use envelope::{Envelope, MessageTraits};
+pub use error::{ClientError, Stage};
+pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
+pub use session::{Session, SessionOptions};
+pub use tern_proto::sasl::Credentials;
+pub use timeouts::Timeouts;
+pub use tls::{TlsMode, TlsParams};
+pub use transcript::{Direction, TranscriptHook};

@@ -1,0 +1,91 @@
+//! Test helper: an in-memory SMTP server that follows a script over `tokio::io::duplex`, records
+//! what the client sent, and decodes DATA with the server side's own decoder (tern-proto).
+
+use tern_proto::{DataDecoder, DataProgress};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+
+use crate::session::{Session, SessionOptions};
+use crate::timeouts::Timeouts;
+
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Send these bytes (write `\r\n` yourself).
+    Send(&'static str),
+    /// Read one command line; it must start with this prefix.
+    Expect(&'static str),
+    /// Read dot-stuffed data up to the end marker; the decoded message is recorded.
+    Data,
+    /// Stop answering but keep the connection open (a hung server).
+    Hang,
+    /// Close the connection.
+    Close,
+}
+
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub lines: Vec<String>,
+    pub messages: Vec<Vec<u8>>,
+}
+
+pub fn spawn(script: Vec<Step>) -> (DuplexStream, JoinHandle<Recorded>) {
+    let (client, mut server) = tokio::io::duplex(1 << 20);
+    let handle = tokio::spawn(async move {
+        let mut rec = Recorded::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        for step in script {
+            match step {
+                Step::Send(s) => server.write_all(s.as_bytes()).await.unwrap(),
+                Step::Expect(prefix) => {
+                    let line = loop {
+                        if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=nl).collect();
+                            break String::from_utf8_lossy(&line).trim_end().to_string();
+                        }
+                        let n = server.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "client closed while server expected {prefix:?}");
+                        buf.extend_from_slice(&chunk[..n]);
+                    };
+                    assert!(
+                        line.starts_with(prefix),
+                        "expected {prefix:?}, client sent {line:?}"
+                    );
+                    rec.lines.push(line);
+                }
+                Step::Data => {
+                    let mut dec = DataDecoder::new(64 << 20);
+                    let mut out = Vec::new();
+                    let mut pending = std::mem::take(&mut buf);
+                    loop {
+                        match dec.feed(&pending, &mut out) {
+                            DataProgress::Done { consumed } => {
+                                buf = pending[consumed..].to_vec();
+                                break;
+                            }
+                            DataProgress::NeedMore => {
+                                let n = server.read(&mut chunk).await.unwrap();
+                                assert!(n > 0, "client closed during DATA");
+                                pending = chunk[..n].to_vec();
+                            }
+                        }
+                    }
+                    assert_eq!(dec.verdict(), Ok(()), "client sent bare CR/LF");
+                    rec.messages.push(out);
+                }
+                Step::Hang => {
+                    std::future::pending::<()>().await;
+                }
+                Step::Close => break,
+            }
+        }
+        rec
+    });
+    (client, handle)
+}
+
+pub fn session(stream: DuplexStream) -> Session<DuplexStream> {
+    let mut opts = SessionOptions::new("client.test");
+    opts.timeouts = Timeouts::default();
+    Session::new(stream, opts)
+}

@@ -1,0 +1,407 @@
+//! One SMTP connection: reading replies under a deadline, writing commands, banner, EHLO with
+//! HELO fallback, STARTTLS, AUTH, RSET and QUIT. The mail transaction itself is in transaction.rs.
+
+use std::time::Duration;
+
+use tern_proto::sasl::{encode_base64, encode_plain, Credentials};
+use tern_proto::{Capabilities, Command, Reply, ReplyParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::error::{ClientError, Stage};
+use crate::stream::MaybeTls;
+use crate::timeouts::Timeouts;
+use crate::tls::TlsParams;
+use crate::transcript::{Direction, TranscriptHook};
+
+/// What every session needs to know, independent of the server.
+#[derive(Clone)]
+pub struct SessionOptions {
+    /// Our name in EHLO/HELO (a FQDN or an address literal, RFC 5321 4.1.1.1).
+    pub helo_name: String,
+    pub timeouts: Timeouts,
+    /// RFC 4954 4: credentials go over TLS only, unless this is set explicitly.
+    pub allow_plaintext_auth: bool,
+    pub transcript: Option<TranscriptHook>,
+}
+
+impl SessionOptions {
+    pub fn new(helo_name: impl Into<String>) -> Self {
+        Self {
+            helo_name: helo_name.into(),
+            timeouts: Timeouts::default(),
+            allow_plaintext_auth: false,
+            transcript: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("helo_name", &self.helo_name)
+            .field("timeouts", &self.timeouts)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called as the message body is written: (bytes of the message sent, total bytes).
+pub type ProgressHook = Box<dyn FnMut(u64, u64) + Send>;
+
+pub struct Session<S> {
+    pub(crate) stream: MaybeTls<S>,
+    parser: ReplyParser,
+    pub(crate) opts: SessionOptions,
+    /// None until EHLO/HELO succeeded; HELO leaves the default (no extensions).
+    caps: Option<Capabilities>,
+    esmtp: bool,
+    /// Set after an I/O error, a timeout, garbage or a 421: nothing more may be sent.
+    pub(crate) broken: bool,
+    pub(crate) progress: Option<ProgressHook>,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub fn new(stream: S, opts: SessionOptions) -> Self {
+        Self {
+            stream: MaybeTls::Plain(stream),
+            parser: ReplyParser::new(),
+            opts,
+            caps: None,
+            esmtp: false,
+            broken: false,
+            progress: None,
+            buf: vec![0; 16 * 1024],
+        }
+    }
+
+    pub fn options(&self) -> &SessionOptions {
+        &self.opts
+    }
+
+    /// Capabilities from the last EHLO (the empty set after a HELO fallback), None before.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.caps.as_ref()
+    }
+
+    /// True when the server answered EHLO (false after the HELO fallback).
+    pub fn is_esmtp(&self) -> bool {
+        self.esmtp
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// False once the connection can carry no more commands (error, timeout, 421).
+    pub fn is_usable(&self) -> bool {
+        !self.broken && !matches!(self.stream, MaybeTls::Gone)
+    }
+
+    /// Installs a callback for message-transfer progress (for a progress bar).
+    pub fn set_progress(&mut self, hook: Option<ProgressHook>) {
+        self.progress = hook;
+    }
+
+    pub(crate) fn log(&self, dir: Direction, line: &str) {
+        if let Some(t) = &self.opts.transcript {
+            t(dir, line);
+        }
+    }
+
+    fn log_reply(&self, reply: &Reply) {
+        if self.opts.transcript.is_none() {
+            return;
+        }
+        let bytes = reply.to_bytes();
+        for line in String::from_utf8_lossy(&bytes).split("\r\n") {
+            if !line.is_empty() {
+                self.log(Direction::Server, line);
+            }
+        }
+    }
+
+    /// Reads one complete reply; the whole reply must arrive within `limit`.
+    pub async fn read_reply(
+        &mut self,
+        stage: Stage,
+        limit: Duration,
+    ) -> Result<Reply, ClientError> {
+        if !self.is_usable() {
+            return Err(ClientError::Unusable);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => {
+                    self.log_reply(&reply);
+                    // RFC 5321 3.8: 421 means the server is closing the channel.
+                    if reply.code() == 421 {
+                        self.broken = true;
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    self.broken = true;
+                    return Err(ClientError::Protocol { stage, error });
+                }
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await;
+            let n = match read {
+                Err(_) => {
+                    self.broken = true;
+                    return Err(ClientError::Timeout {
+                        stage,
+                        after: limit,
+                    });
+                }
+                Ok(Err(e)) => {
+                    self.broken = true;
+                    return Err(ClientError::io(stage, e));
+                }
+                Ok(Ok(0)) => {
+                    self.broken = true;
+                    return Err(ClientError::Closed { stage });
+                }
+                Ok(Ok(n)) => n,
+            };
+            if let Err(error) = self.parser.push(&self.buf[..n]) {
+                self.broken = true;
+                return Err(ClientError::Protocol { stage, error });
+            }
+        }
+    }
+
+    /// Writes and flushes `bytes` within `limit`.
+    pub(crate) async fn write_raw(
+        &mut self,
+        stage: Stage,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> Result<(), ClientError> {
+        if !self.is_usable() {
+            return Err(ClientError::Unusable);
+        }
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.broken = true;
+                Err(ClientError::io(stage, e))
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ClientError::Timeout {
+                    stage,
+                    after: limit,
+                })
+            }
+        }
+    }
+
+    /// Sends one command line (logged as is) and reads its reply.
+    pub async fn command(
+        &mut self,
+        stage: Stage,
+        cmd: &Command,
+        limit: Duration,
+    ) -> Result<Reply, ClientError> {
+        self.log(Direction::Client, &cmd.to_string());
+        self.write_raw(stage, &cmd.to_line(), limit).await?;
+        self.read_reply(stage, limit).await
+    }
+
+    /// Reads the greeting. RFC 5321 3.1: on a 554 greeting the client should send QUIT.
+    pub async fn banner(&mut self) -> Result<Reply, ClientError> {
+        let reply = self
+            .read_reply(Stage::Banner, self.opts.timeouts.banner)
+            .await?;
+        if reply.code() == 220 {
+            return Ok(reply);
+        }
+        if self.is_usable() {
+            let _ = self.quit_inner().await;
+        }
+        Err(ClientError::Rejected {
+            stage: Stage::Banner,
+            reply,
+        })
+    }
+
+    /// EHLO, falling back to HELO when the server refuses EHLO with a 5xx (RFC 5321 4.1.4:
+    /// a server that doesn't know EHLO answers 500/502).
+    pub async fn ehlo(&mut self) -> Result<&Capabilities, ClientError> {
+        let name = self.opts.helo_name.clone();
+        let t = self.opts.timeouts.ehlo;
+        let reply = self
+            .command(Stage::Ehlo, &Command::Ehlo(name.clone()), t)
+            .await?;
+        if reply.is_positive() {
+            self.esmtp = true;
+            return Ok(self.caps.insert(Capabilities::from_ehlo_reply(&reply)));
+        }
+        if reply.code() < 500 {
+            return Err(ClientError::Rejected {
+                stage: Stage::Ehlo,
+                reply,
+            });
+        }
+        let reply = self.command(Stage::Helo, &Command::Helo(name), t).await?;
+        if !reply.is_positive() {
+            return Err(ClientError::Rejected {
+                stage: Stage::Helo,
+                reply,
+            });
+        }
+        self.esmtp = false;
+        let caps = Capabilities {
+            greeting: reply.lines().first().cloned().unwrap_or_default(),
+            ..Capabilities::default()
+        };
+        Ok(self.caps.insert(caps))
+    }
+
+    /// TLS handshake on the current plain stream, without any SMTP command (implicit TLS).
+    pub async fn tls_handshake(&mut self, params: &TlsParams) -> Result<(), ClientError> {
+        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Gone) else {
+            return Err(ClientError::Tls("connection is already encrypted".into()));
+        };
+        let connector = TlsConnector::from(params.config.clone());
+        let handshake = connector.connect(params.server_name.clone(), plain);
+        match tokio::time::timeout(self.opts.timeouts.connect, handshake).await {
+            Ok(Ok(tls)) => {
+                self.stream = MaybeTls::Tls(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.broken = true;
+                Err(ClientError::Tls(e.to_string()))
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ClientError::Timeout {
+                    stage: Stage::Tls,
+                    after: self.opts.timeouts.connect,
+                })
+            }
+        }
+    }
+
+    /// STARTTLS (RFC 3207), the handshake, and the EHLO that must follow it (RFC 3207 4.2:
+    /// the client must discard what it knew and ask again).
+    pub async fn starttls(&mut self, params: &TlsParams) -> Result<&Capabilities, ClientError> {
+        let reply = self
+            .command(
+                Stage::StartTls,
+                &Command::StartTls,
+                self.opts.timeouts.command,
+            )
+            .await?;
+        if reply.code() != 220 {
+            return Err(ClientError::Rejected {
+                stage: Stage::StartTls,
+                reply,
+            });
+        }
+        // CVE-2011-0411 (STARTTLS command injection): bytes the server sent after its 220 and
+        // before the handshake would be read as if they came over TLS. Refuse them.
+        if self.parser.buffered() > 0 {
+            self.broken = true;
+            return Err(ClientError::Tls(
+                "server sent data after its STARTTLS reply (possible injection)".into(),
+            ));
+        }
+        self.tls_handshake(params).await?;
+        self.caps = None;
+        self.ehlo().await
+    }
+
+    /// AUTH PLAIN (preferred) or LOGIN, whichever the server offers (RFC 4954, RFC 4616).
+    pub async fn auth(&mut self, creds: &Credentials) -> Result<Reply, ClientError> {
+        if !self.is_tls() && !self.opts.allow_plaintext_auth {
+            return Err(ClientError::PlaintextAuth);
+        }
+        let caps = self.caps.clone().unwrap_or_default();
+        let t = self.opts.timeouts.command;
+        let reply = if caps.supports_auth("PLAIN") {
+            let payload = encode_plain(&creds.username, &creds.password);
+            self.log(Direction::Client, "AUTH PLAIN <redacted>");
+            let line = format!("AUTH PLAIN {payload}\r\n");
+            self.write_raw(Stage::Auth, line.as_bytes(), t).await?;
+            let reply = self.read_reply(Stage::Auth, t).await?;
+            if reply.code() == 334 {
+                // A server that wants the response on its own line after an empty challenge.
+                self.secret_line(&payload).await?
+            } else {
+                reply
+            }
+        } else if caps.supports_auth("LOGIN") {
+            self.log(Direction::Client, "AUTH LOGIN");
+            self.write_raw(Stage::Auth, b"AUTH LOGIN\r\n", t).await?;
+            let mut reply = self.read_reply(Stage::Auth, t).await?;
+            if reply.code() == 334 {
+                reply = self
+                    .secret_line(&encode_base64(creds.username.as_bytes()))
+                    .await?;
+            }
+            if reply.code() == 334 {
+                reply = self
+                    .secret_line(&encode_base64(creds.password.as_bytes()))
+                    .await?;
+            }
+            reply
+        } else {
+            return Err(ClientError::AuthUnavailable);
+        };
+        if reply.code() == 235 {
+            Ok(reply)
+        } else {
+            Err(ClientError::Rejected {
+                stage: Stage::Auth,
+                reply,
+            })
+        }
+    }
+
+    async fn secret_line(&mut self, payload: &str) -> Result<Reply, ClientError> {
+        let t = self.opts.timeouts.command;
+        self.log(Direction::Client, "<redacted>");
+        self.write_raw(Stage::Auth, format!("{payload}\r\n").as_bytes(), t)
+            .await?;
+        self.read_reply(Stage::Auth, t).await
+    }
+
+    /// RSET: abandons a transaction so the connection can carry another message.
+    pub async fn rset(&mut self) -> Result<Reply, ClientError> {
+        let reply = self
+            .command(Stage::Rset, &Command::Rset, self.opts.timeouts.command)
+            .await?;
+        if reply.is_positive() {
+            Ok(reply)
+        } else {
+            Err(ClientError::Rejected {
+                stage: Stage::Rset,
+                reply,
+            })
+        }
+    }
+
+    async fn quit_inner(&mut self) -> Result<Reply, ClientError> {
+        let reply = self
+            .command(Stage::Quit, &Command::Quit, self.opts.timeouts.command)
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        reply
+    }
+
+    /// QUIT and close. The reply is informative only: the mail was already accepted or not.
+    pub async fn quit(mut self) -> Result<Reply, ClientError> {
+        self.quit_inner().await
+    }
+}

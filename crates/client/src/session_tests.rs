@@ -1,0 +1,530 @@
+//! Client behaviour against scripted servers: greeting, EHLO/HELO, pipelining groups,
+//! per-recipient outcomes, TLS/AUTH policy, timeouts (paused clock) and garbage replies.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_proto::sasl::Credentials;
+
+use crate::envelope::Envelope;
+use crate::error::{ClientError, Stage};
+use crate::outcome::{Outcome, OutcomeClass};
+use crate::scripted::{session, spawn, Step::*};
+use crate::transcript::Direction;
+
+const MSG: &[u8] = b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n";
+
+fn env(rcpts: &[&str]) -> Envelope {
+    Envelope::parse("from@a.test", rcpts.iter().copied()).unwrap()
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        authzid: None,
+        username: "user".into(),
+        password: "s3cret".into(),
+    }
+}
+
+#[tokio::test]
+async fn pipelined_group_with_one_rejected_recipient() {
+    // The server reads the whole group before replying: a lock-step client would deadlock here.
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send("250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"),
+        Expect("MAIL FROM:<from@a.test> SIZE="),
+        Expect("RCPT TO:<a@b.test>"),
+        Expect("RCPT TO:<bad@b.test>"),
+        Expect("RCPT TO:<c@b.test>"),
+        Expect("DATA"),
+        Send(
+            "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n354 go\r\n",
+        ),
+        Data,
+        Send("250 2.0.0 queued as X1\r\n"),
+        Expect("QUIT"),
+        Send("221 bye\r\n"),
+    ]);
+    let mut s = session(io);
+    let run = async {
+        s.banner().await.unwrap();
+        assert!(s.ehlo().await.unwrap().pipelining);
+        let d = s
+            .send_message(&env(&["a@b.test", "bad@b.test", "c@b.test"]), MSG)
+            .await;
+        s.quit().await.unwrap();
+        d
+    };
+    let d = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("client did not pipeline");
+    let rec = server.await.unwrap();
+    assert_eq!(rec.messages, vec![MSG.to_vec()]);
+    assert_eq!(
+        rec.lines[1],
+        format!("MAIL FROM:<from@a.test> SIZE={}", MSG.len())
+    );
+    let classes: Vec<_> = d
+        .per_recipient
+        .iter()
+        .map(|(k, o)| (k.as_str(), o.class()))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("a@b.test", OutcomeClass::Accepted),
+            ("bad@b.test", OutcomeClass::Permanent),
+            ("c@b.test", OutcomeClass::Accepted)
+        ]
+    );
+    assert_eq!(
+        d.per_recipient[1].1.reply().unwrap().to_string(),
+        "550 5.1.1 no such user"
+    );
+    assert_eq!(d.data_reply.unwrap().text(), "queued as X1");
+    assert_eq!(d.per_recipient[0].1.reply().unwrap().code(), 250);
+}
+
+#[tokio::test]
+async fn helo_fallback_and_lockstep() {
+    let (io, server) = spawn(vec![
+        Send("220 old.test\r\n"),
+        Expect("EHLO"),
+        Send("502 what?\r\n"),
+        Expect("HELO client.test"),
+        Send("250 old.test\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<a@b.test>"),
+        Send("452 4.2.2 mailbox full\r\n"),
+        Expect("RCPT TO:<c@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("250 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    let caps = s.ehlo().await.unwrap();
+    assert!(!caps.pipelining);
+    assert!(!s.is_esmtp());
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), MSG).await;
+    let rec = server.await.unwrap();
+    // No ESMTP: the MAIL line carries no parameters.
+    assert_eq!(rec.lines[2], "MAIL FROM:<from@a.test>");
+    assert_eq!(d.per_recipient[0].1.class(), OutcomeClass::Temporary);
+    assert!(d.per_recipient[1].1.is_accepted());
+    assert_eq!(d.worst(), OutcomeClass::Temporary);
+}
+
+#[tokio::test]
+async fn mail_rejected_fails_every_recipient_and_resets() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 PIPELINING\r\n"),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Expect("RCPT"),
+        Expect("DATA"),
+        Send("550 5.7.1 sender refused\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n"),
+        Expect("RSET"),
+        Send("250 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), MSG).await;
+    server.await.unwrap();
+    for (_, o) in &d.per_recipient {
+        assert_eq!(o.class(), OutcomeClass::Permanent);
+        assert_eq!(o.reply().unwrap().text(), "sender refused");
+    }
+    assert!(s.is_usable());
+}
+
+#[tokio::test]
+async fn all_rcpts_rejected_but_data_accepted_sends_lone_dot() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 PIPELINING\r\n"),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Expect("DATA"),
+        Send("250 ok\r\n550 no\r\n354 go anyway\r\n"),
+        Data,
+        Send("554 no valid recipients\r\n"),
+        Expect("RSET"),
+        Send("250 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    let rec = server.await.unwrap();
+    assert_eq!(
+        rec.messages,
+        vec![Vec::<u8>::new()],
+        "content must not be sent"
+    );
+    assert_eq!(d.worst(), OutcomeClass::Permanent);
+    assert!(d.data_reply.is_none());
+}
+
+#[tokio::test]
+async fn data_final_421_is_temporary_and_session_unusable() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Expect("MAIL"),
+        Send("250 ok\r\n"),
+        Expect("RCPT"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("421 4.3.0 shutting down\r\n"),
+        Close,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    server.await.unwrap();
+    assert_eq!(d.worst(), OutcomeClass::Temporary);
+    assert!(!s.is_usable());
+    // A second message on a dead session fails temporarily without touching the stream.
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::TemporaryFailure(crate::Failure::Error(ClientError::Unusable))
+    ));
+}
+
+#[tokio::test]
+async fn two_messages_on_one_connection() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<a@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("250 first\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<c@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("250 second\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    assert!(s
+        .send_message(&env(&["a@b.test"]), b"one\n")
+        .await
+        .all_accepted());
+    let d = s.send_message(&env(&["c@b.test"]), b"two\n").await;
+    assert_eq!(d.data_reply.unwrap().text(), "second");
+    let rec = server.await.unwrap();
+    assert_eq!(rec.messages, vec![b"one\r\n".to_vec(), b"two\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn size_limit_refused_before_mail() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 SIZE 10\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    server.await.unwrap();
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::PermanentFailure(crate::Failure::Error(ClientError::TooBig { limit: 10, .. }))
+    ));
+}
+
+#[tokio::test]
+async fn eight_bit_and_utf8_need_extensions() {
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Hang,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s
+        .send_message(&env(&["a@b.test"]), "x\r\n\r\ncaf\u{e9}\r\n".as_bytes())
+        .await;
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::PermanentFailure(crate::Failure::Error(ClientError::Needs8BitMime))
+    ));
+    let d = s.send_message(&env(&["jörg@b.test"]), MSG).await;
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::PermanentFailure(crate::Failure::Error(ClientError::NeedsSmtpUtf8))
+    ));
+}
+
+#[tokio::test]
+async fn eight_bit_declared_when_offered() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"),
+        Expect("MAIL FROM:<from@a.test> BODY=8BITMIME SMTPUTF8"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<jörg@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("250 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s
+        .send_message(
+            &env(&["jörg@b.test"]),
+            "S: caf\u{e9}\r\n\r\nx\r\n".as_bytes(),
+        )
+        .await;
+    assert!(d.all_accepted(), "{d:?}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn banner_554_quits() {
+    let (io, server) = spawn(vec![
+        Send("554 5.3.2 go away\r\n"),
+        Expect("QUIT"),
+        Send("221 bye\r\n"),
+    ]);
+    let mut s = session(io);
+    let e = s.banner().await.unwrap_err();
+    assert!(!e.is_temporary());
+    assert_eq!(e.to_string(), "greeting rejected: 554 5.3.2 go away");
+    server.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_server_times_out_in_each_phase() {
+    let (io, _server) = spawn(vec![Hang]);
+    let mut s = session(io);
+    let e = s.banner().await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Timeout { stage: Stage::Banner, after } if after == Duration::from_secs(300))
+    );
+    assert!(e.is_temporary());
+
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Expect("MAIL"),
+        Send("250 ok\r\n"),
+        Expect("RCPT"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Hang,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::TemporaryFailure(crate::Failure::Error(ClientError::Timeout {
+            stage: Stage::DataEnd,
+            ..
+        }))
+    ));
+    // RFC 5321 4.5.3.2.6: ten minutes for the final reply.
+    assert_eq!(start.elapsed().as_secs(), 600);
+}
+
+#[tokio::test]
+async fn garbage_replies_are_temporary_protocol_errors() {
+    for garbage in [
+        "HTTP/1.1 400 Bad Request\r\n",
+        "250-a\r\n251 b\r\n",
+        "99 short\r\n",
+    ] {
+        let (io, _server) = spawn(vec![Send(garbage), Hang]);
+        let mut s = session(io);
+        let e = s.banner().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::Protocol {
+                    stage: Stage::Banner,
+                    ..
+                }
+            ),
+            "{garbage}: {e}"
+        );
+        assert!(e.is_temporary());
+        assert!(!s.is_usable());
+    }
+}
+
+#[tokio::test]
+async fn endless_reply_line_is_bounded() {
+    let (io, mut server) = tokio::io::duplex(1 << 16);
+    let feeder = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let junk = vec![b'2'; 8192];
+        for _ in 0..1000 {
+            if server.write_all(&junk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut s = session(io);
+    let e = s.banner().await.unwrap_err();
+    assert!(matches!(e, ClientError::Protocol { .. }), "{e}");
+    drop(s);
+    feeder.await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_closed_mid_transaction() {
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Expect("MAIL"),
+        Close,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), MSG).await;
+    for (_, o) in &d.per_recipient {
+        assert_eq!(o.class(), OutcomeClass::Temporary);
+    }
+}
+
+#[tokio::test]
+async fn auth_refused_over_plaintext() {
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 AUTH PLAIN LOGIN\r\n"),
+        Hang,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    assert!(matches!(
+        s.auth(&creds()).await,
+        Err(ClientError::PlaintextAuth)
+    ));
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_are_redacted_in_transcript() {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    for (mechs, script) in [
+        (
+            "PLAIN LOGIN",
+            vec![
+                Expect("AUTH PLAIN AHVzZXIAczNjcmV0"),
+                Send("235 2.7.0 ok\r\n"),
+            ],
+        ),
+        (
+            "LOGIN",
+            vec![
+                Expect("AUTH LOGIN"),
+                Send("334 VXNlcm5hbWU6\r\n"),
+                Expect("dXNlcg=="),
+                Send("334 UGFzc3dvcmQ6\r\n"),
+                Expect("czNjcmV0"),
+                Send("235 2.7.0 ok\r\n"),
+            ],
+        ),
+    ] {
+        let ehlo: &'static str =
+            Box::leak(format!("250-mx\r\n250 AUTH {mechs}\r\n").into_boxed_str());
+        let mut steps = vec![Send("220 mx\r\n"), Expect("EHLO"), Send(ehlo)];
+        steps.extend(script);
+        let (io, server) = spawn(steps);
+        let mut s = session(io);
+        s.opts.allow_plaintext_auth = true;
+        let sink = log.clone();
+        s.opts.transcript = Some(Arc::new(move |d: Direction, l: &str| {
+            sink.lock().unwrap().push(format!("{d} {l}"));
+        }));
+        s.banner().await.unwrap();
+        s.ehlo().await.unwrap();
+        s.auth(&creds()).await.unwrap();
+        server.await.unwrap();
+    }
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("C: AUTH PLAIN <redacted>"), "{log}");
+    assert!(log.contains("C: <redacted>"));
+    assert!(log.contains("S: 235 2.7.0 ok"));
+    for secret in ["s3cret", "czNjcmV0", "AHVzZXIAczNjcmV0", "dXNlcg=="] {
+        assert!(!log.contains(secret), "transcript leaks {secret}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn auth_failure_quotes_reply() {
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 AUTH PLAIN\r\n"),
+        Expect("AUTH PLAIN"),
+        Send("535 5.7.8 bad credentials\r\n"),
+        Hang,
+    ]);
+    let mut s = session(io);
+    s.opts.allow_plaintext_auth = true;
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let e = s.auth(&creds()).await.unwrap_err();
+    assert_eq!(e.to_string(), "AUTH rejected: 535 5.7.8 bad credentials");
+    assert!(!e.is_temporary());
+}
+
+#[tokio::test]
+async fn starttls_refuses_injected_bytes() {
+    let (io, _server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250-mx\r\n250 STARTTLS\r\n"),
+        Expect("STARTTLS"),
+        Send("220 go ahead\r\n250 injected\r\n"),
+        Hang,
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let p = crate::tls::TlsParams::new("mx.test", true, &[]).unwrap();
+    let e = s.starttls(&p).await.unwrap_err();
+    assert!(matches!(e, ClientError::Tls(_)), "{e}");
+}

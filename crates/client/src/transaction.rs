@@ -1,0 +1,266 @@
+//! One mail transaction on an open session: checks what the message needs against what the server
+//! offers, then MAIL / RCPT... / DATA (one RFC 2920 group when PIPELINING is offered, lock-step
+//! otherwise), the dot-stuffed body, and one outcome per recipient.
+
+use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::envelope::{rcpt_key, Envelope, MessageTraits};
+use crate::error::{ClientError, Stage};
+use crate::outcome::{Delivery, Outcome};
+use crate::session::Session;
+use crate::transcript::Direction;
+
+/// Body bytes handed to one write (each write has its own data-block timeout).
+const CHUNK: usize = 64 * 1024;
+
+/// What happened to the transaction as a whole; recipients refused at RCPT keep their own reply.
+enum Verdict {
+    /// The final dot got this reply (2xx, 4xx or 5xx).
+    Final(Reply),
+    /// The transaction failed before or instead of the final reply.
+    Failed(Outcome),
+    /// No recipient was accepted; nothing to add.
+    NoRecipients,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Sends one message to every envelope recipient. Never fails as a whole: each recipient gets
+    /// its own outcome (network errors and timeouts are temporary failures). Afterwards the
+    /// session is ready for the next message if [`Session::is_usable`].
+    pub async fn send_message(&mut self, envelope: &Envelope, message: &[u8]) -> Delivery {
+        let keys: Vec<String> = envelope.rcpts.iter().map(rcpt_key).collect();
+        let mut delivery = Delivery {
+            per_recipient: Vec::with_capacity(keys.len()),
+            data_reply: None,
+        };
+        if keys.is_empty() {
+            return delivery;
+        }
+        let (rejected, verdict) = match self.prepare(envelope, message) {
+            Err(e) => (
+                vec![None; keys.len()],
+                Verdict::Failed(Outcome::from_error(e)),
+            ),
+            Ok(mail) => self.transact(envelope, mail, message).await,
+        };
+        if let Verdict::Final(r) = &verdict {
+            delivery.data_reply = Some(r.clone());
+        }
+        for (key, rejection) in keys.into_iter().zip(rejected) {
+            let outcome = match (rejection, &verdict) {
+                (Some(o), _) => o,
+                (None, Verdict::Final(r)) => Outcome::from_reply(Stage::DataEnd, r.clone()),
+                (None, Verdict::Failed(o)) => o.clone(),
+                (None, Verdict::NoRecipients) => Outcome::from_error(ClientError::Unusable),
+            };
+            delivery.per_recipient.push((key, outcome));
+        }
+        delivery
+    }
+
+    /// Decides the MAIL parameters, refusing early what the server can never take.
+    fn prepare(&self, envelope: &Envelope, message: &[u8]) -> Result<Command, ClientError> {
+        if !self.is_usable() {
+            return Err(ClientError::Unusable);
+        }
+        let caps = self.capabilities().cloned().unwrap_or_default();
+        let traits = MessageTraits::scan(message);
+        let needs_utf8 = envelope.needs_smtputf8();
+        // RFC 6531 3.4: non-ASCII addresses can't be sent to a server without SMTPUTF8.
+        if needs_utf8 && !caps.smtputf8 {
+            return Err(ClientError::NeedsSmtpUtf8);
+        }
+        // RFC 6152 3: 8-bit data only with BODY=8BITMIME; we don't downgrade (tern send
+        // builds 7-bit-clean MIME, so only raw sendmail input can get here).
+        if traits.eight_bit && !caps.eight_bit_mime {
+            return Err(ClientError::Needs8BitMime);
+        }
+        // RFC 1870 6: don't send what the server already said it won't take (0 = no limit).
+        if let Some(limit) = caps.size.filter(|l| *l > 0) {
+            if traits.wire_size > limit {
+                return Err(ClientError::TooBig {
+                    size: traits.wire_size,
+                    limit,
+                });
+            }
+        }
+        let params = MailParams {
+            size: caps.size.map(|_| traits.wire_size),
+            body: (traits.eight_bit && caps.eight_bit_mime).then_some(BodyType::EightBitMime),
+            // RFC 6532 UTF-8 header fields are declared when the server can take them.
+            smtputf8: needs_utf8 || (traits.eight_bit_headers && caps.smtputf8),
+            auth: None,
+        };
+        Ok(Command::Mail {
+            from: envelope.from.clone(),
+            params,
+        })
+    }
+
+    async fn transact(
+        &mut self,
+        envelope: &Envelope,
+        mail: Command,
+        message: &[u8],
+    ) -> (Vec<Option<Outcome>>, Verdict) {
+        let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
+        let n = envelope.rcpts.len();
+        let mut rejected: Vec<Option<Outcome>> = vec![None; n];
+        let rcpts: Vec<Command> = envelope
+            .rcpts
+            .iter()
+            .map(|to| Command::Rcpt {
+                to: to.clone(),
+                params: RcptParams::default(),
+            })
+            .collect();
+        let t = self.opts.timeouts;
+
+        // MAIL, RCPT..., DATA: RFC 2920 3.1 lets all of them go in one write, DATA last.
+        let data_reply = if pipelining {
+            let mut group = mail.to_line();
+            self.log(Direction::Client, &mail.to_string());
+            for r in &rcpts {
+                self.log(Direction::Client, &r.to_string());
+                group.extend_from_slice(&r.to_line());
+            }
+            self.log(Direction::Client, "DATA");
+            group.extend_from_slice(b"DATA\r\n");
+            if let Err(e) = self.write_raw(Stage::Mail, &group, t.mail).await {
+                return (rejected, Verdict::Failed(Outcome::from_error(e)));
+            }
+            // RFC 2920 3.2: read the replies in order, one per command.
+            let mail_reply = match self.read_reply(Stage::Mail, t.mail).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            let mut failure = None;
+            for slot in rejected.iter_mut() {
+                match self.read_reply(Stage::Rcpt, t.rcpt).await {
+                    Ok(r) if r.is_positive() => {}
+                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let data = match failure {
+                Some(e) => Err(e),
+                None => self.read_reply(Stage::Data, t.data).await,
+            };
+            if !mail_reply.is_positive() {
+                // Every RCPT and the DATA were answered "bad sequence"; the MAIL reply is the cause.
+                rejected.iter_mut().for_each(|s| *s = None);
+                if matches!(&data, Ok(r) if r.code() == 354) {
+                    self.abort_data().await;
+                }
+                self.reset_after_failure().await;
+                return (
+                    rejected,
+                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
+                );
+            }
+            match data {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            }
+        } else {
+            let mail_reply = match self.command(Stage::Mail, &mail, t.mail).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            if !mail_reply.is_positive() {
+                self.reset_after_failure().await;
+                return (
+                    rejected,
+                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
+                );
+            }
+            for (slot, cmd) in rejected.iter_mut().zip(&rcpts) {
+                match self.command(Stage::Rcpt, cmd, t.rcpt).await {
+                    Ok(r) if r.is_positive() => {}
+                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
+                    Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+                }
+            }
+            if rejected.iter().all(Option::is_some) {
+                self.reset_after_failure().await;
+                return (rejected, Verdict::NoRecipients);
+            }
+            match self.command(Stage::Data, &Command::Data, t.data).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            }
+        };
+
+        if rejected.iter().all(Option::is_some) {
+            // RFC 2920 3.1: the server accepted DATA although every RCPT failed; end the
+            // empty message with a lone dot instead of sending the content.
+            if data_reply.code() == 354 {
+                self.abort_data().await;
+            }
+            self.reset_after_failure().await;
+            return (rejected, Verdict::NoRecipients);
+        }
+        if data_reply.code() != 354 {
+            self.reset_after_failure().await;
+            return (
+                rejected,
+                Verdict::Failed(Outcome::from_reply(Stage::Data, data_reply)),
+            );
+        }
+        match self.send_body(message).await {
+            Ok(r) => (rejected, Verdict::Final(r)),
+            Err(e) => (rejected, Verdict::Failed(Outcome::from_error(e))),
+        }
+    }
+
+    /// Streams the dot-stuffed message and reads the reply to the final dot.
+    async fn send_body(&mut self, message: &[u8]) -> Result<Reply, ClientError> {
+        let t = self.opts.timeouts;
+        let total = message.len() as u64;
+        self.log(
+            Direction::Client,
+            &format!("<message, {total} octets, dot-stuffed>"),
+        );
+        let mut stuffer = DotStuffer::new();
+        let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+        let mut sent = 0u64;
+        for chunk in message.chunks(CHUNK) {
+            out.clear();
+            stuffer.feed(chunk, &mut out);
+            self.write_raw(Stage::DataBody, &out, t.data_block).await?;
+            sent += chunk.len() as u64;
+            if let Some(p) = self.progress.as_mut() {
+                p(sent, total);
+            }
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        self.log(Direction::Client, ".");
+        self.write_raw(Stage::DataBody, &out, t.data_block).await?;
+        self.read_reply(Stage::DataEnd, t.data_end).await
+    }
+
+    /// Ends a DATA we must not fill with a lone dot; its reply does not matter.
+    async fn abort_data(&mut self) {
+        let t = self.opts.timeouts;
+        self.log(Direction::Client, ".");
+        if self
+            .write_raw(Stage::DataBody, b".\r\n", t.data_block)
+            .await
+            .is_ok()
+        {
+            let _ = self.read_reply(Stage::DataEnd, t.data_end).await;
+        }
+    }
+
+    /// Leaves the connection in a clean state for the next message (errors mark it unusable).
+    async fn reset_after_failure(&mut self) {
+        if self.is_usable() {
+            let _ = self.rset().await;
+        }
+    }
+}
