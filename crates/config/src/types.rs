@@ -42,7 +42,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub listen: Vec<SocketAddr>,
-    /// RFC 4954 4 / RFC 6409 4.3: do not offer or accept AUTH before TLS is active.
+    /// RFC 4954 4: do not offer or accept AUTH (plaintext passwords) before TLS is active.
     pub require_tls_for_auth: bool,
     /// MAIL FROM must be an address of the authenticated user (RFC 6409 6.1 allows the MSA to enforce this).
     pub enforce_sender: bool,
