@@ -1,0 +1,3 @@
+//! tern delivery: where accepted mail ends up (Maildir now; the router and remote delivery later).
+
+pub mod maildir;

@@ -1,0 +1,268 @@
+//! The envelope of a queued message: who sent it, to whom, and where each recipient stands.
+//! Stored as JSON next to the message (docs/spool-format.md); unknown fields are ignored so an
+//! older tern can read a newer spool.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::QueueId;
+
+/// How many delivery attempts an envelope remembers; older ones are dropped first, so a message
+/// retried for days does not grow its envelope without bound.
+pub const MAX_ATTEMPTS_LOG: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// The MAIL FROM reverse-path; `None` is the null reverse-path `<>` (RFC 5321 4.5.5:
+    /// bounces and other notifications, which must never be answered with a bounce).
+    pub sender: Option<String>,
+    pub recipients: Vec<Recipient>,
+    #[serde(with = "crate::time_format")]
+    pub received_at: SystemTime,
+    #[serde(default)]
+    pub client_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub helo: Option<String>,
+    /// Size of the stored message in bytes (what the message file holds).
+    pub size: u64,
+    /// RFC 6531: the client asked for SMTPUTF8; relaying must not downgrade it silently.
+    #[serde(default)]
+    pub smtputf8: bool,
+    /// RFC 6152: BODY=8BITMIME was given.
+    #[serde(default)]
+    pub eight_bit: bool,
+    /// Held by the admin: the scheduler does not try it until released.
+    #[serde(default)]
+    pub held: bool,
+    /// The latest attempts, oldest first, at most [`MAX_ATTEMPTS_LOG`] (see [`Envelope::log_attempt`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts_log: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Where to deliver (after alias expansion).
+    pub address: String,
+    /// The RCPT TO address as the client gave it, when an alias rewrote it (for DSNs, RFC 3464
+    /// Original-Recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<String>,
+    pub status: RecipientStatus,
+}
+
+/// Where one recipient stands. Stored as `{"state": "deferred", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecipientStatus {
+    /// Never tried yet.
+    Pending,
+    /// Tried and got a temporary failure (4xx, timeout, DNS SERVFAIL); try again later.
+    Deferred {
+        attempts: u32,
+        last_reply: String,
+        #[serde(with = "crate::time_format")]
+        next_attempt: SystemTime,
+    },
+    /// Accepted by the next hop or stored in the mailbox.
+    Delivered {
+        #[serde(with = "crate::time_format")]
+        at: SystemTime,
+        reply: String,
+    },
+    /// Permanent failure (5xx, or gave up after the maximum queue lifetime).
+    Failed {
+        #[serde(with = "crate::time_format")]
+        at: SystemTime,
+        reply: String,
+    },
+}
+
+impl RecipientStatus {
+    /// Delivered or failed: nothing more will be tried for this recipient.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RecipientStatus::Delivered { .. } | RecipientStatus::Failed { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    #[serde(with = "crate::time_format")]
+    pub at: SystemTime,
+    pub recipient: String,
+    /// The MX host tried, if any (none for local delivery or a DNS failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub reply: String,
+}
+
+impl Envelope {
+    /// Every recipient has a final status: the entry can be removed (after any bounce was queued).
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+
+    /// Recipients still to be tried (pending or deferred).
+    pub fn unfinished(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| !r.status.is_final())
+    }
+
+    /// Records an attempt, dropping the oldest ones beyond [`MAX_ATTEMPTS_LOG`].
+    pub fn log_attempt(&mut self, attempt: Attempt) {
+        self.attempts_log.push(attempt);
+        if self.attempts_log.len() > MAX_ATTEMPTS_LOG {
+            let excess = self.attempts_log.len() - MAX_ATTEMPTS_LOG;
+            self.attempts_log.drain(..excess);
+        }
+    }
+
+    /// The JSON stored on disk (one line, newline-terminated).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec(self)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    pub(crate) fn sample(id: QueueId) -> Envelope {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        Envelope {
+            id,
+            sender: Some("alice@example.org".into()),
+            recipients: vec![
+                Recipient {
+                    address: "bob@example.net".into(),
+                    original: Some("Bob@Example.NET".into()),
+                    status: RecipientStatus::Pending,
+                },
+                Recipient {
+                    address: "carol@example.com".into(),
+                    original: None,
+                    status: RecipientStatus::Deferred {
+                        attempts: 2,
+                        last_reply: "451 4.7.1 greylisted".into(),
+                        next_attempt: t + Duration::from_secs(600),
+                    },
+                },
+                Recipient {
+                    address: "dave@example.com".into(),
+                    original: None,
+                    status: RecipientStatus::Delivered {
+                        at: t,
+                        reply: "250 2.0.0 ok".into(),
+                    },
+                },
+                Recipient {
+                    address: "eve@example.com".into(),
+                    original: None,
+                    status: RecipientStatus::Failed {
+                        at: t,
+                        reply: "550 5.1.1 no such user".into(),
+                    },
+                },
+            ],
+            received_at: t,
+            client_ip: Some("192.0.2.7".parse().unwrap()),
+            helo: Some("client.example.org".into()),
+            size: 1234,
+            smtputf8: true,
+            eight_bit: false,
+            held: false,
+            attempts_log: vec![Attempt {
+                at: t,
+                recipient: "carol@example.com".into(),
+                host: Some("mx.example.com".into()),
+                reply: "451 4.7.1 greylisted".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn json_round_trips_exactly() {
+        let env = sample(QueueId::generate());
+        let json = env.to_json().unwrap();
+        assert_eq!(*json.last().unwrap(), b'\n');
+        assert_eq!(Envelope::from_json(&json).unwrap(), env);
+    }
+
+    #[test]
+    fn json_is_readable_for_operators() {
+        let env = sample("0123456789abcdef0123456789abcdef".parse().unwrap());
+        let text = String::from_utf8(env.to_json().unwrap()).unwrap();
+        assert!(
+            text.contains(r#""received_at":"2023-11-14T22:13:20.000000005Z""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""status":{"state":"pending"}"#), "{text}");
+        assert!(
+            text.contains(r#""state":"deferred","attempts":2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""client_ip":"192.0.2.7""#), "{text}");
+    }
+
+    #[test]
+    fn null_sender_and_minimal_json_load() {
+        let json = br#"{"id":"0123456789abcdef0123456789abcdef","sender":null,
+            "recipients":[{"address":"a@b","status":{"state":"pending"}}],
+            "received_at":"2024-01-01T00:00:00Z","size":3,"from_a_newer_version":1}"#;
+        let env = Envelope::from_json(json).unwrap();
+        assert_eq!(env.sender, None);
+        assert!(!env.held && env.attempts_log.is_empty() && env.client_ip.is_none());
+        assert!(!env.is_finished());
+    }
+
+    #[test]
+    fn a_bad_id_in_the_json_is_rejected() {
+        let json = br#"{"id":"../../etc","sender":null,"recipients":[],"received_at":"2024-01-01T00:00:00Z","size":0}"#;
+        assert!(Envelope::from_json(json).is_err());
+    }
+
+    #[test]
+    fn attempts_log_is_capped_keeping_the_latest() {
+        let mut env = sample(QueueId::generate());
+        for i in 0..100 {
+            env.log_attempt(Attempt {
+                at: UNIX_EPOCH,
+                recipient: format!("r{i}"),
+                host: None,
+                reply: String::new(),
+            });
+        }
+        assert_eq!(env.attempts_log.len(), MAX_ATTEMPTS_LOG);
+        assert_eq!(env.attempts_log.last().unwrap().recipient, "r99");
+        assert_eq!(
+            env.attempts_log[0].recipient,
+            format!("r{}", 100 - MAX_ATTEMPTS_LOG)
+        );
+    }
+
+    #[test]
+    fn finished_only_when_every_recipient_is_final() {
+        let mut env = sample(QueueId::generate());
+        assert_eq!(env.unfinished().count(), 2);
+        for r in &mut env.recipients {
+            if !r.status.is_final() {
+                r.status = RecipientStatus::Failed {
+                    at: UNIX_EPOCH,
+                    reply: "gave up".into(),
+                };
+            }
+        }
+        assert!(env.is_finished());
+    }
+}

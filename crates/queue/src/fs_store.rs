@@ -1,0 +1,392 @@
+//! The filesystem spool: `<data_dir>/queue/{tmp,msg,env}`, one message file and one JSON
+//! envelope per entry; the envelope's rename into env/ is the commit point.
+//! Protocol and crash analysis: docs/spool-format.md.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::durable::{self, create_dir_all_durable, create_synced, is_temp_name, Staged};
+use crate::envelope::Envelope;
+use crate::fault::{is_injected_crash, FaultPoint, Faults, NoFaults};
+use crate::id::QueueId;
+use crate::store::{QueueLock, QueueStore, RecoveryReport};
+
+pub struct FsStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    msg: PathBuf,
+    env: PathBuf,
+    // Held open for the directory fsyncs: saves an open+close per commit.
+    msg_dir: File,
+    env_dir: File,
+    faults: Arc<dyn Faults>,
+}
+
+impl fmt::Debug for FsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FsStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsStore {
+    /// Opens (creating with mode 0700 if needed) the spool under `<data_dir>/queue`.
+    pub fn open(data_dir: &Path) -> io::Result<FsStore> {
+        Self::open_with_faults(data_dir, Arc::new(NoFaults))
+    }
+
+    /// [`FsStore::open`] with a fault-injection seam, for crash and full-disk tests.
+    pub fn open_with_faults(data_dir: &Path, faults: Arc<dyn Faults>) -> io::Result<FsStore> {
+        let root = data_dir.join("queue");
+        let (tmp, msg, env) = (root.join("tmp"), root.join("msg"), root.join("env"));
+        for dir in [&tmp, &msg, &env] {
+            create_dir_all_durable(dir).map_err(|e| ctx(e, "creating", dir))?;
+        }
+        let msg_dir = File::open(&msg).map_err(|e| ctx(e, "opening", &msg))?;
+        let env_dir = File::open(&env).map_err(|e| ctx(e, "opening", &env))?;
+        Ok(FsStore {
+            root,
+            tmp,
+            msg,
+            env,
+            msg_dir,
+            env_dir,
+            faults,
+        })
+    }
+
+    /// `<data_dir>/queue`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where an entry's message bytes are (for readers that want to stream rather than load).
+    pub fn message_path(&self, id: &QueueId) -> PathBuf {
+        self.msg.join(id.as_str())
+    }
+
+    pub fn envelope_path(&self, id: &QueueId) -> PathBuf {
+        self.env.join(id.as_str())
+    }
+
+    /// Recovery that is safe while other processes use the spool: only temp files and orphan
+    /// messages untouched for `min_age` are removed (a younger one may be a commit in flight).
+    /// `Duration::ZERO` is [`QueueStore::recover`]: everything, for startup only.
+    pub fn recover_older_than(&self, min_age: Duration) -> io::Result<RecoveryReport> {
+        let now = SystemTime::now();
+        let mut report = RecoveryReport::default();
+        for dir in [&self.tmp, &self.msg, &self.env] {
+            report.temp_files_removed +=
+                durable::remove_temp_files(dir, min_age).map_err(|e| ctx(e, "cleaning", dir))?;
+        }
+
+        let mut envelopes: HashSet<QueueId> = HashSet::new();
+        for name in file_names(&self.env)? {
+            match name.parse::<QueueId>() {
+                Ok(id) => {
+                    envelopes.insert(id);
+                }
+                Err(_) if is_temp_name(&name) => {}
+                Err(_) => report.unknown_files.push(format!("env/{name}")),
+            }
+        }
+
+        let mut with_message: HashSet<QueueId> = HashSet::new();
+        for name in file_names(&self.msg)? {
+            let Ok(id) = name.parse::<QueueId>() else {
+                if !is_temp_name(&name) {
+                    report.unknown_files.push(format!("msg/{name}"));
+                }
+                continue;
+            };
+            if envelopes.contains(&id) {
+                with_message.insert(id);
+                continue;
+            }
+            // A message without envelope never committed (or its removal was cut short). Look
+            // again right before deleting: a concurrent commit may have just finished.
+            let path = self.message_path(&id);
+            if self.envelope_path(&id).exists()
+                || (!min_age.is_zero() && !durable::older_than(&path, now, min_age))
+            {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => report.orphan_messages_removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ctx(e, "removing", &path)),
+            }
+        }
+
+        let mut broken: Vec<QueueId> = envelopes.difference(&with_message).cloned().collect();
+        broken.sort_unstable();
+        for id in broken {
+            // tern never leaves an envelope without its message (message first on commit,
+            // envelope first on removal): someone deleted it. Keep the envelope for the operator
+            // but out of the queue, or it would be retried forever.
+            if self.message_path(&id).exists() {
+                with_message.insert(id);
+                continue;
+            }
+            let corrupt = self.root.join("corrupt");
+            create_dir_all_durable(&corrupt).map_err(|e| ctx(e, "creating", &corrupt))?;
+            let to = corrupt.join(format!("{id}.env"));
+            match fs::rename(self.envelope_path(&id), &to) {
+                Ok(()) => report.quarantined.push(id),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ctx(e, "quarantining into", &to)),
+            }
+        }
+        report.entries = with_message.len();
+        Ok(report)
+    }
+
+    /// Step 4 of a commit, and of update/remove: make env/ entries durable.
+    fn sync_dir(&self, dir: &File, path: &Path) -> io::Result<()> {
+        self.faults.check(FaultPoint::AfterRename, path)?;
+        dir.sync_all()
+            .map_err(|e| ctx(e, "fsyncing directory", path))
+    }
+
+    fn stage_envelope(&self, env: &Envelope) -> io::Result<Staged> {
+        let json = env.to_json().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("serialising envelope {}: {e}", env.id),
+            )
+        })?;
+        Staged::write(&self.tmp, env.id.as_str(), &[&json], &*self.faults)
+            .map_err(|e| ctx(e, "writing envelope for", &self.envelope_path(&env.id)))
+    }
+}
+
+impl QueueStore for FsStore {
+    fn commit_parts(&self, env: &Envelope, message: &[&[u8]]) -> io::Result<()> {
+        let mut results = self.commit_many(&[(env, message)]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("commit produced no result")))
+    }
+
+    /// The commit protocol, batched so that N entries share two directory fsyncs:
+    /// 1. each message: create msg/<id> (O_EXCL), write, fdatasync;
+    /// 2. fsync msg/ (the messages' names are durable);
+    /// 3. each envelope: write tmp/<temp>, fdatasync, rename to env/<id> (the commit point);
+    /// 4. fsync env/.
+    ///
+    /// Message before envelope, with a directory fsync in between, so no crash can leave an
+    /// envelope whose message is missing or partial.
+    fn commit_many(&self, batch: &[(&Envelope, &[&[u8]])]) -> Vec<io::Result<()>> {
+        let faults = &*self.faults;
+        // 1. Messages.
+        let mut results: Vec<io::Result<()>> = Vec::with_capacity(batch.len());
+        for (env, parts) in batch {
+            let path = self.message_path(&env.id);
+            let r =
+                create_synced(&path, parts, faults).map_err(|e| ctx(e, "writing message", &path));
+            if let Err(e) = &r {
+                if is_injected_crash(e) {
+                    // A dead process writes nothing more.
+                    let e = copy_error(e);
+                    return batch.iter().map(|_| Err(copy_error(&e))).collect();
+                }
+            }
+            results.push(r);
+        }
+        // 2. One fsync makes every new message name durable.
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.sync_dir(&self.msg_dir, &self.msg) {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                for (i, (env, _)) in batch.iter().enumerate() {
+                    if results[i].is_ok() {
+                        let _ = fs::remove_file(self.message_path(&env.id));
+                        results[i] = Err(copy_error(&e));
+                    }
+                }
+                return results;
+            }
+        }
+        // 3. Envelopes: each rename commits its entry.
+        for (i, (env, _)) in batch.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let published = self.stage_envelope(env).and_then(|staged| {
+                let dest = self.envelope_path(&env.id);
+                staged
+                    .publish(&dest)
+                    .map_err(|e| ctx(e, "renaming envelope to", &dest))
+            });
+            if let Err(e) = published {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                // Not committed: the message is an orphan; remove it now rather than at recovery.
+                let _ = fs::remove_file(self.message_path(&env.id));
+                results[i] = Err(e);
+            }
+        }
+        // 4. One fsync makes every commit durable.
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.sync_dir(&self.env_dir, &self.env) {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                // The client will get a 4xx and retry: take the entries back so that a later
+                // delivery of these envelopes cannot duplicate the retried message.
+                let committed: Vec<&QueueId> = batch
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|((env, _), _)| &env.id)
+                    .collect();
+                for id in &committed {
+                    let _ = fs::remove_file(self.envelope_path(id));
+                }
+                // Messages go only once the envelopes' removal is durable; otherwise they stay
+                // as orphans for recovery (never an envelope without its message).
+                let undone = self.env_dir.sync_all().is_ok();
+                for id in &committed {
+                    if undone {
+                        let _ = fs::remove_file(self.message_path(id));
+                    }
+                }
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(copy_error(&e));
+                }
+            }
+        }
+        results
+    }
+
+    fn list(&self) -> io::Result<Vec<QueueId>> {
+        let mut ids: Vec<QueueId> = file_names(&self.env)?
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect();
+        // uuid v7: lexical order is time order.
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn load(&self, id: &QueueId) -> io::Result<Envelope> {
+        let path = self.envelope_path(id);
+        let bytes = fs::read(&path).map_err(|e| ctx(e, "reading", &path))?;
+        let env = Envelope::from_json(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("envelope {}: {e}", path.display()),
+            )
+        })?;
+        if env.id != *id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("envelope {} holds id {}", path.display(), env.id),
+            ));
+        }
+        Ok(env)
+    }
+
+    fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
+        let path = self.message_path(id);
+        fs::read(&path).map_err(|e| ctx(e, "reading", &path))
+    }
+
+    /// flock(2) on the message file: it is never replaced (unlike the envelope, whose inode
+    /// changes on every update), it lives exactly as long as the entry, and the kernel drops
+    /// the lock when the holder dies, so a kill -9 never leaves an entry locked.
+    fn lock(&self, id: &QueueId) -> io::Result<Option<QueueLock>> {
+        let path = self.message_path(id);
+        let file = File::open(&path).map_err(|e| ctx(e, "locking", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(ctx(e, "locking", &path)),
+        }
+        // Committed, and not removed while we were opening the file? (remove() unlinks the
+        // envelope while it holds the lock.)
+        let env = self.envelope_path(id);
+        fs::symlink_metadata(&env).map_err(|e| ctx(e, "locking", &env))?;
+        Ok(Some(QueueLock::new(id.clone(), file)))
+    }
+
+    fn update(&self, lock: &QueueLock, env: &Envelope) -> io::Result<()> {
+        if *lock.id() != env.id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("update of {} under the lock of {}", env.id, lock.id()),
+            ));
+        }
+        let dest = self.envelope_path(&env.id);
+        self.stage_envelope(env)?
+            .publish(&dest)
+            .map_err(|e| ctx(e, "renaming envelope to", &dest))?;
+        self.sync_dir(&self.env_dir, &self.env)
+    }
+
+    fn remove(&self, lock: QueueLock) -> io::Result<()> {
+        let id = lock.id();
+        let env = self.envelope_path(id);
+        match fs::remove_file(&env) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ctx(e, "removing", &env)),
+        }
+        // The envelope's removal must be durable before the message goes.
+        self.env_dir
+            .sync_all()
+            .map_err(|e| ctx(e, "fsyncing directory", &self.env))?;
+        let msg = self.message_path(id);
+        match fs::remove_file(&msg) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ctx(e, "removing", &msg)),
+        }
+        // `lock` drops here, after the message is gone.
+    }
+
+    fn recover(&self) -> io::Result<RecoveryReport> {
+        self.recover_older_than(Duration::ZERO)
+    }
+}
+
+fn file_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| ctx(e, "listing", dir))? {
+        let entry = entry.map_err(|e| ctx(e, "listing", dir))?;
+        // Non-UTF-8 names are not ours; they cannot be ids.
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Says which file an I/O error is about, keeping its kind (StorageFull stays StorageFull).
+fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
+    if is_injected_crash(&e) {
+        return e;
+    }
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// io::Error is not Clone; a batch-wide failure is reported to every entry.
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// After a simulated crash nothing else runs: every entry of the batch reports it.
+fn all_crashed(results: Vec<io::Result<()>>, e: io::Error) -> Vec<io::Result<()>> {
+    results.into_iter().map(|_| Err(copy_error(&e))).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! tern's durable spool: one durable-write helper (temp file, fsync, rename, fsync directory),
+//! the envelope with per-recipient status, the `QueueStore` trait and its filesystem store.
+//! Layout and commit protocol: docs/spool-format.md.
+
+pub mod durable;
+pub mod envelope;
+pub mod fault;
+pub mod fs_store;
+pub mod id;
+pub mod store;
+pub mod time_format;
+
+pub use envelope::{Attempt, Envelope, Recipient, RecipientStatus, MAX_ATTEMPTS_LOG};
+pub use fault::{FailAt, FaultPoint, Faults, NoFaults};
+pub use fs_store::FsStore;
+pub use id::{InvalidQueueId, QueueId};
+pub use store::{QueueLock, QueueStore, RecoveryReport};

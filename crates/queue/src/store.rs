@@ -1,0 +1,105 @@
+//! The storage side of the queue: what any spool backend (filesystem now, PostgreSQL later)
+//! must offer. Scheduling (when to retry) lives elsewhere and only talks to this trait.
+//!
+//! All methods block on I/O: async callers run them inside `tokio::task::spawn_blocking`.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+
+use crate::envelope::Envelope;
+use crate::id::QueueId;
+
+pub trait QueueStore: Send + Sync {
+    /// Durably stores a new entry whose message is the concatenation of `message` (e.g. the
+    /// Received header and the body, without copying them together). On `Ok` both the message
+    /// and the envelope are fsync'd, file and directory: only then may the server answer 250.
+    /// On `Err` the entry does not exist.
+    fn commit_parts(&self, env: &Envelope, message: &[&[u8]]) -> io::Result<()>;
+
+    /// [`QueueStore::commit_parts`] for a message in one buffer.
+    fn commit(&self, env: &Envelope, message: &[u8]) -> io::Result<()> {
+        self.commit_parts(env, &[message])
+    }
+
+    /// Commits several entries, sharing fsyncs where the backend can (group commit). One result
+    /// per entry, in order; each `Ok` carries the same guarantee as [`QueueStore::commit`].
+    fn commit_many(&self, batch: &[(&Envelope, &[&[u8]])]) -> Vec<io::Result<()>> {
+        batch
+            .iter()
+            .map(|(env, msg)| self.commit_parts(env, msg))
+            .collect()
+    }
+
+    /// Ids of all committed entries, oldest first.
+    fn list(&self) -> io::Result<Vec<QueueId>>;
+
+    /// The envelope of a committed entry (`NotFound` if there is none).
+    fn load(&self, id: &QueueId) -> io::Result<Envelope>;
+
+    /// The message bytes of a committed entry.
+    fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>>;
+
+    /// Takes the entry's exclusive lock without waiting: `Ok(None)` when someone else (a delivery,
+    /// a `tern queue` command in another process) holds it, `Err(NotFound)` when there is no such
+    /// committed entry. Dropping the [`QueueLock`] releases it; so does the holder's death.
+    fn lock(&self, id: &QueueId) -> io::Result<Option<QueueLock>>;
+
+    /// Atomically and durably replaces the envelope of the locked entry (new statuses, held flag).
+    /// Needs the lock: an update racing a removal could otherwise resurrect an envelope whose
+    /// message is already gone.
+    fn update(&self, lock: &QueueLock, env: &Envelope) -> io::Result<()>;
+
+    /// Removes the locked entry: envelope first (durably), then the message, so a crash in
+    /// between leaves an orphan message (removed by recovery), never an envelope without message.
+    fn remove(&self, lock: QueueLock) -> io::Result<()>;
+
+    /// Startup clean-up, run before the server accepts mail or delivers: removes temp files and
+    /// messages without envelope (both are writes that never committed).
+    fn recover(&self) -> io::Result<RecoveryReport>;
+}
+
+/// Proof that the holder has exclusive use of one queue entry. Backend-specific state (an
+/// flock'd file, a database lease) lives inside; dropping the value releases the lock.
+pub struct QueueLock {
+    id: QueueId,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl QueueLock {
+    /// For backends: wraps whatever keeps the lock held until dropped.
+    pub fn new(id: QueueId, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            id,
+            _guard: Box::new(guard),
+        }
+    }
+
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+}
+
+impl fmt::Debug for QueueLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueLock")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`QueueStore::recover`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Committed entries found.
+    pub entries: usize,
+    /// Temp files of interrupted writes, removed.
+    pub temp_files_removed: usize,
+    /// Messages whose envelope was never committed (or was removed), removed.
+    pub orphan_messages_removed: usize,
+    /// Envelopes whose message is missing (only possible if something outside tern deleted it):
+    /// moved aside so they are not retried forever; the operator should look at them.
+    pub quarantined: Vec<QueueId>,
+    /// Files that tern did not write (not an id, not a temp file), left alone.
+    pub unknown_files: Vec<String>,
+}
