@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmark tern against a reference Postfix (issue 6). Needs root (Postfix, vmail user) and ~15-20 minutes.
+#
+#   bench/run.sh            full matrix: 3 repetitions, medians, 10,000 idle connections
+#   bench/run.sh --quick    reduced matrix: 1 repetition, fewer messages (smoke test, ~3 minutes)
+#   bench/run.sh --servers postfix   only Postfix (likewise --servers tern); --only TEXT filters workloads
+#
+# Installs what is missing (postfix from Debian), builds tern and bench/loadgen in release mode, then runs
+# bench/bench.py, which prints one table and writes it to bench/results/<timestamp>.md.
+# Ports: Postfix 10025, tern 10026, smtp-sink 10027 (override with PF_PORT, TERN_PORT, SINK_PORT).
+# Scratch space: $BENCH_DIR (default /tmp/tern-bench): configs, queues, Maildirs, logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export BENCH_DIR=${BENCH_DIR:-/tmp/tern-bench}
+export PF_PORT=${PF_PORT:-10025} TERN_PORT=${TERN_PORT:-10026} SINK_PORT=${SINK_PORT:-10027}
+mkdir -p "$BENCH_DIR"
+
+# 10,000 idle connections need as many descriptors in tern and in the generator.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+driver_pid=""
+cleanup() {
+    # Stop only what this script started: the driver (which stops its own children), then Postfix.
+    if [ -n "$driver_pid" ] && kill -0 "$driver_pid" 2>/dev/null; then
+        kill -TERM "$driver_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$driver_pid" 2>/dev/null || break; sleep 0.2; done
+    fi
+    bench/postfix.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! command -v postfix >/dev/null || ! command -v smtp-source >/dev/null; then
+    echo "::: installing postfix"
+    bench/postfix.sh setup
+fi
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 </dev/null >/dev/null; }
+
+echo "::: building (release)"
+cargo build --release -q -p tern-loadgen
+if ! cargo build --release -q -p tern; then
+    echo "warning: tern did not build; only Postfix will be measured" >&2
+fi
+
+echo "::: benchmark"
+python3 bench/bench.py "$@" &
+driver_pid=$!
+wait "$driver_pid"
