@@ -145,8 +145,27 @@ impl<S: MessageStore> Driver<S> {
                     LineEvent::Line(line) => session.handle_line(&line),
                     LineEvent::TooLong => session.line_too_long(),
                 };
+                let action = match action {
+                    Action::Verify(creds) => {
+                        let cfg = self.cfg.clone();
+                        let delay = session.auth_delay();
+                        let user =
+                            tokio::task::spawn_blocking(move || crate::auth::verify(&cfg, &creds))
+                                .await
+                                .ok()
+                                .flatten();
+                        if user.is_none() {
+                            // Growing delay per client IP: slows password guessing to a crawl.
+                            io.flush().await;
+                            tokio::time::sleep(delay).await;
+                        }
+                        session.auth_verified(user)
+                    }
+                    other => other,
+                };
                 match action {
                     Action::Reply(r) => io.queue(&r),
+                    Action::Verify(_) => io.queue(&replies::local_error()),
                     Action::Close(r) => {
                         let end = if r.code() == 221 {
                             End::Quit

@@ -2,6 +2,7 @@
 //! ([`replies`]), recipient policy ([`policy`]), the trace header ([`received`]), the async
 //! driver and listeners, and the [`store::MessageStore`] hand-off to durable storage.
 
+pub mod auth;
 pub mod driver;
 pub mod listener;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod replies;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod tracker;
 
 pub use listener::{bind_all, BoundListener, Server};
 pub use session::{Accepted, AcceptedRecipient, ConnInfo, ListenerKind, Session};

@@ -19,6 +19,7 @@ use crate::replies;
 use crate::session::{ConnInfo, ListenerKind, Session};
 use crate::store::MessageStore;
 use crate::tls::TlsProvider;
+use crate::tracker::ClientTracker;
 
 pub struct BoundListener {
     pub kind: ListenerKind,
@@ -81,6 +82,7 @@ impl Drop for Slot {
 pub struct Server<S: MessageStore> {
     driver: Arc<Driver<S>>,
     counters: Arc<Mutex<Counters>>,
+    clients: Arc<ClientTracker>,
     tracker: TaskTracker,
 }
 
@@ -99,6 +101,7 @@ impl<S: MessageStore> Server<S> {
                 shutdown,
             }),
             counters: Arc::default(),
+            clients: Arc::new(ClientTracker::new()),
             tracker: TaskTracker::new(),
         }
     }
@@ -200,7 +203,7 @@ impl<S: MessageStore> Server<S> {
                 }
             }
         }
-        let session = Session::new(cfg.clone(), conn);
+        let session = Session::new(cfg.clone(), conn).with_tracker(self.clients.clone());
         self.driver.run(boxed, session).await;
     }
 }

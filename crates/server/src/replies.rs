@@ -270,3 +270,89 @@ pub fn help(topic: Option<&str>) -> Reply {
     };
     Reply::new(214, ec(2, 0, 0), text)
 }
+
+pub fn auth_challenge(b64: &str) -> Reply {
+    Reply::new(334, None, b64.to_string())
+}
+
+pub fn auth_ok() -> Reply {
+    Reply::new(235, ec(2, 7, 0), "Authentication successful")
+}
+
+pub fn auth_failed() -> Reply {
+    Reply::new(535, ec(5, 7, 8), "Authentication credentials invalid")
+}
+
+pub fn auth_required() -> Reply {
+    Reply::new(530, ec(5, 7, 0), "Authentication required")
+}
+
+/// RFC 4954 6: 538 when the mechanism needs an encrypted channel.
+pub fn auth_needs_tls() -> Reply {
+    Reply::new(
+        538,
+        ec(5, 7, 11),
+        "Encryption required for requested authentication mechanism",
+    )
+}
+
+pub fn auth_twice() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Already authenticated")
+}
+
+pub fn auth_in_transaction() -> Reply {
+    Reply::new(
+        503,
+        ec(5, 5, 1),
+        "AUTH not allowed during a mail transaction",
+    )
+}
+
+pub fn auth_mechanism() -> Reply {
+    Reply::new(
+        504,
+        ec(5, 5, 4),
+        "Unrecognized authentication type (use PLAIN or LOGIN)",
+    )
+}
+
+pub fn auth_cancelled() -> Reply {
+    Reply::new(501, ec(5, 7, 0), "Authentication cancelled")
+}
+
+pub fn auth_bad_base64() -> Reply {
+    Reply::new(501, ec(5, 5, 2), "Invalid base64 or malformed credentials")
+}
+
+pub fn auth_too_many_failures(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 0),
+        format!("{host} Too many authentication failures, closing connection"),
+    )
+}
+
+pub fn sender_not_owned(addr: &str) -> Reply {
+    Reply::new(
+        553,
+        ec(5, 7, 1),
+        format!("<{addr}>: Sender address not owned by the authenticated user"),
+    )
+}
+
+pub fn rate_limited() -> Reply {
+    Reply::new(
+        450,
+        ec(4, 7, 1),
+        "Too many messages from your address, try again later",
+    )
+}
+
+/// A cross-protocol attack (an HTTP request sent to the SMTP port) is cut off at once.
+pub fn http_refused(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 0),
+        format!("{host} This is an SMTP server, not HTTP, closing connection"),
+    )
+}

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tern_config::Config;
+use tern_proto::sasl::{self, Credentials};
 use tern_proto::{
     AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath, MailParams, Reply,
     ReversePath,
@@ -14,6 +15,7 @@ use tern_proto::{
 use crate::policy::{self, RcptDecision, Target};
 use crate::received::{self, TraceInfo};
 use crate::replies;
+use crate::tracker::{self, ClientTracker};
 
 /// Which listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,17 @@ pub enum Action {
     StartTls(Reply),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Check these credentials off the async threads, then call [`Session::auth_verified`].
+    Verify(Credentials),
+}
+
+/// A multi-step AUTH exchange waiting for the client's next line (RFC 4954 4).
+#[derive(Debug, Clone)]
+enum AuthExchange {
+    /// `AUTH PLAIN` without initial response: waiting for the credentials.
+    Plain,
+    LoginUser,
+    LoginPassword(String),
 }
 
 /// A message that passed every check and must be stored before the 250.
@@ -93,6 +106,7 @@ pub struct Accepted {
     pub smtputf8: bool,
     pub eight_bit: bool,
     pub helo: String,
+    pub client_ip: std::net::IpAddr,
 }
 
 pub enum DataEnd {
@@ -107,6 +121,8 @@ pub struct Session {
     state: State,
     errors: u32,
     authenticated: Option<String>,
+    auth_exchange: Option<AuthExchange>,
+    tracker: Arc<ClientTracker>,
 }
 
 impl Session {
@@ -118,7 +134,19 @@ impl Session {
             state: State::Idle,
             errors: 0,
             authenticated: None,
+            auth_exchange: None,
+            tracker: Arc::new(ClientTracker::new()),
         }
+    }
+
+    /// Shares per-IP counters (message rate, AUTH failures) with the other sessions.
+    pub fn with_tracker(mut self, tracker: Arc<ClientTracker>) -> Self {
+        self.tracker = tracker;
+        self
+    }
+
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     pub fn greeting(&self) -> Reply {
@@ -157,10 +185,6 @@ impl Session {
         self.authenticated = None;
     }
 
-    pub fn set_authenticated(&mut self, user: String) {
-        self.authenticated = Some(user);
-    }
-
     fn relay_allowed(&self) -> bool {
         self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip())
     }
@@ -180,6 +204,12 @@ impl Session {
     }
 
     pub fn handle_line(&mut self, line: &[u8]) -> Action {
+        if let Some(exchange) = self.auth_exchange.take() {
+            return self.auth_response(exchange, line);
+        }
+        if self.helo.is_none() && looks_like_http(line) {
+            return Action::Close(replies::http_refused(&self.cfg.hostname));
+        }
         match Command::parse(line) {
             Ok(cmd) => self.handle(cmd),
             Err(e) => {
@@ -217,7 +247,7 @@ impl Session {
             Command::Expn(arg) => self.expn(&arg),
             Command::Help(topic) => Action::Reply(replies::help(topic.as_deref())),
             Command::StartTls => self.starttls(),
-            Command::Auth { .. } => self.error(replies::auth_unavailable()),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
             Command::Obsolete(verb) => self.error(replies::obsolete(verb)),
             Command::Turn => self.error(replies::turn()),
         }
@@ -246,6 +276,9 @@ impl Session {
         if self.conn.tls_available && self.conn.tls.is_none() {
             ext.push("STARTTLS".to_string());
         }
+        if self.auth_offered() {
+            ext.push("AUTH PLAIN LOGIN".to_string());
+        }
         ext.push("HELP".to_string());
         ext
     }
@@ -256,6 +289,24 @@ impl Session {
         };
         if !matches!(self.state, State::Idle) {
             return self.error(replies::nested_mail());
+        }
+        // RFC 6409 4.3: the submission ports take mail from authenticated users only.
+        if self.conn.kind != ListenerKind::Smtp && self.authenticated.is_none() {
+            return Action::Reply(replies::auth_required());
+        }
+        if let (Some(user), Some(addr)) = (&self.authenticated, from.address()) {
+            if self.cfg.submission.enforce_sender && !addr.lookup_key().eq_ignore_ascii_case(user) {
+                return Action::Reply(replies::sender_not_owned(&addr.to_string()));
+            }
+        }
+        let ip = self.conn.peer.ip();
+        if self.authenticated.is_none()
+            && !self.cfg.is_trusted(ip)
+            && !self
+                .tracker
+                .allow_message(ip, self.cfg.limits.max_messages_per_ip_per_minute)
+        {
+            return Action::Reply(replies::rate_limited());
         }
         // RFC 1870 6: a declared size over the limit is refused at MAIL.
         if params
@@ -397,6 +448,7 @@ impl Session {
             smtputf8: txn.params.smtputf8,
             eight_bit: body_has_8bit || txn.params.body == Some(BodyType::EightBitMime),
             helo: helo.name,
+            client_ip: self.conn.peer.ip(),
         })
     }
 
@@ -430,6 +482,128 @@ impl Session {
             "Ready to start TLS",
         ))
     }
+}
+
+impl Session {
+    /// AUTH is offered over TLS only (RFC 4954 4: no plaintext passwords), unless the
+    /// submission port is configured otherwise, and only when some user has a password.
+    fn auth_offered(&self) -> bool {
+        let has_passwords = self.cfg.users.iter().any(|u| u.password.is_some());
+        let channel_ok = self.conn.tls.is_some()
+            || (self.conn.kind == ListenerKind::Submission
+                && !self.cfg.submission.require_tls_for_auth);
+        has_passwords && channel_ok && self.authenticated.is_none()
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Action {
+        if self.helo.is_none() {
+            return self.error(replies::need_helo());
+        }
+        if self.authenticated.is_some() {
+            return self.error(replies::auth_twice());
+        }
+        if !matches!(self.state, State::Idle) {
+            return self.error(replies::auth_in_transaction());
+        }
+        if !self.auth_offered() {
+            let has_passwords = self.cfg.users.iter().any(|u| u.password.is_some());
+            return self.error(if has_passwords && self.conn.tls.is_none() {
+                replies::auth_needs_tls()
+            } else {
+                replies::auth_unavailable()
+            });
+        }
+        match (mechanism, initial) {
+            // RFC 4954 4: "=" is an empty initial response.
+            ("PLAIN", Some(resp)) if resp != "=" => self.auth_plain(resp),
+            ("PLAIN", _) => {
+                self.auth_exchange = Some(AuthExchange::Plain);
+                Action::Reply(replies::auth_challenge(""))
+            }
+            ("LOGIN", Some(resp)) => self.auth_response(AuthExchange::LoginUser, resp.as_bytes()),
+            ("LOGIN", None) => {
+                self.auth_exchange = Some(AuthExchange::LoginUser);
+                Action::Reply(replies::auth_challenge(&sasl::encode_base64(b"Username:")))
+            }
+            _ => self.error(replies::auth_mechanism()),
+        }
+    }
+
+    fn auth_plain(&mut self, resp: &str) -> Action {
+        match sasl::decode_plain(resp) {
+            Ok(creds) => Action::Verify(creds),
+            Err(_) => self.error(replies::auth_bad_base64()),
+        }
+    }
+
+    fn auth_response(&mut self, exchange: AuthExchange, line: &[u8]) -> Action {
+        let text = String::from_utf8_lossy(line);
+        if sasl::is_cancel(&text) {
+            return self.error(replies::auth_cancelled());
+        }
+        match exchange {
+            AuthExchange::Plain => self.auth_plain(&text),
+            AuthExchange::LoginUser => match sasl::decode_login_step(&text) {
+                Ok(user) if !user.is_empty() => {
+                    self.auth_exchange = Some(AuthExchange::LoginPassword(user));
+                    Action::Reply(replies::auth_challenge(&sasl::encode_base64(b"Password:")))
+                }
+                _ => self.error(replies::auth_bad_base64()),
+            },
+            AuthExchange::LoginPassword(username) => match sasl::decode_login_step(&text) {
+                Ok(password) => Action::Verify(Credentials {
+                    authzid: None,
+                    username,
+                    password,
+                }),
+                Err(_) => self.error(replies::auth_bad_base64()),
+            },
+        }
+    }
+
+    /// The outcome of [`Action::Verify`]. Failures are counted per client IP; past
+    /// `limits.max_auth_failures` the connection is closed.
+    pub fn auth_verified(&mut self, user: Option<String>) -> Action {
+        let ip = self.conn.peer.ip();
+        match user {
+            Some(user) => {
+                self.tracker.clear_auth_failures(ip);
+                self.authenticated = Some(user);
+                Action::Reply(replies::auth_ok())
+            }
+            None => {
+                let failures = self.tracker.record_auth_failure(ip);
+                if failures as usize >= self.cfg.limits.max_auth_failures {
+                    Action::Close(replies::auth_too_many_failures(&self.cfg.hostname))
+                } else {
+                    self.error(replies::auth_failed())
+                }
+            }
+        }
+    }
+
+    /// How long the driver waits before answering this client's next AUTH result.
+    pub fn auth_delay(&self) -> std::time::Duration {
+        tracker::auth_failure_delay(self.tracker.auth_failures(self.conn.peer.ip()))
+    }
+}
+
+/// `GET / HTTP/1.1`, `POST ...`, `CONNECT host:443 HTTP/1.1`: an HTTP client (or a browser
+/// tricked into a cross-protocol request) talking to the SMTP port.
+fn looks_like_http(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"CONNECT ",
+        b"HEAD ",
+        b"PUT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+    ];
+    METHODS
+        .iter()
+        .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
 }
 
 fn address_error_text(e: &AddressError) -> String {

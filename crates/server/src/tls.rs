@@ -56,8 +56,7 @@ impl TlsProvider {
             .protocol_version()
             .and_then(|v| v.as_str())
             .unwrap_or("TLS")
-            .replace('_', ".")
-            .replace("TLSv1.", "TLSv1.");
+            .replace('_', ".");
         let cipher = conn
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())

@@ -38,6 +38,7 @@ fn session() -> Session {
 fn say(s: &mut Session, line: &str) -> String {
     let reply = match s.handle_line(line.as_bytes()) {
         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) | Action::Close(r) => r,
+        Action::Verify(_) => panic!("unexpected credential check"),
     };
     let wire = String::from_utf8(reply.to_bytes()).unwrap();
     wire.lines().last().unwrap().to_string()
