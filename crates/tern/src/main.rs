@@ -2,6 +2,9 @@
 //! Invoked as `sendmail` (a symlink), it behaves as the sendmail-compatible submission tool.
 
 mod cmd;
+mod inbound;
+mod logging;
+mod relay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "tern: a mail transfer agent and sending tool")]
+#[command(
+    name = "tern",
+    version,
+    about = "tern: a mail transfer agent and sending tool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +35,26 @@ enum Command {
         /// The file to check (default: the one `serve` would use).
         file: Option<PathBuf>,
     },
+    /// Read a password on stdin and print its argon2id hash for `[[users]] password`.
+    Passwd,
+    /// Certificates for testing TLS.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// Write a self-signed cert.pem and key.pem (for tests; use a CA-issued chain in production).
+    SelfSigned {
+        /// Host name the certificate is for.
+        #[arg(long)]
+        host: String,
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,5 +68,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => cmd::serve::run(config.as_deref()),
         Command::CheckConfig { file } => cmd::check_config::run(file.as_deref()),
+        Command::Passwd => cmd::passwd::run(),
+        Command::Cert {
+            action: CertAction::SelfSigned { host, out_dir },
+        } => cmd::cert::self_signed(&host, &out_dir),
     }
 }

@@ -12,10 +12,10 @@ pub fn run(file: Option<&Path>) -> ExitCode {
     };
     match result {
         Ok(cfg) => {
-            let origin = cfg
-                .source
-                .as_ref()
-                .map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string());
+            let origin = cfg.source.as_ref().map_or_else(
+                || "built-in defaults".to_string(),
+                |p| p.display().to_string(),
+            );
             println!("{origin}: OK");
             ExitCode::SUCCESS
         }

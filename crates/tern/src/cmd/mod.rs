@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod cert;
 pub mod check_config;
+pub mod passwd;
 pub mod serve;

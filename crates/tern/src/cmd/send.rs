@@ -1,0 +1,388 @@
+//! `tern send`: compose a message (text, HTML, attachments) and deliver it through a server or
+//! straight to the recipients' MX hosts, with exit codes a script can rely on (see exit.rs).
+
+pub mod deliver;
+pub mod exit;
+pub mod message;
+pub mod report;
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tern_client::{ConnectOptions, Credentials, Direction, SessionOptions, Timeouts, TlsMode};
+use tern_dns::{HickoryResolver, Resolver};
+use tern_proto::Address;
+
+use deliver::Route;
+use message::{Attachment, Compose, Mailbox};
+
+const PROG: &str = "tern send";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    /// STARTTLS or fail.
+    Required,
+    /// STARTTLS when offered (default).
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Never encrypt.
+    None,
+}
+
+/// Compose a message and send it (exit codes below).
+#[derive(Debug, Args)]
+#[command(after_help = exit::HELP)]
+pub struct SendArgs {
+    /// Sender address (envelope and From:), `addr` or `Name <addr>`.
+    #[arg(long, value_name = "ADDRESS")]
+    pub from: String,
+    /// Recipient (To:); repeat for more.
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Vec<String>,
+    /// Recipient (Cc:); repeat for more.
+    #[arg(long, value_name = "ADDRESS")]
+    pub cc: Vec<String>,
+    /// Hidden recipient: in the envelope only, never in a header.
+    #[arg(long, value_name = "ADDRESS")]
+    pub bcc: Vec<String>,
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Text body (UTF-8); default: standard input, unless it is a terminal.
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// HTML alternative of the body (multipart/alternative).
+    #[arg(long, value_name = "FILE")]
+    pub html_file: Option<PathBuf>,
+    /// Attach a file (base64, content type from its name); repeat for more.
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// Extra header field, e.g. --header "Reply-To: a@b.example"; repeat for more.
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub header: Vec<String>,
+    /// Send through this server instead of the recipients' MX hosts.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// Port for --server without one and for MX delivery (default 25, 465 with --tls implicit;
+    /// MX delivery also honours $TERN_MX_PORT).
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum, default_value_t = TlsArg::Opportunistic)]
+    pub tls: TlsArg,
+    /// Trust this CA certificate (PEM) in addition to the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Do not verify the server certificate (encryption without authentication).
+    #[arg(long)]
+    pub insecure: bool,
+    /// AUTH user name (PLAIN or LOGIN; only over TLS unless --allow-plaintext-auth).
+    #[arg(long, requires = "password_file")]
+    pub user: Option<String>,
+    /// File holding the AUTH password (first line).
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
+    /// Allow AUTH over an unencrypted connection.
+    #[arg(long)]
+    pub allow_plaintext_auth: bool,
+    /// Cap every SMTP timeout (connect, greeting, each command, data) at this, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Name to send in EHLO (default: this host's name).
+    #[arg(long)]
+    pub helo: Option<String>,
+    /// Print the envelope and the message instead of sending.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the SMTP transcript (C:/S: lines, AUTH redacted) and each recipient's outcome.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// A failure before anything was sent: the message and the exit code.
+struct Early(u8, String);
+
+pub fn run(args: SendArgs) -> ExitCode {
+    match prepare(&args) {
+        Ok(job) => execute(job, args.verbose),
+        Err(Early(code, msg)) => {
+            eprintln!("{PROG}: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Job {
+    route: Route,
+    opts: ConnectOptions,
+    from: String,
+    rcpts: Vec<String>,
+    message: Vec<u8>,
+    dry_run: bool,
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Early> {
+    std::fs::read(path)
+        .map_err(|e| Early(exit::NOINPUT, format!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Early> {
+    String::from_utf8(bytes).map_err(|_| Early(exit::DATAERR, format!("{what} is not valid UTF-8")))
+}
+
+fn check_addr(s: &str, flag: &str) -> Result<Mailbox, Early> {
+    let m = Mailbox::parse(s);
+    Address::parse(&m.addr)
+        .map_err(|e| Early(exit::USAGE, format!("invalid address {s:?} for {flag}: {e}")))?;
+    Ok(m)
+}
+
+fn prepare(args: &SendArgs) -> Result<Job, Early> {
+    // Addresses first: a usage error should not wait for stdin.
+    let from = check_addr(&args.from, "--from")?;
+    let to = args.to.iter().map(|a| check_addr(a, "--to")).collect::<Result<Vec<_>, _>>()?;
+    let cc = args.cc.iter().map(|a| check_addr(a, "--cc")).collect::<Result<Vec<_>, _>>()?;
+    let bcc = args.bcc.iter().map(|a| check_addr(a, "--bcc")).collect::<Result<Vec<_>, _>>()?;
+    let mut rcpts: Vec<String> = Vec::new();
+    for m in to.iter().chain(&cc).chain(&bcc) {
+        if !rcpts.iter().any(|r| r.eq_ignore_ascii_case(&m.addr)) {
+            rcpts.push(m.addr.clone());
+        }
+    }
+    if rcpts.is_empty() {
+        return Err(Early(exit::USAGE, "no recipient: give --to, --cc or --bcc".into()));
+    }
+    let headers = args
+        .header
+        .iter()
+        .map(|h| message::parse_header_arg(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Early(exit::USAGE, e))?;
+    if args.tls == TlsArg::None && args.user.is_some() && !args.allow_plaintext_auth {
+        return Err(Early(
+            exit::USAGE,
+            "--user with --tls none would send the password in the clear; add --allow-plaintext-auth"
+                .into(),
+        ));
+    }
+
+    // Every input file before any network traffic: nothing is half-sent for a missing file.
+    let mut attachments = Vec::new();
+    for path in &args.attach {
+        let data = read_file(path, "attachment")?;
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "attachment".into());
+        let content_type = mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string();
+        attachments.push(Attachment {
+            filename,
+            content_type,
+            data,
+        });
+    }
+    let html = match &args.html_file {
+        Some(p) => Some(utf8(read_file(p, "HTML file")?, "the HTML file")?),
+        None => None,
+    };
+    let text = match &args.body_file {
+        Some(p) => Some(utf8(read_file(p, "body file")?, "the body file")?),
+        None if std::io::stdin().is_terminal() => None,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Early(exit::NOINPUT, format!("cannot read the body from stdin: {e}")))?;
+            Some(utf8(buf, "the body on stdin")?)
+        }
+    };
+    let credentials = match (&args.user, &args.password_file) {
+        (Some(user), Some(pf)) => {
+            let raw = utf8(read_file(pf, "password file")?, "the password file")?;
+            let password = raw.lines().next().unwrap_or_default().to_string();
+            Some(Credentials {
+                authzid: None,
+                username: user.clone(),
+                password,
+            })
+        }
+        _ => None,
+    };
+    let mut extra_roots = Vec::new();
+    if let Some(ca) = &args.tls_ca {
+        let iter = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| Early(exit::NOINPUT, format!("cannot read --tls-ca {}: {e}", ca.display())))?;
+        for cert in iter {
+            extra_roots.push(cert.map_err(|e| {
+                Early(exit::NOINPUT, format!("bad certificate in {}: {e}", ca.display()))
+            })?);
+        }
+    }
+
+    let sender_domain = Address::parse(&from.addr)
+        .map(|a| a.domain().normalized())
+        .unwrap_or_else(|_| "localhost".into());
+    let compose = Compose {
+        from: Some(from.clone()),
+        to,
+        cc,
+        subject: args.subject.clone(),
+        text,
+        html,
+        attachments,
+        headers,
+        message_id: format!("{}@{}", uuid::Uuid::now_v7().simple(), sender_domain),
+    };
+    let message = message::build(&compose);
+
+    let tls = match args.tls {
+        TlsArg::Required => TlsMode::Required,
+        TlsArg::Opportunistic => TlsMode::Opportunistic,
+        TlsArg::Implicit => TlsMode::Implicit,
+        TlsArg::None => TlsMode::None,
+    };
+    let default_port = if tls == TlsMode::Implicit { 465 } else { 25 };
+    let route = match &args.server {
+        Some(server) => {
+            let (host, port) = split_host_port(server, args.port.unwrap_or(default_port))
+                .map_err(|e| Early(exit::USAGE, e))?;
+            Route::Server { host, port }
+        }
+        None if args.dry_run => Route::Server {
+            host: "(MX)".into(),
+            port: 25,
+        },
+        None => {
+            let env_port = std::env::var("TERN_MX_PORT").ok();
+            let port = match (args.port, env_port) {
+                (Some(p), _) => p,
+                (None, Some(p)) => p
+                    .parse()
+                    .map_err(|_| Early(exit::USAGE, format!("TERN_MX_PORT={p:?} is not a port")))?,
+                (None, None) => default_port,
+            };
+            Route::Mx {
+                port,
+                resolver: resolver()?,
+            }
+        }
+    };
+    let mut session = SessionOptions::new(args.helo.clone().unwrap_or_else(local_hostname));
+    session.timeouts = args.timeout.map(Timeouts::capped).unwrap_or_default();
+    session.allow_plaintext_auth = args.allow_plaintext_auth;
+    if args.verbose {
+        session.transcript = Some(Arc::new(|d: Direction, line: &str| eprintln!("{d} {line}")));
+    }
+    let mut opts = ConnectOptions::new(session);
+    opts.tls = tls;
+    opts.extra_roots = extra_roots;
+    opts.credentials = credentials;
+    // RFC 7435: opportunistic STARTTLS straight to MX hosts encrypts without authenticating
+    // (MX certificates are often self-signed); a chosen server, required or implicit TLS verify.
+    opts.verify_tls = !args.insecure
+        && !(args.server.is_none() && tls == TlsMode::Opportunistic && args.tls_ca.is_none());
+    Ok(Job {
+        route,
+        opts,
+        from: from.addr,
+        rcpts,
+        message,
+        dry_run: args.dry_run,
+    })
+}
+
+fn resolver() -> Result<Arc<dyn Resolver>, Early> {
+    let r = match std::env::var("TERN_NAMESERVER") {
+        Ok(ns) => {
+            let addr = ns
+                .parse()
+                .map_err(|_| Early(exit::USAGE, format!("TERN_NAMESERVER={ns:?} is not ip:port")))?;
+            HickoryResolver::with_nameserver(addr, Duration::from_secs(5))
+        }
+        Err(_) => HickoryResolver::from_system_conf(),
+    };
+    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
+        .map_err(|e| Early(exit::TEMPFAIL, format!("DNS resolver: {e}")))
+}
+
+/// `host`, `host:port`, `[v6]:port`, `v6` or an IPv4 address.
+fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("invalid --server {s:?}: expected HOST[:PORT]");
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+        }
+        _ if s.is_empty() => Err(bad()),
+        _ => Ok((s.to_string(), default_port)),
+    }
+}
+
+pub(crate) fn local_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn execute(job: Job, verbose: bool) -> ExitCode {
+    if job.dry_run {
+        println!("Envelope-From: <{}>", job.from);
+        for r in &job.rcpts {
+            println!("Envelope-To: <{r}>");
+        }
+        println!();
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&job.message);
+        let _ = out.flush();
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{PROG}: cannot start the runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let results = runtime.block_on(deliver::deliver(
+        &job.route,
+        &job.opts,
+        &job.from,
+        &job.rcpts,
+        &job.message,
+    ));
+    let (worst, lines) = report::summarize(&results, PROG, verbose);
+    for line in lines {
+        eprintln!("{line}");
+    }
+    exit::for_class(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("mx.test", 25).unwrap(), ("mx.test".into(), 25));
+        assert_eq!(split_host_port("mx.test:2525", 25).unwrap(), ("mx.test".into(), 2525));
+        assert_eq!(split_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
+        assert_eq!(split_host_port("::1", 25).unwrap(), ("::1".into(), 25));
+        assert!(split_host_port("mx.test:x", 25).is_err());
+    }
+}

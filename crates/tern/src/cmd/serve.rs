@@ -1,0 +1,125 @@
+//! `tern serve`: load the config (or the embedded defaults), open storage, bind the listeners
+//! and serve until SIGTERM/SIGINT; SIGHUP reloads the TLS certificate.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use tern_config::Config;
+use tern_server::{bind_all, Server, TlsProvider};
+
+use crate::inbound::InboundStore;
+use crate::logging;
+
+pub fn run(config: Option<&Path>) -> ExitCode {
+    let cfg = match Config::discover(config) {
+        Ok(cfg) => Arc::new(cfg),
+        Err(e) => {
+            eprintln!("tern serve: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    logging::init(&cfg.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern serve: cannot start the runtime: {e}");
+            return ExitCode::from(71); // EX_OSERR
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("tern serve: {e:#}");
+            ExitCode::from(75) // EX_TEMPFAIL: e.g. port in use, data dir not writable
+        }
+    }
+}
+
+async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {} (set data_dir in the config to a writable directory)",
+            cfg.data_dir.display()
+        )
+    })?;
+    let store = Arc::new(InboundStore::open(cfg.clone()).context("cannot open the spool")?);
+    let tls = match &cfg.tls {
+        Some(t) => Some(Arc::new(
+            TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
+        )),
+        None => None,
+    };
+    let listeners = bind_all(&cfg).await?;
+    let origin = cfg.source.as_ref().map_or_else(
+        || "built-in defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    for l in &listeners {
+        let addr = l.local_addr()?;
+        info!(addr = %addr, kind = ?l.kind, "listening");
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| {
+            l.local_addr()
+                .ok()
+                .map(|a| format!("{a} ({:?})", l.kind).to_lowercase())
+        })
+        .collect();
+    info!(
+        config = %origin,
+        hostname = %cfg.hostname,
+        data_dir = %cfg.data_dir.display(),
+        local_domains = %cfg.local.domains.join(","),
+        listen = %addrs.join(" "),
+        "tern started"
+    );
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handlers(shutdown.clone(), cfg.clone(), tls.clone())?;
+    let workers = crate::relay::spawn(cfg.clone(), store.clone(), shutdown.clone());
+    Server::new(cfg.clone(), store, tls, shutdown.clone())
+        .run(listeners)
+        .await;
+    workers.stop().await;
+    info!("tern stopped");
+    Ok(())
+}
+
+fn spawn_signal_handlers(
+    shutdown: CancellationToken,
+    cfg: Arc<Config>,
+    tls: Option<Arc<TlsProvider>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    if let (Some(tls), Some(files)) = (&tls, &cfg.tls) {
+                        match tls.reload(&files.cert, &files.key) {
+                            Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                            Err(e) => warn!(error = %e, "SIGHUP: TLS reload failed, keeping the previous certificate"),
+                        }
+                    }
+                }
+            }
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

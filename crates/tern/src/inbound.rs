@@ -1,0 +1,155 @@
+//! Where an accepted message goes before the 250: local recipients straight into their Maildir
+//! (the Maildir rename is itself the durable commit, so there is no spool-then-copy), remote
+//! recipients into the durable queue for the relay. Both are fsync'd before `store` returns.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+use tern_config::Config;
+use tern_delivery::maildir::{self, MaildirCopy};
+use tern_queue::{Envelope, FsStore, QueueId, QueueStore, Recipient, RecipientStatus};
+use tern_server::policy::Target;
+use tern_server::{Accepted, MessageStore, StoreError};
+
+pub struct InboundStore {
+    cfg: Arc<Config>,
+    queue: Arc<FsStore>,
+    /// Wakes the relay scheduler when a message for a remote domain was queued.
+    pub queued: Arc<Notify>,
+}
+
+impl InboundStore {
+    pub fn open(cfg: Arc<Config>) -> io::Result<Self> {
+        let queue = Arc::new(FsStore::open(&cfg.data_dir)?);
+        Ok(Self {
+            cfg,
+            queue,
+            queued: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn queue(&self) -> Arc<FsStore> {
+        self.queue.clone()
+    }
+}
+
+/// One local mailbox and the recipients (as given by the client) that lead to it.
+struct LocalCopy {
+    mailbox: PathBuf,
+    delivered_to: String,
+}
+
+impl MessageStore for InboundStore {
+    async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
+        let cfg = self.cfg.clone();
+        let queue = self.queue.clone();
+        let has_remote = accepted
+            .recipients
+            .iter()
+            .flat_map(|r| &r.targets)
+            .any(|t| matches!(t, Target::Remote(_)));
+        let result = tokio::task::spawn_blocking(move || {
+            store_blocking(&cfg, queue.as_ref(), &accepted, &body)
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?;
+        if result.is_ok() && has_remote {
+            self.queued.notify_one();
+        }
+        result
+    }
+}
+
+fn store_blocking(
+    cfg: &Config,
+    queue: &FsStore,
+    acc: &Accepted,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    // Each target once, even when several recipients or aliases lead to it.
+    let mut locals: BTreeMap<String, LocalCopy> = BTreeMap::new();
+    let mut remotes: BTreeMap<String, String> = BTreeMap::new();
+    for rcpt in &acc.recipients {
+        for target in &rcpt.targets {
+            match target {
+                Target::Local(key) => {
+                    let (local, domain) = key.rsplit_once('@').unwrap_or((key.as_str(), ""));
+                    locals.entry(key.clone()).or_insert_with(|| LocalCopy {
+                        mailbox: maildir::mailbox_path(&cfg.data_dir, local, domain),
+                        delivered_to: key.clone(),
+                    });
+                }
+                Target::Remote(addr) => {
+                    remotes
+                        .entry(addr.clone())
+                        .or_insert_with(|| rcpt.address.clone());
+                }
+            }
+        }
+    }
+
+    let mut delivered: Vec<PathBuf> = Vec::new();
+    if !locals.is_empty() {
+        let return_path = format!("Return-Path: <{}>\r\n", acc.sender.as_deref().unwrap_or(""));
+        let copies: Vec<MaildirCopy> = locals
+            .into_values()
+            .map(|c| {
+                let mut prefix = String::with_capacity(return_path.len() + acc.received.len() + 64);
+                prefix.push_str(&return_path);
+                prefix.push_str(&format!("Delivered-To: {}\r\n", c.delivered_to));
+                prefix.push_str(&acc.received);
+                MaildirCopy {
+                    mailbox: c.mailbox,
+                    prefix: prefix.into_bytes(),
+                    body,
+                }
+            })
+            .collect();
+        delivered = maildir::deliver_all(&copies, &cfg.hostname)
+            .map_err(|e| StoreError::new(e.to_string()))?;
+    }
+    if !remotes.is_empty() {
+        let id: QueueId = acc
+            .id
+            .parse()
+            .map_err(|_| StoreError::new(format!("invalid queue id {}", acc.id)))?;
+        let mut message = Vec::with_capacity(acc.received.len() + body.len());
+        message.extend_from_slice(acc.received.as_bytes());
+        message.extend_from_slice(body);
+        let envelope = Envelope {
+            id,
+            sender: acc.sender.clone(),
+            recipients: remotes
+                .into_iter()
+                .map(|(address, original)| Recipient {
+                    original: (original != address).then_some(original),
+                    address,
+                    status: RecipientStatus::Pending,
+                })
+                .collect(),
+            received_at: SystemTime::now(),
+            client_ip: Some(acc.client_ip),
+            helo: Some(acc.helo.clone()),
+            size: message.len() as u64,
+            smtputf8: acc.smtputf8,
+            eight_bit: acc.eight_bit,
+            held: false,
+            attempts_log: Vec::new(),
+        };
+        if let Err(e) = queue.commit(&envelope, &message) {
+            // The client gets a 4xx and will retry the whole message: take back the local
+            // copies so the retry does not deliver them twice.
+            for path in &delivered {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(StoreError::new(format!("queue commit failed: {e}")));
+        }
+    }
+
+    Ok(())
+}
