@@ -1,0 +1,330 @@
+//! Maildir delivery (https://cr.yp.to/proto/maildir.html): write `tmp/<unique>` exclusively,
+//! fsync it, rename into `new/`, fsync `new/`. A mail reader never sees a partial message, and
+//! once `deliver_all` returns the message survives a power cut. Also maps addresses to mailbox
+//! directories without letting an address escape the mailbox root.
+
+use std::collections::HashSet;
+use std::fmt::{self, Write as _};
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tern_queue::durable::{create_dir_all_durable, fsync_dir, write_parts, FILE_MODE};
+
+/// One message copy for one mailbox.
+#[derive(Debug, Clone)]
+pub struct MaildirCopy<'a> {
+    /// The Maildir root (holds tmp/, new/, cur/); see [`mailbox_path`].
+    pub mailbox: PathBuf,
+    /// Per-recipient header lines written before the body (Return-Path, Delivered-To).
+    pub prefix: Vec<u8>,
+    /// The message as received, shared by every copy.
+    pub body: &'a [u8],
+}
+
+/// The step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaildirOp {
+    CreatingDir,
+    Creating,
+    Writing,
+    Syncing,
+    Renaming,
+    SyncingDir,
+}
+
+impl fmt::Display for MaildirOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MaildirOp::CreatingDir => "creating directory",
+            MaildirOp::Creating => "creating",
+            MaildirOp::Writing => "writing",
+            MaildirOp::Syncing => "fsyncing",
+            MaildirOp::Renaming => "renaming into",
+            MaildirOp::SyncingDir => "fsyncing directory",
+        })
+    }
+}
+
+/// A failed delivery, saying which file and why: "No space left on device (os error 28)
+/// writing /data/mailboxes/example.org/alice/tmp/1700000000.M1P2Q3R4.mx,S=5".
+#[derive(Debug, thiserror::Error)]
+#[error("{error} {op} {}", path.display())]
+pub struct MaildirError {
+    op: MaildirOp,
+    path: PathBuf,
+    error: io::Error,
+}
+
+impl MaildirError {
+    fn new(op: MaildirOp, path: impl Into<PathBuf>, error: io::Error) -> Self {
+        Self {
+            op,
+            path: path.into(),
+            error,
+        }
+    }
+
+    pub fn op(&self) -> MaildirOp {
+        self.op
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn io_error(&self) -> &io::Error {
+        &self.error
+    }
+
+    /// Whether the sender should retry (4xx) rather than bounce (5xx). Almost every filesystem
+    /// failure is temporary: a full disk or quota frees up, an I/O error may pass, wrong
+    /// permissions or a file in the mailbox's place are fixed by the admin. Only a message too
+    /// large for the filesystem (EFBIG) and a mailbox name too long (ENAMETOOLONG) will fail
+    /// the same way every time.
+    pub fn is_temporary(&self) -> bool {
+        !matches!(
+            self.error.raw_os_error(),
+            Some(libc::EFBIG | libc::ENAMETOOLONG)
+        )
+    }
+
+    /// Disk or quota full (ENOSPC, EDQUOT): RFC 3463 X.3.1 / X.2.2 rather than a generic X.3.0.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self.error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
+/// A copy written to tmp/ and fsync'd, waiting for its rename.
+struct Staged<'a> {
+    mailbox: &'a Path,
+    tmp: PathBuf,
+    new: PathBuf,
+}
+
+/// Delivers every copy or none: first write+fsync all tmp files, then rename all into new/,
+/// then fsync every distinct new/ directory. If anything fails, the files already written are
+/// removed (tmp/ and new/) and the error returned, so the sender retries the whole message
+/// without duplicating it for the recipients that had worked. Returns the paths in new/, in
+/// the order of `copies`.
+pub fn deliver_all(
+    copies: &[MaildirCopy<'_>],
+    hostname: &str,
+) -> Result<Vec<PathBuf>, MaildirError> {
+    let host = sanitize_hostname(hostname);
+    let mut staged: Vec<Staged<'_>> = Vec::with_capacity(copies.len());
+    for copy in copies {
+        match stage(copy, &host) {
+            Ok(s) => staged.push(s),
+            Err(e) => {
+                for s in &staged {
+                    let _ = fs::remove_file(&s.tmp);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    for i in 0..staged.len() {
+        if let Err(e) = publish(&staged[i]) {
+            for s in &staged[i..] {
+                let _ = fs::remove_file(&s.tmp);
+            }
+            take_back(&staged[..i]);
+            return Err(e);
+        }
+    }
+
+    // One fsync per distinct new/ directory makes all renames into it durable.
+    let mut seen: HashSet<&Path> = HashSet::with_capacity(staged.len());
+    for s in &staged {
+        let dir = new_dir(s);
+        if seen.insert(dir) {
+            if let Err(e) = fsync_dir(dir) {
+                take_back(&staged);
+                return Err(MaildirError::new(MaildirOp::SyncingDir, dir, e));
+            }
+        }
+    }
+    Ok(staged.into_iter().map(|s| s.new).collect())
+}
+
+fn new_dir<'s>(s: &'s Staged<'_>) -> &'s Path {
+    s.new.parent().unwrap_or(s.mailbox)
+}
+
+/// Undoes renames into new/ (best effort; the client is told 4xx and will send again).
+fn take_back(published: &[Staged<'_>]) {
+    let mut seen: HashSet<&Path> = HashSet::new();
+    for s in published {
+        let _ = fs::remove_file(&s.new);
+        let dir = new_dir(s);
+        if seen.insert(dir) {
+            let _ = fsync_dir(dir);
+        }
+    }
+}
+
+/// Writes one copy to `tmp/` and fsyncs it. The mailbox directories are created on the first
+/// delivery, only when the open says they are missing: no extra syscall per message.
+fn stage<'a>(copy: &'a MaildirCopy<'_>, host: &str) -> Result<Staged<'a>, MaildirError> {
+    let size = copy.prefix.len() + copy.body.len();
+    let tmp_dir = copy.mailbox.join("tmp");
+    let mut ensured = false;
+    let mut last = None;
+    // Bounded: a name collision needs the same second, microsecond, pid, counter and 64
+    // random bits; the directory creation is tried once.
+    for _ in 0..8 {
+        let name = unique_name(host, size);
+        let tmp = tmp_dir.join(&name);
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true) // O_EXCL: never write into another delivery's file
+            .mode(FILE_MODE)
+            .open(&tmp);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                last = Some(MaildirError::new(MaildirOp::Creating, tmp, e));
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !ensured => {
+                ensure_maildir(&copy.mailbox)?;
+                ensured = true;
+                continue;
+            }
+            Err(e) => return Err(MaildirError::new(MaildirOp::Creating, tmp, e)),
+        };
+        let written = write_parts(&mut file, &[&copy.prefix, copy.body])
+            .map_err(|e| (MaildirOp::Writing, e))
+            .and_then(|()| file.sync_data().map_err(|e| (MaildirOp::Syncing, e)));
+        drop(file);
+        if let Err((op, e)) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(MaildirError::new(op, tmp, e));
+        }
+        let new = copy.mailbox.join("new").join(&name);
+        return Ok(Staged {
+            mailbox: &copy.mailbox,
+            tmp,
+            new,
+        });
+    }
+    Err(last.unwrap_or_else(|| {
+        MaildirError::new(
+            MaildirOp::Creating,
+            tmp_dir,
+            io::Error::other("no unique file name"),
+        )
+    }))
+}
+
+/// The rename that makes the message visible to mail readers (atomic: all or nothing).
+fn publish(s: &Staged<'_>) -> Result<(), MaildirError> {
+    match fs::rename(&s.tmp, &s.new) {
+        Ok(()) => Ok(()),
+        // new/ missing (tmp/ was there): repair the Maildir once and retry.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            ensure_maildir(s.mailbox)?;
+            fs::rename(&s.tmp, &s.new)
+                .map_err(|e| MaildirError::new(MaildirOp::Renaming, &s.new, e))
+        }
+        Err(e) => Err(MaildirError::new(MaildirOp::Renaming, &s.new, e)),
+    }
+}
+
+/// Creates `mailbox/{tmp,new,cur}` (0700) and their parents, each new directory made durable.
+fn ensure_maildir(mailbox: &Path) -> Result<(), MaildirError> {
+    for sub in ["tmp", "new", "cur"] {
+        let dir = mailbox.join(sub);
+        create_dir_all_durable(&dir)
+            .map_err(|e| MaildirError::new(MaildirOp::CreatingDir, dir, e))?;
+    }
+    Ok(())
+}
+
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>,S=<size>`: the Maildir spec's unique name
+/// (time, process, per-process delivery counter, 64 random bits so that containers sharing a
+/// pid and a volume still differ) plus Dovecot's `,S=` size field, which spares it a stat.
+fn unique_name(host: &str, size: usize) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.M{}P{}Q{}R{:016x}.{host},S={size}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        DELIVERIES.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u64>(),
+    )
+}
+
+/// The host name as a file-name part. The Maildir spec replaces `/` with `\057` and `:` with
+/// `\072` (`:` starts the flags in cur/); `,` (starts Dovecot's fields), `\` and anything that
+/// is not printable ASCII are escaped the same way. Cut to keep names under NAME_MAX (255).
+fn sanitize_hostname(hostname: &str) -> String {
+    let mut out = String::with_capacity(hostname.len());
+    for b in hostname.bytes() {
+        if out.len() >= 100 {
+            break;
+        }
+        match b {
+            b'/' | b':' | b',' | b'\\' => {
+                let _ = write!(out, "\\{b:03o}");
+            }
+            0x21..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\{b:03o}");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("localhost");
+    }
+    out
+}
+
+/// `<data_dir>/mailboxes/<domain>/<local_part>`, safe whatever the address holds.
+///
+/// Both parts are lower-cased (ASCII only: `Alice@Example.ORG` and `alice@example.org` share a
+/// mailbox; non-ASCII letters are not folded, so no Unicode case rule like the Kelvin sign K
+/// can merge two mailboxes). Then every byte outside `[a-z0-9._+=-]`, and a leading `.`, is
+/// written `%XX`: a quoted local part with `/`, `..`, NUL, quotes or spaces, an SMTPUTF8 local
+/// part, or an address literal like `[192.0.2.1]` always becomes exactly one plain path
+/// component, never `.` or `..`. An empty part (`""@example.org`) becomes `%`, which no escape
+/// produces. Different addresses (up to ASCII case) always get different directories.
+/// Normalising equivalent spellings (`"john"@` vs `john@`, IDNA) is the router's job.
+pub fn mailbox_path(data_dir: &Path, local_part: &str, domain: &str) -> PathBuf {
+    let mut path = data_dir.join("mailboxes");
+    path.push(escape_component(domain));
+    path.push(escape_component(local_part));
+    path
+}
+
+/// One path component for `s`: see [`mailbox_path`].
+pub fn escape_component(s: &str) -> String {
+    if s.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().map(|b| b.to_ascii_lowercase()).enumerate() {
+        let plain = matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'+' | b'=' | b'-')
+            || (b == b'.' && i > 0);
+        if plain {
+            out.push(char::from(b));
+        } else {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
