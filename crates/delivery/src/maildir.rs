@@ -294,12 +294,15 @@ fn sanitize_hostname(hostname: &str) -> String {
 ///
 /// Both parts are lower-cased (ASCII only: `Alice@Example.ORG` and `alice@example.org` share a
 /// mailbox; non-ASCII letters are not folded, so no Unicode case rule like the Kelvin sign K
-/// can merge two mailboxes). Then every byte outside `[a-z0-9._+=-]`, and a leading `.`, is
-/// written `%XX`: a quoted local part with `/`, `..`, NUL, quotes or spaces, an SMTPUTF8 local
-/// part, or an address literal like `[192.0.2.1]` always becomes exactly one plain path
-/// component, never `.` or `..`. An empty part (`""@example.org`) becomes `%`, which no escape
-/// produces. Different addresses (up to ASCII case) always get different directories.
-/// Normalising equivalent spellings (`"john"@` vs `john@`, IDNA) is the router's job.
+/// can merge two mailboxes). Then every ASCII character outside `[a-z0-9._+=-]`, a leading `.`
+/// and every Unicode control character is written `%XX` (per UTF-8 byte); other non-ASCII
+/// characters stay as they are, so SMTPUTF8 mailboxes keep readable names (no byte of a
+/// multi-byte UTF-8 character can be `/`, `.` or NUL). A quoted local part with `/`, `..`, NUL,
+/// quotes or spaces, or an address literal like `[192.0.2.1]`, always becomes exactly one plain
+/// path component, never `.` or `..`. An empty part (`""@example.org`) becomes `%`, which no
+/// escape produces. Different addresses (up to ASCII case) always get different directories.
+/// Normalising equivalent spellings (`"john"@` vs `john@`, IDNA, Unicode normal forms) is the
+/// router's job.
 pub fn mailbox_path(data_dir: &Path, local_part: &str, domain: &str) -> PathBuf {
     let mut path = data_dir.join("mailboxes");
     path.push(escape_component(domain));
@@ -313,14 +316,20 @@ pub fn escape_component(s: &str) -> String {
         return "%".to_owned();
     }
     let mut out = String::with_capacity(s.len());
-    for (i, b) in s.bytes().map(|b| b.to_ascii_lowercase()).enumerate() {
-        let plain = matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'+' | b'=' | b'-')
-            || (b == b'.' && i > 0);
+    for (i, c) in s.chars().map(|c| c.to_ascii_lowercase()).enumerate() {
+        // Non-ASCII letters (SMTPUTF8 local parts, U-labels) stay readable: only ASCII bytes
+        // can be path separators, dots or control characters on a Unix file system.
+        let plain = matches!(c, 'a'..='z' | '0'..='9' | '_' | '+' | '=' | '-')
+            || (c == '.' && i > 0)
+            || (!c.is_ascii() && !c.is_control());
         if plain {
-            out.push(char::from(b));
+            out.push(c);
         } else {
-            // Writing into a String cannot fail.
-            let _ = write!(out, "%{b:02X}");
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                // Writing into a String cannot fail.
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
     out

@@ -215,8 +215,9 @@ fn components(data_dir: &Path, local: &str, domain: &str) -> (String, String) {
     for part in &parts {
         assert!(part != "." && part != ".." && !part.starts_with('.') && !part.is_empty());
         assert!(
-            part.bytes().all(|b| b.is_ascii_graphic() && b != b'/'),
-            "{part}"
+            part.chars()
+                .all(|c| !c.is_control() && !c.is_ascii_whitespace() && c != '/'),
+            "{part:?}"
         );
     }
     (parts[0].clone(), parts[1].clone())
@@ -227,16 +228,16 @@ fn unescape(s: &str) -> Vec<u8> {
     if s == "%" {
         return Vec::new();
     }
-    let b = s.as_bytes();
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if c == '%' {
+            out.push(u8::from_str_radix(&rest[1..3], 16).unwrap());
+            rest = &rest[3..];
         } else {
-            out.push(b[i]);
-            i += 1;
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            rest = &rest[c.len_utf8()..];
         }
     }
     out
@@ -260,6 +261,9 @@ fn traversal_attempts_stay_inside_the_mailbox_root() {
         "",
         " ",
         "jörg",
+        "\u{202E}gpj.exe",
+        "a\u{85}b",
+        "\u{2215}etc\u{2215}passwd",
         "\\..\\..",
     ];
     for local in evil {
@@ -280,7 +284,9 @@ fn traversal_attempts_stay_inside_the_mailbox_root() {
         components(root, "", "[192.0.2.1]"),
         ("%5B192.0.2.1%5D".into(), "%".into())
     );
-    assert_eq!(components(root, "jörg", "x").1, "j%C3%B6rg");
+    // SMTPUTF8 local parts stay readable; Unicode controls (NEL) are escaped.
+    assert_eq!(components(root, "Jörg", "x").1, "jörg");
+    assert_eq!(components(root, "a\u{85}b", "x").1, "a%C2%85b");
     assert_eq!(components(root, "%2e%2e", "x").1, "%252e%252e");
 }
 
