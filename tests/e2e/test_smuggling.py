@@ -91,9 +91,11 @@ def test_fake_end_in_separate_writes(srv):
     ids=["bare-lf-mid", "bare-cr-mid", "bare-lf-end", "lone-lf", "cr-cr-lf"],
 )
 def test_bare_lf_or_cr_anywhere_rejected(srv, body):
+    # Only <CRLF>.<CRLF> ends the data: a body ending in a bare LF is followed by a real
+    # CRLF before the dot (<LF>.<CRLF> is itself a smuggling variant and must not end it).
     with srv.session() as c:
         open_data(c)
-        c.send(b"Subject: bare\r\n\r\n" + body + b".\r\n")
+        c.send(b"Subject: bare\r\n\r\n" + body + b"\r\n.\r\n")
         code, lines = c.read_reply()
         assert code == 554, lines
         assert lines[0].startswith("5.6.0 "), lines

@@ -15,11 +15,11 @@ pub const MAX_PATH: usize = 256;
 pub enum AddressError {
     #[error("{0}")]
     Syntax(&'static str),
-    #[error("local part longer than 64 octets")]
+    #[error("local part too long (more than 64 octets)")]
     LocalPartTooLong,
-    #[error("domain longer than 255 octets")]
+    #[error("domain too long (more than 255 octets)")]
     DomainTooLong,
-    #[error("path longer than 256 octets")]
+    #[error("path too long (more than 256 octets)")]
     PathTooLong,
 }
 
@@ -264,7 +264,11 @@ impl<'a> Parser<'a> {
             if !self.eat('@') {
                 return Err(AddressError::Syntax("bad source route"));
             }
-            self.domain()?;
+            if self.peek() == Some('[') {
+                self.address_literal()?;
+            } else {
+                self.domain()?;
+            }
             if self.eat(',') {
                 continue;
             }
@@ -460,6 +464,8 @@ mod tests {
     #[test]
     fn source_routes_are_dropped() {
         let (p, _) = fwd("<@a.test,@b.test:user@c.test>").unwrap();
+        assert_eq!(p.to_string(), "<user@c.test>");
+        let (p, _) = fwd("<@[192.0.2.1],@b.test:user@c.test>").unwrap();
         assert_eq!(p.to_string(), "<user@c.test>");
         assert!(fwd("<@a.test user@c.test>").is_err());
     }

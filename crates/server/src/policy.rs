@@ -110,7 +110,7 @@ fn expand_local(cfg: &Config, addr: &Address, depth: usize, out: &mut Vec<Target
 
 /// VRFY with `local.vrfy = true`: the canonical address if it is a local mailbox or alias.
 pub fn verify(cfg: &Config, arg: &str) -> Option<String> {
-    let addr = parse_loose(arg)?;
+    let addr = parse_loose(cfg, arg)?;
     if !is_local_domain(cfg, addr.domain()) {
         return None;
     }
@@ -120,16 +120,17 @@ pub fn verify(cfg: &Config, arg: &str) -> Option<String> {
 
 /// EXPN with `local.expn = true`: the members of an alias.
 pub fn expand(cfg: &Config, arg: &str) -> Option<Vec<String>> {
-    let addr = parse_loose(arg)?;
+    let addr = parse_loose(cfg, arg)?;
     cfg.aliases.get(&addr.lookup_key()).cloned()
 }
 
-/// VRFY/EXPN arguments come as `user@domain`, `<user@domain>` or a bare local part.
-fn parse_loose(arg: &str) -> Option<Address> {
+/// VRFY/EXPN arguments come as `user@domain`, `<user@domain>` or a bare local part, which
+/// means the primary local domain.
+fn parse_loose(cfg: &Config, arg: &str) -> Option<Address> {
     let a = arg.trim().trim_start_matches('<').trim_end_matches('>');
     if a.contains('@') {
         Address::parse(a).ok()
     } else {
-        Address::parse(&format!("{a}@localhost")).ok()
+        Address::parse(&format!("{a}@{}", postmaster_address(cfg).domain())).ok()
     }
 }

@@ -319,6 +319,10 @@ impl Session {
         if from.address().is_some_and(|a| !a.is_ascii()) && !(params.smtputf8 && helo.esmtp) {
             return Action::Reply(replies::utf8_required());
         }
+        // RFC 4954 5: AUTH= is an extension parameter, valid only where AUTH is offered.
+        if params.auth.is_some() && !(self.authenticated.is_some() || self.auth_offered()) {
+            return self.error(replies::unsupported_param("AUTH"));
+        }
         if (params.smtputf8 || params.body.is_some()) && !helo.esmtp {
             return self.error(replies::unsupported_param(if params.smtputf8 {
                 "SMTPUTF8"

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use tern_config::Config;
 use tern_delivery::maildir::{self, MaildirCopy};
+use tern_proto::{Address, Domain};
 use tern_queue::{Envelope, FsStore, QueueId, QueueStore, Recipient, RecipientStatus};
 use tern_server::policy::Target;
 use tern_server::{Accepted, MessageStore, StoreError};
@@ -81,7 +82,12 @@ fn store_blocking(
                     let (local, domain) = key.rsplit_once('@').unwrap_or((key.as_str(), ""));
                     locals.entry(key.clone()).or_insert_with(|| LocalCopy {
                         mailbox: maildir::mailbox_path(&cfg.data_dir, local, domain),
-                        delivered_to: key.clone(),
+                        // Re-quoted where needed: `"john doe"@example.test`.
+                        delivered_to: Address::new_unchecked(
+                            local,
+                            Domain::Name(domain.to_string()),
+                        )
+                        .to_string(),
                     });
                 }
                 Target::Remote(addr) => {
