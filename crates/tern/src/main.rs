@@ -37,6 +37,14 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id hash for `[[users]] password`.
     Passwd,
+    /// Compose a message (text, HTML, attachments) and send it; see `tern send --help`.
+    Send(cmd::send::SendArgs),
+    /// sendmail-compatible submission to the local tern (flags: -t -i -oi -f -F -v, -- ...).
+    Sendmail {
+        /// sendmail flags and recipients, passed through unparsed.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -63,12 +71,24 @@ fn main() -> ExitCode {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let _ = invoked_as;
-    let cli = Cli::parse();
+    // sendmail's flags (-oi, -FName, -odq...) don't fit clap: route them before parsing.
+    if invoked_as == "sendmail" {
+        return cmd::sendmail::run_args(std::env::args_os().skip(1).collect());
+    }
+    // Usage errors exit with EX_USAGE (64, sysexits.h), as `tern send` documents; help is 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     match cli.command {
         Command::Serve { config } => cmd::serve::run(config.as_deref()),
         Command::CheckConfig { file } => cmd::check_config::run(file.as_deref()),
         Command::Passwd => cmd::passwd::run(),
+        Command::Send(args) => cmd::send::run(args),
+        Command::Sendmail { args } => cmd::sendmail::run_args(args),
         Command::Cert {
             action: CertAction::SelfSigned { host, out_dir },
         } => cmd::cert::self_signed(&host, &out_dir),

@@ -3,4 +3,6 @@
 pub mod cert;
 pub mod check_config;
 pub mod passwd;
+pub mod send;
+pub mod sendmail;
 pub mod serve;

@@ -127,8 +127,12 @@ struct Job {
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Early> {
-    std::fs::read(path)
-        .map_err(|e| Early(exit::NOINPUT, format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        Early(
+            exit::NOINPUT,
+            format!("cannot read {what} {}: {e}", path.display()),
+        )
+    })
 }
 
 fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Early> {
@@ -137,17 +141,33 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Early> {
 
 fn check_addr(s: &str, flag: &str) -> Result<Mailbox, Early> {
     let m = Mailbox::parse(s);
-    Address::parse(&m.addr)
-        .map_err(|e| Early(exit::USAGE, format!("invalid address {s:?} for {flag}: {e}")))?;
+    Address::parse(&m.addr).map_err(|e| {
+        Early(
+            exit::USAGE,
+            format!("invalid address {s:?} for {flag}: {e}"),
+        )
+    })?;
     Ok(m)
 }
 
 fn prepare(args: &SendArgs) -> Result<Job, Early> {
     // Addresses first: a usage error should not wait for stdin.
     let from = check_addr(&args.from, "--from")?;
-    let to = args.to.iter().map(|a| check_addr(a, "--to")).collect::<Result<Vec<_>, _>>()?;
-    let cc = args.cc.iter().map(|a| check_addr(a, "--cc")).collect::<Result<Vec<_>, _>>()?;
-    let bcc = args.bcc.iter().map(|a| check_addr(a, "--bcc")).collect::<Result<Vec<_>, _>>()?;
+    let to = args
+        .to
+        .iter()
+        .map(|a| check_addr(a, "--to"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cc = args
+        .cc
+        .iter()
+        .map(|a| check_addr(a, "--cc"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bcc = args
+        .bcc
+        .iter()
+        .map(|a| check_addr(a, "--bcc"))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut rcpts: Vec<String> = Vec::new();
     for m in to.iter().chain(&cc).chain(&bcc) {
         if !rcpts.iter().any(|r| r.eq_ignore_ascii_case(&m.addr)) {
@@ -155,7 +175,10 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
         }
     }
     if rcpts.is_empty() {
-        return Err(Early(exit::USAGE, "no recipient: give --to, --cc or --bcc".into()));
+        return Err(Early(
+            exit::USAGE,
+            "no recipient: give --to, --cc or --bcc".into(),
+        ));
     }
     let headers = args
         .header
@@ -179,7 +202,10 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "attachment".into());
-        let content_type = mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string();
+        let content_type = mime_guess::from_path(path)
+            .first_or_octet_stream()
+            .essence_str()
+            .to_string();
         attachments.push(Attachment {
             filename,
             content_type,
@@ -195,9 +221,12 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
         None if std::io::stdin().is_terminal() => None,
         None => {
             let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| Early(exit::NOINPUT, format!("cannot read the body from stdin: {e}")))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                Early(
+                    exit::NOINPUT,
+                    format!("cannot read the body from stdin: {e}"),
+                )
+            })?;
             Some(utf8(buf, "the body on stdin")?)
         }
     };
@@ -215,11 +244,18 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
     };
     let mut extra_roots = Vec::new();
     if let Some(ca) = &args.tls_ca {
-        let iter = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| Early(exit::NOINPUT, format!("cannot read --tls-ca {}: {e}", ca.display())))?;
+        let iter = CertificateDer::pem_file_iter(ca).map_err(|e| {
+            Early(
+                exit::NOINPUT,
+                format!("cannot read --tls-ca {}: {e}", ca.display()),
+            )
+        })?;
         for cert in iter {
             extra_roots.push(cert.map_err(|e| {
-                Early(exit::NOINPUT, format!("bad certificate in {}: {e}", ca.display()))
+                Early(
+                    exit::NOINPUT,
+                    format!("bad certificate in {}: {e}", ca.display()),
+                )
             })?);
         }
     }
@@ -299,9 +335,12 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
 fn resolver() -> Result<Arc<dyn Resolver>, Early> {
     let r = match std::env::var("TERN_NAMESERVER") {
         Ok(ns) => {
-            let addr = ns
-                .parse()
-                .map_err(|_| Early(exit::USAGE, format!("TERN_NAMESERVER={ns:?} is not ip:port")))?;
+            let addr = ns.parse().map_err(|_| {
+                Early(
+                    exit::USAGE,
+                    format!("TERN_NAMESERVER={ns:?} is not ip:port"),
+                )
+            })?;
             HickoryResolver::with_nameserver(addr, Duration::from_secs(5))
         }
         Err(_) => HickoryResolver::from_system_conf(),
@@ -352,7 +391,10 @@ fn execute(job: Job, verbose: bool) -> ExitCode {
         let _ = out.flush();
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{PROG}: cannot start the runtime: {e}");
@@ -379,8 +421,14 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("mx.test", 25).unwrap(), ("mx.test".into(), 25));
-        assert_eq!(split_host_port("mx.test:2525", 25).unwrap(), ("mx.test".into(), 2525));
+        assert_eq!(
+            split_host_port("mx.test", 25).unwrap(),
+            ("mx.test".into(), 25)
+        );
+        assert_eq!(
+            split_host_port("mx.test:2525", 25).unwrap(),
+            ("mx.test".into(), 2525)
+        );
         assert_eq!(split_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
         assert_eq!(split_host_port("::1", 25).unwrap(), ("::1".into(), 25));
         assert!(split_host_port("mx.test:x", 25).is_err());

@@ -41,7 +41,7 @@ pub async fn deliver(
                 Ok(a) => a.collect::<Vec<_>>(),
                 Err(e) => {
                     let detail = format!("temporary failure: cannot resolve {host}: {e}");
-                    return fail_all(rcpts, Some(host.clone()), true, detail);
+                    return fail_all(rcpts, true, detail);
                 }
             };
             try_hosts(&[(host.clone(), addrs)], opts, from, rcpts, message).await
@@ -60,7 +60,7 @@ pub async fn deliver(
                     Ok(h) => h,
                     Err(e) => {
                         let detail = format!("{}: {e}", kind(e.is_temporary()));
-                        all.extend(fail_all(&group, None, e.is_temporary(), detail));
+                        all.extend(fail_all(&group, e.is_temporary(), detail));
                         continue;
                     }
                 };
@@ -70,7 +70,12 @@ pub async fn deliver(
         }
     };
     // Report in the order the recipients were given.
-    results.sort_by_key(|r| rcpts.iter().position(|x| *x == r.rcpt).unwrap_or(usize::MAX));
+    results.sort_by_key(|r| {
+        rcpts
+            .iter()
+            .position(|x| *x == r.rcpt)
+            .unwrap_or(usize::MAX)
+    });
     results
 }
 
@@ -96,7 +101,9 @@ async fn mx_targets(
         match resolve_host(resolver, &host.name).await {
             Ok(ips) => targets.push((
                 host.name,
-                ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
             )),
             Err(e) => last_err = Some(e),
         }
@@ -128,9 +135,13 @@ async fn try_hosts(
     match last {
         Some((host, e)) => {
             let detail = error_detail(&host, &e);
-            fail_all(rcpts, Some(host), e.is_temporary(), detail)
+            fail_all(rcpts, e.is_temporary(), detail)
         }
-        None => fail_all(rcpts, None, true, "temporary failure: no address to connect to".into()),
+        None => fail_all(
+            rcpts,
+            true,
+            "temporary failure: no address to connect to".into(),
+        ),
     }
 }
 
@@ -144,7 +155,11 @@ async fn send_on(
     let envelope = match Envelope::parse(from, rcpts.iter().map(String::as_str)) {
         Ok(e) => e,
         Err(e) => {
-            return fail_all(rcpts, None, false, format!("permanent failure: invalid address: {e}"))
+            return fail_all(
+                rcpts,
+                false,
+                format!("permanent failure: invalid address: {e}"),
+            )
         }
     };
     let bar = progress_bar(message.len());
@@ -180,9 +195,9 @@ fn progress_bar(len: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
-fn fail_all(rcpts: &[String], host: Option<String>, temporary: bool, cause: String) -> Vec<RcptResult> {
+fn fail_all(rcpts: &[String], temporary: bool, cause: String) -> Vec<RcptResult> {
     rcpts
         .iter()
-        .map(|r| RcptResult::failed(r.clone(), host.clone(), temporary, cause.clone()))
+        .map(|r| RcptResult::failed(r.clone(), temporary, cause.clone()))
         .collect()
 }

@@ -157,7 +157,7 @@ pub fn build(c: &Compose) -> Vec<u8> {
             // Always base64, also for text files, so the bytes come back exactly as they were;
             // a preset Content-Transfer-Encoding makes mail-builder write the body verbatim.
             parts.push(
-                MimePart::new(a.content_type.as_str(), base64_lines(&a.data))
+                MimePart::new(a.content_type.as_str(), base64_lines(&a.data).into_bytes())
                     .attachment(a.filename.as_str())
                     .transfer_encoding("base64"),
             );
@@ -179,7 +179,10 @@ mod tests {
     fn mailbox_forms() {
         assert_eq!(Mailbox::parse("a@b.test").addr, "a@b.test");
         let m = Mailbox::parse("\"Jo Doe\" <jo@b.test>");
-        assert_eq!((m.name.as_deref(), m.addr.as_str()), (Some("Jo Doe"), "jo@b.test"));
+        assert_eq!(
+            (m.name.as_deref(), m.addr.as_str()),
+            (Some("Jo Doe"), "jo@b.test")
+        );
         assert_eq!(Mailbox::parse("<x@y.test>").name, None);
     }
 
@@ -189,7 +192,10 @@ mod tests {
             parse_header_arg("X-Tag: a b").unwrap(),
             ("X-Tag".into(), "a b".into())
         );
-        assert_eq!(parse_header_arg("message-id: <1@x>").unwrap().0, "Message-ID");
+        assert_eq!(
+            parse_header_arg("message-id: <1@x>").unwrap().0,
+            "Message-ID"
+        );
         assert!(parse_header_arg("Bcc: x@y").is_err());
         assert!(parse_header_arg("No colon").is_err());
         assert!(parse_header_arg("Bad Name: x").is_err());

@@ -8,8 +8,6 @@ use tern_proto::Reply;
 #[derive(Debug, Clone)]
 pub struct RcptResult {
     pub rcpt: String,
-    /// The host that answered (or that we tried last); None when DNS already failed.
-    pub host: Option<String>,
     pub class: OutcomeClass,
     pub detail: String,
 }
@@ -17,20 +15,22 @@ pub struct RcptResult {
 impl RcptResult {
     pub fn from_outcome(rcpt: String, host: &str, outcome: &Outcome) -> Self {
         let (class, detail) = match outcome {
-            Outcome::Accepted(reply) => (OutcomeClass::Accepted, format!("accepted by {host}: {reply}")),
+            Outcome::Accepted(reply) => (
+                OutcomeClass::Accepted,
+                format!("accepted by {host}: {reply}"),
+            ),
             Outcome::TemporaryFailure(f) => (OutcomeClass::Temporary, describe(host, f, true)),
             Outcome::PermanentFailure(f) => (OutcomeClass::Permanent, describe(host, f, false)),
         };
         Self {
             rcpt,
-            host: Some(host.to_string()),
             class,
             detail,
         }
     }
 
     /// A failure described by `detail` (already phrased, see [`error_detail`] / [`kind`]).
-    pub fn failed(rcpt: String, host: Option<String>, temporary: bool, detail: String) -> Self {
+    pub fn failed(rcpt: String, temporary: bool, detail: String) -> Self {
         let class = if temporary {
             OutcomeClass::Temporary
         } else {
@@ -38,7 +38,6 @@ impl RcptResult {
         };
         Self {
             rcpt,
-            host,
             class,
             detail,
         }
