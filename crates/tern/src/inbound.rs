@@ -25,8 +25,18 @@ pub struct InboundStore {
 }
 
 impl InboundStore {
+    /// Opens the spool and cleans up after a crash (temp files, orphans); only safe before the
+    /// listeners start, when nothing else writes the spool.
     pub fn open(cfg: Arc<Config>) -> io::Result<Self> {
         let queue = Arc::new(FsStore::open(&cfg.data_dir)?);
+        let report = queue.recover()?;
+        tracing::info!(
+            entries = report.entries,
+            temp_files_removed = report.temp_files_removed,
+            orphans_removed = report.orphan_messages_removed,
+            quarantined = report.quarantined.len(),
+            "spool recovered"
+        );
         Ok(Self {
             cfg,
             queue,
@@ -124,9 +134,6 @@ fn store_blocking(
             .id
             .parse()
             .map_err(|_| StoreError::new(format!("invalid queue id {}", acc.id)))?;
-        let mut message = Vec::with_capacity(acc.received.len() + body.len());
-        message.extend_from_slice(acc.received.as_bytes());
-        message.extend_from_slice(body);
         let envelope = Envelope {
             id,
             sender: acc.sender.clone(),
@@ -141,13 +148,13 @@ fn store_blocking(
             received_at: SystemTime::now(),
             client_ip: Some(acc.client_ip),
             helo: Some(acc.helo.clone()),
-            size: message.len() as u64,
+            size: (acc.received.len() + body.len()) as u64,
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
             held: false,
             attempts_log: Vec::new(),
         };
-        if let Err(e) = queue.commit(&envelope, &message) {
+        if let Err(e) = queue.commit_parts(&envelope, &[acc.received.as_bytes(), body]) {
             // The client gets a 4xx and will retry the whole message: take back the local
             // copies so the retry does not deliver them twice.
             for path in &delivered {
