@@ -38,7 +38,7 @@ enum Command {
     /// Read a password on stdin and print its argon2id hash for `[[users]] password`.
     Passwd,
     /// Compose a message (text, HTML, attachments) and send it; see `tern send --help`.
-    Send(cmd::send::SendArgs),
+    Send(Box<cmd::send::SendArgs>),
     /// sendmail-compatible submission to the local tern (flags: -t -i -oi -f -F -v, -- ...).
     Sendmail {
         /// sendmail flags and recipients, passed through unparsed.

@@ -107,7 +107,7 @@ pub struct SendArgs {
 /// A failure before anything was sent: the message and the exit code.
 struct Early(u8, String);
 
-pub fn run(args: SendArgs) -> ExitCode {
+pub fn run(args: Box<SendArgs>) -> ExitCode {
     match prepare(&args) {
         Ok(job) => execute(job, args.verbose),
         Err(Early(code, msg)) => {
@@ -320,8 +320,9 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
     opts.credentials = credentials;
     // RFC 7435: opportunistic STARTTLS straight to MX hosts encrypts without authenticating
     // (MX certificates are often self-signed); a chosen server, required or implicit TLS verify.
-    opts.verify_tls = !args.insecure
-        && !(args.server.is_none() && tls == TlsMode::Opportunistic && args.tls_ca.is_none());
+    let mx_opportunistic =
+        args.server.is_none() && tls == TlsMode::Opportunistic && args.tls_ca.is_none();
+    opts.verify_tls = !(args.insecure || mx_opportunistic);
     Ok(Job {
         route,
         opts,
