@@ -4,6 +4,7 @@ with no config at all (issue 2: 127.0.0.1:2525, ./tern-data, catch-all for local
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -70,6 +71,8 @@ def test_check_config_bad(tmp_path, text, key):
     r = run(["check-config", str(path)])
     out = r.stdout + r.stderr
     assert r.returncode != 0, f"check-config accepted a bad file:\n{text}\n{out}"
+    # docs/configuration.md: exit status 78 (EX_CONFIG) for a configuration problem.
+    assert r.returncode == 78, f"rc={r.returncode}\n{out}"
     assert key in out, f"error does not name {key!r}:\n{out}"
     assert "panicked" not in out, out
 
@@ -137,6 +140,11 @@ def test_serve_without_config(tmp_path):
                 time.sleep(0.05)
         assert banner and banner.startswith(b"220 "), banner
         assert banner.rstrip().endswith(b" ESMTP tern"), banner
+        # Issue 2: the hostname comes from the system (or "localhost" when that is not a valid domain name).
+        host = banner.split()[1].decode()
+        system = socket.gethostname().strip().lower().rstrip(".")
+        valid = all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in system.split("."))
+        assert host == (system if system and valid else "localhost"), (host, system)
         # Catch-all for localhost: any local part is accepted and stored under ./tern-data.
         with smtplib.SMTP("127.0.0.1", 2525, local_hostname="client.test", timeout=10) as s:
             refused = s.sendmail("a@example.test", ["Someone@LocalHost"], b"Subject: default\r\n\r\nhi\r\n")
@@ -146,6 +154,11 @@ def test_serve_without_config(tmp_path):
         while time.monotonic() < deadline and not (new.is_dir() and any(new.iterdir())):
             time.sleep(0.05)
         assert new.is_dir() and len(list(new.iterdir())) == 1, list((tmp_path / "tern-data").rglob("*"))
+        # The hostname is a local domain too.
+        with smtplib.SMTP("127.0.0.1", 2525, local_hostname="client.test", timeout=10) as s:
+            assert s.sendmail("a@example.test", [f"user@{host}"], b"Subject: host\r\n\r\nhi\r\n") == {}
+        mine = tmp_path / "tern-data" / "mailboxes" / host / "user" / "new"
+        assert mine.is_dir() and len(list(mine.iterdir())) == 1, list((tmp_path / "tern-data").rglob("*"))
         # Not listening anywhere but loopback:2525 (no open relay on a fresh install).
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -304,6 +304,55 @@ def test_connections_beyond_limit_many_times(tern):
         c.expect("NOOP", 250, "2.0.0")
 
 
+# ---------------------------------------------------------------- max_errors, per-IP limits (docs/configuration.md)
+
+
+def test_max_errors_closes_session(tern):
+    srv = tern(limits={"max_errors": 3})
+    with srv.session() as c:
+        c.expect("FROB", 500, "5.5.1")
+        c.expect("FROB", 500, "5.5.1")
+        c.send(b"FROB\r\n")
+        code, lines = c.read_reply()
+        # The error that reaches the limit may be answered itself, then 421 and close.
+        if code == 500:
+            code, lines = c.read_reply()
+        assert code == 421, lines
+        assert lines[0].startswith("4.7.0 "), lines
+        c.wait_closed()
+    with srv.session() as c:
+        c.expect("NOOP", 250, "2.0.0")
+
+
+def test_successful_commands_do_not_count_as_errors(tern):
+    srv = tern(limits={"max_errors": 2})
+    with srv.session() as c:
+        for _ in range(10):
+            c.expect("NOOP", 250, "2.0.0")
+            c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+            c.expect("RSET", 250, "2.0.0")
+        c.expect("FROB", 500, "5.5.1")
+        c.expect("NOOP", 250, "2.0.0")
+
+
+def test_max_connections_per_ip(tern):
+    srv = tern(limits={"max_connections_per_ip": 2, "max_connections": 100})
+    time.sleep(0.2)
+    a, b = srv.raw(), srv.raw()
+    try:
+        a.greet()
+        b.greet()
+        with srv.raw() as c:
+            code, lines = c.read_reply()
+            assert code == 421, lines
+            c.wait_closed()
+        a.ehlo()
+        a.expect("NOOP", 250, "2.0.0")
+    finally:
+        a.close()
+        b.close()
+
+
 def test_rawsmtp_timeout_is_bounded(srv):
     """Harness self-check: a read with nothing to read fails after the timeout, it does not hang."""
     c = RawSMTP(srv.host, srv.port, timeout=1)
