@@ -3,6 +3,7 @@ and messages that do not end with CRLF."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 
 import pytest
@@ -167,3 +168,61 @@ def test_smtplib_sees_rejected_recipient(tern):
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         with srv.smtp() as s:
             s.sendmail("a@example.test", ["x@elsewhere.test"], make_message("none"))
+
+
+def test_stuffed_first_line(srv):
+    """The first data line follows the DATA command's CRLF: a leading dot there is stuffing too."""
+    raw_send(srv, b"..first line starts with a dot\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+    [content] = srv.wait_messages("alice@tern.test")
+    _, rest = split_trace(content)
+    assert rest == as_stored(b".first line starts with a dot\r\nSubject: x\r\n\r\nbody\r\n", content)
+
+
+@pytest.mark.parametrize("start", [b".\n", b".\r", b".\rX\r\n"], ids=["dot-lf", "dot-cr", "dot-cr-text"])
+def test_fake_end_at_very_start_of_data(srv, start):
+    """A dot with a bare line ending right after 354 is not the end of data (smuggling at offset 0)."""
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(start + b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<bob@tern.test>\r\nDATA\r\nx\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 554, lines
+        c.expect("NOOP", 250, "2.0.0")
+    srv.assert_nothing_delivered(settle=0.5)
+
+
+def test_large_message_exact(srv):
+    """5 MB in odd-sized writes is stored byte for byte (the data path streams across buffer boundaries)."""
+    import hashlib
+    import random
+
+    rnd = random.Random(5)
+    lines = []
+    size = 0
+    while size < 5 * 1024 * 1024:
+        n = rnd.randint(0, 990)
+        line = bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz .0123456789") for _ in range(n)) + b"\r\n"
+        lines.append(line)
+        size += len(line)
+    body = b"".join(lines)
+    msg = b"Subject: large\r\n\r\n" + body
+    # RFC 5321 4.5.2: the client doubles a leading dot on every line.
+    stuffed = re.sub(rb"(?m)^\.", b"..", msg)
+    assert stuffed.count(b"\n..") > 0
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test> SIZE=%d" % len(msg), 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        wire = stuffed + b".\r\n"
+        pos = 0
+        while pos < len(wire):
+            step = rnd.randint(1, 70000)
+            c.send(wire[pos : pos + step])
+            pos += step
+        c.sock.settimeout(30)
+        code, lines_ = c.read_reply()
+        assert code == 250, lines_
+    [content] = srv.wait_messages("alice@tern.test")
+    _, rest = split_trace(content)
+    assert hashlib.sha256(rest).hexdigest() == hashlib.sha256(as_stored(msg, content)).hexdigest()

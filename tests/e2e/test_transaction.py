@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ternlib import HOSTNAME, as_stored, header, make_message, queue_id, split_trace
+from ternlib import HOSTNAME, as_stored, header, make_message, queue_id, split_trace, toml_dumps
 
 
 def check_received(value: str, helo: str, esmtp: bool, qid: str, rcpt: str | None) -> None:
@@ -166,3 +166,69 @@ def test_many_messages_same_mailbox(srv, n):
     assert len(got) == n
     subjects = sorted(re.search(rb"Subject: (bulk \d+)", m).group(1) for m in got)
     assert subjects == sorted(f"bulk {i}".encode() for i in range(n))
+
+
+def test_concurrent_deliveries_same_mailbox(srv):
+    """Parallel sessions into one Maildir: unique file names, every message complete, none lost."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(5):
+                srv.deliver("sender@example.test", "shared@tern.test", make_message(f"w{w} m{i}", body=f"{w}-{i}\r\n".encode() * 200))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=50)
+    assert not errors, errors
+    got = srv.wait_messages("shared@tern.test", 40)
+    assert len(got) == 40
+    seen = set()
+    for content in got:
+        subject = re.search(rb"Subject: (w\d+ m\d+)", content).group(1).decode()
+        w, i = (int(x[1:]) for x in subject.split())
+        assert content.endswith(f"{w}-{i}\r\n".encode() * 200), subject
+        seen.add(subject)
+    assert len(seen) == 40
+
+
+def _ipv6_loopback_available() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
+def test_ipv6_listener_and_received(tern, tmp_path):
+    import smtplib
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        port6 = s.getsockname()[1]
+    srv = tern(start=False)
+    srv.config["smtp"]["listen"] = [f"127.0.0.1:{srv.port}", f"[::1]:{port6}"]
+    srv.config_path.write_text(toml_dumps(srv.config))
+    srv.start()
+    with smtplib.SMTP("::1", port6, local_hostname="v6.client.test", timeout=10) as s:
+        assert s.sendmail("a@example.test", ["alice@tern.test"], make_message("v6")) == {}
+        # ::1 is trusted by default: relaying is allowed (RCPT only, no DATA).
+        s.mail("a@example.test")
+        code, _ = s.rcpt("x@elsewhere.test")
+        assert code == 250
+        s.rset()
+    [content] = srv.wait_messages("alice@tern.test")
+    trace, _ = split_trace(content)
+    [received] = header(trace, "Received")
+    assert received.startswith("from v6.client.test ([IPv6:::1])"), received
