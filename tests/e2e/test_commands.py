@@ -142,6 +142,30 @@ def test_mail_size_above_limit(tern):
         c.expect("MAIL FROM:<a@example.test> SIZE=10000", 250, "2.1.0")
 
 
+@pytest.mark.parametrize("size", ["99999999999999999999999999", "18446744073709551616"])
+def test_mail_size_overflow(srv, size):
+    """A SIZE too large for any integer type is refused (as too big or as malformed), never a crash."""
+    with srv.session() as c:
+        code, text = c.cmd(f"MAIL FROM:<a@example.test> SIZE={size}")
+        assert code in (501, 552), (code, text)
+        c.expect("NOOP", 250, "2.0.0")
+
+
+def test_postmaster_accepted_without_catch_all(tern):
+    """RFC 5321 4.5.1: postmaster@<local domain> is always accepted (docs/configuration.md, catch_all)."""
+    srv = tern(users=[{"name": "alice@tern.test"}], local={"catch_all": False})
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<postmaster@tern.test>", 250, "2.1.5")
+        c.expect("RCPT TO:<PostMaster@TERN.test>", 250, "2.1.5")
+        c.expect("RCPT TO:<random@tern.test>", 550, "5.1.1")
+        c.expect("DATA", 354)
+        c.send(b"Subject: pm\r\n\r\nhi\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 250, lines
+    assert len(srv.wait_messages("postmaster@tern.test")) == 1
+
+
 def test_non_ascii_without_smtputf8(srv):
     with srv.session() as c:
         c.expect("MAIL FROM:<jösé@example.test>".encode(), 553, "5.6.7")

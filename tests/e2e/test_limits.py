@@ -226,6 +226,33 @@ def test_command_timeout_before_helo(tern):
         c.wait_closed()
 
 
+def test_trickled_command_still_times_out(tern):
+    """Slowloris: a byte every 0.4 s never completes a command; 'no command within command_timeout' -> 421."""
+    srv = tern(limits={"command_timeout": "2s"})
+    with srv.raw(timeout=8) as c:
+        c.start()
+        start = time.monotonic()
+        got = b""
+        c.sock.settimeout(0.4)
+        while time.monotonic() - start < 8:
+            try:
+                c.send(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                chunk = c.sock.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            got += chunk
+            if b"\r\n" in got:
+                break
+        waited = time.monotonic() - start
+        assert got.startswith(b"421 4.4.2 "), f"after {waited:.1f}s of trickling got {got!r}"
+        assert waited < 6, waited
+
+
 def test_activity_resets_command_timeout(tern):
     srv = tern(limits={"command_timeout": "2s"})
     with srv.session() as c:

@@ -232,3 +232,23 @@ def test_ipv6_listener_and_received(tern, tmp_path):
     trace, _ = split_trace(content)
     [received] = header(trace, "Received")
     assert received.startswith("from v6.client.test ([IPv6:::1])"), received
+
+
+def test_alias_loop_is_bounded(tern):
+    """a -> b -> a: either the config is refused, or RCPT is answered promptly and the server lives on."""
+    import subprocess
+
+    from ternlib import tern_bin
+
+    srv = tern(aliases={"a@tern.test": ["b@tern.test"], "b@tern.test": ["a@tern.test"]}, start=False)
+    r = subprocess.run([str(tern_bin()), "check-config", str(srv.config_path)], capture_output=True, timeout=20)
+    if r.returncode != 0:
+        assert b"aliases" in r.stdout + r.stderr
+        return
+    srv.start()
+    with srv.session() as c:
+        c.expect("MAIL FROM:<x@example.test>", 250, "2.1.0")
+        code, text = c.cmd("RCPT TO:<a@tern.test>")
+        assert code in (250, 450, 451, 550, 554), (code, text)
+        c.expect("RSET", 250, "2.0.0")
+    srv.deliver("x@example.test", "alice@tern.test", make_message("alive"))
