@@ -214,3 +214,39 @@ def test_connect_and_close_immediately_many_times(srv):
         s.close()
     server_still_works(srv)
     assert srv.running()
+
+
+def test_bare_cr_does_not_split_command_lines(srv):
+    """'NOOP<CR>MAIL FROM:...' is one line (only LF ends a command line): one reply, no hidden MAIL."""
+    with srv.session() as c:
+        c.send(b"NOOP\rMAIL FROM:<evil@attacker.test>\r\n")
+        code, lines = c.read_reply()
+        assert code == 250 or 500 <= code < 600, (code, lines)
+        # If MAIL had run, this MAIL would get 503 "Sender already specified".
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("QUIT", 221)
+
+
+def test_hostile_helo_name_keeps_received_parseable(srv):
+    import email.utils
+
+    from ternlib import header, split_trace
+
+    with srv.raw() as c:
+        c.greet()
+        code, _ = c.cmd("EHLO evil(host);x<y>")
+        if code != 250:
+            assert 500 <= code < 600
+            return
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: helo\r\n\r\nx\r\n.\r\n")
+        assert c.read_reply()[0] == 250
+    [content] = srv.wait_messages("alice@tern.test")
+    trace, _ = split_trace(content)
+    [received] = header(trace, "Received")
+    helo_token = received.split()[1]
+    assert not set(helo_token) & set("();<>"), received
+    assert received.count(";") == 1, received
+    assert email.utils.parsedate_to_datetime(received.rpartition(";")[2].strip())
