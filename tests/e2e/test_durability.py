@@ -139,3 +139,48 @@ def test_restart_keeps_mailboxes(srv):
     srv.restart()
     srv.deliver("a@example.test", "keep@tern.test", b"Subject: two\r\n\r\n2\r\n")
     assert len(srv.wait_messages("keep@tern.test", 2)) == 2
+
+
+def test_sigterm_with_many_idle_sessions(srv):
+    clients = [srv.session() for _ in range(5)]
+    try:
+        srv.send_signal(signal.SIGTERM)
+        for c in clients:
+            code, lines = c.read_reply()
+            assert code == 421 and lines[0].startswith("4.3.2 "), lines
+            c.wait_closed()
+    finally:
+        for c in clients:
+            c.close()
+    assert srv.wait_exit() == 0
+
+
+def test_sigterm_with_client_that_never_reads(srv):
+    """A client whose replies pile up unread must not hold the shutdown past 10 s."""
+    import threading
+
+    bad = socket.create_connection((srv.host, srv.port), timeout=5)
+    bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stop = threading.Event()
+
+    def flood():
+        chunk = b"HELP\r\n" * 2000
+        bad.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                bad.send(chunk)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.0)
+        srv.send_signal(signal.SIGTERM)
+        assert srv.wait_exit(timeout=10) == 0
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        bad.close()
