@@ -2,6 +2,7 @@
 //! the envelope with per-recipient status, the `QueueStore` trait and its filesystem store.
 //! Layout and commit protocol: docs/spool-format.md.
 
+pub mod dirsync;
 pub mod durable;
 pub mod envelope;
 pub mod fault;

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tern_config::Config;
 use tern_delivery::maildir::{self, MaildirCopy};
 use tern_proto::{Address, Domain};
+use tern_queue::dirsync::DirSyncer;
 use tern_queue::{Envelope, FsStore, QueueId, QueueStore, Recipient, RecipientStatus};
 use tern_server::policy::Target;
 use tern_server::{Accepted, MessageStore, StoreError};
@@ -20,6 +21,8 @@ use tern_server::{Accepted, MessageStore, StoreError};
 pub struct InboundStore {
     cfg: Arc<Config>,
     queue: Arc<FsStore>,
+    /// Group commit: sessions delivering at the same moment share `fsync(new/)`.
+    dir_syncer: Arc<DirSyncer>,
     /// Wakes the relay scheduler when a message for a remote domain was queued.
     pub queued: Arc<Notify>,
 }
@@ -40,6 +43,7 @@ impl InboundStore {
         Ok(Self {
             cfg,
             queue,
+            dir_syncer: Arc::new(DirSyncer::new()),
             queued: Arc::new(Notify::new()),
         })
     }
@@ -59,13 +63,14 @@ impl MessageStore for InboundStore {
     async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
         let cfg = self.cfg.clone();
         let queue = self.queue.clone();
+        let dir_syncer = self.dir_syncer.clone();
         let has_remote = accepted
             .recipients
             .iter()
             .flat_map(|r| &r.targets)
             .any(|t| matches!(t, Target::Remote(_)));
         let result = tokio::task::spawn_blocking(move || {
-            store_blocking(&cfg, queue.as_ref(), &accepted, &body)
+            store_blocking(&cfg, queue.as_ref(), &dir_syncer, &accepted, &body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?;
@@ -79,6 +84,7 @@ impl MessageStore for InboundStore {
 fn store_blocking(
     cfg: &Config,
     queue: &FsStore,
+    dir_syncer: &DirSyncer,
     acc: &Accepted,
     body: &[u8],
 ) -> Result<(), StoreError> {
@@ -126,7 +132,7 @@ fn store_blocking(
                 }
             })
             .collect();
-        delivered = maildir::deliver_all(&copies, &cfg.hostname)
+        delivered = maildir::deliver_all_with(&copies, &cfg.hostname, dir_syncer)
             .map_err(|e| StoreError::new(e.to_string()))?;
     }
     if !remotes.is_empty() {
