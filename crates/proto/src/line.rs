@@ -26,7 +26,8 @@ impl LineReader {
     /// `max_len` counts the CRLF, like the RFC limit.
     pub fn new(max_len: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(1024),
+            // Allocated on first use: an idle connection should cost as little as possible.
+            buf: Vec::new(),
             max_len,
             discarding: false,
             report_too_long: false,
