@@ -42,13 +42,28 @@ pub async fn bind_all(cfg: &Config) -> io::Result<Vec<BoundListener>> {
     ];
     for (kind, addrs) in groups {
         for addr in addrs.iter() {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = listen(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             out.push(BoundListener { kind, listener });
         }
     }
     Ok(out)
+}
+
+/// A backlog deep enough for thousands of clients connecting at once (the kernel caps it at
+/// net.core.somaxconn); tokio's default of 1024 drops SYNs under such bursts.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restart right after a stop without waiting for TIME_WAIT sockets to expire.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Counts open connections, in total and per client address.
