@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
 cargo test --workspace
 
-export TERN_BIN="${TERN_BIN:-$PWD/target/debug/tern}"
+export TERN_BIN="${TERN_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/tern}"
 python3 -m pytest -q tests/e2e "$@"

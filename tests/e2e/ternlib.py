@@ -27,7 +27,10 @@ QUEUED = re.compile(r"queued as (\S+)")
 
 def tern_bin() -> Path:
     env = os.environ.get("TERN_BIN")
-    return Path(env) if env else REPO / "target" / "debug" / "tern"
+    if env:
+        return Path(env)
+    target = os.environ.get("CARGO_TARGET_DIR")
+    return (Path(target) if target else REPO / "target") / "debug" / "tern"
 
 
 def free_port() -> int:
