@@ -327,5 +327,20 @@ impl<S: MessageStore> Driver<S> {
 /// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
 /// the whole message if there is none.
 fn header_section_len(body: &[u8]) -> usize {
+    if body.starts_with(b"\r\n") {
+        return 0;
+    }
     memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |i| i + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_section_len;
+
+    #[test]
+    fn header_section() {
+        assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"), 8);
+        assert_eq!(header_section_len(b"\r\nbody\r\n\r\nmore"), 0);
+        assert_eq!(header_section_len(b"A: b\r\nC: d\r\n"), 12);
+    }
 }
