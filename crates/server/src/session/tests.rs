@@ -329,3 +329,128 @@ fn helo_resets_transaction() {
     say(&mut s, "EHLO x");
     assert_eq!(code(&mut s, "MAIL FROM:<a@b.test>"), 250);
 }
+
+fn submission_session(tls: bool) -> Session {
+    // The hash is never checked here: the driver verifies credentials, the session only
+    // sequences the exchange.
+    let cfg = config(
+        "[local]\ndomains = [\"tern.test\"]\n[[users]]\nname = \"alice@tern.test\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"\n",
+    );
+    Session::new(
+        cfg,
+        ConnInfo {
+            peer: "192.0.2.50:1".parse().unwrap(),
+            local: "127.0.0.1:587".parse().unwrap(),
+            kind: ListenerKind::Submission,
+            tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
+            tls_available: true,
+        },
+    )
+}
+
+#[test]
+fn auth_needs_tls_and_is_advertised_only_there() {
+    let mut s = submission_session(false);
+    let Action::Reply(r) = s.handle_line(b"EHLO x") else {
+        panic!()
+    };
+    let wire = String::from_utf8(r.to_bytes()).unwrap();
+    assert!(wire.contains("STARTTLS") && !wire.contains("AUTH"));
+    assert!(say(&mut s, "AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==").starts_with("538 5.7.11"));
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<alice@tern.test>"),
+        "530 5.7.0 Authentication required"
+    );
+
+    let mut s = submission_session(true);
+    let Action::Reply(r) = s.handle_line(b"EHLO x") else {
+        panic!()
+    };
+    let wire = String::from_utf8(r.to_bytes()).unwrap();
+    assert!(wire.contains("AUTH PLAIN LOGIN") && !wire.contains("STARTTLS"));
+}
+
+#[test]
+fn auth_plain_and_sender_ownership() {
+    let mut s = submission_session(true);
+    say(&mut s, "EHLO x");
+    let Action::Verify(creds) = s.handle_line(b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==") else {
+        panic!()
+    };
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("alice@tern.test", "pw")
+    );
+    let Action::Reply(r) = s.auth_verified(Some("alice@tern.test".into())) else {
+        panic!()
+    };
+    assert_eq!(r.to_bytes(), b"235 2.7.0 Authentication successful\r\n");
+    assert!(say(&mut s, "MAIL FROM:<bob@tern.test>").starts_with("553 5.7.1"));
+    assert_eq!(code(&mut s, "MAIL FROM:<Alice@TERN.test>"), 250);
+    // An authenticated user may relay anywhere.
+    assert_eq!(code(&mut s, "RCPT TO:<x@elsewhere.test>"), 250);
+    say(&mut s, "DATA");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+        panic!()
+    };
+    assert!(acc.received.contains("with ESMTPSA"));
+    assert!(acc
+        .received
+        .contains("(using TLSv1.3 TLS13_AES_128_GCM_SHA256)"));
+}
+
+#[test]
+fn auth_login_exchange_cancel_and_garbage() {
+    let mut s = submission_session(true);
+    say(&mut s, "EHLO x");
+    assert_eq!(say(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    assert_eq!(say(&mut s, "YWxpY2VAdGVybi50ZXN0"), "334 UGFzc3dvcmQ6");
+    let Action::Verify(creds) = s.handle_line(b"cHc=") else {
+        panic!()
+    };
+    assert_eq!(creds.username, "alice@tern.test");
+    let Action::Reply(r) = s.auth_verified(None) else {
+        panic!()
+    };
+    assert_eq!(r.code(), 535);
+    assert_eq!(say(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    assert_eq!(say(&mut s, "*"), "501 5.7.0 Authentication cancelled");
+    assert!(say(&mut s, "AUTH PLAIN !!!notbase64").starts_with("501 5.5.2"));
+    assert!(say(&mut s, "AUTH CRAM-MD5").starts_with("504 5.5.4"));
+}
+
+#[test]
+fn auth_failures_close_after_the_limit() {
+    let mut s = submission_session(true);
+    say(&mut s, "EHLO x");
+    for _ in 0..4 {
+        assert!(matches!(
+            s.handle_line(b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw=="),
+            Action::Verify(_)
+        ));
+        assert!(matches!(s.auth_verified(None), Action::Reply(_)));
+    }
+    assert!(matches!(
+        s.handle_line(b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw=="),
+        Action::Verify(_)
+    ));
+    let Action::Close(r) = s.auth_verified(None) else {
+        panic!("5th failure must close")
+    };
+    assert_eq!(r.code(), 421);
+}
+
+#[test]
+fn http_request_closes_at_once() {
+    for line in [
+        "GET / HTTP/1.1",
+        "POST /x HTTP/1.0",
+        "CONNECT mx:443 HTTP/1.1",
+    ] {
+        let mut s = session();
+        let Action::Close(r) = s.handle_line(line.as_bytes()) else {
+            panic!("{line}")
+        };
+        assert_eq!(r.code(), 421);
+    }
+}
