@@ -226,6 +226,11 @@ def test_command_timeout_before_helo(tern):
         c.wait_closed()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: command_timeout is an idle-read timeout, so a client trickling one byte every 0.4 s "
+    "never gets the documented 421 4.4.2 ('no command within command_timeout'); remove this mark once fixed",
+)
 def test_trickled_command_still_times_out(tern):
     """Slowloris: a byte every 0.4 s never completes a command; 'no command within command_timeout' -> 421."""
     srv = tern(limits={"command_timeout": "2s"})
