@@ -252,3 +252,57 @@ def test_alias_loop_is_bounded(tern):
         assert code in (250, 450, 451, 550, 554), (code, text)
         c.expect("RSET", 250, "2.0.0")
     srv.deliver("x@example.test", "alice@tern.test", make_message("alive"))
+
+
+def test_transaction_cleared_after_250(srv):
+    """RFC 5321 4.1.1.4: after the end of data the envelope is cleared."""
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: one\r\n\r\nx\r\n.\r\n")
+        assert c.read_reply()[0] == 250
+        c.expect("RCPT TO:<bob@tern.test>", 503, "5.5.1")
+        c.expect("DATA", 503, "5.5.1")
+
+
+def _broken_mailbox(tern):
+    """A server whose mailbox for broken@tern.test cannot be created (a plain file sits where its folder goes)."""
+    srv = tern(start=False)
+    domain_dir = srv.data_dir / "mailboxes" / "tern.test"
+    domain_dir.mkdir(parents=True)
+    (domain_dir / "broken").write_bytes(b"not a maildir")
+    return srv.start()
+
+
+def test_storage_failure_is_451(tern):
+    srv = _broken_mailbox(tern)
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<broken@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: cannot store\r\n\r\nx\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 451, lines
+        assert lines[0] == "4.3.0 Local error in processing, try again later", lines
+        # The session goes on.
+        c.expect("NOOP", 250, "2.0.0")
+    assert srv.delivered_files() == []
+
+
+def test_storage_failure_for_one_recipient_stores_nothing(tern):
+    """451 tells the client to retry the whole message: a copy already stored for another recipient would
+    arrive twice, so the delivery is all or nothing."""
+    srv = _broken_mailbox(tern)
+    with srv.session() as c:
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("RCPT TO:<broken@tern.test>", 250, "2.1.5")
+        c.expect("RCPT TO:<zed@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: half\r\n\r\nx\r\n.\r\n")
+        code, lines = c.read_reply()
+        assert code == 451, lines
+    time.sleep(0.5)
+    assert srv.delivered_files() == [], srv.delivered_files()
+    assert srv.messages("alice@tern.test") == [] and srv.messages("zed@tern.test") == []
