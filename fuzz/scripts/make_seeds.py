@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Writes the hand-written seed inputs into fuzz/seeds/<target>/ (re-run after editing).
+
+Layouts: command and address take the raw text; reply and data take one mode byte first
+(limits / max_size and chunking, see fuzz/checks/proto.rs); session takes a mode byte (config,
+listener, TLS, peer) and a chunking byte first (fuzz/checks/session.rs).
+"""
+import base64
+import os
+import shutil
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "seeds")
+
+def b64(s):
+    return base64.b64encode(s).decode()
+
+long_local = "a" * 64
+label = "a" * 63
+dom255 = ".".join([label] * 3) + "." + "b" * 59  # 63*3+3+59 = 251
+dom256 = ".".join([label] * 4) + ".abc"
+unbr256 = "l" * 57 + "@" + ".".join([label] * 3) + ".abc"  # 57+1+195 = 253
+
+SEEDS = {
+    "command": {
+        "helo": b"HELO walton.net",
+        "ehlo": b"EhLo x.test extra words",
+        "mail": b"MAIL FROM:<johnboy@walton.net>",
+        "mail-params": b"MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME SMTPUTF8 AUTH=<>",
+        "mail-null": b"mail from:<>",
+        "mail-null-nospace": b"MAIL FROM:<>SMTPUTF8",
+        "rcpt": b"RCPT TO:<riker@tern.test>",
+        "rcpt-postmaster": b"RCPT TO:<Postmaster>",
+        "rcpt-quoted": b'RCPT TO:<"john doe"@example.test>',
+        "rcpt-quoted-escapes": b'RCPT TO:<"a\\"b\\\\c"@x.test>',
+        "rcpt-ipv4": b"RCPT TO:<u@[192.0.2.1]>",
+        "rcpt-ipv6": b"RCPT TO:<u@[IPv6:2001:db8::1]>",
+        "rcpt-general-literal": b"RCPT TO:<u@[x-tag:stuff]>",
+        "rcpt-source-route": b"RCPT TO:<@a.test,@[192.0.2.1]:user@c.test>",
+        "rcpt-utf8": "RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>".encode(),
+        "rcpt-param": b"RCPT TO:<a@b.test> NOTIFY=NEVER",
+        "mail-unbracketed": b"MAIL FROM: a@b.test SIZE=1",
+        "mail-unbracketed-long": ("MAIL FROM:" + unbr256).encode(),
+        "mail-local64": ("MAIL FROM:<" + long_local + "@x.test>").encode(),
+        "mail-domain256": ("MAIL FROM:<u@" + dom256 + ">").encode(),
+        "mail-bad-utf8": b"MAIL FROM:<\xff@x>",
+        "data": b"DATA",
+        "rset": b"RSET",
+        "noop": b"NOOP hello there",
+        "quit": b"QUIT",
+        "vrfy": b"VRFY riker",
+        "vrfy-bare-cr": b"VRFY a\rb",
+        "expn": b"EXPN staff",
+        "help": b"help mail",
+        "starttls": b"STARTTLS",
+        "auth-plain": ("AUTH plain " + b64(b"\0alice@tern.test\0pw")).encode(),
+        "auth-plain-authz": ("AUTH PLAIN " + b64(b"admin\0user\0pw")).encode(),
+        "auth-login": b"AUTH LOGIN",
+        "auth-empty": b"AUTH PLAIN =",
+        "send": b"SEND FROM:<a@b.test>",
+        "turn": b"TURN",
+        "bdat": b"BDAT 100 LAST",
+        "long-line": b"NOOP " + b"x" * 600,
+    },
+    "reply": {
+        "greeting": b"\x00220 mx.test ESMTP ready\r\n",
+        "ehlo": b"\x00250-mx.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-AUTH PLAIN LOGIN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n",
+        "enhanced": b"\x00250-2.0.0 first\r\n250 2.0.0 second\r\n220 x\r\n",
+        "enhanced-mixed": b"\x00550-5.7.1 no\r\n550 plain text\r\n",
+        "enhanced-bare": b"\x00250 2.0.0\r\n",
+        "code-only": b"\x00250\r\n",
+        "code-600": b"\x00600 nope\r\n",
+        "code-199": b"\x00199 nope\r\n",
+        "code-mismatch": b"\x00250-a\r\n251 b\r\n",
+        "bare-lf": b"\x00250-a\n250 b\n",
+        "bare-cr-text": b"\x00250 a\rb\r\n",
+        "cr-before-enhanced": b"\x00250 2.0.0\r x\r\n",
+        "long-line": b"\x00250 " + b"y" * 5000 + b"\r\n",
+        "small-limits-many-lines": b"\x01" + b"250-a\r\n" * 6 + b"250 b\r\n",
+        "small-limits-long": b"\x03250 " + b"z" * 100 + b"\r\n250 ok\r\n",
+        "partial": b"\x02250-a\r\n250 b",
+        "non-utf8": b"\x00250 caf\xe9\r\n",
+        "garbage": b"\x00hello\r\n",
+    },
+    "address": {
+        "simple": b"john@walton.net",
+        "path-params": b"<john@walton.net> SIZE=10",
+        "null": b"<>",
+        "postmaster": b"<Postmaster>",
+        "quoted": b'<"john doe"@example.test>',
+        "quoted-escapes": b'"a\\"b\\\\c"@x.test',
+        "quoted-plain": b'<"plain"@x.test>',
+        "quoted-empty": b'""@x.test',
+        "quoted-64": ('"' + " " * 64 + '"@x.test').encode(),
+        "ipv4": b"<u@[192.0.2.1]>",
+        "ipv6": b"u@[IPv6:2001:db8::1]",
+        "ipv6-mapped": b"u@[IPv6:::ffff:192.0.2.1]",
+        "general": b"<u@[x-tag:stuff]>",
+        "source-route": b"<@a.test,@b.test:user@c.test>",
+        "relay-tricks": b"<user%other.test@local.test>",
+        "bang": b"<other.test!user@local.test>",
+        "trailing-dot": b"<a@B.Test.>",
+        "utf8": "<δοκιμή@παράδειγμα.δοκιμή>".encode(),
+        "local-64": (long_local + "@x.test").encode(),
+        "local-65": ("a" + long_local + "@x.test").encode(),
+        "domain-251": ("u@" + dom255).encode(),
+        "domain-256": ("u@" + dom256).encode(),
+        "unbracketed-253": unbr256.encode(),
+        "double-at": b"<a@b@c>",
+        "unterminated": b'<"unterminated@x.test>',
+    },
+    "data": {
+        "plain": b"\x00Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+        "empty": b"\x00.\r\n",
+        "stuffed": b"\x00..hidden\r\n...two\r\n.x\r\n.\r\n",
+        "smuggle-lf-lf": b"\x00a\n.\nMAIL FROM:<x@y>\n",
+        "smuggle-lf-crlf": b"\x00a\n.\r\nMAIL FROM:<x@y>\r\n",
+        "smuggle-crlf-lf": b"\x00a\r\n.\nMAIL FROM:<x@y>\r\n",
+        "smuggle-cr-cr": b"\x00a\r.\rMAIL FROM:<x@y>\r\n",
+        "smuggle-cr-crlf": b"\x00a\r.\r\nMAIL FROM:<x@y>\r\n",
+        "smuggle-crlf-cr": b"\x00a\r\n.\rMAIL FROM:<x@y>\r\n.\r\n",
+        "bare-lf-then-end": b"\x04a\nb\r\n.\r\n",
+        "too-large": b"\x01" + b"x" * 100 + b"\r\n.\r\n",
+        "max-zero": b"\x02a\r\n.\r\n",
+        "two-messages": b"\x07one\r\n.\r\ntwo\r\n..\r\n.\r\n",
+        "crcrlf": b"\x00\r\r\n.\r\n",
+        "long-line": b"\x03" + b"L" * 3000 + b"\r\n.\r\n",
+        "no-end": b"\x00no end here\r\n",
+        "dot-cr-cr": b"\x00.\r\r\n.\r\n",
+    },
+    "session": {
+        "seed-transaction": b"\x00\x01HELO walton.net\r\nMAIL FROM:<johnboy@walton.net>\r\nRCPT TO:<riker@tern.test>\r\nDATA\r\nSubject: hi\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+        "seed-transaction-bytewise": b"\x00\x00HELO walton.net\r\nMAIL FROM:<johnboy@walton.net>\r\nRCPT TO:<riker@tern.test>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
+        "smuggling": b"\x01\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@tern.test>\r\nDATA\r\nhello\n.\nMAIL FROM:<evil@x.test>\nRCPT TO:<alice@tern.test>\r\n.\r\nNOOP\r\nQUIT\r\n",
+        "starttls-pipelined": b"\x20\x01EHLO c\r\nSTARTTLS\r\nRSET\r\nEHLO c\r\nQUIT\r\n",
+        "auth-plain-submission": b"\x16\x01EHLO c\r\nAUTH PLAIN " + b64(b"\0alice@tern.test\0pw").encode() + b"\r\nMAIL FROM:<alice@tern.test>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+        "auth-login-submission": b"\x06\x01EHLO c\r\nAUTH LOGIN\r\n" + b64(b"alice@tern.test").encode() + b"\r\n" + b64(b"wrong").encode() + b"\r\nAUTH LOGIN " + b64(b"alice@tern.test").encode() + b"\r\n" + b64(b"pw").encode() + b"\r\nMAIL FROM:<bob@tern.test>\r\nAUTH PLAIN\r\n*\r\nQUIT\r\n",
+        "long-line": b"\x01\x01EHLO c\r\nNOOP " + b"x" * 700 + b"\r\nNOOP\r\n",
+        "http": b"\x00\x01GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "vrfy-expn": b"\x01\x01HELO c\r\nVRFY alice\r\nVRFY <team@tern.test>\r\nEXPN team@tern.test\r\nEXPN nobody\r\nHELP\r\nHELP MAIL\r\n",
+        "too-big": b"\x01\x01EHLO c\r\nMAIL FROM:<a@b.test> SIZE=100\r\nRCPT TO:<alice@tern.test>\r\nDATA\r\n" + b"x" * 300 + b"\r\n.\r\nMAIL FROM:<a@b.test> SIZE=1000\r\nQUIT\r\n",
+        "utf8": "\x01\x01EHLO c\r\nMAIL FROM:<δ@b.test> SMTPUTF8\r\nRCPT TO:<alice@tern.test>\r\nRCPT TO:<δ@tern.test>\r\nDATA\r\nсообщение\r\n.\r\n".encode(),
+        "bare-cr-command": b"\x01\x01HELO c\r\nMAIL FROM:<a@b.test>\rRCPT TO:<alice@tern.test>\r\nRSET\r\n",
+        "errors-until-close": b"\x00\x01" + b"FOO\r\n" * 30,
+        "relay-denied": b"\x40\x01HELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@remote.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n.\r\n",
+        "many-rcpts": b"\x41\x01HELO c\r\nMAIL FROM:<>\r\n" + b"RCPT TO:<alice@tern.test>\r\n" * 5 + b"DATA\r\n..\r\n.\r\n",
+        "catch-all": b"\x03\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<anything@tern.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\nhi\r\n.\r\n",
+        "submission-unauth": b"\x04\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN\r\nQUIT\r\n",
+        "obsolete": b"\x01\x01SEND FROM:<a@b>\r\nTURN\r\nBDAT 1 LAST\r\nHELO\r\nDATA\r\nRCPT TO:<a@tern.test>\r\n",
+    },
+}
+
+for target, seeds in SEEDS.items():
+    d = os.path.join(ROOT, target)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    for name, data in seeds.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    print(target, len(seeds))
