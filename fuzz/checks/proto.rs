@@ -10,6 +10,42 @@ use tern_proto::{
     DataRejection, Domain, DotStuffer, EnhancedCode, ForwardPath, Reply, ReplyParser, ReversePath,
 };
 
+/// Findings reported to the proto/server owner and not fixed yet. Each id names one exception the
+/// checks tolerate, so fuzzing can go past it and the corpus replay stays green; the inputs in
+/// fuzz/known-failures/<target>/ must still fail under [`strict`] (like a strict xfail), so a
+/// fix shows up as a test failure that says to drop the id here and move the input to seeds.
+pub const KNOWN_ISSUES: &[&str] = &[
+    // parse_reverse_path("<>X") returns rest "X": no SP required after a null reverse-path,
+    // unlike a mailbox path, so "MAIL FROM:<>SMTPUTF8" is accepted (RFC 5321 4.1.2 wants SP).
+    "null-path-no-space",
+    // parse_forward_path("<Postmaster>X") returns rest "X": same for the bare postmaster path
+    // (harmless in RCPT today, which refuses every parameter, but the same gap).
+    "postmaster-no-space",
+];
+
+thread_local! {
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every known issue treated as a failure.
+pub fn strict<R>(f: impl FnOnce() -> R) -> R {
+    /// Resets the flag even when `f` panics (the replay test catches the unwind).
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            STRICT.with(|s| s.set(false));
+        }
+    }
+    STRICT.with(|s| s.set(true));
+    let _reset = Reset;
+    f()
+}
+
+/// True if `id` is a listed known issue and we are not in strict mode.
+pub fn known_issue(id: &str) -> bool {
+    !STRICT.with(|s| s.get()) && KNOWN_ISSUES.contains(&id)
+}
+
 /// Splits `input` into chunks whose sizes come from a tiny xorshift seeded by `seed`, so one
 /// fuzz input also chooses how the bytes arrive (1..=max octets per chunk).
 pub fn chunks(input: &[u8], seed: u8, max: usize) -> Vec<&[u8]> {
@@ -188,8 +224,12 @@ pub fn reply(input: &[u8]) {
 fn parsed_reply(r: &Reply, max_line: usize, max_lines: usize) {
     assert!((200..=599).contains(&r.code()), "code {}", r.code());
     assert!(!r.lines().is_empty() && r.lines().len() <= max_lines);
+    // Counted in chars: invalid UTF-8 becomes U+FFFD (3 octets for 1), one char per octet.
     for l in r.lines() {
-        assert!(l.len() <= max_line && !l.contains('\n'), "line {l:?}");
+        assert!(
+            l.chars().count() <= max_line && !l.contains('\n'),
+            "line {l:?}"
+        );
     }
     let _ = (r.text(), r.severity(), r.to_string());
     let _ = Capabilities::from_ehlo_reply(r);
@@ -239,7 +279,13 @@ pub fn address(input: &[u8]) {
         let _ = (a.lookup_key(), a.is_ascii(), a.domain().normalized());
     }
     if let Ok((p, rest)) = tern_proto::address::parse_reverse_path(s) {
-        assert!(s.ends_with(rest) && (rest.is_empty() || rest.starts_with(' ')));
+        assert!(s.ends_with(rest));
+        assert!(
+            rest.is_empty()
+                || rest.starts_with(' ')
+                || (p == ReversePath::Null && known_issue("null-path-no-space")),
+            "{p:?} followed by {rest:?} without a space"
+        );
         if let ReversePath::Mailbox(a) = &p {
             limits(a);
         }
@@ -251,7 +297,13 @@ pub fn address(input: &[u8]) {
         }
     }
     if let Ok((p, rest)) = tern_proto::address::parse_forward_path(s) {
-        assert!(s.ends_with(rest) && (rest.is_empty() || rest.starts_with(' ')));
+        assert!(s.ends_with(rest));
+        assert!(
+            rest.is_empty()
+                || rest.starts_with(' ')
+                || (p == ForwardPath::Postmaster && known_issue("postmaster-no-space")),
+            "{p:?} followed by {rest:?} without a space"
+        );
         if let ForwardPath::Mailbox(a) = &p {
             limits(a);
         }

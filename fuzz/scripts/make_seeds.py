@@ -7,7 +7,6 @@ listener, TLS, peer) and a chunking byte first (fuzz/checks/session.rs).
 """
 import base64
 import os
-import shutil
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "seeds")
 
@@ -151,8 +150,8 @@ SEEDS = {
 
 for target, seeds in SEEDS.items():
     d = os.path.join(ROOT, target)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
+    # Only this script's files are rewritten: crash reproducers copied in by hand stay.
+    os.makedirs(d, exist_ok=True)
     for name, data in seeds.items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
