@@ -362,9 +362,12 @@ def measure(server, sink: Sink, wl: Workload, n: int) -> Run:
 
 
 def loadgen_latency(server, n: int) -> dict:
-    """Accept latency (final '.' -> 250) at 20 sessions, 1 KiB, local delivery, via loadgen."""
-    server.reset()
-    cmd = [str(LOADGEN), "--server", f"127.0.0.1:{server.port}", "--sessions", "20", "--messages", str(n),
+    """Accept latency (final '.' -> 250) at 20 sessions, 1 KiB, local delivery, via loadgen.
+    server=None: the same load straight at smtp-sink (the generator's ceiling)."""
+    if server is not None:
+        server.reset()
+    port = server.port if server is not None else SINK_PORT
+    cmd = [str(LOADGEN), "--server", f"127.0.0.1:{port}", "--sessions", "20", "--messages", str(n),
            "--size", "1024", "--rcpts", "1", "--domain", "bench.test", "--timeout", "30", "--deadline", "120"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     out = {}
@@ -373,7 +376,7 @@ def loadgen_latency(server, n: int) -> dict:
             out = dict(kv.split("=", 1) for kv in line.split()[1:])
     # Let deliveries finish before the next workload.
     deadline = time.monotonic() + 60
-    while count_files(server.new_dirs()) < n and time.monotonic() < deadline:
+    while server is not None and count_files(server.new_dirs()) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     out["rc"] = str(res.returncode)
     return out
@@ -493,12 +496,16 @@ def render(rep: Report) -> str:
         L.append(f"| {srv} | {r.get('greeted', 'n/a')} | {r.get('refused', 'n/a')} | {r.get('timed_out', 'n/a')} "
                  f"| {r.get('last_220_s', 'n/a')} | {rss} |")
     L.append("")
+    L.extend(targets(rep))
+    L.append("")
     L.append("## Raw runs (msgs/s per repetition)")
     L.append("")
     for wl, n, runs in rep.rows + rep.sink_rows:
         parts = []
         for srv, rs in runs.items():
-            parts.append(f"{srv}: " + ", ".join(fmt(r.rate) if r.rate else f"FAILED ({r.note})" for r in rs))
+            parts.append(f"{srv}: " + ", ".join(
+                fmt(r.rate) if r.rate else (r.note if r.note.startswith("skipped") else f"FAILED ({r.note})")
+                for r in rs))
         L.append(f"- {wl.name}: " + "; ".join(parts))
     if rep.notes:
         L.append("")
@@ -506,6 +513,53 @@ def render(rep: Report) -> str:
         L.append("")
         L.extend(f"- {n}" for n in rep.notes)
     return "\n".join(L) + "\n"
+
+
+def targets(rep: Report) -> list[str]:
+    """Issue 6's targets, each with the measured value and met / NOT met (n/a when not measured)."""
+    out = ["## Issue-6 targets", "", "| target | measured | verdict |", "|---|---|---|"]
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+    for wl, _, runs in rep.rows:
+        pf, tn = median_rate(runs.get("postfix", [])), median_rate(runs.get("tern", []))
+        if wl.sessions < 20:
+            continue
+        if wl.size == 10 * MIB:
+            try:
+                limit = min(float(rep.limits["loopback_gbit_s"]) * 1000 / 8, float(rep.limits["seq_fsync_mb_s"]))
+            except (KeyError, ValueError):
+                continue
+            got = tn * wl.size / 1e6 if tn else None
+            out.append(f"| {wl.name}: >= 50% of min(loopback, fsync'd sequential write) = {limit / 2:.0f} MB/s "
+                       f"| {fmt(got)} MB/s | {verdict(None if got is None else got >= limit / 2)} |")
+            continue
+        need = 3.0 if wl.size == 100 * KIB else 5.0
+        ratio = tn / pf if pf and tn else None
+        out.append(f"| {wl.name}: >= {need:.0f}x Postfix | {'n/a' if ratio is None else f'{ratio:.2f}x'} "
+                   f"| {verdict(None if ratio is None else ratio >= need)} |")
+
+    def lat(srv: str, key: str) -> float | None:
+        vals = [float(r[key]) for r in rep.latency.get(srv, []) if r.get(key, "-") != "-"]
+        return statistics.median(vals) if vals else None
+
+    p99 = lat("tern", "p99_ms")
+    out.append(f"| p99 accept latency at 20 sessions < 10 ms | {fmt(p99, 2)} ms | "
+               f"{verdict(None if p99 is None else p99 < 10)} |")
+    tern_rate, sink_rate = lat("tern", "msgs_per_s"), lat("smtp-sink", "msgs_per_s")
+    half = tern_rate / sink_rate if tern_rate and sink_rate else None
+    out.append(f"| >= half of what loadgen reaches against smtp-sink (20 sessions, 1 KiB) "
+               f"| {fmt(tern_rate)} vs {fmt(sink_rate)} msgs/s | {verdict(None if half is None else half >= 0.5)} |")
+    idle = rep.idle.get("tern", {})
+    if idle.get("rss_kib"):
+        rss_mb = int(idle["rss_kib"]) * 1024 / 1e6
+        ok = idle.get("greeted") == idle.get("wanted") and rss_mb < 100
+        out.append(f"| {idle.get('wanted')} idle connections each get a 220; RSS < 100 MB "
+                   f"| {idle.get('greeted')} greeted, {rss_mb:.0f} MB | {verdict(ok)} |")
+    else:
+        out.append("| 10,000 idle connections each get a 220; RSS < 100 MB | n/a | n/a |")
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -585,10 +639,12 @@ def main() -> int:
                 sink_table[w.name]["sink"].append(run)
                 log(f"rep {r + 1}/{reps} {'sink':8} {w.name:40} "
                     + (f"{run.rate:9.1f} msgs/s" if run.rate else f"FAILED: {run.note}"))
-            for s in order if do_latency else []:
+            for s in (order + [None]) if do_latency else []:
+                sink.ensure(rep.notes)
                 res = loadgen_latency(s, 1000 if args.quick else 4000)
-                latency[s.name].append(res)
-                log(f"rep {r + 1}/{reps} {s.name:8} latency s20: {res}")
+                name = s.name if s is not None else "smtp-sink"
+                latency.setdefault(name, []).append(res)
+                log(f"rep {r + 1}/{reps} {name:8} latency s20: {res}")
         rep.rows = [(w, w.messages(args.quick), table[w.name]) for w in workloads]
         rep.sink_rows = [(w, w.messages(args.quick), sink_table[w.name]) for w in sinkloads]
         rep.latency = latency
