@@ -200,6 +200,9 @@ impl Session {
     }
 
     pub fn line_too_long(&mut self) -> Action {
+        // RFC 4954 4: the server answers an AUTH exchange once. A 500 to an overlong response
+        // is that answer, so the next line must be read as a command, never as a credential.
+        self.auth_exchange = None;
         self.error(replies::line_too_long())
     }
 

@@ -420,6 +420,22 @@ fn auth_login_exchange_cancel_and_garbage() {
 }
 
 #[test]
+fn overlong_line_ends_the_auth_exchange() {
+    for mech in ["AUTH LOGIN", "AUTH PLAIN"] {
+        let mut s = submission_session(true);
+        say(&mut s, "EHLO x");
+        assert_eq!(code(&mut s, mech), 334);
+        let Action::Reply(r) = s.line_too_long() else {
+            panic!()
+        };
+        assert_eq!(r.to_bytes(), b"500 5.5.2 Line too long\r\n");
+        // A command again, not the next SASL response.
+        assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK", "{mech}");
+        assert_eq!(code(&mut s, mech), 334, "{mech}");
+    }
+}
+
+#[test]
 fn auth_failures_close_after_the_limit() {
     let mut s = submission_session(true);
     say(&mut s, "EHLO x");
