@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
                         smtputf8: false,
                         eight_bit: false,
                         held: false,
+                        delay_warned: false,
                         attempts_log: Vec::new(),
                     };
                     store.commit_parts(&env, &[b"Received: bench\r\n", &body])?;

@@ -37,6 +37,9 @@ pub struct Envelope {
     /// Held by the admin: the scheduler does not try it until released.
     #[serde(default)]
     pub held: bool,
+    /// A "delayed" notification (queue.delay_warning) was sent; it is sent once per message.
+    #[serde(default)]
+    pub delay_warned: bool,
     /// The latest attempts, oldest first, at most [`MAX_ATTEMPTS_LOG`] (see [`Envelope::log_attempt`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts_log: Vec<Attempt>,
@@ -182,6 +185,7 @@ pub(crate) mod tests {
             smtputf8: true,
             eight_bit: false,
             held: false,
+            delay_warned: false,
             attempts_log: vec![Attempt {
                 at: t,
                 recipient: "carol@example.com".into(),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use tern_config::Config;
 use tern_delivery::maildir::{self, MaildirCopy};
@@ -23,8 +23,10 @@ pub struct InboundStore {
     queue: Arc<FsStore>,
     /// Group commit: sessions delivering at the same moment share `fsync(new/)`.
     dir_syncer: Arc<DirSyncer>,
-    /// Wakes the relay scheduler when a message for a remote domain was queued.
-    pub queued: Arc<Notify>,
+    /// Tells the relay scheduler at once about each message queued for a remote domain (it
+    /// also rescans the spool, so a message is never missed if this channel is gone).
+    queued_tx: mpsc::UnboundedSender<QueueId>,
+    queued_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<QueueId>>>,
 }
 
 impl InboundStore {
@@ -40,16 +42,26 @@ impl InboundStore {
             quarantined = report.quarantined.len(),
             "spool recovered"
         );
+        let (queued_tx, queued_rx) = mpsc::unbounded_channel();
         Ok(Self {
             cfg,
             queue,
             dir_syncer: Arc::new(DirSyncer::new()),
-            queued: Arc::new(Notify::new()),
+            queued_tx,
+            queued_rx: std::sync::Mutex::new(Some(queued_rx)),
         })
     }
 
     pub fn queue(&self) -> Arc<FsStore> {
         self.queue.clone()
+    }
+
+    /// The ids of newly queued remote messages; there is one receiver, for the relay scheduler.
+    pub fn take_queued(&self) -> Option<mpsc::UnboundedReceiver<QueueId>> {
+        self.queued_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 }
 
@@ -69,13 +81,17 @@ impl MessageStore for InboundStore {
             .iter()
             .flat_map(|r| &r.targets)
             .any(|t| matches!(t, Target::Remote(_)));
+        let id = accepted.id.clone();
         let result = tokio::task::spawn_blocking(move || {
             store_blocking(&cfg, queue.as_ref(), &dir_syncer, &accepted, &body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?;
         if result.is_ok() && has_remote {
-            self.queued.notify_one();
+            if let Ok(id) = id.parse::<QueueId>() {
+                // A closed channel (relay stopped) is fine: the spool is rescanned at startup.
+                let _ = self.queued_tx.send(id);
+            }
         }
         result
     }
@@ -158,6 +174,7 @@ fn store_blocking(
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
             held: false,
+            delay_warned: false,
             attempts_log: Vec::new(),
         };
         if let Err(e) = queue.commit_parts(&envelope, &[acc.received.as_bytes(), body]) {

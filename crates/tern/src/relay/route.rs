@@ -1,0 +1,333 @@
+//! Where mail for a recipient domain goes: a `[routes]` entry (the exact domain, then the `*`
+//! smarthost), else the domain's MX hosts in RFC 5321 5.1 order, each expanded to addresses.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tern_config::{Config, RouteAuth, TlsPolicy};
+use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
+
+/// At most this many addresses are tried in one attempt, so a domain with dozens of MX records
+/// cannot keep a worker busy for an hour of connect timeouts.
+const MAX_HOPS: usize = 10;
+
+/// A next hop for a group of recipients. Recipients with the same `key` share a transaction and
+/// a pooled connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub key: String,
+    pub kind: DestinationKind,
+    pub tls: TlsPolicy,
+    pub auth: Option<RouteAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationKind {
+    /// A static route: this host and port, no MX lookup.
+    Route { host: String, port: u16 },
+    /// The MX hosts of this domain on `outbound.mx_port`.
+    Mx { domain: String },
+}
+
+/// One address to connect to, with the name TLS and logs know it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// Why no hop could be found; `reply` is stored in the recipient's status as it would be for an
+/// SMTP reply (code, enhanced code, text), so bounces quote it like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFailure {
+    pub reply: String,
+    pub permanent: bool,
+}
+
+impl RouteFailure {
+    fn permanent(reply: String) -> Self {
+        Self {
+            reply,
+            permanent: true,
+        }
+    }
+
+    fn temporary(reply: String) -> Self {
+        Self {
+            reply,
+            permanent: false,
+        }
+    }
+}
+
+/// The destination of `domain` (lower case): static, no I/O.
+pub fn destination(cfg: &Config, domain: &str) -> Destination {
+    match cfg.route_for(domain) {
+        Some(route) => Destination {
+            key: format!("route {}:{}", route.host, route.port),
+            kind: DestinationKind::Route {
+                host: route.host.clone(),
+                port: route.port,
+            },
+            tls: route.tls,
+            auth: route.auth.clone(),
+        },
+        None => Destination {
+            key: format!("mx {domain}"),
+            kind: DestinationKind::Mx {
+                domain: domain.to_string(),
+            },
+            tls: cfg.outbound.tls,
+            auth: None,
+        },
+    }
+}
+
+/// The addresses to try for `dest`, most preferred first.
+pub async fn hops(
+    cfg: &Config,
+    resolver: &dyn Resolver,
+    dest: &Destination,
+) -> Result<Vec<Hop>, RouteFailure> {
+    match &dest.kind {
+        DestinationKind::Route { host, port } => {
+            let ips = resolve_host(resolver, host)
+                .await
+                .map_err(|e| dns_failure(&e))?;
+            Ok(ips
+                .into_iter()
+                .take(MAX_HOPS)
+                .map(|ip| Hop {
+                    name: host.clone(),
+                    addr: SocketAddr::new(ip, *port),
+                })
+                .collect())
+        }
+        DestinationKind::Mx { domain } => mx_hops(cfg, resolver, domain).await,
+    }
+}
+
+async fn mx_hops(
+    cfg: &Config,
+    resolver: &dyn Resolver,
+    domain: &str,
+) -> Result<Vec<Hop>, RouteFailure> {
+    let mx = mx_hosts(resolver, domain)
+        .await
+        .map_err(|e| dns_failure(&e))?;
+    let names = without_self(cfg, mx.hosts.into_iter().map(|h| (h.name, h.preference)));
+    if names.is_empty() {
+        return Err(RouteFailure::permanent(format!(
+            "554 5.4.6 mail loop: the MX of {domain} points back to this host ({}) but {domain} is not a local domain",
+            cfg.hostname
+        )));
+    }
+    let mut hops = Vec::new();
+    let mut temporary: Option<DnsError> = None;
+    let mut last_error: Option<DnsError> = None;
+    for name in names {
+        match resolve_host(resolver, &name).await {
+            Ok(ips) => {
+                for ip in ips {
+                    let addr = SocketAddr::new(ip, cfg.outbound.mx_port);
+                    if is_own_listener(cfg, addr) {
+                        continue;
+                    }
+                    hops.push(Hop {
+                        name: name.clone(),
+                        addr,
+                    });
+                }
+            }
+            Err(e) if e.is_temporary() => temporary = Some(e),
+            Err(e) => last_error = Some(e),
+        }
+        if hops.len() >= MAX_HOPS {
+            hops.truncate(MAX_HOPS);
+            break;
+        }
+    }
+    if !hops.is_empty() {
+        return Ok(hops);
+    }
+    // Only a definite answer for every MX makes this permanent (RFC 5321 4.5.4.1).
+    Err(match (temporary, last_error) {
+        (Some(e), _) => dns_failure(&e),
+        (None, Some(e)) => RouteFailure::permanent(format!(
+            "550 5.4.4 no usable address for any MX host of {domain}: {e}"
+        )),
+        (None, None) => RouteFailure::permanent(format!(
+            "554 5.4.6 mail loop: every MX host of {domain} is this server"
+        )),
+    })
+}
+
+/// RFC 5321 5.1: when this host is among the MX hosts, it and every less preferred host are
+/// dropped (delivering there would loop).
+fn without_self(cfg: &Config, hosts: impl Iterator<Item = (String, u16)>) -> Vec<String> {
+    let hosts: Vec<(String, u16)> = hosts.collect();
+    let own = hosts
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(cfg.hostname.trim_end_matches('.')))
+        .map(|(_, pref)| *pref)
+        .min();
+    hosts
+        .into_iter()
+        .filter(|(_, pref)| own.is_none_or(|own| *pref < own))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// An address one of our own SMTP listeners answers on: connecting there would loop.
+fn is_own_listener(cfg: &Config, addr: SocketAddr) -> bool {
+    cfg.smtp.listen.iter().any(|l| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip() || (l.ip().is_unspecified() && is_local_ip(addr.ip())))
+    })
+}
+
+fn is_local_ip(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+fn dns_failure(e: &DnsError) -> RouteFailure {
+    match e {
+        DnsError::NullMx(d) => RouteFailure::permanent(format!(
+            "556 5.1.10 {d} does not accept mail (null MX, RFC 7505)"
+        )),
+        DnsError::NxDomain(_) => RouteFailure::permanent(format!("550 5.1.2 {e}")),
+        DnsError::NoAddresses(_) | DnsError::InvalidName(_) => {
+            RouteFailure::permanent(format!("550 5.4.4 {e}"))
+        }
+        DnsError::Temporary { .. } => RouteFailure::temporary(format!("451 4.4.3 {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_dns::StaticResolver;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "hostname = \"mx.self.test\"\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\n[outbound]\nmx_port = 2626\n{extra}"
+        );
+        Config::from_toml_str(&text, std::path::Path::new("test.toml")).expect("test config")
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_route_wins_over_mx_and_star_is_the_smarthost() {
+        let c = cfg("[routes]\n\"partner.test\" = \"127.0.0.1:2727\"\n\"*\" = { host = \"relay.test\", port = 587, tls = \"required\" }\n");
+        let d = destination(&c, "partner.test");
+        assert_eq!(
+            d.kind,
+            DestinationKind::Route {
+                host: "127.0.0.1".into(),
+                port: 2727
+            }
+        );
+        let s = destination(&c, "anything.test");
+        assert_eq!(s.tls, TlsPolicy::Required);
+        assert_eq!(
+            s.kind,
+            DestinationKind::Route {
+                host: "relay.test".into(),
+                port: 587
+            }
+        );
+        let no_routes = cfg("");
+        assert_eq!(
+            destination(&no_routes, "x.test").kind,
+            DestinationKind::Mx {
+                domain: "x.test".into()
+            }
+        );
+    }
+
+    #[test]
+    fn mx_hosts_in_preference_order_on_the_mx_port() {
+        let c = cfg("");
+        let r = StaticResolver::new()
+            .mx("x.test", 20, "b.x.test")
+            .mx("x.test", 10, "a.x.test")
+            .ip("a.x.test", "127.0.0.1".parse().unwrap())
+            .ip("b.x.test", "127.0.0.2".parse().unwrap());
+        let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
+        let addrs: Vec<String> = hops.iter().map(|h| h.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:2626", "127.0.0.2:2626"]);
+        assert_eq!(hops[0].name, "a.x.test");
+    }
+
+    #[test]
+    fn an_mx_without_address_is_skipped() {
+        let c = cfg("");
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "gone.x.test")
+            .mx("x.test", 20, "b.x.test")
+            .ip("b.x.test", "127.0.0.2".parse().unwrap());
+        let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops[0].name, "b.x.test");
+    }
+
+    #[test]
+    fn null_mx_is_a_permanent_5_1_10() {
+        let c = cfg("");
+        let r = StaticResolver::new().mx("x.test", 0, "");
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert!(e.permanent);
+        assert!(e.reply.starts_with("556 5.1.10 "), "{}", e.reply);
+    }
+
+    #[test]
+    fn our_own_name_as_mx_is_a_loop() {
+        let c = cfg("");
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "MX.self.test")
+            .ip("mx.self.test", "127.0.0.1".parse().unwrap());
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert!(e.permanent);
+        assert!(e.reply.starts_with("554 5.4.6 "), "{}", e.reply);
+    }
+
+    #[test]
+    fn hosts_less_preferred_than_us_are_dropped() {
+        let c = cfg("");
+        let r = StaticResolver::new()
+            .mx("x.test", 5, "better.x.test")
+            .mx("x.test", 10, "mx.self.test")
+            .mx("x.test", 20, "backup.x.test")
+            .ip("better.x.test", "127.0.0.3".parse().unwrap())
+            .ip("backup.x.test", "127.0.0.4".parse().unwrap());
+        let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops[0].name, "better.x.test");
+    }
+
+    #[test]
+    fn our_own_listener_address_is_never_a_hop() {
+        let text = "hostname = \"mx.self.test\"\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\n[outbound]\nmx_port = 2525\n";
+        let c = Config::from_toml_str(text, std::path::Path::new("test.toml")).unwrap();
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "other.x.test")
+            .ip("other.x.test", "127.0.0.1".parse().unwrap());
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert!(e.reply.starts_with("554 5.4.6"), "{}", e.reply);
+    }
+
+    #[test]
+    fn dns_trouble_is_temporary() {
+        let c = cfg("");
+        let r = StaticResolver::new().servfail("x.test");
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert!(!e.permanent);
+        assert!(e.reply.starts_with("451 4.4.3 "), "{}", e.reply);
+    }
+}
