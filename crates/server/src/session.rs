@@ -520,6 +520,9 @@ impl Session {
                 replies::auth_unavailable()
             });
         }
+        if self.locked_out() {
+            return Action::Close(replies::auth_too_many_failures(&self.cfg.hostname));
+        }
         match (mechanism, initial) {
             // RFC 4954 4: "=" is an empty initial response.
             ("PLAIN", Some(resp)) if resp != "=" => self.auth_plain(resp),
@@ -536,9 +539,26 @@ impl Session {
         }
     }
 
+    /// An IP at `limits.max_auth_failures` (within the tracker's memory window) gets no more
+    /// password checks on any connection: otherwise the limit would cost an attacker only a
+    /// reconnect, and parallel connections would multiply the guessing rate.
+    fn locked_out(&self) -> bool {
+        self.tracker.auth_failures(self.conn.peer.ip()) as usize
+            >= self.cfg.limits.max_auth_failures
+    }
+
+    /// Hands credentials to the driver, unless the client's IP was locked out meanwhile (by
+    /// another connection failing while this exchange was open).
+    fn verify(&mut self, creds: Credentials) -> Action {
+        if self.locked_out() {
+            return Action::Close(replies::auth_too_many_failures(&self.cfg.hostname));
+        }
+        Action::Verify(creds)
+    }
+
     fn auth_plain(&mut self, resp: &str) -> Action {
         match sasl::decode_plain(resp) {
-            Ok(creds) => Action::Verify(creds),
+            Ok(creds) => self.verify(creds),
             Err(_) => self.error(replies::auth_bad_base64()),
         }
     }
@@ -558,7 +578,7 @@ impl Session {
                 _ => self.error(replies::auth_bad_base64()),
             },
             AuthExchange::LoginPassword(username) => match sasl::decode_login_step(&text) {
-                Ok(password) => Action::Verify(Credentials {
+                Ok(password) => self.verify(Credentials {
                     authzid: None,
                     username,
                     password,

@@ -457,6 +457,66 @@ fn auth_failures_close_after_the_limit() {
 }
 
 #[test]
+fn auth_lockout_holds_on_a_new_connection() {
+    let cfg = config(
+        "[local]\ndomains = [\"tern.test\"]\n[limits]\nmax_auth_failures = 2\n[[users]]\nname = \"alice@tern.test\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"\n",
+    );
+    let tracker = Arc::new(ClientTracker::new());
+    let open = |peer: &str| {
+        Session::new(
+            cfg.clone(),
+            ConnInfo {
+                peer: peer.parse().unwrap(),
+                local: "127.0.0.1:465".parse().unwrap(),
+                kind: ListenerKind::Submissions,
+                tls: Some("TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
+                tls_available: true,
+            },
+        )
+        .with_tracker(tracker.clone())
+    };
+    const PLAIN: &[u8] = b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==";
+
+    // A second connection opens an exchange before the first one reaches the limit.
+    let mut late = open("192.0.2.7:2");
+    say(&mut late, "EHLO x");
+    assert_eq!(say(&mut late, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    say(&mut late, "YWxpY2VAdGVybi50ZXN0");
+
+    let mut s = open("192.0.2.7:1");
+    say(&mut s, "EHLO x");
+    assert!(matches!(s.handle_line(PLAIN), Action::Verify(_)));
+    assert!(matches!(s.auth_verified(None), Action::Reply(_)));
+    assert!(matches!(s.handle_line(PLAIN), Action::Verify(_)));
+    assert!(matches!(s.auth_verified(None), Action::Close(_)));
+
+    // Reconnecting gives no fresh guesses: 421 before any password is checked.
+    let mut again = open("192.0.2.7:3");
+    say(&mut again, "EHLO x");
+    for line in [
+        "AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==",
+        "AUTH LOGIN",
+        "AUTH PLAIN",
+    ] {
+        let Action::Close(r) = again.handle_line(line.as_bytes()) else {
+            panic!("{line} from a locked-out IP")
+        };
+        assert_eq!(r.code(), 421);
+        assert!(r.to_string().contains("4.7.0"), "{r}");
+    }
+    // The exchange opened before the lockout does not get its password checked either.
+    let Action::Close(r) = late.handle_line(b"cHc=") else {
+        panic!("password from a locked-out IP went to verification")
+    };
+    assert_eq!(r.code(), 421);
+
+    // Another address is not affected.
+    let mut other = open("192.0.2.8:1");
+    say(&mut other, "EHLO x");
+    assert!(matches!(other.handle_line(PLAIN), Action::Verify(_)));
+}
+
+#[test]
 fn http_request_closes_at_once() {
     for line in [
         "GET / HTTP/1.1",
