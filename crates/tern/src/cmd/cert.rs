@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn self_signed(host: &str, out_dir: &Path) -> ExitCode {
-    let cert = match rcgen::generate_simple_self_signed(vec![host.to_string()]) {
+    let cert = match generate(host) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tern cert: cannot generate a certificate for {host}: {e}");
@@ -39,6 +39,23 @@ pub fn self_signed(host: &str, out_dir: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn generate(host: &str) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, rcgen::Error> {
+    let signing_key = rcgen::KeyPair::generate()?;
+    let cert = params(host)?.self_signed(&signing_key)?;
+    Ok(rcgen::CertifiedKey { cert, signing_key })
+}
+
+/// The host goes in the subjectAltName, which is what clients match (RFC 6125 6.4.4), and in
+/// the subject CN too: that is what `openssl s_client`, mail logs and humans look at (rcgen's
+/// default subject is a fixed placeholder).
+fn params(host: &str) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, host);
+    params.distinguished_name = subject;
+    Ok(params)
+}
+
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -50,4 +67,24 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subject_and_san_name_the_host() {
+        let params = super::params("mx.tern.test").unwrap();
+        assert_eq!(
+            params
+                .distinguished_name
+                .get(&rcgen::DnType::CommonName)
+                .cloned(),
+            Some(rcgen::DnValue::Utf8String("mx.tern.test".into()))
+        );
+        assert!(matches!(
+            params.subject_alt_names.as_slice(),
+            [rcgen::SanType::DnsName(n)] if n.as_str() == "mx.tern.test"
+        ));
+        assert!(super::generate("mx.tern.test").is_ok());
+    }
 }
