@@ -1,0 +1,301 @@
+"""Relay (outbound queue) against scripted peers on loopback: a static route `[routes] "remote.test"` points at an
+aiosmtpd server whose replies each test scripts, or at a raw socket server that breaks the protocol.
+
+Covered: exact bytes and envelope at the remote; 4xx then 250 on retry (and `tern queue show` while deferred);
+5xx at MAIL/RCPT/DATA -> RFC 3464 bounce in the local sender's Maildir; remote down past max_age -> bounce;
+hung peer -> deferred with a timeout reason; garbage / code 600 / 10 MB reply line -> deferred, tern still
+relays; partial success; several messages over one connection; restart with a deferred entry delivers exactly
+once; mail loop (too many Received headers) is never relayed; bounces of remote senders and of `<>`.
+Relay rights (who may relay) are in test_relay_policy.py."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+from relay_helpers import (ALICE, WAIT, RawPeer, Remote, banner, check_failed, closed_port, ehlo_reply, envelope,
+                           log_tail, no_reply_after_dot, parse_dsn, queue_ids, queue_show, recipient, relay_config,
+                           return_path, route_to, silent, tern_queue, wait_bounce, wait_for, wait_gone, wait_state)
+from ternlib import HOSTNAME, make_message, split_trace
+
+BOB = "bob@remote.test"
+CAROL = "carol@remote.test"
+
+
+@pytest.fixture
+def remote():
+    with Remote() as r:
+        yield r
+
+
+def relay_srv(tern, port: int, **kw):
+    """A tern whose route for remote.test is 127.0.0.1:port; kw are relay_config() arguments."""
+    routes = {"remote.test": route_to(port), **kw.pop("routes", {})}
+    return tern(**relay_config(routes=routes, **kw))
+
+
+def assert_no_remote_message(remote: Remote, settle: float = 1.0) -> None:
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        assert not remote.messages, f"the remote received {remote.messages}"
+        time.sleep(0.1)
+
+
+def assert_still_serves(srv, good: Remote) -> None:
+    """After a misbehaving peer, tern still takes mail and still relays (to good.test -> `good`)."""
+    local = make_message("still serving locally", sender=ALICE, to="dave@tern.test")
+    srv.deliver(ALICE, "dave@tern.test", local)
+    srv.wait_messages("dave@tern.test", 1, timeout=WAIT)
+    srv.deliver(ALICE, "eve@good.test", make_message("still relaying", sender=ALICE, to="eve@good.test"))
+    got = good.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == ["eve@good.test"]
+
+
+# ---------------------------------------------------------------- success
+
+
+def test_relayed_bytes_envelope_and_received_header(tern, remote):
+    srv = relay_srv(tern, remote.port)
+    # Lines that need dot-stuffing on the wire, trailing blanks, a tab, 8-bit text, a long (but legal) line.
+    body = (b"First line.\r\n.\r\n..two dots\r\n. dot space\r\ntrailing blanks   \r\n\ttab\r\n"
+            + "caf\u00e9 \u00fcber \u65e5\u672c\r\n".encode() + b"y" * 990 + b"\r\n\r\nlast line\r\n")
+    msg = make_message("exact bytes", body=body, sender=ALICE, to=BOB)
+    qid = srv.deliver(ALICE, [BOB, CAROL], msg, mail_options=["BODY=8BITMIME"])
+    got = remote.wait_messages(1, srv=srv)[0]
+    assert got.mail_from == ALICE
+    assert sorted(got.rcpt_tos) == [BOB, CAROL], "both recipients at one destination share one transaction"
+    trace, rest = split_trace(got.content)
+    assert rest == msg, "the message after tern's trace header must be byte-identical"
+    assert [n.lower() for n, _ in trace] == ["received"], f"exactly one trace header (tern's Received), got {trace}"
+    assert f"by {HOSTNAME}" in trace[0][1], trace
+    assert "BODY=8BITMIME" in [o.upper() for o in got.mail_options], got.mail_options
+    wait_gone(srv, qid)
+    assert srv.messages(ALICE) == [], "a delivered message must not bounce"
+
+
+# ---------------------------------------------------------------- temporary failures and retries
+
+
+def test_4xx_then_250_is_delivered_on_retry(tern, remote):
+    remote.script.once["rcpt"] = ["451 4.7.1 greylisted by the scripted remote, try again"]
+    # 3s leaves room to look at the deferred entry before the retry (the spool is rescanned every 2 s).
+    srv = relay_srv(tern, remote.port, queue={"retry_schedule": ["3s"]})
+    qid = srv.deliver(ALICE, BOB, make_message("greylisted", sender=ALICE, to=BOB))
+    status = wait_state(srv, qid, BOB, "deferred")
+    assert "greylisted by the scripted remote" in status["last_reply"], status
+    assert status["last_reply"].startswith("451 4.7.1"), status
+
+    shown = queue_show(srv, qid)
+    assert shown["id"] == qid
+    rcpt = [r for r in shown["recipients"] if r["address"] == BOB]
+    assert rcpt and rcpt[0]["state"] == "deferred", shown
+    assert "451 4.7.1 greylisted by the scripted remote" in (rcpt[0]["last_reply"] or ""), shown
+    assert rcpt[0]["attempts"] >= 1, shown
+    assert any("451 4.7.1" in a["reply"] for a in shown["attempts"]), shown["attempts"]
+    assert "Subject: greylisted" in shown["headers"], shown["headers"]
+
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == [BOB]
+    wait_gone(srv, qid)
+    assert srv.messages(ALICE) == [], "delivered on retry: no bounce"
+
+
+# ---------------------------------------------------------------- permanent failures -> DSN
+
+
+@pytest.mark.parametrize("phase,reply,status", [
+    ("rcpt", "550 5.1.1 <bob@remote.test>: no such mailbox here (scripted)", "5.1.1"),
+    ("mail", "553 5.7.1 sender refused (scripted)", "5.7.1"),
+    ("data", "554 5.6.0 content refused (scripted)", "5.6.0"),
+])
+def test_5xx_bounces_to_local_sender(tern, remote, phase, reply, status):
+    remote.script.default[phase] = reply
+    srv = relay_srv(tern, remote.port)
+    qid = srv.deliver(ALICE, BOB, make_message("will bounce", sender=ALICE, to=BOB))
+    dsn = wait_bounce(srv, ALICE)[0]
+    check_failed(dsn, BOB, status_prefix=status, diag=reply.split(" ", 2)[2], subject="will bounce")
+    assert return_path(dsn.raw) == "<>", f"a DSN is sent with the null reverse-path, got {return_path(dsn.raw)}"
+    assert HOSTNAME in str(dsn.per_message.get("Reporting-MTA", "")), dsn.per_message
+    assert dsn.msg["To"] and ALICE in dsn.msg["To"], dsn.msg["To"]
+    wait_gone(srv, qid)
+    assert not remote.messages
+
+
+def test_partial_one_delivered_one_bounced(tern, remote):
+    remote.script.rcpt_replies[CAROL] = "550 5.1.1 <carol@remote.test>: unknown user (scripted)"
+    srv = relay_srv(tern, remote.port)
+    qid = srv.deliver(ALICE, [BOB, CAROL], make_message("partial", sender=ALICE, to=BOB))
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == [BOB]
+    dsn = wait_bounce(srv, ALICE)[0]
+    check_failed(dsn, CAROL, "5.1.1", diag="unknown user (scripted)", subject="partial")
+    failed = [b for b in dsn.recipients if str(b.get("Action", "")).strip().lower() == "failed"]
+    assert len(failed) == 1, f"only carol failed: {[dict(b.items()) for b in dsn.recipients]}"
+    assert all(BOB not in str(b.get("Final-Recipient", "")) or str(b.get("Action")).strip().lower() != "failed"
+               for b in dsn.recipients)
+    wait_gone(srv, qid)
+    time.sleep(0.5)
+    assert len(remote.messages) == 1 and len(srv.messages(ALICE)) == 1, "nothing twice"
+
+
+def test_remote_down_past_max_age_bounces(tern):
+    port = closed_port()
+    srv = relay_srv(tern, port, queue={"max_age": "3s", "retry_schedule": ["1s"]})
+    qid = srv.deliver(ALICE, BOB, make_message("nobody home", sender=ALICE, to=BOB))
+    status = wait_state(srv, qid, BOB, "deferred", timeout=5)
+    assert status["last_reply"].startswith("4"), status
+    dsn = wait_bounce(srv, ALICE, timeout=WAIT)[0]
+    check_failed(dsn, BOB, status_prefix="", subject="nobody home")
+    # No remote ever answered, so there is no Diagnostic-Code to quote; the human part must say why.
+    human = " ".join(dsn.human.split()).lower()
+    assert "refused" in human and "max_age" in human, f"the bounce should say why:\n{dsn.human}"
+    wait_gone(srv, qid)
+
+
+def test_bounce_of_a_remote_sender_is_relayed_with_null_sender(tern, remote):
+    with Remote() as home:
+        srv = relay_srv(tern, remote.port, routes={"home.test": route_to(home.port)})
+        remote.script.default["rcpt"] = "550 5.1.1 no such user (scripted)"
+        srv.deliver("zoe@home.test", BOB, make_message("from afar", sender="zoe@home.test", to=BOB))
+        got = home.wait_messages(1, srv=srv)[0]
+        assert got.mail_from in ("", "<>"), f"a bounce has the null reverse-path, got {got.mail_from!r}"
+        assert got.rcpt_tos == ["zoe@home.test"]
+        _trace, rest = split_trace(got.content)
+        check_failed(parse_dsn(rest), BOB, "5.1.1", diag="no such user (scripted)", subject="from afar")
+
+
+def test_failure_of_a_null_sender_message_is_never_bounced(tern, remote):
+    remote.script.default["rcpt"] = "550 5.1.1 no such user (scripted)"
+    srv = relay_srv(tern, remote.port)
+    qid = srv.deliver("<>", BOB, make_message("a bounce itself", sender=ALICE, to=BOB))
+    wait_gone(srv, qid)
+    time.sleep(1.0)
+    assert not remote.messages, "nothing may be sent back for a <> message"
+    assert srv.messages(ALICE) == []
+    # Whatever tern does with it (postmaster notice or nothing), no new queue entry may bounce it onwards.
+    for q in queue_ids(srv):
+        env = envelope(srv, q) or {}
+        assert not any("remote.test" in r["address"] for r in env.get("recipients", [])), env
+
+
+# ---------------------------------------------------------------- misbehaving peers
+
+
+@pytest.mark.parametrize("behaviour,outbound", [
+    pytest.param(silent, {"command_timeout": "2s"}, id="no-banner"),
+    pytest.param(ehlo_reply(b""), {"command_timeout": "2s"}, id="no-ehlo-reply"),
+    pytest.param(no_reply_after_dot, {"command_timeout": "5s", "data_timeout": "2s"}, id="no-reply-after-dot"),
+])
+def test_hung_peer_defers_with_a_timeout(tern, behaviour, outbound):
+    with RawPeer(behaviour) as peer, Remote() as good:
+        srv = relay_srv(tern, peer.port, outbound=outbound, routes={"good.test": route_to(good.port)})
+        started = time.monotonic()
+        qid = srv.deliver(ALICE, BOB, make_message("hung peer", sender=ALICE, to=BOB))
+        status = wait_state(srv, qid, BOB, "deferred", timeout=15)
+        took = time.monotonic() - started
+        reply = status["last_reply"]
+        assert reply.startswith("451 4.4.2"), f"a timeout is 451 4.4.2: {reply!r}"
+        assert "time" in reply.lower(), f"the reason should name the timeout: {reply!r}"
+        assert took < 10, f"a 2 s timeout took {took:.1f} s to notice"
+        assert peer.connections == 1
+        assert_still_serves(srv, good)
+        assert srv.messages(ALICE) == [], "a timeout is temporary: no bounce"
+
+
+TEN_MB = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize("behaviour", [
+    pytest.param(banner(b"hello, I am not an SMTP server\r\n"), id="garbage-banner"),
+    pytest.param(banner(b"600 a code that does not exist\r\n"), id="code-600"),
+    pytest.param(banner(b"220 " + b"x" * TEN_MB + b"\r\n"), id="10MB-banner-line"),
+    pytest.param(ehlo_reply(b"250-ok\r\n\x00\xff\xfe binary garbage\r\n"), id="garbage-ehlo-continuation"),
+    pytest.param(ehlo_reply(b"250-" + b"y" * TEN_MB + b"\r\n250 ok\r\n"), id="10MB-ehlo-line"),
+])
+def test_garbage_from_peer_defers_and_tern_keeps_serving(tern, behaviour):
+    with RawPeer(behaviour) as peer, Remote() as good:
+        srv = relay_srv(tern, peer.port, outbound={"command_timeout": "3s"}, routes={"good.test": route_to(good.port)})
+        qid = srv.deliver(ALICE, BOB, make_message("garbage peer", sender=ALICE, to=BOB))
+        status = wait_state(srv, qid, BOB, "deferred", timeout=15)
+        reply = status["last_reply"]
+        assert reply[:1] == "4" and reply[3:4] == " " and reply[4:5] == "4", f"temporary, with codes: {reply!r}"
+        assert len(reply) < 2000, f"the stored reason must not carry the peer's huge line: {len(reply)} bytes"
+        assert "127.0.0.1" in reply, f"the reason should name the host: {reply!r}"
+        assert srv.running(), f"tern died:\n{log_tail(srv)}"
+        assert_still_serves(srv, good)
+
+
+# ---------------------------------------------------------------- connection reuse
+
+
+def test_one_connection_carries_several_messages_after_flush(tern, remote):
+    remote.script.default["mail"] = "451 4.3.2 held by the scripted remote"
+    srv = relay_srv(tern, remote.port, outbound={"concurrency_per_host": 1})
+    ids = [srv.deliver(ALICE, BOB, make_message(f"batch {i}", sender=ALICE, to=BOB)) for i in range(3)]
+    for qid in ids:
+        wait_state(srv, qid, BOB, "deferred")
+    remote.script.default["mail"] = None
+    time.sleep(0.5)  # let the last MAIL reply be counted before the reset
+    remote.reset_counts()
+    r = tern_queue(srv, "flush")
+    assert r.returncode == 0, f"tern queue flush: {r.returncode} {r.stdout!r} {r.stderr!r}"
+    got = remote.wait_messages(3, srv=srv)
+    conns = sorted({g.conn for g in got})
+    assert remote.connections <= len(got), f"{remote.connections} connections for {len(got)} messages"
+    assert len(conns) == 1, (f"3 messages to one host should share one connection; came on connections {conns} "
+                             f"({remote.connections} new since flush); events {remote.events}")
+    for qid in ids:
+        wait_gone(srv, qid)
+
+
+def test_burst_to_one_host_reuses_the_connection(tern, remote):
+    srv = relay_srv(tern, remote.port, outbound={"concurrency_per_host": 1})
+    with srv.smtp() as s:
+        for i in range(4):
+            s.sendmail(ALICE, [BOB], make_message(f"burst {i}", sender=ALICE, to=BOB))
+    got = remote.wait_messages(4, srv=srv)
+    assert len({g.conn for g in got}) < len(got), f"4 messages on connections {[g.conn for g in got]}"
+
+
+# ---------------------------------------------------------------- restart
+
+
+def test_restart_with_a_deferred_entry_delivers_exactly_once(tern, remote):
+    remote.script.default["rcpt"] = "452 4.2.2 mailbox full (scripted)"
+    srv = relay_srv(tern, remote.port, queue={"retry_schedule": ["2s"]})
+    qid = srv.deliver(ALICE, BOB, make_message("survives restart", sender=ALICE, to=BOB))
+    wait_state(srv, qid, BOB, "deferred")
+    srv.stop()
+    assert envelope(srv, qid) is not None, "a deferred entry must survive a clean stop"
+    remote.script.default["rcpt"] = None
+    srv.start()
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == [BOB]
+    assert b"Subject: survives restart" in got[0].content
+    wait_gone(srv, qid)
+    time.sleep(3)  # longer than one rescan and one retry step: a second copy would show up by now
+    assert len(remote.messages) == 1, f"delivered {len(remote.messages)} times"
+    assert srv.messages(ALICE) == []
+
+
+# ---------------------------------------------------------------- loops
+
+
+def test_mail_loop_is_not_relayed(tern, remote):
+    srv = relay_srv(tern, remote.port)
+    hops = b"".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 1 Jan 2024 00:00:{i % 60:02d} +0000\r\n".encode()
+                    for i in range(60))
+    msg = hops + make_message("looping", sender=ALICE, to=BOB)
+    with srv.smtp() as s:
+        s.ehlo()
+        assert s.mail(ALICE)[0] == 250
+        assert s.rcpt(BOB)[0] == 250
+        code, text = s.data(msg)
+    if code == 250:
+        dsn = wait_bounce(srv, ALICE)[0]
+        check_failed(dsn, BOB, "5.4.6")
+    else:
+        assert code == 554 and text.decode().startswith("5.4.6"), f"DATA: {code} {text!r}"
+    assert_no_remote_message(remote, settle=2.0)
