@@ -104,7 +104,15 @@ impl Scheduler {
     ) {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A retry due before the next regular scan (short retry steps) gets a scan of its own.
+        let mut early: Option<tokio::time::Instant> = None;
         loop {
+            let early_scan = async {
+                match early {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -119,13 +127,23 @@ impl Scheduler {
                     if let Some(id) = self.job_ids.remove(&task) {
                         self.in_flight.remove(&id);
                     }
+                    // The round may have deferred a recipient for less than a scan interval.
+                    if let Some(step) = self.ctx.cfg.queue.retry_schedule.iter().min() {
+                        if *step < SCAN_INTERVAL {
+                            let at = tokio::time::Instant::now() + *step;
+                            early = Some(early.map_or(at, |e| e.min(at)));
+                        }
+                    }
                 }
                 id = recv(&mut queued) => match id {
                     Some(id) => self.dispatch(id),
                     None => queued = None,
                 },
+                _ = early_scan => {
+                    early = self.scan().await;
+                }
                 _ = tick.tick() => {
-                    self.scan().await;
+                    early = self.scan().await;
                     self.ctx.connector.sweep(false);
                 }
             }
@@ -143,18 +161,27 @@ impl Scheduler {
 
     /// Finds entries with a due recipient. Reads every envelope: simple and cheap for queues of
     /// thousands; a very large backlog would want an in-memory index keyed by next attempt.
-    async fn scan(&mut self) {
+    /// Returns when the next retry falls due, if that is sooner than the next regular scan.
+    async fn scan(&mut self) -> Option<tokio::time::Instant> {
         let queue = self.ctx.queue.clone();
         let skip = self.in_flight.clone();
         let found = tokio::task::spawn_blocking(move || due_entries(&queue, &skip)).await;
         match found {
-            Ok(Ok(ids)) => {
+            Ok(Ok((ids, next))) => {
                 for id in ids {
                     self.dispatch(id);
                 }
+                let wait = next?.duration_since(SystemTime::now()).unwrap_or_default();
+                (wait < SCAN_INTERVAL).then(|| tokio::time::Instant::now() + wait)
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "relay: cannot scan the spool"),
-            Err(e) => tracing::error!(error = %e, "relay: scan task failed"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "relay: cannot scan the spool");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "relay: scan task failed");
+                None
+            }
         }
     }
 
@@ -180,19 +207,26 @@ async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<QueueId>>) -> Option<Queue
     }
 }
 
-fn due_entries(queue: &FsStore, skip: &HashSet<QueueId>) -> std::io::Result<Vec<QueueId>> {
+/// The entries due now, and the earliest time one of the others falls due.
+fn due_entries(
+    queue: &FsStore,
+    skip: &HashSet<QueueId>,
+) -> std::io::Result<(Vec<QueueId>, Option<SystemTime>)> {
     let now = SystemTime::now();
     let mut due = Vec::new();
+    let mut next: Option<SystemTime> = None;
     for id in queue.list()? {
         if skip.contains(&id) {
             continue;
         }
         // An entry removed or rewritten between list and load is simply looked at next time.
         if let Ok(env) = queue.load(&id) {
-            if job::next_due(&env).is_some_and(|t| t <= now) {
-                due.push(id);
+            match job::next_due(&env) {
+                Some(t) if t <= now => due.push(id),
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => {}
             }
         }
     }
-    Ok(due)
+    Ok((due, next))
 }
