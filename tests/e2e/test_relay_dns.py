@@ -1,0 +1,107 @@
+"""Relay routing by DNS (RFC 5321 5.1, RFC 7505): a fake DNS server (dnslib, 127.0.0.1:<free port>) is tern's only
+nameserver (`[dns] nameservers`), and every MX host is reached on `[outbound] mx_port`, where an aiosmtpd peer
+listens on 127.0.0.1 only.
+
+Covered: MX delivery; preference order with fallback past an MX without address (NXDOMAIN) and one whose
+address refuses connections (::1); implicit MX (no MX, an A record); null MX -> immediate bounce 5.1.10; this
+host as the MX -> bounce 5.4.6; a domain that does not exist -> bounce 5.1.2; SERVFAIL -> deferred 4.4.3."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay_helpers import (ALICE, LoggingDNS, Remote, check_failed, relay_config, wait_bounce, wait_gone,
+                           wait_state)
+from ternlib import HOSTNAME, make_message
+
+RECORDS = {
+    "mx.test": {"MX": [(10, "mail.mx.test")]},
+    "mail.mx.test": {"A": ["127.0.0.1"]},
+    # Most preferred first: no such host; then an address where nothing listens on mx_port; then the peer.
+    "pref.test": {"MX": [(30, "good.pref.test"), (10, "missing.pref.test"), (20, "v6dead.pref.test")]},
+    "v6dead.pref.test": {"AAAA": ["::1"]},
+    "good.pref.test": {"A": ["127.0.0.1"]},
+    "implicit.test": {"A": ["127.0.0.1"]},
+    "null.test": {"MX": [(0, ".")]},
+    # The MX is tern itself (its configured hostname), and the domain is not local: a loop.
+    "self.test": {"MX": [(10, HOSTNAME)]},
+    HOSTNAME: {"A": ["127.0.0.1"]},
+    "broken.test": "SERVFAIL",
+}
+
+
+@pytest.fixture
+def dns():
+    with LoggingDNS(RECORDS) as d:
+        yield d
+
+
+@pytest.fixture
+def remote():
+    with Remote() as r:
+        yield r
+
+
+@pytest.fixture
+def srv(tern, dns, remote):
+    return tern(**relay_config(dns={"nameservers": [dns.nameserver]}, outbound={"mx_port": remote.port}))
+
+
+def test_mx_record_delivers_to_the_mx_host(srv, remote, dns):
+    qid = srv.deliver(ALICE, "bob@mx.test", make_message("via mx", sender=ALICE, to="bob@mx.test"))
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == ["bob@mx.test"] and got[0].mail_from == ALICE
+    assert ("mx.test", "MX") in dns.queries, dns.queries
+    wait_gone(srv, qid)
+
+
+def test_mx_preference_order_and_fallback(srv, remote, dns):
+    qid = srv.deliver(ALICE, "bob@pref.test", make_message("fallback", sender=ALICE, to="bob@pref.test"))
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == ["bob@pref.test"]
+    names = [n for n, _t in dns.queries]
+    for host in ("missing.pref.test", "v6dead.pref.test", "good.pref.test"):
+        assert host in names, f"{host} never looked up: {dns.queries}"
+    first = {h: names.index(h) for h in ("missing.pref.test", "v6dead.pref.test", "good.pref.test")}
+    assert first["missing.pref.test"] < first["good.pref.test"], f"preference 10 before 30: {dns.queries}"
+    wait_gone(srv, qid)
+    assert srv.messages(ALICE) == []
+
+
+def test_implicit_mx_from_a_record(srv, remote, dns):
+    qid = srv.deliver(ALICE, "bob@implicit.test", make_message("implicit", sender=ALICE, to="bob@implicit.test"))
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == ["bob@implicit.test"]
+    assert ("implicit.test", "A") in dns.queries, dns.queries
+    wait_gone(srv, qid)
+
+
+def test_null_mx_bounces_at_once(srv, remote):
+    qid = srv.deliver(ALICE, "bob@null.test", make_message("null mx", sender=ALICE, to="bob@null.test"))
+    # The retry schedule is 1 h: a bounce within the wait proves it was not treated as temporary.
+    dsn = wait_bounce(srv, ALICE, timeout=10)[0]
+    check_failed(dsn, "bob@null.test", "5.1.10", subject="null mx")
+    wait_gone(srv, qid)
+    assert remote.connections == 0, "nothing may connect anywhere for a null MX"
+
+
+def test_mx_pointing_at_this_host_bounces_as_a_loop(srv, remote):
+    qid = srv.deliver(ALICE, "bob@self.test", make_message("self mx", sender=ALICE, to="bob@self.test"))
+    dsn = wait_bounce(srv, ALICE, timeout=10)[0]
+    check_failed(dsn, "bob@self.test", "5.4.6", subject="self mx")
+    wait_gone(srv, qid)
+    assert remote.connections == 0 and not remote.messages
+
+
+def test_nonexistent_domain_bounces(srv, remote):
+    qid = srv.deliver(ALICE, "bob@nowhere.test", make_message("nxdomain", sender=ALICE, to="bob@nowhere.test"))
+    dsn = wait_bounce(srv, ALICE, timeout=10)[0]
+    check_failed(dsn, "bob@nowhere.test", "5.1.2", subject="nxdomain")
+    wait_gone(srv, qid)
+
+
+def test_dns_failure_is_temporary(srv, remote):
+    qid = srv.deliver(ALICE, "bob@broken.test", make_message("servfail", sender=ALICE, to="bob@broken.test"))
+    status = wait_state(srv, qid, "bob@broken.test", "deferred", timeout=15)
+    assert status["last_reply"].startswith("451 4.4.3"), status
+    assert srv.messages(ALICE) == []
