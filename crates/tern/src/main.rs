@@ -1,6 +1,7 @@
 //! The `tern` binary: one executable for the server, the sending tools and administration.
 //! Invoked as `sendmail` (a symlink), it behaves as the sendmail-compatible submission tool.
 
+mod bounce;
 mod cmd;
 mod inbound;
 mod logging;
@@ -45,6 +46,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Inspect and manage the mail queue: list, show, flush, hold, release, delete, bounce.
+    Queue(cmd::queue::QueueArgs),
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Passwd => cmd::passwd::run(),
         Command::Send(args) => cmd::send::run(args),
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
+        Command::Queue(args) => cmd::queue::run(args),
         Command::Cert {
             action: CertAction::SelfSigned { host, out_dir },
         } => cmd::cert::self_signed(&host, &out_dir),

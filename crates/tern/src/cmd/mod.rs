@@ -3,6 +3,7 @@
 pub mod cert;
 pub mod check_config;
 pub mod passwd;
+pub mod queue;
 pub mod send;
 pub mod sendmail;
 pub mod serve;
