@@ -14,14 +14,9 @@ use tern_proto::{
 /// checks tolerate, so fuzzing can go past it and the corpus replay stays green; the inputs in
 /// fuzz/known-failures/<target>/ must still fail under [`strict`] (like a strict xfail), so a
 /// fix shows up as a test failure that says to drop the id here and move the input to seeds.
-pub const KNOWN_ISSUES: &[&str] = &[
-    // parse_reverse_path("<>X") returns rest "X": no SP required after a null reverse-path,
-    // unlike a mailbox path, so "MAIL FROM:<>SMTPUTF8" is accepted (RFC 5321 4.1.2 wants SP).
-    "null-path-no-space",
-    // parse_forward_path("<Postmaster>X") returns rest "X": same for the bare postmaster path
-    // (harmless in RCPT today, which refuses every parameter, but the same gap).
-    "postmaster-no-space",
-];
+/// None open: `null-path-no-space` and `postmaster-no-space` were fixed (their reproducers are
+/// in fuzz/seeds/address/).
+pub const KNOWN_ISSUES: &[&str] = &[];
 
 thread_local! {
     static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -281,9 +276,7 @@ pub fn address(input: &[u8]) {
     if let Ok((p, rest)) = tern_proto::address::parse_reverse_path(s) {
         assert!(s.ends_with(rest));
         assert!(
-            rest.is_empty()
-                || rest.starts_with(' ')
-                || (p == ReversePath::Null && known_issue("null-path-no-space")),
+            rest.is_empty() || rest.starts_with(' '),
             "{p:?} followed by {rest:?} without a space"
         );
         if let ReversePath::Mailbox(a) = &p {
@@ -299,9 +292,7 @@ pub fn address(input: &[u8]) {
     if let Ok((p, rest)) = tern_proto::address::parse_forward_path(s) {
         assert!(s.ends_with(rest));
         assert!(
-            rest.is_empty()
-                || rest.starts_with(' ')
-                || (p == ForwardPath::Postmaster && known_issue("postmaster-no-space")),
+            rest.is_empty() || rest.starts_with(' '),
             "{p:?} followed by {rest:?} without a space"
         );
         if let ForwardPath::Mailbox(a) = &p {

@@ -178,7 +178,7 @@ impl fmt::Display for ForwardPath {
 pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
     if let Some(rest) = s.strip_prefix("<>") {
-        return Ok((ReversePath::Null, rest));
+        return Ok((ReversePath::Null, params_rest(rest)?));
     }
     let (addr, rest) = parse_path(s)?;
     Ok((ReversePath::Mailbox(addr), rest))
@@ -188,10 +188,21 @@ pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> 
 pub fn parse_forward_path(s: &str) -> Result<(ForwardPath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
     if s.len() >= 12 && s.is_char_boundary(12) && s[..12].eq_ignore_ascii_case("<postmaster>") {
-        return Ok((ForwardPath::Postmaster, &s[12..]));
+        return Ok((ForwardPath::Postmaster, params_rest(&s[12..])?));
     }
     let (addr, rest) = parse_path(s)?;
     Ok((ForwardPath::Mailbox(addr), rest))
+}
+
+/// What follows a path is nothing or `SP Mail-parameters` / `SP Rcpt-parameters`
+/// (RFC 5321 4.1.1.2-3), for `<>` and `<Postmaster>` exactly as for a mailbox path: otherwise
+/// `MAIL FROM:<>SMTPUTF8` would be taken as a parameter.
+fn params_rest(rest: &str) -> Result<&str, AddressError> {
+    if rest.is_empty() || rest.starts_with(' ') {
+        Ok(rest)
+    } else {
+        Err(AddressError::Syntax("unexpected characters after the path"))
+    }
 }
 
 /// `<[A-d-l:]mailbox>`; a missing pair of brackets is tolerated (as Postfix does) so that
@@ -210,11 +221,7 @@ fn parse_path(s: &str) -> Result<(Address, &str), AddressError> {
     if consumed > MAX_PATH {
         return Err(AddressError::PathTooLong);
     }
-    let rest = &s[consumed..];
-    if !(rest.is_empty() || rest.starts_with(' ')) {
-        return Err(AddressError::Syntax("unexpected characters after the path"));
-    }
-    Ok((addr, rest))
+    Ok((addr, params_rest(&s[consumed..])?))
 }
 
 fn is_atext(c: char) -> bool {
@@ -429,6 +436,24 @@ mod tests {
         assert_eq!(parse_reverse_path("<>").unwrap().0, ReversePath::Null);
         assert_eq!(fwd("<Postmaster>").unwrap().0, ForwardPath::Postmaster);
         assert_eq!(fwd("<POSTMASTER>").unwrap().0, ForwardPath::Postmaster);
+    }
+
+    #[test]
+    fn null_and_postmaster_paths_need_a_space_before_parameters() {
+        let junk = AddressError::Syntax("unexpected characters after the path");
+        assert_eq!(parse_reverse_path("<><>").unwrap_err(), junk);
+        assert_eq!(parse_reverse_path("<>SMTPUTF8").unwrap_err(), junk);
+        assert_eq!(fwd("<postmaster>x").unwrap_err(), junk);
+        assert_eq!(fwd("<Postmaster>ostmaster>").unwrap_err(), junk);
+        assert_eq!(
+            parse_reverse_path("<> SMTPUTF8").unwrap(),
+            (ReversePath::Null, " SMTPUTF8")
+        );
+        assert_eq!(
+            fwd("<POSTMASTER> X=1").unwrap(),
+            (ForwardPath::Postmaster, " X=1")
+        );
+        assert_eq!(parse_reverse_path(" <>").unwrap(), (ReversePath::Null, ""));
     }
 
     #[test]

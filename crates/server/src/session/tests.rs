@@ -166,6 +166,8 @@ fn syntax_and_parameter_errors() {
     let mut s = session();
     say(&mut s, "EHLO x");
     assert_eq!(code(&mut s, "MAIL FROM:<a@>"), 501);
+    // RFC 5321 4.1.1.2: parameters follow the path after a space, also after the null path.
+    assert!(say(&mut s, "MAIL FROM:<>SMTPUTF8").starts_with("501 5.1.7"));
     assert!(say(&mut s, "MAIL FROM:<a@b.test> FOO=1").starts_with("555 5.5.4"));
     assert!(say(&mut s, "MAIL FROM:<a@b.test> SIZE=x").starts_with("501 5.5.4"));
     assert!(say(&mut s, "MAIL FROM:<a@b.test> SIZE=99999999999").starts_with("552 5.3.4"));
