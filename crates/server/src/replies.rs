@@ -356,3 +356,55 @@ pub fn http_refused(host: &str) -> Reply {
         format!("{host} This is an SMTP server, not HTTP, closing connection"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/smtp-replies.md is the oracle the e2e tests check against: every fixed-text reply
+    /// must appear there verbatim (as `code x.y.z text`, with `<hostname>` for the host).
+    #[test]
+    fn documented_replies_match_the_table() {
+        let doc = include_str!("../../../docs/smtp-replies.md").replace("\\|", "|");
+        let host = "<hostname>";
+        let replies = [
+            greeting(host),
+            helo_syntax(),
+            ok(),
+            sender_ok(),
+            recipient_ok(),
+            need_helo(),
+            nested_mail(),
+            need_mail(),
+            need_mail_before_data(),
+            need_rcpt(),
+            no_valid_recipients(),
+            too_big(),
+            utf8_required(),
+            too_many_recipients(),
+            start_data(),
+            bare_line_ending(),
+            local_error(),
+            header_too_big(),
+            quit(host),
+            vrfy_ambiguous(),
+            expn_disabled(),
+            help(Some("MAIL")),
+            help(Some("nope")),
+            turn(),
+            unrecognized(),
+            line_too_long(),
+            timeout(host),
+            too_many_connections(host),
+            shutting_down(host),
+        ];
+        for r in replies {
+            let wire = String::from_utf8(r.to_bytes()).unwrap();
+            let line = wire.trim_end();
+            assert!(
+                doc.contains(&format!("`{line}`")),
+                "docs/smtp-replies.md does not show `{line}`"
+            );
+        }
+    }
+}
