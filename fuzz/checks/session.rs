@@ -175,7 +175,7 @@ pub fn session(input: &[u8]) -> Outcome {
 /// The end of DATA: the reply is valid, and an accepted message's trace header is one folded
 /// header (RFC 5322 2.2.3): CRLF only, every continuation line starts with white space.
 fn end_data(s: &mut Session, decoder: &DataDecoder, body: &[u8], outcome: &mut Outcome) {
-    match s.finish_data(decoder.verdict(), !body.is_ascii()) {
+    match s.finish_data(decoder.verdict(), body) {
         DataEnd::Reject(r) => {
             reply_wire(&r.to_bytes());
             assert!(r.code() >= 400, "rejected with {}", r.code());

@@ -144,6 +144,7 @@ SEEDS = {
         "many-rcpts": b"\x41\x01HELO c\r\nMAIL FROM:<>\r\n" + b"RCPT TO:<alice@tern.test>\r\n" * 5 + b"DATA\r\n..\r\n.\r\n",
         "catch-all": b"\x03\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<anything@tern.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\nhi\r\n.\r\n",
         "submission-unauth": b"\x04\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN\r\nQUIT\r\n",
+        "mail-loop": b"\x00\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@tern.test>\r\nDATA\r\n" + b"Received: x\r\n" * 51 + b"\r\nloop\r\n.\r\nQUIT\r\n",
         "obsolete": b"\x01\x01SEND FROM:<a@b>\r\nTURN\r\nBDAT 1 LAST\r\nHELO\r\nDATA\r\nRCPT TO:<a@tern.test>\r\n",
     },
 }

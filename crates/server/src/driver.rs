@@ -260,40 +260,34 @@ impl<S: MessageStore> Driver<S> {
         drop(data_buf);
         let size = decoder.size();
         let verdict = decoder.verdict();
-        let eight_bit = !body.is_ascii();
-        let reply = match session.finish_data(verdict, eight_bit) {
+        let reply = match session.finish_data(verdict, &body) {
             DataEnd::Reject(reply) => {
                 stats.rejected += 1;
                 info!(client_ip = %session.conn().peer.ip(), size, outcome = "rejected", reply = %reply, "message rejected");
                 reply
             }
             DataEnd::Store(accepted) => {
-                if header_section_len(&body) > self.cfg.limits.max_header_size as usize {
-                    stats.rejected += 1;
-                    replies::header_too_big()
-                } else {
-                    let id = accepted.id.clone();
-                    let from = accepted.sender.clone().unwrap_or_default();
-                    let rcpts: Vec<String> = accepted
-                        .recipients
-                        .iter()
-                        .map(|r| r.address.clone())
-                        .collect();
-                    let helo = accepted.helo.clone();
-                    match self.store.store(accepted, body).await {
-                        Ok(()) => {
-                            stats.accepted += 1;
-                            info!(queue_id = %id, client_ip = %session.conn().peer.ip(), helo = %helo,
-                                from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
-                                outcome = "accepted", "message accepted");
-                            replies::queued(&id)
-                        }
-                        Err(e) => {
-                            stats.rejected += 1;
-                            warn!(queue_id = %id, client_ip = %session.conn().peer.ip(), error = %e,
-                                outcome = "store-failed", "message not stored");
-                            replies::local_error()
-                        }
+                let id = accepted.id.clone();
+                let from = accepted.sender.clone().unwrap_or_default();
+                let rcpts: Vec<String> = accepted
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
+                let helo = accepted.helo.clone();
+                match self.store.store(accepted, body).await {
+                    Ok(()) => {
+                        stats.accepted += 1;
+                        info!(queue_id = %id, client_ip = %session.conn().peer.ip(), helo = %helo,
+                            from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
+                            outcome = "accepted", "message accepted");
+                        replies::queued(&id)
+                    }
+                    Err(e) => {
+                        stats.rejected += 1;
+                        warn!(queue_id = %id, client_ip = %session.conn().peer.ip(), error = %e,
+                            outcome = "store-failed", "message not stored");
+                        replies::local_error()
                     }
                 }
             }
@@ -321,26 +315,5 @@ impl<S: MessageStore> Driver<S> {
                 Some(End::TlsFailed)
             }
         }
-    }
-}
-
-/// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
-/// the whole message if there is none.
-fn header_section_len(body: &[u8]) -> usize {
-    if body.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |i| i + 4)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::header_section_len;
-
-    #[test]
-    fn header_section() {
-        assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"), 8);
-        assert_eq!(header_section_len(b"\r\nbody\r\n\r\nmore"), 0);
-        assert_eq!(header_section_len(b"A: b\r\nC: d\r\n"), 12);
     }
 }

@@ -145,6 +145,15 @@ pub fn header_too_big() -> Reply {
     Reply::new(552, ec(5, 3, 4), "Header section exceeds the size limit")
 }
 
+/// RFC 3463 X.4.6 "Routing loop detected".
+pub fn mail_loop() -> Reply {
+    Reply::new(
+        554,
+        ec(5, 4, 6),
+        "Too many Received headers: mail loop detected",
+    )
+}
+
 pub fn quit(host: &str) -> Reply {
     Reply::new(221, ec(2, 0, 0), format!("{host} closing connection"))
 }
@@ -386,6 +395,7 @@ mod tests {
             bare_line_ending(),
             local_error(),
             header_too_big(),
+            mail_loop(),
             quit(host),
             vrfy_ambiguous(),
             expn_disabled(),

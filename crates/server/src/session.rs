@@ -413,12 +413,9 @@ impl Session {
         }
     }
 
-    /// Called by the driver once the end-of-data marker was read.
-    pub fn finish_data(
-        &mut self,
-        verdict: Result<(), DataRejection>,
-        body_has_8bit: bool,
-    ) -> DataEnd {
+    /// Called by the driver once the end-of-data marker was read, with the decoder's verdict
+    /// and the message as received (unstuffed, CRLF line endings, no trace header yet).
+    pub fn finish_data(&mut self, verdict: Result<(), DataRejection>, message: &[u8]) -> DataEnd {
         let State::Data(txn) = std::mem::replace(&mut self.state, State::Idle) else {
             return DataEnd::Reject(replies::need_mail());
         };
@@ -428,6 +425,15 @@ impl Session {
             }
             Err(DataRejection::TooLarge) => return DataEnd::Reject(replies::too_big()),
             Ok(()) => {}
+        }
+        let header = &message[..header_section_len(message)];
+        if header.len() as u64 > self.cfg.limits.max_header_size {
+            return DataEnd::Reject(replies::header_too_big());
+        }
+        // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
+        // (rather than bouncing later) leaves the bounce to the client, and nothing is stored.
+        if received_count(header) > self.cfg.queue.max_received_headers {
+            return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {
             name: "unknown".into(),
@@ -453,7 +459,7 @@ impl Session {
             recipients: txn.recipients,
             received,
             smtputf8: txn.params.smtputf8,
-            eight_bit: body_has_8bit || txn.params.body == Some(BodyType::EightBitMime),
+            eight_bit: !message.is_ascii() || txn.params.body == Some(BodyType::EightBitMime),
             helo: helo.name,
             client_ip: self.conn.peer.ip(),
         })
@@ -631,6 +637,33 @@ fn looks_like_http(line: &[u8]) -> bool {
     METHODS
         .iter()
         .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
+}
+
+/// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
+/// the whole message if there is none, 0 if it starts with the blank line.
+fn header_section_len(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 0;
+    }
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+}
+
+/// `Received:` fields in a header section, matched by field name in any case (RFC 5322 1.2.2),
+/// also with white space before the colon (RFC 5322 4.5 obsolete syntax). Continuation lines
+/// of folded fields start with white space and are never counted.
+fn received_count(header: &[u8]) -> usize {
+    header
+        .split(|&b| b == b'\n')
+        .filter(|line| {
+            let Some(colon) = memchr::memchr(b':', line) else {
+                return false;
+            };
+            let name = &line[..colon];
+            !name.starts_with(b" ")
+                && !name.starts_with(b"\t")
+                && name.trim_ascii_end().eq_ignore_ascii_case(b"Received")
+        })
+        .count()
 }
 
 fn address_error_text(e: &AddressError) -> String {

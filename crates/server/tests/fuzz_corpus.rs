@@ -35,6 +35,9 @@ fn seeds_reach_their_states() {
     // <LF>.<LF> does not end the data; the message is refused at the real end (RFC 5321 2.3.8).
     let o = session(&seed("smuggling"));
     assert_eq!((o.stored, o.rejected, o.closed), (0, 1, true), "{o:?}");
+    // 51 Received headers, over the default queue.max_received_headers (RFC 5321 6.3).
+    let o = session(&seed("mail-loop"));
+    assert_eq!((o.stored, o.rejected, o.closed), (0, 1, true), "{o:?}");
     let o = session(&seed("too-big"));
     assert_eq!((o.stored, o.rejected), (0, 1), "{o:?}");
     let o = session(&seed("auth-plain-submission"));

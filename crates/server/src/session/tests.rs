@@ -62,7 +62,7 @@ fn the_seed_transaction() {
         "250 2.1.5 Recipient OK"
     );
     assert_eq!(say(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
         panic!()
     };
     assert_eq!(acc.sender.as_deref(), Some("johnboy@walton.net"));
@@ -205,7 +205,7 @@ fn local_users_aliases_and_postmaster() {
     assert_eq!(code(&mut s, "RCPT TO:<postmaster>"), 250);
     assert_eq!(code(&mut s, "RCPT TO:<postmaster@tern.test>"), 250);
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
         panic!()
     };
     assert_eq!(acc.recipients.len(), 4);
@@ -246,7 +246,7 @@ fn relay_policy() {
         assert_eq!(code(&mut s, &format!("RCPT TO:{local}")), 250, "{local}");
     }
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
         panic!()
     };
     assert!(acc
@@ -268,7 +268,7 @@ fn recipient_limit_keeps_the_first() {
         "452 4.5.3 Too many recipients"
     );
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
         panic!()
     };
     assert_eq!(acc.recipients.len(), 2);
@@ -285,13 +285,132 @@ fn data_rejections() {
         say(&mut s, "MAIL FROM:<a@b.test>");
         say(&mut s, "RCPT TO:<a@tern.test>");
         say(&mut s, "DATA");
-        let DataEnd::Reject(r) = s.finish_data(Err(verdict), false) else {
+        let DataEnd::Reject(r) = s.finish_data(Err(verdict), b"") else {
             panic!()
         };
         assert_eq!(r.code(), expect);
         // The session is usable again afterwards.
         assert_eq!(code(&mut s, "MAIL FROM:<a@b.test>"), 250);
     }
+}
+
+/// A session in DATA with one accepted recipient, under `toml` limits.
+fn in_data(toml: &str) -> Session {
+    let mut s = session_with(config(toml), "127.0.0.1:1");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    say(&mut s, "RCPT TO:<a@tern.test>");
+    assert_eq!(code(&mut s, "DATA"), 354);
+    s
+}
+
+fn hops(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Received: from h{i}.test by h{}.test; Sat, 28 Nov 2026 10:00:00 +0000\r\n",
+                i + 1
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mail_loop_is_refused_at_the_end_of_data() {
+    // RFC 5321 6.3: more Received headers than the limit is a loop, refused with 554 5.4.6.
+    let mut s = in_data("[queue]\nmax_received_headers = 5\n");
+    let msg = format!("{}Subject: loop\r\n\r\nround\r\n", hops(6));
+    let DataEnd::Reject(r) = s.finish_data(Ok(()), msg.as_bytes()) else {
+        panic!("a looping message was accepted")
+    };
+    assert_eq!(
+        r.to_bytes(),
+        b"554 5.4.6 Too many Received headers: mail loop detected\r\n"
+    );
+    // The transaction is over; the session goes on.
+    assert_eq!(code(&mut s, "RCPT TO:<a@tern.test>"), 503);
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b.test>"), 250);
+
+    // Exactly at the limit is fine.
+    let mut s = in_data("[queue]\nmax_received_headers = 5\n");
+    let msg = format!("{}Subject: ok\r\n\r\nhi\r\n", hops(5));
+    assert!(matches!(
+        s.finish_data(Ok(()), msg.as_bytes()),
+        DataEnd::Store(_)
+    ));
+}
+
+#[test]
+fn mail_loop_counts_header_fields_only() {
+    let cfg = "[queue]\nmax_received_headers = 2\n";
+    // Received lines in the body, folded continuations that mention Received:, and other fields
+    // whose names merely contain the word do not count.
+    let msg = format!(
+        "{}X-Received: x\r\nSubject: hi\r\n Received: folded\r\n\tReceived: folded\r\n\r\n{}",
+        hops(2),
+        hops(10)
+    );
+    let mut s = in_data(cfg);
+    assert!(matches!(
+        s.finish_data(Ok(()), msg.as_bytes()),
+        DataEnd::Store(_)
+    ));
+    // Any case, and the obsolete white space before the colon, do count.
+    let msg = "received: a\r\nRECEIVED : b\r\nReceived\t: c\r\n\r\nbody\r\n";
+    let mut s = in_data(cfg);
+    assert!(matches!(
+        s.finish_data(Ok(()), msg.as_bytes()),
+        DataEnd::Reject(r) if r.code() == 554
+    ));
+    // A message that starts with the blank line has no header section at all.
+    let msg = format!("\r\n{}", hops(10));
+    let mut s = in_data(cfg);
+    assert!(matches!(
+        s.finish_data(Ok(()), msg.as_bytes()),
+        DataEnd::Store(_)
+    ));
+}
+
+#[test]
+fn header_section_size_limit() {
+    let mut s = in_data("[limits]\nmax_header_size = 100\n");
+    let msg = format!("Subject: {}\r\n\r\nbody\r\n", "x".repeat(100));
+    let DataEnd::Reject(r) = s.finish_data(Ok(()), msg.as_bytes()) else {
+        panic!()
+    };
+    assert_eq!(
+        r.to_bytes(),
+        b"552 5.3.4 Header section exceeds the size limit\r\n"
+    );
+    // A big body under a small header section is fine.
+    let mut s = in_data("[limits]\nmax_header_size = 100\n");
+    let msg = format!("Subject: x\r\n\r\n{}\r\n", "x".repeat(1000));
+    assert!(matches!(
+        s.finish_data(Ok(()), msg.as_bytes()),
+        DataEnd::Store(_)
+    ));
+}
+
+#[test]
+fn header_section_bounds() {
+    assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"), 8);
+    assert_eq!(header_section_len(b"\r\nbody\r\n\r\nmore"), 0);
+    assert_eq!(header_section_len(b"A: b\r\nC: d\r\n"), 12);
+    assert_eq!(header_section_len(b""), 0);
+}
+
+#[test]
+fn eight_bit_is_seen_in_the_message() {
+    let mut s = in_data("");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), "Subject: é\r\n\r\n".as_bytes()) else {
+        panic!()
+    };
+    assert!(acc.eight_bit);
+    let mut s = in_data("");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"Subject: e\r\n\r\n") else {
+        panic!()
+    };
+    assert!(!acc.eight_bit);
 }
 
 #[test]
@@ -392,7 +511,7 @@ fn auth_plain_and_sender_ownership() {
     // An authenticated user may relay anywhere.
     assert_eq!(code(&mut s, "RCPT TO:<x@elsewhere.test>"), 250);
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), false) else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
         panic!()
     };
     assert!(acc.received.contains("with ESMTPSA"));
