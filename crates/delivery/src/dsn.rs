@@ -287,7 +287,7 @@ fn human_text(report: &Report<'_>, failed: bool) -> String {
                 let _ = write!(who, ": host {} said:", clean(mta));
             }
             Some(mta) => {
-                let _ = write!(who, ": delivery to host {} failed:", clean(mta));
+                let _ = write!(who, " (last host tried: {}):", clean(mta));
             }
             None => who.push(':'),
         }

@@ -153,11 +153,16 @@ fn recipient_reports(
             }
         };
         let latest = env.attempts_log.iter().rev().find(|a| a.recipient == *addr);
-        let with_host = env
+        // The host that gave the reply being reported (RFC 3464 Remote-MTA: the MTA that
+        // reported the status); none when tern decided on its own (the administrator's bounce,
+        // a loop, the queue's lifetime ending after a different reply).
+        let remote = env
             .attempts_log
             .iter()
             .rev()
-            .find(|a| a.recipient == *addr && a.host.is_some());
+            .find(|a| a.recipient == *addr && a.host.is_some())
+            .filter(|a| a.reply == reply)
+            .and_then(|a| a.host.clone());
         let action = match kind {
             DsnKind::Failed => Action::Failed,
             DsnKind::Delayed => Action::Delayed,
@@ -166,8 +171,8 @@ fn recipient_reports(
             final_recipient: r.address.clone(),
             original_recipient: r.original.clone(),
             action,
-            remote_reply: with_host.is_some_and(|a| a.reply == reply),
-            remote_mta: with_host.and_then(|a| a.host.clone()),
+            remote_reply: remote.is_some(),
+            remote_mta: remote,
             reply,
             last_attempt: latest.map(|a| a.at).or(at),
             will_retry_until: (action == Action::Delayed)
@@ -439,6 +444,40 @@ mod tests {
         assert!(!s.contains("body text"));
         // Nothing was delivered locally.
         assert!(!dir.path().join("mailboxes").exists());
+    }
+
+    #[test]
+    fn a_reply_tern_made_up_names_no_remote_mta() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = local_config(dir.path());
+        let queue = FsStore::open(dir.path()).unwrap();
+        let mut env = envelope(Some("alice@tern.test"));
+        env.recipients[0].status = RecipientStatus::Failed {
+            at: env.received_at,
+            reply: "554 5.0.0 bounced by the administrator".into(),
+        };
+        emit(
+            &cfg,
+            &queue,
+            &env,
+            &["bob@remote.test".into()],
+            DsnKind::Failed,
+            MESSAGE,
+        )
+        .unwrap();
+        let files = mailbox_files(dir.path(), "tern.test", "alice");
+        let s = text(&files[0]);
+        assert!(s.contains("\r\nStatus: 5.0.0\r\n"), "{s}");
+        assert!(
+            !s.contains("Remote-MTA") && !s.contains("Diagnostic-Code"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "(originally <Bob@Remote.test>):\r\n    554 5.0.0 bounced by the administrator\r\n"
+            ),
+            "{s}"
+        );
     }
 
     #[test]
