@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::dirsync::GroupCommit;
 use crate::durable::{self, create_dir_all_durable, create_synced, is_temp_name, Staged};
 use crate::envelope::Envelope;
 use crate::fault::{is_injected_crash, FaultPoint, Faults, NoFaults};
@@ -24,6 +25,9 @@ pub struct FsStore {
     // Held open for the directory fsyncs: saves an open+close per commit.
     msg_dir: File,
     env_dir: File,
+    // Group commit: concurrent commits, updates and removals share each directory's fsync.
+    msg_sync: GroupCommit,
+    env_sync: GroupCommit,
     faults: Arc<dyn Faults>,
 }
 
@@ -57,6 +61,8 @@ impl FsStore {
             env,
             msg_dir,
             env_dir,
+            msg_sync: GroupCommit::default(),
+            env_sync: GroupCommit::default(),
             faults,
         })
     }
@@ -148,9 +154,10 @@ impl FsStore {
     }
 
     /// Step 4 of a commit, and of update/remove: make env/ entries durable.
-    fn sync_dir(&self, dir: &File, path: &Path) -> io::Result<()> {
+    fn sync_dir(&self, dir: &File, group: &GroupCommit, path: &Path) -> io::Result<()> {
         self.faults.check(FaultPoint::AfterRename, path)?;
-        dir.sync_all()
+        group
+            .run(|| dir.sync_all())
             .map_err(|e| ctx(e, "fsyncing directory", path))
     }
 
@@ -201,7 +208,7 @@ impl QueueStore for FsStore {
         }
         // 2. One fsync makes every new message name durable.
         if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.sync_dir(&self.msg_dir, &self.msg) {
+            if let Err(e) = self.sync_dir(&self.msg_dir, &self.msg_sync, &self.msg) {
                 if is_injected_crash(&e) {
                     return all_crashed(results, e);
                 }
@@ -236,7 +243,7 @@ impl QueueStore for FsStore {
         }
         // 4. One fsync makes every commit durable.
         if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.sync_dir(&self.env_dir, &self.env) {
+            if let Err(e) = self.sync_dir(&self.env_dir, &self.env_sync, &self.env) {
                 if is_injected_crash(&e) {
                     return all_crashed(results, e);
                 }
@@ -329,7 +336,7 @@ impl QueueStore for FsStore {
         self.stage_envelope(env)?
             .publish(&dest)
             .map_err(|e| ctx(e, "renaming envelope to", &dest))?;
-        self.sync_dir(&self.env_dir, &self.env)
+        self.sync_dir(&self.env_dir, &self.env_sync, &self.env)
     }
 
     fn remove(&self, lock: QueueLock) -> io::Result<()> {
@@ -341,8 +348,8 @@ impl QueueStore for FsStore {
             Err(e) => return Err(ctx(e, "removing", &env)),
         }
         // The envelope's removal must be durable before the message goes.
-        self.env_dir
-            .sync_all()
+        self.env_sync
+            .run(|| self.env_dir.sync_all())
             .map_err(|e| ctx(e, "fsyncing directory", &self.env))?;
         let msg = self.message_path(id);
         match fs::remove_file(&msg) {
