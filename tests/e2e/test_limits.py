@@ -226,11 +226,6 @@ def test_command_timeout_before_helo(tern):
         c.wait_closed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: command_timeout is an idle-read timeout, so a client trickling one byte every 0.4 s "
-    "never gets the documented 421 4.4.2 ('no command within command_timeout'); remove this mark once fixed",
-)
 def test_trickled_command_still_times_out(tern):
     """Slowloris: a byte every 0.4 s never completes a command; 'no command within command_timeout' -> 421."""
     srv = tern(limits={"command_timeout": "2s"})
@@ -256,6 +251,53 @@ def test_trickled_command_still_times_out(tern):
         waited = time.monotonic() - start
         assert got.startswith(b"421 4.4.2 "), f"after {waited:.1f}s of trickling got {got!r}"
         assert waited < 6, waited
+
+
+def test_trickled_data_still_times_out(tern):
+    """Slowloris in DATA: a short line every 0.4 s never ends the message; data_timeout bounds the whole
+    DATA phase (docs/security.md), so 421 4.4.2 comes after about 2 s and nothing is delivered."""
+    srv = tern(limits={"data_timeout": "2s", "command_timeout": "30s"})
+    with srv.raw(timeout=8) as c:
+        c.start()
+        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        start = time.monotonic()
+        got = b""
+        c.sock.settimeout(0.4)
+        while time.monotonic() - start < 8:
+            try:
+                c.send(b"x\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                chunk = c.sock.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            got += chunk
+            if b"\r\n" in got:
+                break
+        waited = time.monotonic() - start
+        assert got.startswith(b"421 4.4.2 "), f"after {waited:.1f}s of trickling got {got!r}"
+        assert 1.5 <= waited < 6, waited
+    srv.assert_nothing_delivered(settle=0.5)
+
+
+def test_command_timeout_is_per_command(tern):
+    """The deadline is per command line: a client that sends a full command every second, each
+    within command_timeout, keeps its session even though the session outlives command_timeout."""
+    srv = tern(limits={"command_timeout": "2s"})
+    with srv.raw(timeout=8) as c:
+        c.start()
+        for _ in range(3):
+            c.send(b"NO")
+            time.sleep(0.6)
+            c.send(b"OP\r\n")
+            assert c.read_reply()[0] == 250
+            time.sleep(0.6)
+        c.expect("QUIT", 221, "2.0.0")
 
 
 def test_activity_resets_command_timeout(tern):

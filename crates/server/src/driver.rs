@@ -3,7 +3,9 @@
 //! (RFC 5321 4.5.3.2), and hands accepted messages to the [`MessageStore`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -82,9 +84,9 @@ impl Io {
         matches!(res, Ok(Ok(())))
     }
 
-    async fn read(&mut self, timeout: Duration, shutdown: &CancellationToken) -> ReadResult {
+    async fn read(&mut self, deadline: Instant, shutdown: &CancellationToken) -> ReadResult {
         tokio::select! {
-            r = tokio::time::timeout(timeout, self.stream.read(&mut self.buf)) => match r {
+            r = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)) => match r {
                 Ok(Ok(0)) => ReadResult::Eof,
                 Ok(Ok(n)) => ReadResult::Data(n),
                 Ok(Err(_)) => ReadResult::Error,
@@ -138,9 +140,14 @@ impl<S: MessageStore> Driver<S> {
     }
 
     async fn command_loop(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> End {
+        // command_timeout is a deadline for each command line, from when the server starts
+        // waiting for it until its LF, not an idle timer per read: otherwise a client trickling
+        // a byte now and then (slowloris) would hold the session forever.
+        let mut line_deadline: Option<Instant> = None;
         loop {
             // Answer every complete command already buffered (pipelining), then flush once.
             while let Some(event) = io.reader.next_line() {
+                line_deadline = None;
                 let action = match event {
                     LineEvent::Line(line) => session.handle_line(&line),
                     LineEvent::TooLong => session.line_too_long(),
@@ -202,10 +209,9 @@ impl<S: MessageStore> Driver<S> {
             if !io.flush().await {
                 return End::IoError;
             }
-            match io
-                .read(self.cfg.limits.command_timeout, &self.shutdown)
-                .await
-            {
+            let deadline = *line_deadline
+                .get_or_insert_with(|| Instant::now() + self.cfg.limits.command_timeout);
+            match io.read(deadline, &self.shutdown).await {
                 ReadResult::Data(n) => io.reader.push(&io.buf[..n]),
                 ReadResult::Eof => return End::ClientClosed,
                 ReadResult::Error => return End::IoError,
@@ -230,9 +236,13 @@ impl<S: MessageStore> Driver<S> {
         let mut body = Vec::new();
         let mut progress = io.reader.drain_into(&mut decoder, &mut body);
         let mut data_buf = vec![0u8; DATA_READ_BUF];
+        // data_timeout bounds the whole message, from the 354 to the final dot: a per-read timer
+        // would let a client trickling a byte per interval hold the session (and up to
+        // max_message_size of memory) indefinitely.
+        let deadline = Instant::now() + self.cfg.limits.data_timeout;
         while progress == DataProgress::NeedMore {
             let read = tokio::select! {
-                r = tokio::time::timeout(self.cfg.limits.data_timeout, io.stream.read(&mut data_buf)) => r,
+                r = tokio::time::timeout_at(deadline, io.stream.read(&mut data_buf)) => r,
                 _ = self.shutdown.cancelled() => {
                     // Nothing of this message is stored: the client will retry it.
                     io.queue(&session.shutdown_reply());
