@@ -322,7 +322,7 @@ class Remote:
     r.script (Script) decides the replies; r.messages (list[Got]) holds accepted messages; r.connections counts
     TCP connections; r.events logs (conn, verb, arg, reply) of every MAIL/RCPT/DATA."""
 
-    def __init__(self, port: int | None = None, hostname: str = "remote.test"):
+    def __init__(self, port: int | None = None, hostname: str = "remote.test", size_limit: int = 64 << 20):
         self.port = port or free_port()
         self.script = Script()
         self.messages: list[Got] = []
@@ -331,7 +331,7 @@ class Remote:
         self.total = 0  # numbers connections for Got.conn and events
         self.lock = threading.Lock()
         self.controller = _Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False,
-                                      data_size_limit=64 << 20, server_hostname=hostname, ready_timeout=10)
+                                      data_size_limit=size_limit, server_hostname=hostname, ready_timeout=10)
         self.started = False
 
     def start(self) -> "Remote":

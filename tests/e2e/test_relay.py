@@ -171,10 +171,13 @@ def test_failure_of_a_null_sender_message_is_never_bounced(tern, remote):
     srv = relay_srv(tern, remote.port)
     qid = srv.deliver("<>", BOB, make_message("a bounce itself", sender=ALICE, to=BOB))
     wait_gone(srv, qid)
+    # docs/flow.md: the failure of a <> message is reported to the local postmaster only.
+    notice = wait_bounce(srv, "postmaster@tern.test")[0]
+    check_failed(notice, BOB, "5.1.1", subject="a bounce itself")
     time.sleep(1.0)
     assert not remote.messages, "nothing may be sent back for a <> message"
     assert srv.messages(ALICE) == []
-    # Whatever tern does with it (postmaster notice or nothing), no new queue entry may bounce it onwards.
+    # No new queue entry may carry it onwards either.
     for q in queue_ids(srv):
         env = envelope(srv, q) or {}
         assert not any("remote.test" in r["address"] for r in env.get("recipients", [])), env
@@ -282,6 +285,40 @@ def test_restart_with_a_deferred_entry_delivers_exactly_once(tern, remote):
     time.sleep(3)  # longer than one rescan and one retry step: a second copy would show up by now
     assert len(remote.messages) == 1, f"delivered {len(remote.messages)} times"
     assert srv.messages(ALICE) == []
+
+
+def test_sigterm_during_a_hung_delivery_keeps_the_message(tern):
+    with RawPeer(silent) as peer:
+        port = peer.port
+        srv = relay_srv(tern, port, queue={"retry_schedule": ["1s"]}, outbound={"command_timeout": "60s"})
+        qid = srv.deliver(ALICE, BOB, make_message("interrupted", sender=ALICE, to=BOB))
+        wait_for(lambda: peer.connections >= 1, what="tern to connect to the hung peer")
+        started = time.monotonic()
+        srv.stop()  # asserts exit status 0 within 10 s, although the peer would keep the delivery 60 s
+        took = time.monotonic() - started
+    assert took < 10, f"stop took {took:.1f} s"
+    env = envelope(srv, qid)
+    assert env, "a message whose delivery was interrupted must stay queued"
+    assert recipient(env, BOB)["status"]["state"] in ("pending", "deferred"), env
+    with Remote(port=port) as good:
+        srv.start()
+        got = good.wait_messages(1, srv=srv)
+        assert b"Subject: interrupted" in got[0].content
+        wait_gone(srv, qid)
+        time.sleep(2.5)
+        assert len(good.messages) == 1
+
+
+def test_message_larger_than_remote_size_bounces_without_sending(tern):
+    with Remote(size_limit=2000) as small:
+        srv = relay_srv(tern, small.port)
+        big = make_message("too big for them", body=b"0123456789" * 1000 + b"\r\n", sender=ALICE, to=BOB)
+        qid = srv.deliver(ALICE, BOB, big)
+        dsn = wait_bounce(srv, ALICE)[0]
+        check_failed(dsn, BOB, "5.3.4", subject="too big for them")
+        wait_gone(srv, qid)
+        assert not small.messages
+        assert not any(verb == "DATA" for _c, verb, _a, _r in small.events), small.events
 
 
 # ---------------------------------------------------------------- loops
