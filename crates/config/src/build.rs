@@ -732,6 +732,7 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                     port,
                     tls: defaults::ROUTE_TLS,
                     auth: None,
+                    ca_file: None,
                 }),
                 Err(why) => {
                     v.add(
@@ -767,11 +768,24 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                 let port = port(v, &t.port, &format!("{key}.port"), defaults::ROUTE_PORT);
                 let tls = tls_policy(v, &t.tls, &format!("{key}.tls"), defaults::ROUTE_TLS);
                 let auth = route_auth(v, &key, &t.user, &t.password_file, at(route));
+                let ca_file = t.ca_file.as_ref().map(|p| {
+                    let path = PathBuf::from(p.get_ref());
+                    if let Err(e) = std::fs::File::open(&path) {
+                        v.add(
+                            at(p),
+                            format!("{key}.ca_file"),
+                            format!("cannot read \"{}\": {e}", path.display()),
+                            file_fix(&e),
+                        );
+                    }
+                    path
+                });
                 Some(Route {
                     host: host.to_string(),
                     port,
                     tls,
                     auth,
+                    ca_file,
                 })
             }
         };

@@ -148,6 +148,7 @@ pub(crate) struct RawRouteTable {
     pub tls: Text,
     pub user: Text,
     pub password_file: Text,
+    pub ca_file: Text,
 }
 
 // Hand-written instead of `#[serde(untagged)]`: untagged enums turn every mistake inside the table

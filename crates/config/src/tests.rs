@@ -310,7 +310,8 @@ format = "json"
             host: "127.0.0.1".into(),
             port: 2626,
             tls: TlsPolicy::Opportunistic,
-            auth: None
+            auth: None,
+            ca_file: None,
         }
     );
     assert_eq!(c.routes["plain.test"].port, 25);
@@ -883,6 +884,7 @@ fn routes_are_checked() {
         "[routes]\n\"P.test\" = \"a.test\"\n\"p.test\" = \"b.test\"\n",
         &["a route for \"p.test\" is defined twice"],
     );
+    rejects("[routes]\n\"p.test\" = { host = \"mx.p.test\", tls = \"required\", ca_file = \"/nonexistent/tern/ca.pem\" }\n", &["routes.\"p.test\".ca_file: cannot read \"/nonexistent/tern/ca.pem\""]);
     let c = load("[routes]\n\"v6.test\" = { host = \"[2001:db8::1]\" }\n");
     assert_eq!(c.routes["v6.test"].host, "2001:db8::1");
 }

@@ -125,6 +125,9 @@ pub struct Route {
     pub port: u16,
     pub tls: TlsPolicy,
     pub auth: Option<RouteAuth>,
+    /// PEM file of CA certificates trusted (besides the public roots) when verifying this hop's
+    /// certificate under `tls = "required"`: a smarthost with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Credentials for AUTH at a route's next hop.

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -298,6 +300,9 @@ impl Connector {
             TlsPolicy::Opportunistic => (TlsMode::Opportunistic, false),
             TlsPolicy::Required => (TlsMode::Required, true),
         };
+        if let Some(path) = &dest.ca_file {
+            opts.extra_roots = load_ca_file(path)?;
+        }
         if let Some(auth) = &dest.auth {
             let password = auth.read_password().map_err(|e| {
                 format!(
@@ -312,6 +317,30 @@ impl Connector {
             });
         }
         Ok(opts)
+    }
+}
+
+/// The certificates of a route's `ca_file`; read at each connection so a renewed CA needs no
+/// restart.
+fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| {
+            format!(
+                "451 4.7.5 cannot read the route's ca_file {}: {e}",
+                path.display()
+            )
+        })?
+        .collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(format!(
+            "451 4.7.5 the route's ca_file {} holds no PEM certificate",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "451 4.7.5 cannot parse the route's ca_file {}: {e}",
+            path.display()
+        )),
     }
 }
 

@@ -2,6 +2,7 @@
 //! smarthost), else the domain's MX hosts in RFC 5321 5.1 order, each expanded to addresses.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use tern_config::{Config, RouteAuth, TlsPolicy};
 use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
@@ -18,6 +19,8 @@ pub struct Destination {
     pub kind: DestinationKind,
     pub tls: TlsPolicy,
     pub auth: Option<RouteAuth>,
+    /// Extra CA certificates for verifying the hop under `tls = "required"`.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             },
             tls: route.tls,
             auth: route.auth.clone(),
+            ca_file: route.ca_file.clone(),
         },
         None => Destination {
             key: format!("mx {domain}"),
@@ -78,6 +82,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             },
             tls: cfg.outbound.tls,
             auth: None,
+            ca_file: None,
         },
     }
 }
