@@ -10,7 +10,6 @@ Relay rights (who may relay) are in test_relay_policy.py."""
 
 from __future__ import annotations
 
-import smtplib
 import time
 
 import pytest
