@@ -155,11 +155,6 @@ def test_sigterm_with_many_idle_sessions(srv):
     assert srv.wait_exit() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: on SIGTERM a session blocked writing to a client that never reads is not aborted "
-    "(writes wait up to command_timeout), so tern does not exit within 10 s; remove this mark once fixed",
-)
 def test_sigterm_with_client_that_never_reads(srv):
     """A client whose replies pile up unread must not hold the shutdown past 10 s."""
     import threading

@@ -262,6 +262,25 @@ def test_implicit_tls_stall_is_closed(tern, tmp_path):
     assert srv.running()
 
 
+def test_sigterm_with_stalled_tls_handshakes(tls_srv):
+    """Clients stalled in a TLS handshake (after STARTTLS, or on the implicit-TLS port) must not hold up a
+    shutdown: command_timeout is 5 minutes here, tern must still exit 0 within a few seconds."""
+    stalled = Client(tls_srv.port)
+    implicit = Client(tls_srv.ports.submissions)
+    try:
+        stalled.start()
+        stalled.expect("STARTTLS", 220)
+        implicit.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a ClientHello
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        tls_srv.send_signal(signal.SIGTERM)
+        assert tls_srv.wait_exit(timeout=8) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        stalled.close()
+        implicit.close()
+
+
 def test_plaintext_client_on_implicit_tls_port(tls_srv):
     """A plaintext SMTP client on the implicit-TLS port gets no greeting and no command is run."""
     with Client(tls_srv.ports.submissions) as c:

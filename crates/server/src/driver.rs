@@ -30,6 +30,12 @@ pub type BoxStream = Box<dyn Stream>;
 const COMMAND_READ_BUF: usize = 1024;
 const DATA_READ_BUF: usize = 64 * 1024;
 
+/// Once shutdown has begun, the last reply (421 4.3.2) and the close get this long each: a
+/// client that does not read must not hold up the exit.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(2);
+/// Closing the stream (TLS close_notify) after the last reply went out.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Why a session ended, for the connection log line.
 #[derive(Debug, Clone, Copy)]
 enum End {
@@ -55,6 +61,7 @@ struct Io {
     out: Vec<u8>,
     buf: Vec<u8>,
     write_timeout: Duration,
+    shutdown: CancellationToken,
 }
 
 enum ReadResult {
@@ -70,18 +77,39 @@ impl Io {
         reply.write_to(&mut self.out);
     }
 
-    /// A client that stops reading must not pin the session forever: writes time out too.
+    /// Writes the queued replies. A client that stops reading must not pin the session: writes
+    /// time out after `write_timeout`, are abandoned as soon as shutdown begins, and once it has
+    /// begun get only [`SHUTDOWN_WRITE_GRACE`]. False if the replies did not all go out.
     async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
         }
-        let res = tokio::time::timeout(self.write_timeout, async {
+        let shutdown = self.shutdown.clone();
+        let shutting_down = shutdown.is_cancelled();
+        let limit = if shutting_down {
+            self.write_timeout.min(SHUTDOWN_WRITE_GRACE)
+        } else {
+            self.write_timeout
+        };
+        let write = tokio::time::timeout(limit, async {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
-        })
-        .await;
+        });
+        let ok = tokio::select! {
+            r = write => matches!(r, Ok(Ok(()))),
+            _ = shutdown.cancelled(), if !shutting_down => false,
+        };
         self.out.clear();
-        matches!(res, Ok(Ok(())))
+        ok
+    }
+
+    /// Why the session ends after a failed flush.
+    fn write_failed(&self) -> End {
+        if self.shutdown.is_cancelled() {
+            End::Shutdown
+        } else {
+            End::IoError
+        }
     }
 
     async fn read(&mut self, deadline: Instant, shutdown: &CancellationToken) -> ReadResult {
@@ -112,6 +140,7 @@ impl<S: MessageStore> Driver<S> {
             out: Vec::new(),
             buf: vec![0; COMMAND_READ_BUF],
             write_timeout: self.cfg.limits.command_timeout,
+            shutdown: self.shutdown.clone(),
         };
         let mut stats = Stats {
             accepted: 0,
@@ -121,12 +150,14 @@ impl<S: MessageStore> Driver<S> {
         let end = if io.flush().await {
             self.command_loop(&mut io, &mut session, &mut stats).await
         } else {
-            End::IoError
+            io.write_failed()
         };
         if let Some(txn) = session.transaction() {
             info!(queue_id = %txn.id, client_ip = %peer.ip(), outcome = "aborted", reason = ?end, "transaction aborted");
         }
-        let _ = io.stream.shutdown().await;
+        // A TLS close_notify is a write too, so a client that never reads could hold the
+        // session here; the replies are already out, so the close is only best effort.
+        let _ = tokio::time::timeout(CLOSE_GRACE, io.stream.shutdown()).await;
         info!(
             client = %peer,
             helo = session.helo_name().unwrap_or("-"),
@@ -163,8 +194,18 @@ impl<S: MessageStore> Driver<S> {
                                 .flatten();
                         if user.is_none() {
                             // Growing delay per client IP: slows password guessing to a crawl.
-                            io.flush().await;
-                            tokio::time::sleep(delay).await;
+                            // A shutdown does not wait for it.
+                            if !io.flush().await {
+                                return io.write_failed();
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = self.shutdown.cancelled() => {
+                                    io.queue(&session.shutdown_reply());
+                                    io.flush().await;
+                                    return End::Shutdown;
+                                }
+                            }
                         }
                         session.auth_verified(user)
                     }
@@ -186,7 +227,7 @@ impl<S: MessageStore> Driver<S> {
                     Action::StartData(r) => {
                         io.queue(&r);
                         if !io.flush().await {
-                            return End::IoError;
+                            return io.write_failed();
                         }
                         if let Some(end) = self.data(io, session, stats).await {
                             return end;
@@ -195,7 +236,7 @@ impl<S: MessageStore> Driver<S> {
                     Action::StartTls(r) => {
                         io.queue(&r);
                         if !io.flush().await {
-                            return End::IoError;
+                            return io.write_failed();
                         }
                         // RFC 3207 5 / CVE-2011-0411: whatever was pipelined after STARTTLS
                         // arrived in plaintext and must never be executed.
@@ -207,7 +248,7 @@ impl<S: MessageStore> Driver<S> {
                 }
             }
             if !io.flush().await {
-                return End::IoError;
+                return io.write_failed();
             }
             let deadline = *line_deadline
                 .get_or_insert_with(|| Instant::now() + self.cfg.limits.command_timeout);
@@ -314,7 +355,12 @@ impl<S: MessageStore> Driver<S> {
             &mut io.stream,
             Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
         );
-        match tls.accept(plain, self.cfg.limits.command_timeout).await {
+        // A client stalling the handshake must not hold up a shutdown either.
+        let accepted = tokio::select! {
+            r = tls.accept(plain, self.cfg.limits.command_timeout) => r,
+            _ = self.shutdown.cancelled() => return Some(End::Shutdown),
+        };
+        match accepted {
             Ok((stream, description)) => {
                 io.stream = stream;
                 session.tls_established(description);
@@ -325,5 +371,130 @@ impl<S: MessageStore> Driver<S> {
                 Some(End::TlsFailed)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::session::{Accepted, ConnInfo, ListenerKind};
+    use crate::store::StoreError;
+    use crate::tracker::ClientTracker;
+
+    struct NullStore;
+
+    impl MessageStore for NullStore {
+        async fn store(&self, _: Accepted, _: Vec<u8>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn driver(toml: &str) -> (Arc<Driver<NullStore>>, CancellationToken) {
+        let text =
+            format!("hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n{toml}");
+        let cfg = Arc::new(Config::from_toml_str(&text, Path::new("t.toml")).unwrap());
+        let shutdown = CancellationToken::new();
+        let d = Driver {
+            cfg,
+            store: Arc::new(NullStore),
+            tls: None,
+            shutdown: shutdown.clone(),
+        };
+        (Arc::new(d), shutdown)
+    }
+
+    fn conn(kind: ListenerKind) -> ConnInfo {
+        ConnInfo {
+            peer: "192.0.2.9:1000".parse().unwrap(),
+            local: "127.0.0.1:25".parse().unwrap(),
+            kind,
+            tls: None,
+            tls_available: false,
+        }
+    }
+
+    /// Reads until `want` has arrived (or 5 s pass).
+    async fn read_until(c: &mut tokio::io::DuplexStream, want: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&got).contains(want) {
+            match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn shutdown_abandons_writes_to_a_client_that_never_reads() {
+        // Default command_timeout (5 minutes): only the shutdown can end this session soon.
+        let (d, shutdown) = driver("");
+        let (mut client, server) = tokio::io::duplex(256);
+        let session = Session::new(d.cfg.clone(), conn(ListenerKind::Smtp));
+        let run = tokio::spawn({
+            let d = d.clone();
+            async move { d.run(Box::new(server), session).await }
+        });
+        // Replies pile up unread until the server blocks writing them.
+        let flood = tokio::spawn(async move {
+            let _ = client.write_all(&b"HELP\r\n".repeat(2000)).await;
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished(), "the session should be blocked writing");
+        let t0 = Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("session still running 5 s after shutdown")
+            .unwrap();
+        assert!(t0.elapsed() < SHUTDOWN_WRITE_GRACE + CLOSE_GRACE + Duration::from_secs(1));
+        flood.abort();
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_the_auth_delay() {
+        let (d, shutdown) = driver(
+            "[submission]\nrequire_tls_for_auth = false\n[limits]\nmax_auth_failures = 100\n\
+             [[users]]\nname = \"alice@tern.test\"\n\
+             password = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"\n",
+        );
+        // Earlier failures from this IP: the next one is answered after 8 s.
+        let tracker = Arc::new(ClientTracker::new());
+        for _ in 0..8 {
+            tracker.record_auth_failure("192.0.2.9".parse().unwrap());
+        }
+        let session =
+            Session::new(d.cfg.clone(), conn(ListenerKind::Submission)).with_tracker(tracker);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let run = tokio::spawn({
+            let d = d.clone();
+            async move { d.run(Box::new(server), session).await }
+        });
+        read_until(&mut client, "220 ").await;
+        client
+            .write_all(b"EHLO c\r\nAUTH PLAIN AGFsaWNlQHRlcm4udGVzdAB3cm9uZw==\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, "250 HELP").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        shutdown.cancel();
+        let rest = read_until(&mut client, "421 ").await;
+        assert!(
+            rest.starts_with("421 4.3.2 mx.tern.test Service shutting down"),
+            "{rest:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(3), run)
+            .await
+            .expect("session waited out the AUTH delay after shutdown")
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(3));
     }
 }

@@ -207,7 +207,12 @@ impl<S: MessageStore> Server<S> {
         if kind == ListenerKind::Submissions {
             // RFC 8314 3.3: TLS first, then the SMTP greeting.
             let Some(tls) = &self.driver.tls else { return };
-            match tls.accept(boxed, cfg.limits.command_timeout).await {
+            // A client stalling the handshake must not hold up a shutdown.
+            let accepted = tokio::select! {
+                r = tls.accept(boxed, cfg.limits.command_timeout) => r,
+                _ = self.driver.shutdown.cancelled() => return,
+            };
+            match accepted {
                 Ok((s, description)) => {
                     boxed = s;
                     conn.tls = Some(description);
