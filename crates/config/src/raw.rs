@@ -137,7 +137,7 @@ pub(crate) struct RawLog {
 #[derive(Debug)]
 pub(crate) enum RawRoute {
     Short(String),
-    Full(RawRouteTable),
+    Full(Box<RawRouteTable>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +168,7 @@ impl<'de> Deserialize<'de> for RawRoute {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoute, A::Error> {
                 RawRouteTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawRoute::Full)
+                    .map(|t| RawRoute::Full(Box::new(t)))
             }
         }
         deserializer.deserialize_any(RouteVisitor)
