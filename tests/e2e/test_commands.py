@@ -339,7 +339,7 @@ def test_help(srv):
 def test_help_mail(srv):
     with srv.session() as c:
         text = c.expect("HELP MAIL", 214, "2.0.0")
-        # docs/smtp-replies.md: `214 2.0.0 MAIL FROM:<address> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8]`
+        # docs/smtp-replies.md quotes the full HELP MAIL text.
         assert text.startswith("2.0.0 MAIL FROM:<address> [SIZE=n] [BODY="), text
         assert "8BITMIME" in text and "[SMTPUTF8]" in text, text
 
