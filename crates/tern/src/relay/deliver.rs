@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use tern_client::{
     connect, ClientError, ConnectOptions, Credentials, Envelope as ClientEnvelope, Failure,
-    Outcome, Session, SessionOptions, Timeouts, TlsMode,
+    Outcome, Session, SessionOptions, Stage, Timeouts, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
@@ -258,7 +258,7 @@ impl Connector {
                 Ok(session) => return Ok((session, hop)),
                 Err(e) => {
                     tracing::info!(host = %hop.name, addr = %hop.addr, error = %e, "relay: connection failed");
-                    let result = rcpt_result(&hop, Outcome::from_error(e));
+                    let result = session_failure(&hop, e);
                     any_temporary |= !matches!(result, RcptResult::Failed(_));
                     last = Some((hop.name.clone(), result));
                 }
@@ -355,6 +355,26 @@ fn quit_in_background(session: Session<TcpStream>) {
     });
 }
 
+/// A connection that could not be set up. Trouble with the route's own AUTH settings (wrong
+/// password, no TLS to send it over, no common mechanism) is the operator's to fix, not the
+/// recipient's fault: defer, as Postfix does, instead of bouncing every message meanwhile.
+fn session_failure(hop: &Hop, e: ClientError) -> RcptResult {
+    let at = format!("host {}[{}]", hop.name, hop.addr.ip());
+    match &e {
+        ClientError::PlaintextAuth => RcptResult::Deferred(format!(
+            "451 4.7.9 {at}: {e} (the route has user/password_file: use tls = \"required\")"
+        )),
+        ClientError::AuthUnavailable => RcptResult::Deferred(format!("451 4.7.9 {at}: {e}")),
+        ClientError::Rejected {
+            stage: Stage::Auth,
+            reply,
+        } => RcptResult::Deferred(format!(
+            "451 4.7.8 {at}: authentication failed, check the route's user and password_file (server said: {reply})"
+        )),
+        _ => rcpt_result(hop, Outcome::from_error(e)),
+    }
+}
+
 /// The stored text for one recipient's outcome: the remote reply as given, with where it came
 /// from; or tern's own code for failures that are not replies (connection, timeout, garbage).
 fn rcpt_result(hop: &Hop, outcome: Outcome) -> RcptResult {
@@ -407,7 +427,6 @@ fn with_code(code: u16, text: &str, permanent: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_client::Stage;
     use tern_proto::{EnhancedCode, Reply};
 
     fn hop() -> Hop {
@@ -445,6 +464,22 @@ mod tests {
                 assert!(t.starts_with("451 4.4.2 host mx.remote.test"), "{t}")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn route_auth_trouble_is_deferred_not_bounced() {
+        for e in [
+            ClientError::PlaintextAuth,
+            ClientError::Rejected {
+                stage: Stage::Auth,
+                reply: Reply::new(535, None, "bad credentials"),
+            },
+        ] {
+            match session_failure(&hop(), e) {
+                RcptResult::Deferred(t) => assert!(t.starts_with("451 4.7."), "{t}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -65,8 +65,25 @@ impl RouteFailure {
 /// The destination of `domain` (lower case): static, no I/O.
 pub fn destination(cfg: &Config, domain: &str) -> Destination {
     match cfg.route_for(domain) {
+        // Everything that shapes the connection is in the key: recipients share a transaction
+        // and a pooled connection only when their routes would open the same kind of session
+        // (a "required" route must never ride on a plaintext or differently logged-in one).
         Some(route) => Destination {
-            key: format!("route {}:{}", route.host, route.port),
+            key: format!(
+                "route {}:{} tls={} user={} password_file={} ca_file={}",
+                route.host,
+                route.port,
+                route.tls,
+                route.auth.as_ref().map_or("", |a| a.user.as_str()),
+                route
+                    .auth
+                    .as_ref()
+                    .map_or(String::new(), |a| a.password_file.display().to_string()),
+                route
+                    .ca_file
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
             kind: DestinationKind::Route {
                 host: route.host.clone(),
                 port: route.port,
@@ -254,6 +271,14 @@ mod tests {
                 domain: "x.test".into()
             }
         );
+    }
+
+    #[test]
+    fn routes_to_one_host_with_different_tls_never_share_a_key() {
+        let c = cfg("[routes]\n\"plain.test\" = { host = \"127.0.0.1\", port = 2727, tls = \"none\" }\n\"safe.test\" = { host = \"127.0.0.1\", port = 2727, tls = \"required\" }\n\"also-plain.test\" = { host = \"127.0.0.1\", port = 2727, tls = \"none\" }\n");
+        let plain = destination(&c, "plain.test");
+        assert_ne!(plain.key, destination(&c, "safe.test").key);
+        assert_eq!(plain.key, destination(&c, "also-plain.test").key);
     }
 
     #[test]
