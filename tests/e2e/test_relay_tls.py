@@ -28,8 +28,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from relay_helpers import (ALICE, WAIT, check_failed, envelope, log_tail, queue_ids, queue_show, recipient,
-                           relay_config, wait_bounce, wait_for, wait_gone)
+from relay_helpers import (ALICE, WAIT, envelope, log_tail, queue_ids, queue_show, recipient, relay_config,
+                           wait_for, wait_gone)
 from ternlib import free_port, make_message
 
 BOB = "bob@remote.test"
