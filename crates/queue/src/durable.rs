@@ -139,6 +139,12 @@ impl Staged {
         }
     }
 
+    /// [`Staged::write`] into an existing temp file of ours (a recycled one) instead of a new one.
+    pub fn rewrite(path: PathBuf, parts: &[&[u8]], faults: &dyn Faults) -> io::Result<Staged> {
+        rewrite_synced(&path, parts, faults)?;
+        Ok(Staged { path })
+    }
+
     /// Where the temp file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -169,6 +175,42 @@ pub fn create_synced(path: &Path, parts: &[&[u8]], faults: &dyn Faults) -> io::R
             let _ = fs::remove_file(path);
         }
     })
+}
+
+/// Writes `parts` over an existing file of ours at `path` (a recycled spool file): truncates,
+/// writes, fdatasyncs. Same guarantees and clean-up as [`create_synced`], without allocating a
+/// new inode (see `FreeFiles` in fs_store.rs for why that matters).
+pub fn rewrite_synced(path: &Path, parts: &[&[u8]], faults: &dyn Faults) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).truncate(true).open(path)?;
+    fill_and_sync(file, path, parts, faults).inspect_err(|e| {
+        if !is_injected_crash(e) {
+            let _ = fs::remove_file(path);
+        }
+    })
+}
+
+/// A fresh temp-file name in `dir` (nothing is created). Recovery removes files so named.
+pub fn temp_name(dir: &Path, hint: &str) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "{TEMP_PREFIX}{hint}.{}.{n}.{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing `to` (Linux renameat2 with
+/// RENAME_NOREPLACE): the O_EXCL of a rename, so reusing a file can never overwrite an entry.
+/// Filesystems without the flag give `Unsupported`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn fill_and_sync(

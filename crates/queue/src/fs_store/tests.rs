@@ -80,7 +80,12 @@ fn commit_load_update_remove_round_trip() {
 
     store.remove(lock).unwrap();
     assert!(store.list().unwrap().is_empty());
-    assert!(names(&store.msg).is_empty() && names(&store.env).is_empty());
+    assert!(names(&store.env).is_empty());
+    // The message file stays only as an emptied, temp-named file for reuse.
+    for name in names(&store.msg) {
+        assert!(is_temp_name(&name), "{name}");
+        assert_eq!(fs::metadata(store.msg.join(&name)).unwrap().len(), 0);
+    }
     assert_eq!(
         store.load(&env.id).unwrap_err().kind(),
         io::ErrorKind::NotFound
@@ -390,4 +395,42 @@ fn a_corrupt_envelope_is_reported_as_invalid_data_naming_the_file() {
     let e = store.load(&env.id).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     assert!(e.to_string().contains(env.id.as_str()), "{e}");
+}
+
+#[test]
+fn removed_entries_files_are_reused_with_exact_new_content_and_recovery_drops_leftovers() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let big = b"x".repeat(100_000);
+    let first = sample(QueueId::generate());
+    store.commit(&first, &big).unwrap();
+    let msg_inode = fs::metadata(store.message_path(&first.id)).unwrap().ino();
+    let env_inode = fs::metadata(store.envelope_path(&first.id)).unwrap().ino();
+    store
+        .remove(store.lock(&first.id).unwrap().unwrap())
+        .unwrap();
+
+    let second = sample(QueueId::generate());
+    store.commit(&second, b"short").unwrap();
+    assert_eq!(
+        fs::metadata(store.message_path(&second.id)).unwrap().ino(),
+        msg_inode
+    );
+    assert_eq!(
+        fs::metadata(store.envelope_path(&second.id)).unwrap().ino(),
+        env_inode
+    );
+    // Nothing of the longer first message survives in the reused file.
+    assert_eq!(store.read_message(&second.id).unwrap(), b"short");
+    assert_eq!(store.load(&second.id).unwrap(), second);
+    assert_eq!(store.list().unwrap(), vec![second.id.clone()]);
+
+    store
+        .remove(store.lock(&second.id).unwrap().unwrap())
+        .unwrap();
+    drop(store);
+    let reopened = FsStore::open(dir.path()).unwrap();
+    reopened.recover().unwrap();
+    assert!(names(&reopened.msg).is_empty() && names(&reopened.tmp).is_empty());
 }
