@@ -34,8 +34,9 @@ pub struct FsStore {
     faults: Arc<dyn Faults>,
 }
 
-/// How many emptied files each free list keeps; beyond that removed files are unlinked.
-const MAX_FREE_FILES: usize = 512;
+/// How many emptied files each free list keeps (empty inodes cost next to nothing; enough to
+/// cover the entries in flight at 100 sessions); beyond that removed files are unlinked.
+const MAX_FREE_FILES: usize = 4096;
 
 /// Recycled spool files. A relayed message used to cost two new inodes at commit and two freed
 /// at removal; on ext4 without a journal (the benchmark machine) the allocator then scans past
