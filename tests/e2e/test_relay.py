@@ -4,7 +4,7 @@ aiosmtpd server whose replies each test scripts, or at a raw socket server that 
 Covered: exact bytes and envelope at the remote; 4xx then 250 on retry (and `tern queue show` while deferred);
 5xx at MAIL/RCPT/DATA -> RFC 3464 bounce in the local sender's Maildir; remote down past max_age -> bounce;
 hung peer -> deferred with a timeout reason; garbage / code 600 / 10 MB reply line -> deferred, tern still
-relays; partial success; several messages over one connection; restart with a deferred entry delivers exactly
+relays; partial success; one delay notice (queue.delay_warning); several messages over one connection; restart with a deferred entry delivers exactly
 once; mail loop (too many Received headers) is never relayed; bounces of remote senders and of `<>`.
 Relay rights (who may relay) are in test_relay_policy.py."""
 
@@ -151,6 +151,24 @@ def test_remote_down_past_max_age_bounces(tern):
     human = " ".join(dsn.human.split()).lower()
     assert "refused" in human and "max_age" in human, f"the bounce should say why:\n{dsn.human}"
     wait_gone(srv, qid)
+
+
+def test_delay_warning_is_sent_once_and_the_message_stays_queued(tern):
+    port = closed_port()
+    srv = relay_srv(tern, port, queue={"max_age": "1h", "retry_schedule": ["1s"], "delay_warning": "2s"})
+    qid = srv.deliver(ALICE, BOB, make_message("slow road", sender=ALICE, to=BOB))
+    dsn = wait_bounce(srv, ALICE, timeout=WAIT)[0]
+    block = dsn.for_rcpt(BOB)
+    ctx = f"\n--- notice ---\n{dsn.raw[:3000].decode('utf-8', 'replace')}"
+    assert str(block.get("Action", "")).strip().lower() == "delayed", f"Action{ctx}"
+    assert str(block.get("Status", "")).strip().startswith("4."), f"Status{ctx}"
+    assert block.get("Will-Retry-Until") is not None, f"Will-Retry-Until{ctx}"
+    assert dsn.original_headers is not None and dsn.original_headers.get("Subject") == "slow road", ctx
+    # Retries go on every second; the notice is not repeated and the message is still queued.
+    time.sleep(3.5)
+    assert len(srv.messages(ALICE)) == 1, "the delay notice must be sent once per message"
+    status = wait_state(srv, qid, BOB, "deferred")
+    assert status["attempts"] >= 3, status
 
 
 def test_bounce_of_a_remote_sender_is_relayed_with_null_sender(tern, remote):

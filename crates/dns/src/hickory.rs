@@ -39,17 +39,29 @@ impl HickoryResolver {
 
     /// Queries exactly one nameserver (UDP and TCP on `addr`), with a per-query timeout.
     pub fn with_nameserver(addr: SocketAddr, timeout: Duration) -> Result<Self, DnsError> {
-        let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-        for c in &mut ns.connections {
-            c.port = addr.port();
-        }
-        let config = ResolverConfig::from_name_servers(vec![ns]);
+        Self::with_nameservers(&[addr], timeout)
+    }
+
+    /// Queries these nameservers only (UDP and TCP each), with a per-query timeout; `[dns]
+    /// nameservers` in the config.
+    pub fn with_nameservers(addrs: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
+        let servers = addrs
+            .iter()
+            .map(|addr| {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                ns
+            })
+            .collect();
+        let config = ResolverConfig::from_name_servers(servers);
         let mut builder =
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
         builder.options_mut().timeout = timeout;
         builder.options_mut().attempts = 1;
         let inner = builder.build().map_err(|e| DnsError::Temporary {
-            name: addr.to_string(),
+            name: format!("{addrs:?}"),
             reason: e.to_string(),
         })?;
         Ok(Self { inner })

@@ -69,9 +69,10 @@ pub fn spawn(cfg: Arc<Config>, store: Arc<InboundStore>, shutdown: CancellationT
 }
 
 fn resolver(cfg: &Config) -> Arc<dyn Resolver> {
-    let built = match cfg.dns.nameservers.first() {
-        Some(addr) => HickoryResolver::with_nameserver(*addr, DNS_TIMEOUT),
-        None => HickoryResolver::from_system_conf(),
+    let built = if cfg.dns.nameservers.is_empty() {
+        HickoryResolver::from_system_conf()
+    } else {
+        HickoryResolver::with_nameservers(&cfg.dns.nameservers, DNS_TIMEOUT)
     };
     match built {
         Ok(r) => Arc::new(r),
