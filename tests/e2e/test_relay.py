@@ -304,6 +304,23 @@ def test_restart_with_a_deferred_entry_delivers_exactly_once(tern, remote):
     assert srv.messages(ALICE) == []
 
 
+def test_kill9_right_after_250_the_queued_message_is_relayed_after_restart(tern, remote):
+    """The queue half of durable acceptance: a relayed message that got its 250 survives kill -9 (and the
+    lock of a round cut short dies with the process)."""
+    remote.script.default["rcpt"] = "451 4.3.0 not now (scripted)"
+    srv = relay_srv(tern, remote.port, queue={"retry_schedule": ["1s"]})
+    qid = srv.deliver(ALICE, BOB, make_message("kill -9 after 250", sender=ALICE, to=BOB))
+    srv.kill9()
+    assert envelope(srv, qid) is not None, "the queue entry must be on disk once the 250 was sent"
+    remote.script.default["rcpt"] = None
+    srv.start()
+    got = remote.wait_messages(1, srv=srv)
+    assert got[0].rcpt_tos == [BOB] and b"Subject: kill -9 after 250" in got[0].content
+    wait_gone(srv, qid)
+    time.sleep(2.5)
+    assert len(remote.messages) == 1, f"delivered {len(remote.messages)} times"
+
+
 def test_sigterm_during_a_hung_delivery_keeps_the_message(tern):
     with RawPeer(silent) as peer:
         port = peer.port
