@@ -23,6 +23,8 @@ pub struct InboundStore {
     queue: Arc<FsStore>,
     /// Group commit: sessions delivering at the same moment share `fsync(new/)`.
     dir_syncer: Arc<DirSyncer>,
+    /// Where Maildir copies are written before their rename into `new/` (see `Staging`).
+    staging: Arc<maildir::Staging>,
     /// Tells the relay scheduler at once about each message queued for a remote domain (it
     /// also rescans the spool, so a message is never missed if this channel is gone).
     queued_tx: mpsc::UnboundedSender<QueueId>,
@@ -42,11 +44,15 @@ impl InboundStore {
             quarantined = report.quarantined.len(),
             "spool recovered"
         );
+        // Under mailboxes/ so it is on the mailboxes' filesystem even when that is its own volume;
+        // no domain directory can be named ".staging" (a leading dot is escaped).
+        let staging = maildir::Staging::open(&cfg.data_dir.join("mailboxes").join(".staging"))?;
         let (queued_tx, queued_rx) = mpsc::unbounded_channel();
         Ok(Self {
             cfg,
             queue,
             dir_syncer: Arc::new(DirSyncer::new()),
+            staging: Arc::new(staging),
             queued_tx,
             queued_rx: std::sync::Mutex::new(Some(queued_rx)),
         })
@@ -76,6 +82,7 @@ impl MessageStore for InboundStore {
         let cfg = self.cfg.clone();
         let queue = self.queue.clone();
         let dir_syncer = self.dir_syncer.clone();
+        let staging = self.staging.clone();
         let has_remote = accepted
             .recipients
             .iter()
@@ -83,7 +90,14 @@ impl MessageStore for InboundStore {
             .any(|t| matches!(t, Target::Remote(_)));
         let id = accepted.id.clone();
         let result = tokio::task::spawn_blocking(move || {
-            store_blocking(&cfg, queue.as_ref(), &dir_syncer, &accepted, &body)
+            store_blocking(
+                &cfg,
+                queue.as_ref(),
+                &dir_syncer,
+                &staging,
+                &accepted,
+                &body,
+            )
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?;
@@ -101,6 +115,7 @@ fn store_blocking(
     cfg: &Config,
     queue: &FsStore,
     dir_syncer: &DirSyncer,
+    staging: &maildir::Staging,
     acc: &Accepted,
     body: &[u8],
 ) -> Result<(), StoreError> {
@@ -148,7 +163,7 @@ fn store_blocking(
                 }
             })
             .collect();
-        delivered = maildir::deliver_all_with(&copies, &cfg.hostname, dir_syncer)
+        delivered = maildir::deliver_all_staged(&copies, &cfg.hostname, dir_syncer, staging)
             .map_err(|e| StoreError::new(e.to_string()))?;
     }
     if !remotes.is_empty() {

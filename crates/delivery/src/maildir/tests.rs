@@ -317,3 +317,40 @@ proptest::proptest! {
         proptest::prop_assert_eq!(unescape(&d), domain.to_ascii_lowercase().into_bytes());
     }
 }
+
+#[test]
+fn staged_delivery_lands_the_same_bytes_and_leaves_no_staging_file() {
+    let d = tempfile::tempdir().unwrap();
+    let staging = Staging::open(&d.path().join("mailboxes").join(".staging")).unwrap();
+    let alice = mailbox_path(d.path(), "alice", "example.org");
+    let bob = mailbox_path(d.path(), "bob", "example.org");
+    let dirs = DirSyncer::new();
+    for round in 0..20 {
+        let copies = [
+            copy(alice.clone(), "alice@example.org", BODY),
+            copy(bob.clone(), "bob@example.org", BODY),
+        ];
+        let paths = deliver_all_staged(&copies, "mx.example.org", &dirs, &staging).unwrap();
+        for (c, p) in copies.iter().zip(&paths) {
+            assert_eq!(fs::read(p).unwrap(), [c.prefix.as_slice(), BODY].concat());
+            assert_eq!(files(&c.mailbox.join("new")).len(), round + 1);
+            assert!(files(&c.mailbox.join("tmp")).is_empty());
+        }
+    }
+    // Spread over the shards, and nothing left behind in any of them.
+    assert_eq!(staging.shards.len(), STAGING_SHARDS);
+    for shard in &staging.shards {
+        assert!(files(shard).is_empty(), "{}", shard.display());
+    }
+}
+
+#[test]
+fn staging_open_removes_leftovers_of_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join(".staging");
+    let first = Staging::open(&dir).unwrap();
+    fs::write(first.shards[3].join("half-written"), b"partial").unwrap();
+    drop(first);
+    let again = Staging::open(&dir).unwrap();
+    assert!(files(&again.shards[3]).is_empty());
+}
