@@ -768,18 +768,10 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                 let port = port(v, &t.port, &format!("{key}.port"), defaults::ROUTE_PORT);
                 let tls = tls_policy(v, &t.tls, &format!("{key}.tls"), defaults::ROUTE_TLS);
                 let auth = route_auth(v, &key, &t.user, &t.password_file, at(route));
-                let ca_file = t.ca_file.as_ref().map(|p| {
-                    let path = PathBuf::from(p.get_ref());
-                    if let Err(e) = std::fs::File::open(&path) {
-                        v.add(
-                            at(p),
-                            format!("{key}.ca_file"),
-                            format!("cannot read \"{}\": {e}", path.display()),
-                            file_fix(&e),
-                        );
-                    }
-                    path
-                });
+                let ca_file = t
+                    .ca_file
+                    .as_ref()
+                    .map(|p| readable_file(v, p, &format!("{key}.ca_file")));
                 Some(Route {
                     host: host.to_string(),
                     port,
@@ -794,6 +786,20 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
         }
     }
     out
+}
+
+/// The path in `p`, with an issue under `key` if it cannot be opened for reading now.
+fn readable_file(v: &mut Issues, p: &Spanned<String>, key: &str) -> PathBuf {
+    let path = PathBuf::from(p.get_ref());
+    if let Err(e) = std::fs::File::open(&path) {
+        v.add(
+            at(p),
+            key.to_string(),
+            format!("cannot read \"{}\": {e}", path.display()),
+            file_fix(&e),
+        );
+    }
+    path
 }
 
 fn route_auth(
@@ -832,15 +838,7 @@ fn route_auth(
                     "set the login name for the next hop",
                 );
             }
-            let path = PathBuf::from(p.get_ref());
-            if let Err(e) = std::fs::File::open(&path) {
-                v.add(
-                    at(p),
-                    format!("{key}.password_file"),
-                    format!("cannot read \"{}\": {e}", path.display()),
-                    file_fix(&e),
-                );
-            }
+            let path = readable_file(v, p, &format!("{key}.password_file"));
             Some(RouteAuth {
                 user: u.get_ref().clone(),
                 password_file: path,

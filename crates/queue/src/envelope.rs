@@ -84,6 +84,16 @@ pub enum RecipientStatus {
 }
 
 impl RecipientStatus {
+    /// The state's name as stored (`"state"` in the JSON), logged and printed by `tern queue`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecipientStatus::Pending => "pending",
+            RecipientStatus::Deferred { .. } => "deferred",
+            RecipientStatus::Delivered { .. } => "delivered",
+            RecipientStatus::Failed { .. } => "failed",
+        }
+    }
+
     /// Delivered or failed: nothing more will be tried for this recipient.
     pub fn is_final(&self) -> bool {
         matches!(

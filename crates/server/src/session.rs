@@ -426,13 +426,13 @@ impl Session {
             Err(DataRejection::TooLarge) => return DataEnd::Reject(replies::too_big()),
             Ok(()) => {}
         }
-        let header = &message[..header_section_len(message)];
+        let header = &message[..received::header_section_len(message)];
         if header.len() as u64 > self.cfg.limits.max_header_size {
             return DataEnd::Reject(replies::header_too_big());
         }
         // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
         // (rather than bouncing later) leaves the bounce to the client, and nothing is stored.
-        if received_count(header) > self.cfg.queue.max_received_headers {
+        if received::count_fields(header) > self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {
@@ -637,33 +637,6 @@ fn looks_like_http(line: &[u8]) -> bool {
     METHODS
         .iter()
         .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
-}
-
-/// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
-/// the whole message if there is none, 0 if it starts with the blank line.
-fn header_section_len(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
-}
-
-/// `Received:` fields in a header section, matched by field name in any case (RFC 5322 1.2.2),
-/// also with white space before the colon (RFC 5322 4.5 obsolete syntax). Continuation lines
-/// of folded fields start with white space and are never counted.
-fn received_count(header: &[u8]) -> usize {
-    header
-        .split(|&b| b == b'\n')
-        .filter(|line| {
-            let Some(colon) = memchr::memchr(b':', line) else {
-                return false;
-            };
-            let name = &line[..colon];
-            !name.starts_with(b" ")
-                && !name.starts_with(b"\t")
-                && name.trim_ascii_end().eq_ignore_ascii_case(b"Received")
-        })
-        .count()
 }
 
 fn address_error_text(e: &AddressError) -> String {

@@ -393,10 +393,16 @@ fn header_section_size_limit() {
 
 #[test]
 fn header_section_bounds() {
-    assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"), 8);
-    assert_eq!(header_section_len(b"\r\nbody\r\n\r\nmore"), 0);
-    assert_eq!(header_section_len(b"A: b\r\nC: d\r\n"), 12);
-    assert_eq!(header_section_len(b""), 0);
+    assert_eq!(
+        crate::received::header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"),
+        8
+    );
+    assert_eq!(
+        crate::received::header_section_len(b"\r\nbody\r\n\r\nmore"),
+        0
+    );
+    assert_eq!(crate::received::header_section_len(b"A: b\r\nC: d\r\n"), 12);
+    assert_eq!(crate::received::header_section_len(b""), 0);
 }
 
 #[test]

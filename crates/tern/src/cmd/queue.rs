@@ -339,7 +339,7 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
     if let Some(o) = &r.original {
         let _ = write!(s, " (to {o})");
     }
-    let _ = write!(s, "  {}", state_name(&r.status));
+    let _ = write!(s, "  {}", r.status.name());
     match &r.status {
         RecipientStatus::Pending => {
             if env.held {
@@ -375,15 +375,6 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
     s
 }
 
-fn state_name(status: &RecipientStatus) -> &'static str {
-    match status {
-        RecipientStatus::Pending => "pending",
-        RecipientStatus::Deferred { .. } => "deferred",
-        RecipientStatus::Delivered { .. } => "delivered",
-        RecipientStatus::Failed { .. } => "failed",
-    }
-}
-
 /// The object of `list --json` (and the base of `show --json`); field names are an interface
 /// (docs/queue.md).
 fn entry_json(env: &Envelope, now: SystemTime) -> J {
@@ -415,7 +406,7 @@ fn entry_json(env: &Envelope, now: SystemTime) -> J {
             J::Obj(vec![
                 ("address", J::Str(r.address.clone())),
                 ("original", J::opt_str(r.original.as_deref())),
-                ("state", J::Str(state_name(&r.status).into())),
+                ("state", J::Str(r.status.name().into())),
                 ("attempts", J::Num(attempts)),
                 ("last_reply", J::opt_str(last_reply)),
                 ("next_attempt", next.map_or(J::Null, J::Str)),

@@ -60,7 +60,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
     }
 
     let mut results: Vec<(usize, Option<String>, RcptResult)> = Vec::with_capacity(due.len());
-    let received = count_received(&message);
+    let received = tern_server::received::count_in_header(&message);
     if received > ctx.cfg.queue.max_received_headers {
         // RFC 5321 6.3: a message that has passed this many hosts is looping.
         let text = format!(
@@ -162,7 +162,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
             id = %env.id,
             to = %rcpt.address,
             relay = host.as_deref().unwrap_or("none"),
-            status = status_name(&status),
+            status = status.name(),
             reply = %text,
             "relay: delivery attempt"
         );
@@ -304,31 +304,6 @@ pub fn next_due(env: &Envelope) -> Option<SystemTime> {
         .min()
 }
 
-fn status_name(s: &RecipientStatus) -> &'static str {
-    match s {
-        RecipientStatus::Pending => "pending",
-        RecipientStatus::Deferred { .. } => "deferred",
-        RecipientStatus::Delivered { .. } => "delivered",
-        RecipientStatus::Failed { .. } => "failed",
-    }
-}
-
-/// `Received:` fields in the header section (a body line that happens to start with the word
-/// does not count).
-pub fn count_received(message: &[u8]) -> usize {
-    let mut count = 0;
-    for line in message.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
-            count += 1;
-        }
-    }
-    count
-}
-
 /// Polls every future concurrently and returns their outputs in order. The groups of one
 /// message are few and borrow the message, so a local join beats spawning tasks.
 async fn futures_join_all<F: std::future::Future>(
@@ -359,13 +334,6 @@ async fn futures_join_all<F: std::future::Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn received_headers_are_counted_in_the_header_section_only() {
-        let m = b"Received: a\r\nreceived: b\r\n\tcontinued\r\nSubject: x\r\n\r\nReceived: not a header\r\n";
-        assert_eq!(count_received(m), 2);
-        assert_eq!(count_received(b"Subject: x\n\nReceived: y\n"), 0);
-    }
 
     #[test]
     fn due_and_next_due() {
