@@ -1,5 +1,14 @@
-//! tern delivery: where accepted mail ends up (Maildir now; the router and remote delivery later),
-//! and the delivery status notifications (bounces) sent when it cannot get there.
+//! What happens to a message once it is accepted: the router decides where each recipient's
+//! copy goes ([`router`]), intake stores an accepted message before the 250 ([`intake`]),
+//! local delivery writes Maildir copies with their trace prefix ([`local`], [`maildir`]), and
+//! [`dsn`] builds RFC 3464 delivery status notifications.
 
 pub mod dsn;
+pub mod intake;
+pub mod local;
 pub mod maildir;
+pub mod router;
+
+pub use intake::{Accepted, AcceptedRecipient, Intake, MessageStore};
+pub use local::{Delivered, LocalDelivery};
+pub use router::{RcptDecision, Target};

@@ -94,6 +94,15 @@ impl RecipientStatus {
         }
     }
 
+    /// Pending, or deferred with its retry time reached: a delivery round should try it now.
+    pub fn is_due(&self, now: SystemTime) -> bool {
+        match self {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred { next_attempt, .. } => *next_attempt <= now,
+            _ => false,
+        }
+    }
+
     /// Delivered or failed: nothing more will be tried for this recipient.
     pub fn is_final(&self) -> bool {
         matches!(
@@ -123,6 +132,22 @@ impl Envelope {
     /// Recipients still to be tried (pending or deferred).
     pub fn unfinished(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients.iter().filter(|r| !r.status.is_final())
+    }
+
+    /// When the entry next needs a delivery round, if ever: `None` when it is held or every
+    /// recipient is final; the Unix epoch for a recipient never tried (due at once).
+    pub fn next_due(&self) -> Option<SystemTime> {
+        if self.held {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter_map(|r| match &r.status {
+                RecipientStatus::Pending => Some(SystemTime::UNIX_EPOCH),
+                RecipientStatus::Deferred { next_attempt, .. } => Some(*next_attempt),
+                _ => None,
+            })
+            .min()
     }
 
     /// Records an attempt, dropping the oldest ones beyond [`MAX_ATTEMPTS_LOG`].

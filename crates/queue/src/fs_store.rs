@@ -7,6 +7,7 @@ use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,10 @@ use crate::durable::{self, create_dir_all_durable, create_synced, is_temp_name, 
 use crate::envelope::Envelope;
 use crate::fault::{is_injected_crash, FaultPoint, Faults, NoFaults};
 use crate::id::QueueId;
-use crate::store::{QueueLock, QueueStore, RecoveryReport};
+use crate::store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};
+
+mod control;
+pub use control::SOCKET_NAME;
 
 pub struct FsStore {
     root: PathBuf,
@@ -32,6 +36,12 @@ pub struct FsStore {
     free_msgs: FreeFiles,
     free_envs: FreeFiles,
     faults: Arc<dyn Faults>,
+    /// Subscribers to this store's changes (the scheduler).
+    sinks: control::Sinks,
+    /// `queue/control.sock`: where the server hears about other processes' changes.
+    socket: PathBuf,
+    /// This store is the server's and listens on `socket`; other stores tell it.
+    listening: AtomicBool,
 }
 
 /// How many emptied files each free list keeps (empty inodes cost next to nothing; enough to
@@ -127,6 +137,7 @@ impl FsStore {
         let env_dir = File::open(&env).map_err(|e| ctx(e, "opening", &env))?;
         let (free_msgs, free_envs) = (FreeFiles::new(msg.clone()), FreeFiles::new(tmp.clone()));
         Ok(FsStore {
+            socket: root.join(SOCKET_NAME),
             root,
             tmp,
             msg,
@@ -138,7 +149,32 @@ impl FsStore {
             free_msgs,
             free_envs,
             faults,
+            sinks: control::Sinks::default(),
+            listening: AtomicBool::new(false),
         })
+    }
+
+    /// For the server: hear about entries that other processes (`tern queue`) commit, change
+    /// or remove, as [`StoreEvent::ChangedElsewhere`] events to this store's subscribers.
+    pub fn listen_for_other_processes(&self) -> io::Result<()> {
+        control::listen(&self.socket, self.sinks.clone())
+            .map_err(|e| ctx(e, "listening on", &self.socket))?;
+        self.listening.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Tells this process's subscribers, and a listening server elsewhere, about a change.
+    fn changed(&self, event: StoreEvent) {
+        if !self.listening.load(Ordering::Relaxed) {
+            let id = match &event {
+                StoreEvent::Committed { id, .. }
+                | StoreEvent::Updated { id, .. }
+                | StoreEvent::Removed { id }
+                | StoreEvent::ChangedElsewhere { id } => id,
+            };
+            control::tell(&self.socket, id);
+        }
+        self.sinks.emit(event);
     }
 
     /// `<data_dir>/queue`.
@@ -366,6 +402,14 @@ impl QueueStore for FsStore {
                 }
             }
         }
+        for ((env, _), r) in batch.iter().zip(&results) {
+            if r.is_ok() {
+                self.changed(StoreEvent::Committed {
+                    id: env.id.clone(),
+                    due: env.next_due(),
+                });
+            }
+        }
         results
     }
 
@@ -402,6 +446,28 @@ impl QueueStore for FsStore {
         fs::read(&path).map_err(|e| ctx(e, "reading", &path))
     }
 
+    /// Reads line by line up to the empty line, so a large body is never loaded.
+    fn read_header(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
+        use std::io::{BufRead, Read};
+        let path = self.message_path(id);
+        let file = File::open(&path).map_err(|e| ctx(e, "reading", &path))?;
+        let mut reader = io::BufReader::new(file.take(max as u64));
+        let mut out = Vec::new();
+        loop {
+            let start = out.len();
+            let n = reader
+                .read_until(b'\n', &mut out)
+                .map_err(|e| ctx(e, "reading", &path))?;
+            if n == 0 || matches!(&out[start..], b"\n" | b"\r\n") {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn subscribe(&self, sink: EventSink) {
+        self.sinks.add(sink);
+    }
+
     /// flock(2) on the message file: it is never replaced (unlike the envelope, whose inode
     /// changes on every update), it lives exactly as long as the entry, and the kernel drops
     /// the lock when the holder dies, so a kill -9 never leaves an entry locked.
@@ -431,7 +497,12 @@ impl QueueStore for FsStore {
         self.stage_envelope(env)?
             .publish(&dest)
             .map_err(|e| ctx(e, "renaming envelope to", &dest))?;
-        self.sync_dir(&self.env_dir, &self.env_sync, &self.env)
+        self.sync_dir(&self.env_dir, &self.env_sync, &self.env)?;
+        self.changed(StoreEvent::Updated {
+            id: env.id.clone(),
+            due: env.next_due(),
+        });
+        Ok(())
     }
 
     fn remove(&self, lock: QueueLock) -> io::Result<()> {
@@ -447,7 +518,9 @@ impl QueueStore for FsStore {
         let msg = self.message_path(id);
         self.free_msgs
             .recycle(&msg, true)
-            .map_err(|e| ctx(e, "removing", &msg))
+            .map_err(|e| ctx(e, "removing", &msg))?;
+        self.changed(StoreEvent::Removed { id: id.clone() });
+        Ok(())
         // `lock` drops here, after the message is gone.
     }
 

@@ -5,6 +5,7 @@
 pub mod dirsync;
 pub mod durable;
 pub mod envelope;
+pub mod error;
 pub mod fault;
 pub mod fs_store;
 pub mod id;
@@ -12,7 +13,8 @@ pub mod store;
 pub mod time_format;
 
 pub use envelope::{Attempt, Envelope, Recipient, RecipientStatus, MAX_ATTEMPTS_LOG};
+pub use error::StoreError;
 pub use fault::{FailAt, FaultPoint, Faults, NoFaults};
 pub use fs_store::FsStore;
 pub use id::{InvalidQueueId, QueueId};
-pub use store::{QueueLock, QueueStore, RecoveryReport};
+pub use store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};

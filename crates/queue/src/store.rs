@@ -6,6 +6,8 @@
 use std::any::Any;
 use std::fmt;
 use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 use crate::id::QueueId;
@@ -40,6 +42,21 @@ pub trait QueueStore: Send + Sync {
     /// The message bytes of a committed entry.
     fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>>;
 
+    /// The message's header section (up to and including the empty line that ends it, RFC 5322
+    /// 2.1), at most `max` bytes, without loading the body where the backend can.
+    fn read_header(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
+        let mut message = self.read_message(id)?;
+        let end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+        message.truncate(end.min(max));
+        Ok(message)
+    }
+
+    /// Calls `sink` with every later change to the queue: entries committed, updated or
+    /// removed through this store, and (where the backend can see them) changes made by other
+    /// processes or nodes. This is how a scheduler keeps its index of due entries without
+    /// rescanning; the sink must be cheap (send on a channel) and never block.
+    fn subscribe(&self, sink: EventSink);
+
     /// Takes the entry's exclusive lock without waiting: `Ok(None)` when someone else (a delivery,
     /// a `tern queue` command in another process) holds it, `Err(NotFound)` when there is no such
     /// committed entry. Dropping the [`QueueLock`] releases it; so does the holder's death.
@@ -58,6 +75,30 @@ pub trait QueueStore: Send + Sync {
     /// messages without envelope (both are writes that never committed).
     fn recover(&self) -> io::Result<RecoveryReport>;
 }
+
+/// A change to the queue, as told to subscribers (see [`QueueStore::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A new entry is committed; `due` is when it first wants a delivery round
+    /// ([`crate::Envelope::next_due`]).
+    Committed {
+        id: QueueId,
+        due: Option<SystemTime>,
+    },
+    /// An entry's envelope was replaced (a round's results, a hold, a flush).
+    Updated {
+        id: QueueId,
+        due: Option<SystemTime>,
+    },
+    /// An entry is gone (delivered, bounced, deleted).
+    Removed { id: QueueId },
+    /// Another process (`tern queue`) or node committed, changed or removed this entry; its
+    /// new state has to be read from the store.
+    ChangedElsewhere { id: QueueId },
+}
+
+/// A subscriber's callback.
+pub type EventSink = Arc<dyn Fn(StoreEvent) + Send + Sync>;
 
 /// Proof that the holder has exclusive use of one queue entry. Backend-specific state (an
 /// flock'd file, a database lease) lives inside; dropping the value releases the lock.

@@ -12,7 +12,9 @@ use tern_proto::{
     ReversePath,
 };
 
-use crate::policy::{self, RcptDecision, Target};
+pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
+
+use crate::policy::{self, RcptDecision};
 use crate::received::{self, TraceInfo};
 use crate::replies;
 use crate::tracker::{self, ClientTracker};
@@ -56,13 +58,6 @@ pub struct Transaction {
 }
 
 #[derive(Debug, Clone)]
-pub struct AcceptedRecipient {
-    /// As the client gave it (after normalizing `<postmaster>`).
-    pub address: String,
-    pub targets: Vec<Target>,
-}
-
-#[derive(Debug, Clone)]
 enum State {
     /// No transaction open (before MAIL, or after RSET / end of DATA).
     Idle,
@@ -93,20 +88,6 @@ enum AuthExchange {
     Plain,
     LoginUser,
     LoginPassword(String),
-}
-
-/// A message that passed every check and must be stored before the 250.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    pub id: String,
-    pub sender: Option<String>,
-    pub recipients: Vec<AcceptedRecipient>,
-    /// Trace header to prepend to the client's data.
-    pub received: String,
-    pub smtputf8: bool,
-    pub eight_bit: bool,
-    pub helo: String,
-    pub client_ip: std::net::IpAddr,
 }
 
 pub enum DataEnd {
@@ -186,7 +167,7 @@ impl Session {
     }
 
     fn relay_allowed(&self) -> bool {
-        self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip())
+        policy::relay_allowed(&self.cfg, self.authenticated.is_some(), self.conn.peer.ip())
     }
 
     /// An error reply counts toward `limits.max_errors`; past it the session is closed.

@@ -1,11 +1,8 @@
 //! The `tern` binary: one executable for the server, the sending tools and administration.
 //! Invoked as `sendmail` (a symlink), it behaves as the sendmail-compatible submission tool.
 
-mod bounce;
 mod cmd;
-mod inbound;
 mod logging;
-mod relay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

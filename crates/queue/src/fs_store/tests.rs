@@ -434,3 +434,101 @@ fn removed_entries_files_are_reused_with_exact_new_content_and_recovery_drops_le
     reopened.recover().unwrap();
     assert!(names(&reopened.msg).is_empty() && names(&reopened.tmp).is_empty());
 }
+
+// ---------------------------------------------------------------- events and control notices
+
+fn subscribed(store: &FsStore) -> mpsc::Receiver<StoreEvent> {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    store.subscribe(Arc::new(move |e| {
+        let _ = tx.lock().unwrap().send(e);
+    }));
+    rx
+}
+
+#[test]
+fn commit_update_and_remove_are_told_to_subscribers_with_the_due_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let events = subscribed(&store);
+    let mut env = sample(QueueId::generate());
+    let m = message();
+    store.commit_parts(&env, &parts(&m)).unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        StoreEvent::Committed {
+            id: env.id.clone(),
+            due: env.next_due()
+        }
+    );
+    assert_eq!(
+        env.next_due(),
+        Some(UNIX_EPOCH),
+        "a pending recipient is due at once"
+    );
+    let lock = store.lock(&env.id).unwrap().unwrap();
+    env.held = true;
+    store.update(&lock, &env).unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        StoreEvent::Updated {
+            id: env.id.clone(),
+            due: None
+        },
+        "held: not due"
+    );
+    store.remove(lock).unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        StoreEvent::Removed { id: env.id.clone() }
+    );
+    assert!(events.try_recv().is_err());
+}
+
+#[test]
+fn a_failed_commit_tells_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FailAt::os_error(FaultPoint::AfterRename, ENOSPC));
+    let store = FsStore::open_with_faults(dir.path(), faults).unwrap();
+    let events = subscribed(&store);
+    let env = sample(QueueId::generate());
+    let m = message();
+    assert!(store.commit_parts(&env, &parts(&m)).is_err());
+    assert!(events.try_recv().is_err());
+}
+
+#[test]
+fn another_process_changes_reach_the_listening_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FsStore::open(dir.path()).unwrap();
+    server.listen_for_other_processes().unwrap();
+    let events = subscribed(&server);
+    // `tern queue` opens the same spool with a store of its own.
+    let tool = FsStore::open(dir.path()).unwrap();
+    let mut env = sample(QueueId::generate());
+    let m = message();
+    tool.commit_parts(&env, &parts(&m)).unwrap();
+    let lock = tool.lock(&env.id).unwrap().unwrap();
+    env.held = true;
+    tool.update(&lock, &env).unwrap();
+    for _ in 0..2 {
+        let got = events
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("a notice from the other store");
+        assert_eq!(got, StoreEvent::ChangedElsewhere { id: env.id.clone() });
+    }
+    // Garbage on the socket is ignored, not turned into an event.
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sock.send_to(
+        b"../../etc/passwd",
+        dir.path().join("queue").join(SOCKET_NAME),
+    )
+    .unwrap();
+    tool.remove(lock).unwrap();
+    assert_eq!(
+        events
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap(),
+        StoreEvent::ChangedElsewhere { id: env.id.clone() }
+    );
+}

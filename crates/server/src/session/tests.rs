@@ -6,6 +6,7 @@ use tern_config::Config;
 use tern_proto::DataRejection;
 
 use super::*;
+use crate::policy::Target;
 
 fn config(toml: &str) -> Arc<Config> {
     let base = "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n";

@@ -2,26 +2,28 @@
 //!
 //! Every change takes the entry's lock first, the same lock the relay holds while delivering,
 //! so a command never edits an entry in the middle of its delivery: a busy entry is reported
-//! (exit 75) and the operator tries again. The running scheduler rescans the spool every couple
-//! of seconds, so holds, releases and flushes take effect without a signal.
+//! (exit 75) and the operator tries again. The queue tells a running server about every change
+//! (see `tern_queue::fs_store` control notices), so holds, releases and flushes take effect at
+//! once.
 //!
 //! Exit codes (sysexits.h): 0 ok, 66 no such entry, 75 entry busy, 78 config error,
 //! 74 spool I/O error.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
+use serde_json::{json, Value};
 
 use tern_config::{Config, LogConfig};
 use tern_queue::time_format;
 use tern_queue::{Envelope, FsStore, QueueId, QueueLock, QueueStore, Recipient, RecipientStatus};
+use tern_relay::notify::Notifier;
 
-use crate::bounce::{self, DsnKind};
 use crate::logging;
 
 const EX_NOINPUT: u8 = 66;
@@ -33,7 +35,7 @@ const EX_CONFIG: u8 = 78;
 pub const BOUNCE_REPLY: &str = "554 5.0.0 bounced by the administrator";
 
 /// Header sections longer than this are cut in `show` (the server's default limit is 1 MiB).
-const MAX_SHOWN_HEADER: u64 = 1 << 20;
+const MAX_SHOWN_HEADER: usize = 1 << 20;
 
 #[derive(Args)]
 pub struct QueueArgs {
@@ -140,16 +142,18 @@ pub fn run(args: QueueArgs) -> ExitCode {
 /// The spool, or `None` when it was never created (a fresh install: the queue is empty). Not
 /// created here: `tern queue` run as another user (root) must not leave directories behind that
 /// the server cannot write.
-fn open_store(cfg: &Config) -> Result<Option<FsStore>, Fail> {
+fn open_store(cfg: &Config) -> Result<Option<Arc<dyn QueueStore>>, Fail> {
     let root = cfg.data_dir.join("queue");
     match root.try_exists() {
-        Ok(true) => FsStore::open(&cfg.data_dir).map(Some).map_err(io_fail),
+        Ok(true) => FsStore::open(&cfg.data_dir)
+            .map(|s| Some(Arc::new(s) as Arc<dyn QueueStore>))
+            .map_err(io_fail),
         Ok(false) => Ok(None),
         Err(e) => Err(Fail::Io(format!("{}: {e}", root.display()))),
     }
 }
 
-fn need_store(cfg: &Config, id: &str) -> Result<FsStore, Fail> {
+fn need_store(cfg: &Config, id: &str) -> Result<Arc<dyn QueueStore>, Fail> {
     open_store(cfg)?.ok_or_else(|| Fail::NoSuchEntry(id.to_string()))
 }
 
@@ -159,7 +163,7 @@ fn parse_id(id: &str) -> Result<QueueId, Fail> {
 }
 
 /// Takes the entry's lock and loads its envelope under it.
-fn lock_entry(store: &FsStore, id: &QueueId) -> Result<(QueueLock, Envelope), Fail> {
+fn lock_entry(store: &dyn QueueStore, id: &QueueId) -> Result<(QueueLock, Envelope), Fail> {
     let lock = match store.lock(id) {
         Ok(Some(lock)) => lock,
         Ok(None) => return Err(Fail::Busy(id.clone())),
@@ -172,7 +176,7 @@ fn lock_entry(store: &FsStore, id: &QueueId) -> Result<(QueueLock, Envelope), Fa
     Ok((lock, env))
 }
 
-fn load(store: &FsStore, id: &QueueId) -> Result<Envelope, Fail> {
+fn load(store: &dyn QueueStore, id: &QueueId) -> Result<Envelope, Fail> {
     store.load(id).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Fail::NoSuchEntry(id.to_string())
@@ -184,7 +188,7 @@ fn load(store: &FsStore, id: &QueueId) -> Result<Envelope, Fail> {
 
 /// Every entry's envelope, oldest first. Entries removed while listing (delivered) are skipped;
 /// unreadable ones are reported on stderr and skipped.
-fn load_all(store: &FsStore) -> Result<Vec<Envelope>, Fail> {
+fn load_all(store: &dyn QueueStore) -> Result<Vec<Envelope>, Fail> {
     let mut out = Vec::new();
     for id in store.list().map_err(io_fail)? {
         match store.load(&id) {
@@ -200,13 +204,13 @@ fn load_all(store: &FsStore) -> Result<Vec<Envelope>, Fail> {
 
 fn list(cfg: &Config, json: bool) -> Result<(), Fail> {
     let entries = match open_store(cfg)? {
-        Some(store) => load_all(&store)?,
+        Some(store) => load_all(store.as_ref())?,
         None => Vec::new(),
     };
     let now = SystemTime::now();
     if json {
-        let arr = J::Arr(entries.iter().map(|e| entry_json(e, now)).collect());
-        println!("{}", arr.render());
+        let arr: Vec<Value> = entries.iter().map(|e| entry_json(e, now)).collect();
+        println!("{}", Value::Array(arr));
         return Ok(());
     }
     if entries.is_empty() {
@@ -247,32 +251,27 @@ fn list(cfg: &Config, json: bool) -> Result<(), Fail> {
 fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
     let store = need_store(cfg, id)?;
     let qid = parse_id(id)?;
-    let env = load(&store, &qid)?;
-    let headers = read_header_section(&store, &qid)?;
+    let env = load(store.as_ref(), &qid)?;
+    let headers = read_header_section(store.as_ref(), &qid)?;
     let headers = String::from_utf8_lossy(&headers).into_owned();
     let now = SystemTime::now();
     if json {
-        let J::Obj(mut fields) = entry_json(&env, now) else {
-            return Err(Fail::Io("internal error: entry is not an object".into()));
-        };
-        fields.push((
-            "attempts",
-            J::Arr(
-                env.attempts_log
-                    .iter()
-                    .map(|a| {
-                        J::Obj(vec![
-                            ("at", J::Str(time_format::format(a.at))),
-                            ("recipient", J::Str(a.recipient.clone())),
-                            ("host", J::opt_str(a.host.as_deref())),
-                            ("reply", J::Str(a.reply.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ));
-        fields.push(("headers", J::Str(headers)));
-        println!("{}", J::Obj(fields).render());
+        let mut obj = entry_json(&env, now);
+        let attempts: Vec<Value> = env
+            .attempts_log
+            .iter()
+            .map(|a| {
+                json!({
+                    "at": time_format::format(a.at),
+                    "recipient": a.recipient,
+                    "host": a.host,
+                    "reply": a.reply,
+                })
+            })
+            .collect();
+        obj["attempts"] = Value::Array(attempts);
+        obj["headers"] = Value::String(headers);
+        println!("{obj}");
         return Ok(());
     }
 
@@ -377,8 +376,8 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
 
 /// The object of `list --json` (and the base of `show --json`); field names are an interface
 /// (docs/queue.md).
-fn entry_json(env: &Envelope, now: SystemTime) -> J {
-    let recipients = env
+fn entry_json(env: &Envelope, now: SystemTime) -> Value {
+    let recipients: Vec<Value> = env
         .recipients
         .iter()
         .map(|r| {
@@ -403,58 +402,37 @@ fn entry_json(env: &Envelope, now: SystemTime) -> J {
                     (tried.max(1), Some(reply.as_str()), None)
                 }
             };
-            J::Obj(vec![
-                ("address", J::Str(r.address.clone())),
-                ("original", J::opt_str(r.original.as_deref())),
-                ("state", J::Str(r.status.name().into())),
-                ("attempts", J::Num(attempts)),
-                ("last_reply", J::opt_str(last_reply)),
-                ("next_attempt", next.map_or(J::Null, J::Str)),
-            ])
+            json!({
+                "address": r.address,
+                "original": r.original,
+                "state": r.status.name(),
+                "attempts": attempts,
+                "last_reply": last_reply,
+                "next_attempt": next,
+            })
         })
         .collect();
-    J::Obj(vec![
-        ("id", J::Str(env.id.to_string())),
-        ("received_at", J::Str(time_format::format(env.received_at))),
-        (
-            "age_secs",
-            J::Num(
-                now.duration_since(env.received_at)
-                    .unwrap_or_default()
-                    .as_secs(),
-            ),
-        ),
-        ("size", J::Num(env.size)),
-        ("sender", J::Str(env.sender.clone().unwrap_or_default())),
-        ("held", J::Bool(env.held)),
-        ("recipients", J::Arr(recipients)),
-    ])
+    json!({
+        "id": env.id.to_string(),
+        "received_at": time_format::format(env.received_at),
+        "age_secs": now.duration_since(env.received_at).unwrap_or_default().as_secs(),
+        "size": env.size,
+        "sender": env.sender.clone().unwrap_or_default(),
+        "held": env.held,
+        "recipients": recipients,
+    })
 }
 
-/// The message's header section (up to the empty line), read without loading the body; cut at
+/// The message's header section (up to the empty line), without loading the body; cut at
 /// MAX_SHOWN_HEADER.
-fn read_header_section(store: &FsStore, id: &QueueId) -> Result<Vec<u8>, Fail> {
-    let path = store.message_path(id);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Fail::NoSuchEntry(id.to_string()))
+fn read_header_section(store: &dyn QueueStore, id: &QueueId) -> Result<Vec<u8>, Fail> {
+    store.read_header(id, MAX_SHOWN_HEADER).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Fail::NoSuchEntry(id.to_string())
+        } else {
+            io_fail(e)
         }
-        Err(e) => return Err(Fail::Io(format!("reading {}: {e}", path.display()))),
-    };
-    let mut reader = BufReader::new(file.take(MAX_SHOWN_HEADER));
-    let mut out = Vec::new();
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Fail::Io(format!("reading {}: {e}", path.display())))?;
-        if n == 0 || line == b"\n" || line == b"\r\n" {
-            return Ok(out);
-        }
-        out.extend_from_slice(&line);
-    }
+    })
 }
 
 // ------------------------------------------------------------------ changes
@@ -464,7 +442,7 @@ fn flush(cfg: &Config, id: Option<&str>, domain: Option<&str>) -> Result<(), Fai
     if let Some(id) = id {
         let store = need_store(cfg, id)?;
         let qid = parse_id(id)?;
-        let (lock, mut env) = lock_entry(&store, &qid)?;
+        let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
         if env.held {
             println!("{qid} is held: not flushed (release it with `tern queue release {qid}`)");
             return Ok(());
@@ -496,7 +474,7 @@ fn flush(cfg: &Config, id: Option<&str>, domain: Option<&str>) -> Result<(), Fai
             held += 1;
             continue;
         }
-        let (lock, mut env) = match lock_entry(&store, &id) {
+        let (lock, mut env) = match lock_entry(store.as_ref(), &id) {
             Ok(x) => x,
             // Being delivered right now: flushing it would change nothing.
             Err(Fail::Busy(_)) => {
@@ -563,7 +541,7 @@ fn flush_recipients(env: &mut Envelope, domain: Option<&str>, now: SystemTime) -
 fn delete(cfg: &Config, id: &str) -> Result<(), Fail> {
     let store = need_store(cfg, id)?;
     let qid = parse_id(id)?;
-    let (lock, _env) = lock_entry(&store, &qid)?;
+    let (lock, _env) = lock_entry(store.as_ref(), &qid)?;
     store.remove(lock).map_err(io_fail)?;
     println!("{qid}: deleted");
     Ok(())
@@ -572,7 +550,7 @@ fn delete(cfg: &Config, id: &str) -> Result<(), Fail> {
 fn set_held(cfg: &Config, id: &str, held: bool) -> Result<(), Fail> {
     let store = need_store(cfg, id)?;
     let qid = parse_id(id)?;
-    let (lock, mut env) = lock_entry(&store, &qid)?;
+    let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
     let word = if held { "held" } else { "released" };
     if env.held == held {
         println!("{qid}: already {}", if held { "held" } else { "not held" });
@@ -584,53 +562,36 @@ fn set_held(cfg: &Config, id: &str, held: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Fails the unfinished recipients, sends the DSN, removes the entry. The failure is written
-/// first, so a crash after the DSN leaves an entry with nothing left to deliver (at worst a
-/// second bounce), never a message delivered after its sender was told it failed; the DSN is
-/// durable before the entry goes, so a crash never loses the bounce.
+/// Fails the unfinished recipients and sends the DSN (one step, shared with delivery rounds:
+/// the DSN is durable before anything is recorded), then removes the entry. A crash after the
+/// DSN leaves the entry as it was, to be bounced again: at worst a second bounce, never none.
+/// If the DSN cannot be sent, nothing changes.
 fn bounce_entry(cfg: &Config, id: &str) -> Result<(), Fail> {
     let store = need_store(cfg, id)?;
     let qid = parse_id(id)?;
-    let (lock, mut env) = lock_entry(&store, &qid)?;
-    let original = env.clone();
-    let now = SystemTime::now();
-    let mut bounced = Vec::new();
-    for r in &mut env.recipients {
-        if !r.status.is_final() {
-            r.status = RecipientStatus::Failed {
-                at: now,
-                reply: BOUNCE_REPLY.to_string(),
-            };
-            bounced.push(r.address.clone());
-        }
-    }
-    if bounced.is_empty() {
+    let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
+    let failures: Vec<(String, String)> = env
+        .unfinished()
+        .map(|r| (r.address.clone(), BOUNCE_REPLY.to_string()))
+        .collect();
+    if failures.is_empty() {
         store.remove(lock).map_err(io_fail)?;
         println!("{qid}: no unfinished recipients; entry removed without a bounce");
         return Ok(());
     }
-    store.update(&lock, &env).map_err(io_fail)?;
-    let headers = read_header_section(&store, &qid)?;
-    if let Err(e) = bounce::emit(cfg, &store, &env, &bounced, DsnKind::Failed, &headers) {
-        // Nothing was sent: put the entry back as it was, so delivery goes on as before.
-        let restored = store.update(&lock, &original);
-        let mut msg = format!("cannot send the bounce for {qid}: {e}");
-        if let Err(e2) = restored {
-            let _ = write!(
-                msg,
-                "; and restoring the entry failed ({e2}): its recipients are marked failed"
-            );
-        } else {
-            msg.push_str("; entry left unchanged");
-        }
-        return Err(Fail::Io(msg));
+    let headers = read_header_section(store.as_ref(), &qid)?;
+    let notifier = Notifier::new(Arc::new(cfg.clone()), store.clone());
+    if let Err(e) = notifier.fail(&mut env, &failures, &headers) {
+        return Err(Fail::Io(format!(
+            "cannot send the bounce for {qid}: {e}; entry left unchanged"
+        )));
     }
     store.remove(lock).map_err(io_fail)?;
     println!(
         "{qid}: {} {} bounced to <{}>, entry removed",
-        bounced.len(),
-        plural(bounced.len(), "recipient", "recipients"),
-        original.sender.as_deref().unwrap_or("")
+        failures.len(),
+        plural(failures.len(), "recipient", "recipients"),
+        env.sender.as_deref().unwrap_or("")
     );
     Ok(())
 }
@@ -675,95 +636,9 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Just enough JSON for the output above (the binary does not otherwise need serde_json).
-enum J {
-    Null,
-    Bool(bool),
-    Num(u64),
-    Str(String),
-    Arr(Vec<J>),
-    Obj(Vec<(&'static str, J)>),
-}
-
-impl J {
-    fn opt_str(s: Option<&str>) -> J {
-        s.map_or(J::Null, |s| J::Str(s.to_string()))
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out);
-        out
-    }
-
-    fn write(&self, out: &mut String) {
-        match self {
-            J::Null => out.push_str("null"),
-            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            J::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            J::Str(s) => write_json_str(out, s),
-            J::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    item.write(out);
-                }
-                out.push(']');
-            }
-            J::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_json_str(out, k);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-/// RFC 8259 7: quote, backslash and control characters escaped; everything else as UTF-8.
-fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        let j = J::Obj(vec![
-            ("a", J::Str("q\"b\\n\nt\tc\u{1}é".into())),
-            ("b", J::Arr(vec![J::Null, J::Bool(true), J::Num(7)])),
-        ]);
-        assert_eq!(
-            j.render(),
-            r#"{"a":"q\"b\\n\nt\tc\u0001é","b":[null,true,7]}"#
-        );
-    }
 
     #[test]
     fn durations_read_well() {

@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tern_config::Config;
+use tern_delivery::{Intake, LocalDelivery};
+use tern_queue::{FsStore, QueueStore};
 use tern_server::{bind_all, Server, TlsProvider};
 
-use crate::inbound::InboundStore;
 use crate::logging;
 
 pub fn run(config: Option<&Path>) -> ExitCode {
@@ -51,7 +52,9 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             cfg.data_dir.display()
         )
     })?;
-    let store = Arc::new(InboundStore::open(cfg.clone()).context("cannot open the spool")?);
+    let queue = open_queue(&cfg).context("cannot open the spool")?;
+    let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
+    let store = Arc::new(Intake::new(queue.clone(), local));
     let tls = match &cfg.tls {
         Some(t) => Some(Arc::new(
             TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
@@ -86,13 +89,29 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     spawn_signal_handlers(shutdown.clone(), cfg.clone(), tls.clone())?;
-    let workers = crate::relay::spawn(cfg.clone(), store.clone(), shutdown.clone());
+    let workers = tern_relay::spawn(cfg.clone(), queue, shutdown.clone());
     Server::new(cfg.clone(), store, tls, shutdown.clone())
         .run(listeners)
         .await;
     workers.stop().await;
     info!("tern stopped");
     Ok(())
+}
+
+/// Opens the filesystem spool, cleans up after a crash (temp files, orphans: only safe before
+/// the listeners start, when nothing else writes it) and listens for `tern queue` changes.
+fn open_queue(cfg: &Config) -> std::io::Result<Arc<dyn QueueStore>> {
+    let queue = FsStore::open(&cfg.data_dir)?;
+    let report = queue.recover()?;
+    info!(
+        entries = report.entries,
+        temp_files_removed = report.temp_files_removed,
+        orphans_removed = report.orphan_messages_removed,
+        quarantined = report.quarantined.len(),
+        "spool recovered"
+    );
+    queue.listen_for_other_processes()?;
+    Ok(Arc::new(queue))
 }
 
 fn spawn_signal_handlers(

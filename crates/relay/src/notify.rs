@@ -1,26 +1,97 @@
-//! Sending delivery status notifications (RFC 3464): a bounce when recipients failed, a warning
-//! when they are still being retried. The DSN goes to the original envelope sender with the null
-//! reverse-path (RFC 5321 4.5.5), straight into the Maildir when the sender is local, otherwise
-//! into the queue like any other outgoing message. Called by the relay scheduler and by
-//! `tern queue bounce`; blocking (async callers use `spawn_blocking`).
+//! Telling the sender (RFC 3464 delivery status notifications): a bounce when recipients failed,
+//! a warning when they are still being retried. The DSN goes to the original envelope sender
+//! with the null reverse-path (RFC 5321 4.5.5), routed like any inbound recipient (the router),
+//! straight into the Maildir when the sender is local, otherwise into the queue like any other
+//! outgoing message. Blocking (async callers use `spawn_blocking`).
+//!
+//! [`Notifier::fail`] is the one "fail and notify" step, used by delivery rounds and by
+//! `tern queue bounce` alike: the recipients are marked failed and the DSN is made durable
+//! *before* the caller records the entry, so a crash in between sends the DSN twice, never
+//! zero times.
 //!
 //! A message that is itself a notification (null sender) is never answered with a bounce: its
 //! failure report goes to the local postmaster, and only to local mailboxes, so two servers can
 //! never bounce notifications back and forth.
 
 use std::io;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
 use tern_config::Config;
 use tern_delivery::dsn::{self, Action, RecipientReport, Report};
-use tern_delivery::maildir::{self, MaildirCopy};
-use tern_proto::{Address, Domain, ForwardPath};
-use tern_queue::{Envelope, FsStore, QueueId, QueueStore, Recipient, RecipientStatus};
-use tern_server::policy::{self, RcptDecision, Target};
-use tern_server::received::now_rfc5322;
+use tern_delivery::router::{self, RcptDecision, Target};
+use tern_delivery::LocalDelivery;
+use tern_proto::{Address, ForwardPath};
+use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus};
+
+/// What a round or `tern queue bounce` needs to send notifications.
+pub struct Notifier {
+    cfg: Arc<Config>,
+    queue: Arc<dyn QueueStore>,
+    local: LocalDelivery,
+}
+
+impl Notifier {
+    pub fn new(cfg: Arc<Config>, queue: Arc<dyn QueueStore>) -> Self {
+        // Each mailbox's own tmp/: this also runs in `tern queue`, which must not touch the
+        // server's staging area.
+        let local = LocalDelivery::unstaged(&cfg);
+        Self { cfg, queue, local }
+    }
+
+    /// Marks each `(address, reply)` recipient of `env` failed (now) and sends the sender one
+    /// bounce about them. On `Ok` the bounce is durable (or deliberately not sent, see [`emit`])
+    /// and the caller records the envelope; on `Err` `env` is as it was and nothing was sent.
+    pub fn fail(
+        &self,
+        env: &mut Envelope,
+        failures: &[(String, String)],
+        message: &[u8],
+    ) -> io::Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let before = env.recipients.clone();
+        let now = SystemTime::now();
+        for (address, reply) in failures {
+            if let Some(r) = env.recipients.iter_mut().find(|r| r.address == *address) {
+                r.status = RecipientStatus::Failed {
+                    at: now,
+                    reply: reply.clone(),
+                };
+            }
+        }
+        let addresses: Vec<String> = failures.iter().map(|(a, _)| a.clone()).collect();
+        match self.emit(env, &addresses, DsnKind::Failed, message) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                env.recipients = before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends one DSN of `kind` about `recipients` (see [`emit`]).
+    pub fn emit(
+        &self,
+        env: &Envelope,
+        recipients: &[String],
+        kind: DsnKind,
+        message: &[u8],
+    ) -> io::Result<()> {
+        emit(
+            &self.cfg,
+            self.queue.as_ref(),
+            &self.local,
+            env,
+            recipients,
+            kind,
+            message,
+        )
+    }
+}
 
 /// Which notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +112,8 @@ pub enum DsnKind {
 /// queued, so the caller can try again without sending it twice.
 pub fn emit(
     cfg: &Config,
-    queue: &FsStore,
+    queue: &dyn QueueStore,
+    local: &LocalDelivery,
     env: &Envelope,
     recipients: &[String],
     kind: DsnKind,
@@ -82,7 +154,24 @@ pub fn emit(
     });
     let dsn_id = QueueId::generate();
 
-    let delivered = deliver_local(cfg, &targets.local, &dsn_id, &bytes)?;
+    let received = format!(
+        "Received: by {} (tern) id {dsn_id};\r\n\t{}\r\n",
+        cfg.hostname,
+        dsn::rfc5322_date(now)
+    );
+    let delivered = local
+        .deliver(
+            targets.local.iter().map(String::as_str),
+            None,
+            &received,
+            &bytes,
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.io_error().kind(),
+                format!("delivering the DSN locally: {e}"),
+            )
+        })?;
     if !targets.remote.is_empty() {
         let entry = Envelope {
             id: dsn_id.clone(),
@@ -108,10 +197,8 @@ pub fn emit(
             attempts_log: Vec::new(),
         };
         if let Err(e) = queue.commit(&entry, &bytes) {
-            // All or nothing, so that the caller's retry does not deliver the local copies twice.
-            for path in &delivered {
-                let _ = std::fs::remove_file(path);
-            }
+            // All or nothing: `delivered` drops and takes the local copies back, so that the
+            // caller's retry does not deliver them twice.
             return Err(io::Error::new(
                 e.kind(),
                 format!("queueing the DSN for {}: {e}", env.id),
@@ -128,6 +215,7 @@ pub fn emit(
         queued = targets.remote.len(),
         "DSN sent"
     );
+    delivered.keep();
     Ok(())
 }
 
@@ -191,12 +279,12 @@ struct Targets {
 }
 
 /// The DSN's To: address and its targets: the sender, resolved through users and aliases like
-/// any inbound recipient ([`policy::decide_recipient`]); the postmaster when there is no sender
+/// any inbound recipient ([`router::decide_recipient`]); the postmaster when there is no sender
 /// or the local sender does not exist.
 fn destination(cfg: &Config, env: &Envelope) -> (String, Targets) {
     if let Some(sender) = &env.sender {
         match Address::parse(sender) {
-            Ok(addr) if !policy::is_local_domain(cfg, addr.domain()) => {
+            Ok(addr) if !router::is_local_domain(cfg, addr.domain()) => {
                 return (
                     sender.clone(),
                     Targets {
@@ -205,7 +293,7 @@ fn destination(cfg: &Config, env: &Envelope) -> (String, Targets) {
                     },
                 );
             }
-            Ok(addr) => match policy::decide_recipient(cfg, &ForwardPath::Mailbox(addr), true) {
+            Ok(addr) => match router::decide_recipient(cfg, &ForwardPath::Mailbox(addr), true) {
                 RcptDecision::Accept(found) => return (sender.clone(), split(found)),
                 other => warn!(
                     id = %env.id,
@@ -222,8 +310,8 @@ fn destination(cfg: &Config, env: &Envelope) -> (String, Targets) {
             ),
         }
     }
-    let postmaster = policy::postmaster_address(cfg).to_string();
-    let mut targets = match policy::decide_recipient(cfg, &ForwardPath::Postmaster, false) {
+    let postmaster = router::postmaster_address(cfg).to_string();
+    let mut targets = match router::decide_recipient(cfg, &ForwardPath::Postmaster, false) {
         RcptDecision::Accept(found) => split(found),
         _ => Targets::default(),
     };
@@ -255,50 +343,12 @@ fn split(found: Vec<Target>) -> Targets {
     t
 }
 
-/// Delivers into each local mailbox (all or none, fsync'd), with the trace headers inbound
-/// delivery writes: Return-Path (null: RFC 3464 DSNs use `<>`), Delivered-To, Received.
-fn deliver_local(
-    cfg: &Config,
-    keys: &[String],
-    dsn_id: &QueueId,
-    bytes: &[u8],
-) -> io::Result<Vec<PathBuf>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let received = format!(
-        "Received: by {} (tern) id {dsn_id};\r\n\t{}\r\n",
-        cfg.hostname,
-        now_rfc5322()
-    );
-    let copies: Vec<MaildirCopy<'_>> = keys
-        .iter()
-        .map(|key| {
-            let (local, domain) = key.rsplit_once('@').unwrap_or((key.as_str(), ""));
-            let delivered_to =
-                Address::new_unchecked(local, Domain::Name(domain.to_string())).to_string();
-            MaildirCopy {
-                mailbox: maildir::mailbox_path(&cfg.data_dir, local, domain),
-                prefix: format!("Return-Path: <>\r\nDelivered-To: {delivered_to}\r\n{received}")
-                    .into_bytes(),
-                body: bytes,
-            }
-        })
-        .collect();
-    maildir::deliver_all(&copies, &cfg.hostname).map_err(|e| {
-        io::Error::new(
-            e.io_error().kind(),
-            format!("delivering the DSN locally: {e}"),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
     use std::time::{Duration, UNIX_EPOCH};
-    use tern_queue::Attempt;
+    use tern_queue::{Attempt, FsStore};
 
     const MESSAGE: &[u8] =
         b"From: <alice@tern.test>\r\nTo: <bob@remote.test>\r\nSubject: hello\r\n\r\nbody text\r\n";
@@ -411,6 +461,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -459,6 +510,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -489,6 +541,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -516,6 +569,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -538,6 +592,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -560,6 +615,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -579,6 +635,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &delayed,
             &["dave@far.test".into()],
             DsnKind::Delayed,
@@ -596,6 +653,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &envelope(None),
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -616,6 +674,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &envelope(None),
             &["bob@remote.test".into()],
             DsnKind::Failed,
@@ -635,6 +694,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["dave@far.test".into()],
             DsnKind::Delayed,
@@ -666,6 +726,7 @@ mod tests {
         emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["erin@remote.test".into(), "zed@remote.test".into()],
             DsnKind::Failed,
@@ -688,6 +749,7 @@ mod tests {
         let err = emit(
             &cfg,
             &queue,
+            &LocalDelivery::unstaged(&cfg),
             &env,
             &["bob@remote.test".into()],
             DsnKind::Failed,

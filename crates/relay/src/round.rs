@@ -1,7 +1,8 @@
-//! One delivery round for one queued message: lock it, try every due recipient (grouped by
-//! destination, the groups in parallel), record each outcome, send the bounce or delay notice,
-//! then update or remove the entry. The entry stays locked throughout, so `tern queue` and a
-//! second scheduler never touch it mid-delivery.
+//! One delivery round for one queued message, in three steps: **group** the due recipients by
+//! destination, **attempt** every group (in parallel, each one SMTP transaction through the
+//! connector), **record** each outcome (the bounce or delay notice first, then the envelope
+//! updated or removed). The entry stays locked throughout, so `tern queue` and a second
+//! scheduler never touch it mid-delivery.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,54 +10,80 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tern_config::Config;
-use tern_queue::{Attempt, Envelope, FsStore, QueueId, QueueLock, QueueStore, RecipientStatus};
+use tern_queue::{Attempt, Envelope, QueueId, QueueLock, QueueStore, RecipientStatus};
 
-use super::backoff;
-use super::deliver::{Connector, RcptResult};
-use super::route;
-use crate::bounce::{self, DsnKind};
+use crate::backoff;
+use crate::connector::{Connector, RcptResult};
+use crate::notify::{DsnKind, Notifier};
+use crate::route;
 
 /// How soon to retry when the bounce itself could not be stored (disk full, say): the failed
 /// recipients go back to deferred so the failure is reported later instead of lost.
 const BOUNCE_RETRY: Duration = Duration::from_secs(60);
 
+/// How soon an entry is looked at again when it was busy (a `tern queue` command held its
+/// lock) or could not be read or recorded.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+const TROUBLE_RETRY: Duration = Duration::from_secs(60);
+
 pub struct Context {
     pub cfg: Arc<Config>,
-    pub queue: Arc<FsStore>,
+    pub queue: Arc<dyn QueueStore>,
     pub connector: Connector,
+    pub notifier: Notifier,
 }
 
-/// Runs one round for `id`. Returns nothing: every outcome is in the spool or the log.
-pub async fn run(ctx: Arc<Context>, id: QueueId) {
+/// What the scheduler should do with the entry after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Gone (every recipient final, or removed meanwhile), or held: nothing to schedule.
+    Nothing,
+    /// Look at it again at this time.
+    At(SystemTime),
+}
+
+impl After {
+    fn of(env: &Envelope) -> After {
+        env.next_due().map_or(After::Nothing, After::At)
+    }
+
+    fn soon(d: Duration) -> After {
+        After::At(SystemTime::now() + d)
+    }
+}
+
+/// Runs one round for `id`; every outcome is in the queue or the log. Returns when the entry
+/// wants the next one.
+pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
     let queue = ctx.queue.clone();
     let load_id = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&queue, &load_id)).await;
+    let loaded = tokio::task::spawn_blocking(move || load(queue.as_ref(), &load_id)).await;
     let (lock, mut env, message) = match loaded {
-        Ok(Ok(Some(entry))) => entry,
-        // Busy (a `tern queue` command holds it) or already gone: the next scan looks again.
-        Ok(Ok(None)) => return,
+        Ok(Ok(Loaded::Entry(lock, env, message))) => (lock, *env, message),
+        Ok(Ok(Loaded::Busy)) => return After::soon(BUSY_RETRY),
+        Ok(Ok(Loaded::Gone)) => return After::Nothing,
         Ok(Err(e)) => {
             tracing::warn!(id = %id, error = %e, "relay: cannot load queue entry");
-            return;
+            return After::soon(TROUBLE_RETRY);
         }
         Err(e) => {
             tracing::error!(id = %id, error = %e, "relay: load task failed");
-            return;
+            return After::soon(TROUBLE_RETRY);
         }
     };
     if env.held {
-        return;
+        return After::Nothing;
     }
     let now = SystemTime::now();
     let due: Vec<usize> = env
         .recipients
         .iter()
         .enumerate()
-        .filter(|(_, r)| is_due(&r.status, now))
+        .filter(|(_, r)| r.status.is_due(now))
         .map(|(i, _)| i)
         .collect();
     if due.is_empty() {
-        return;
+        return After::of(&env);
     }
 
     let mut results: Vec<(usize, Option<String>, RcptResult)> = Vec::with_capacity(due.len());
@@ -109,7 +136,9 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
 
     let now = SystemTime::now();
     let expires = env.received_at + ctx.cfg.queue.max_age;
-    let mut failed_now: Vec<String> = Vec::new();
+    // (address, reply) of the recipients that failed in this round: marked failed by the
+    // notifier together with their bounce.
+    let mut failed_now: Vec<(String, String)> = Vec::new();
     for (i, host, result) in results {
         let rcpt = &mut env.recipients[i];
         let (status, text) = match result {
@@ -121,21 +150,19 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
                 t,
             ),
             RcptResult::Failed(t) => {
-                failed_now.push(rcpt.address.clone());
-                (
-                    RecipientStatus::Failed {
-                        at: now,
-                        reply: t.clone(),
-                    },
-                    t,
-                )
+                failed_now.push((rcpt.address.clone(), t.clone()));
+                let status = RecipientStatus::Failed {
+                    at: now,
+                    reply: t.clone(),
+                };
+                (status, t)
             }
             RcptResult::Deferred(t) if now >= expires => {
-                failed_now.push(rcpt.address.clone());
                 let age = humantime::format_duration(ctx.cfg.queue.max_age);
                 let reply = format!(
                     "451 4.4.7 gave up after {age} in the queue (queue.max_age); last error: {t}"
                 );
+                failed_now.push((rcpt.address.clone(), reply.clone()));
                 (RecipientStatus::Failed { at: now, reply }, t)
             }
             RcptResult::Deferred(t) => {
@@ -166,7 +193,10 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
             reply = %text,
             "relay: delivery attempt"
         );
-        rcpt.status = status;
+        // A failure is recorded by the notifier, together with its bounce.
+        if !matches!(status, RecipientStatus::Failed { .. }) {
+            rcpt.status = status;
+        }
         let recipient = rcpt.address.clone();
         env.log_attempt(Attempt {
             at: now,
@@ -187,50 +217,42 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) {
 
     let ctx2 = ctx.clone();
     let done = tokio::task::spawn_blocking(move || {
-        finish(&ctx2, lock, env, failed_now, warn_delay, &message)
+        record(&ctx2, lock, env, &failed_now, warn_delay, &message)
     })
     .await;
     match done {
-        Ok(Ok(())) => {}
+        Ok(Ok(after)) => after,
         Ok(Err(e)) => {
-            tracing::error!(id = %id, error = %e, "relay: cannot record delivery results")
+            tracing::error!(id = %id, error = %e, "relay: cannot record delivery results");
+            After::soon(TROUBLE_RETRY)
         }
-        Err(e) => tracing::error!(id = %id, error = %e, "relay: record task failed"),
+        Err(e) => {
+            tracing::error!(id = %id, error = %e, "relay: record task failed");
+            After::soon(TROUBLE_RETRY)
+        }
     }
 }
 
-/// Bounce first, then record: a crash in between sends a bounce twice, never zero times.
-fn finish(
+/// The record step: bounce first (durable), then the envelope, so a crash in between sends a
+/// bounce twice, never zero times.
+fn record(
     ctx: &Context,
     lock: QueueLock,
     mut env: Envelope,
-    failed_now: Vec<String>,
+    failed_now: &[(String, String)],
     warn_delay: bool,
     message: &[u8],
-) -> io::Result<()> {
-    if !failed_now.is_empty() {
-        if let Err(e) = bounce::emit(
-            &ctx.cfg,
-            &ctx.queue,
-            &env,
-            &failed_now,
-            DsnKind::Failed,
-            message,
-        ) {
-            tracing::error!(id = %env.id, error = %e, "relay: cannot store the bounce; will retry");
-            let retry = SystemTime::now() + BOUNCE_RETRY;
-            for r in env
-                .recipients
-                .iter_mut()
-                .filter(|r| failed_now.contains(&r.address))
-            {
-                if let RecipientStatus::Failed { reply, .. } = &r.status {
-                    r.status = RecipientStatus::Deferred {
-                        attempts: 1,
-                        last_reply: reply.clone(),
-                        next_attempt: retry,
-                    };
-                }
+) -> io::Result<After> {
+    if let Err(e) = ctx.notifier.fail(&mut env, failed_now, message) {
+        tracing::error!(id = %env.id, error = %e, "relay: cannot store the bounce; will retry");
+        let retry = SystemTime::now() + BOUNCE_RETRY;
+        for (address, reply) in failed_now {
+            if let Some(r) = env.recipients.iter_mut().find(|r| r.address == *address) {
+                r.status = RecipientStatus::Deferred {
+                    attempts: 1,
+                    last_reply: reply.clone(),
+                    next_attempt: retry,
+                };
             }
         }
     }
@@ -243,14 +265,10 @@ fn finish(
             .collect();
         // A delay notice for a bounce would go to the postmaster; not worth their time.
         if env.sender.is_some() {
-            match bounce::emit(
-                &ctx.cfg,
-                &ctx.queue,
-                &env,
-                &deferred,
-                DsnKind::Delayed,
-                message,
-            ) {
+            match ctx
+                .notifier
+                .emit(&env, &deferred, DsnKind::Delayed, message)
+            {
                 Ok(()) => env.delay_warned = true,
                 Err(e) => {
                     tracing::warn!(id = %env.id, error = %e, "relay: cannot store the delay notice")
@@ -261,47 +279,33 @@ fn finish(
         }
     }
     if env.is_finished() {
-        ctx.queue.remove(lock)
+        ctx.queue.remove(lock)?;
+        Ok(After::Nothing)
     } else {
-        ctx.queue.update(&lock, &env)
+        ctx.queue.update(&lock, &env)?;
+        Ok(After::of(&env))
     }
 }
 
-fn load(queue: &FsStore, id: &QueueId) -> io::Result<Option<(QueueLock, Envelope, Vec<u8>)>> {
+enum Loaded {
+    Entry(QueueLock, Box<Envelope>, Vec<u8>),
+    /// Locked by someone else (a `tern queue` command).
+    Busy,
+    /// Removed meanwhile.
+    Gone,
+}
+
+fn load(queue: &dyn QueueStore, id: &QueueId) -> io::Result<Loaded> {
     let lock = match queue.lock(id) {
         Ok(Some(l)) => l,
-        Ok(None) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Ok(None) => return Ok(Loaded::Busy),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Gone),
         Err(e) => return Err(e),
     };
     // Loaded after locking: an envelope read before could be stale (a flush, a finished round).
     let env = queue.load(id)?;
     let message = queue.read_message(id)?;
-    Ok(Some((lock, env, message)))
-}
-
-/// A recipient the scheduler should try now.
-pub fn is_due(status: &RecipientStatus, now: SystemTime) -> bool {
-    match status {
-        RecipientStatus::Pending => true,
-        RecipientStatus::Deferred { next_attempt, .. } => *next_attempt <= now,
-        _ => false,
-    }
-}
-
-/// When the entry next needs the scheduler, if ever (None: held or nothing left to do).
-pub fn next_due(env: &Envelope) -> Option<SystemTime> {
-    if env.held {
-        return None;
-    }
-    env.recipients
-        .iter()
-        .filter_map(|r| match &r.status {
-            RecipientStatus::Pending => Some(SystemTime::UNIX_EPOCH),
-            RecipientStatus::Deferred { next_attempt, .. } => Some(*next_attempt),
-            _ => None,
-        })
-        .min()
+    Ok(Loaded::Entry(lock, Box::new(env), message))
 }
 
 /// Polls every future concurrently and returns their outputs in order. The groups of one
@@ -339,6 +343,7 @@ mod tests {
     fn due_and_next_due() {
         let now = SystemTime::now();
         let later = now + Duration::from_secs(60);
+        let is_due = |s: &RecipientStatus, t| s.is_due(t);
         assert!(is_due(&RecipientStatus::Pending, now));
         let deferred = |t| RecipientStatus::Deferred {
             attempts: 1,

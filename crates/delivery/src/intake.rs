@@ -1,0 +1,148 @@
+//! Intake: where an accepted message goes before the 250. Local recipients go straight into
+//! their Maildir (the Maildir rename is itself the durable commit, so there is no
+//! spool-then-copy), remote recipients into the durable queue for the relay. Both are fsync'd
+//! before [`MessageStore::store`] returns. The queue tells its subscribers (the relay's
+//! scheduler) about the new entry; intake knows nothing of the relay.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoreError};
+
+use crate::local::LocalDelivery;
+use crate::router::Target;
+
+/// A message that passed every check of the session and must be stored before the 250.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: String,
+    pub sender: Option<String>,
+    pub recipients: Vec<AcceptedRecipient>,
+    /// Trace header to prepend to the client's data.
+    pub received: String,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub helo: String,
+    pub client_ip: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptedRecipient {
+    /// As the client gave it (after normalizing `<postmaster>`).
+    pub address: String,
+    /// Where its copies go, as the router decided at RCPT time.
+    pub targets: Vec<Target>,
+}
+
+/// The session's port to durable storage (OpenSMTPD's separation of smtpd and queue): the
+/// session never touches the disk itself.
+pub trait MessageStore: Send + Sync + 'static {
+    /// Makes the message durable (fsync'd) for every recipient; only then may the session
+    /// answer 250. `body` is the client's data, without the trace header in `accepted.received`.
+    fn store(
+        &self,
+        accepted: Accepted,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The server's [`MessageStore`]: Maildir for local targets, the queue for remote ones.
+pub struct Intake {
+    queue: Arc<dyn QueueStore>,
+    local: Arc<LocalDelivery>,
+}
+
+impl Intake {
+    pub fn new(queue: Arc<dyn QueueStore>, local: LocalDelivery) -> Self {
+        Self {
+            queue,
+            local: Arc::new(local),
+        }
+    }
+
+    /// [`MessageStore::store`] without the async wrapper (blocking I/O).
+    pub fn store_blocking(&self, acc: &Accepted, body: &[u8]) -> Result<(), StoreError> {
+        store_blocking(self.queue.as_ref(), &self.local, acc, body)
+    }
+}
+
+impl MessageStore for Intake {
+    async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
+        let queue = self.queue.clone();
+        let local = self.local.clone();
+        tokio::task::spawn_blocking(move || {
+            store_blocking(queue.as_ref(), &local, &accepted, &body)
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
+    }
+}
+
+fn store_blocking(
+    queue: &dyn QueueStore,
+    local: &LocalDelivery,
+    acc: &Accepted,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    // Each target once, even when several recipients or aliases lead to it.
+    let mut locals: Vec<&str> = Vec::new();
+    let mut remotes: BTreeMap<&str, &str> = BTreeMap::new();
+    for rcpt in &acc.recipients {
+        for target in &rcpt.targets {
+            match target {
+                Target::Local(key) => locals.push(key),
+                Target::Remote(addr) => {
+                    remotes.entry(addr).or_insert(&rcpt.address);
+                }
+            }
+        }
+    }
+    locals.sort_unstable();
+    locals.dedup();
+
+    let delivered = local
+        .deliver(
+            locals.iter().copied(),
+            acc.sender.as_deref(),
+            &acc.received,
+            body,
+        )
+        .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
+    if !remotes.is_empty() {
+        let id: QueueId = acc
+            .id
+            .parse()
+            .map_err(|_| StoreError::Permanent(format!("invalid queue id {}", acc.id)))?;
+        let envelope = Envelope {
+            id,
+            sender: acc.sender.clone(),
+            recipients: remotes
+                .into_iter()
+                .map(|(address, original)| Recipient {
+                    original: (original != address).then(|| original.to_string()),
+                    address: address.to_string(),
+                    status: RecipientStatus::Pending,
+                })
+                .collect(),
+            received_at: SystemTime::now(),
+            client_ip: Some(acc.client_ip),
+            helo: Some(acc.helo.clone()),
+            size: (acc.received.len() + body.len()) as u64,
+            smtputf8: acc.smtputf8,
+            eight_bit: acc.eight_bit,
+            held: false,
+            delay_warned: false,
+            attempts_log: Vec::new(),
+        };
+        // On failure `delivered` drops here and takes the local copies back: the client gets
+        // a 4xx and retries the whole message.
+        queue
+            .commit_parts(&envelope, &[acc.received.as_bytes(), body])
+            .map_err(|e| StoreError::from_io("queue commit", &e))?;
+    }
+    delivered.keep();
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The router: the one place that decides where a recipient's copy goes (a local mailbox, the
+//! members of an alias, or a remote address to relay), used alike by the session at RCPT, by
+//! the relay's notifications and by `tern queue bounce`. Relay *rights* (may this client send
+//! to a remote address?) are the server's business; the router only takes the answer.
+//! The domain of the parsed address alone decides routing; decorations in the local part
+//! (`user%other@local`, `"user@other"@local`, `other!user@local`) stay local (RFC 5321 3.6.1
+//! leaves source-routing by local part to the receiver, and tern never does it).
+
+use tern_config::Config;
+use tern_proto::{Address, Domain, ForwardPath};
+
+/// Where one accepted recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// A local mailbox, by its lookup key `local@domain` (lower case).
+    Local(String),
+    /// A remote address, to be relayed.
+    Remote(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptDecision {
+    Accept(Vec<Target>),
+    NoSuchUser,
+    RelayDenied,
+}
+
+/// Alias chains longer than this are treated as a configuration loop.
+const MAX_ALIAS_DEPTH: usize = 8;
+
+pub fn is_local_domain(cfg: &Config, domain: &Domain) -> bool {
+    cfg.is_local_domain(&domain.normalized())
+}
+
+/// The address `<postmaster>` without a domain stands for (RFC 5321 4.1.1.3).
+pub fn postmaster_address(cfg: &Config) -> Address {
+    let domain = if cfg.is_local_domain(&cfg.hostname) {
+        cfg.hostname.to_ascii_lowercase()
+    } else {
+        cfg.local
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| cfg.hostname.to_ascii_lowercase())
+    };
+    Address::new_unchecked("postmaster", Domain::Name(domain))
+}
+
+pub fn decide_recipient(cfg: &Config, to: &ForwardPath, relay_allowed: bool) -> RcptDecision {
+    let addr = match to {
+        ForwardPath::Postmaster => postmaster_address(cfg),
+        ForwardPath::Mailbox(a) => a.clone(),
+    };
+    if !is_local_domain(cfg, addr.domain()) {
+        return if relay_allowed {
+            RcptDecision::Accept(vec![Target::Remote(addr.to_string())])
+        } else {
+            RcptDecision::RelayDenied
+        };
+    }
+    let mut targets = Vec::new();
+    if expand_local(cfg, &addr, 0, &mut targets) {
+        targets.sort();
+        targets.dedup();
+        RcptDecision::Accept(targets)
+    } else {
+        RcptDecision::NoSuchUser
+    }
+}
+
+/// Whether a local address names a mailbox of its own (not through an alias).
+pub fn local_mailbox_exists(cfg: &Config, key: &str) -> bool {
+    cfg.local.catch_all
+        || cfg.user(key).is_some()
+        // RFC 5321 4.5.1: postmaster must be accepted for every local domain.
+        || key.split('@').next().is_some_and(|l| l == "postmaster")
+}
+
+/// Expands a local address through the alias table; returns false if it names nobody.
+fn expand_local(cfg: &Config, addr: &Address, depth: usize, out: &mut Vec<Target>) -> bool {
+    let key = addr.lookup_key();
+    if let Some(members) = cfg.aliases.get(&key) {
+        if depth >= MAX_ALIAS_DEPTH {
+            return false;
+        }
+        let mut any = false;
+        for member in members {
+            let Ok(m) = Address::parse(member) else {
+                continue;
+            };
+            if is_local_domain(cfg, m.domain()) {
+                // A member the admin wrote down is delivered even without a [[users]] entry.
+                if cfg.aliases.contains_key(&m.lookup_key()) {
+                    any |= expand_local(cfg, &m, depth + 1, out);
+                } else {
+                    out.push(Target::Local(m.lookup_key()));
+                    any = true;
+                }
+            } else {
+                out.push(Target::Remote(m.to_string()));
+                any = true;
+            }
+        }
+        return any;
+    }
+    if local_mailbox_exists(cfg, &key) {
+        out.push(Target::Local(key));
+        true
+    } else {
+        false
+    }
+}
+
+/// VRFY with `local.vrfy = true`: the canonical address if it is a local mailbox or alias.
+pub fn verify(cfg: &Config, arg: &str) -> Option<String> {
+    let addr = parse_loose(cfg, arg)?;
+    if !is_local_domain(cfg, addr.domain()) {
+        return None;
+    }
+    let key = addr.lookup_key();
+    (cfg.aliases.contains_key(&key) || cfg.user(&key).is_some()).then_some(key)
+}
+
+/// EXPN with `local.expn = true`: the members of an alias.
+pub fn expand(cfg: &Config, arg: &str) -> Option<Vec<String>> {
+    let addr = parse_loose(cfg, arg)?;
+    cfg.aliases.get(&addr.lookup_key()).cloned()
+}
+
+/// VRFY/EXPN arguments come as `user@domain`, `<user@domain>` or a bare local part, which
+/// means the primary local domain.
+fn parse_loose(cfg: &Config, arg: &str) -> Option<Address> {
+    let a = arg.trim().trim_start_matches('<').trim_end_matches('>');
+    if a.contains('@') {
+        Address::parse(a).ok()
+    } else {
+        Address::parse(&format!("{a}@{}", postmaster_address(cfg).domain())).ok()
+    }
+}

@@ -1,0 +1,21 @@
+//! Outbound delivery of queued remote recipients.
+//!
+//! - [`scheduler`] decides when an entry is tried: it keeps an in-memory index of what is due,
+//!   rebuilt from the queue at start-up and fed by the queue's events (new entries, updates,
+//!   changes made by `tern queue` in another process), with a slow safety rescan;
+//! - [`round`] runs one delivery round for one message: group the due recipients by
+//!   destination, attempt each group, record every outcome;
+//! - [`route`] finds a destination's next hops, [`connector`] talks SMTP through pooled
+//!   connections under the concurrency limits, [`backoff`] says when to retry;
+//! - [`notify`] fails recipients and tells the sender (bounces, delay notices).
+//!
+//! Storage stays behind [`tern_queue::QueueStore`]: nothing here knows the spool's files.
+
+pub mod backoff;
+pub mod connector;
+pub mod notify;
+pub mod round;
+pub mod route;
+pub mod scheduler;
+
+pub use scheduler::{spawn, Workers};
