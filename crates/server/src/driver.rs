@@ -318,14 +318,27 @@ mod tests {
         }
     }
 
+    /// A disk that is always full.
+    struct FullStore;
+
+    impl MessageStore for FullStore {
+        async fn store(&self, _: Accepted, _: Vec<u8>) -> Result<(), StoreError> {
+            Err(StoreError::StorageFull("No space left on device".into()))
+        }
+    }
+
     fn driver(toml: &str) -> (Arc<Driver<NullStore>>, CancellationToken) {
+        driver_with(toml, NullStore)
+    }
+
+    fn driver_with<S: MessageStore>(toml: &str, store: S) -> (Arc<Driver<S>>, CancellationToken) {
         let text =
             format!("hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n{toml}");
         let cfg = Arc::new(Config::from_toml_str(&text, Path::new("t.toml")).unwrap());
         let shutdown = CancellationToken::new();
         let d = Driver {
             cfg,
-            store: Arc::new(NullStore),
+            store: Arc::new(store),
             tls: None,
             shutdown: shutdown.clone(),
         };
@@ -354,6 +367,38 @@ mod tests {
             }
         }
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_store_error_is_answered_by_the_session_and_the_session_goes_on() {
+        let (d, _shutdown) = driver_with("", FullStore);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let session = Session::new(d.cfg.clone(), conn(ListenerKind::Smtp));
+        let run = tokio::spawn({
+            let d = d.clone();
+            async move { d.run(Box::new(server), session).await }
+        });
+        read_until(&mut client, "220 ").await;
+        client
+            .write_all(
+                b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\n\
+                  Subject: s\r\n\r\nbody\r\n.\r\nNOOP\r\n",
+            )
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "250 2.0.0 OK\r\n").await;
+        assert!(
+            got.contains(
+                "354 End data with <CR><LF>.<CR><LF>\r\n\
+                 452 4.3.1 Insufficient system storage, try again later\r\n250 2.0.0 OK\r\n"
+            ),
+            "{got:?}"
+        );
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("session did not end at EOF")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -156,12 +156,14 @@ struct Client {
     closed: bool,
     /// Bytes sent since the last read: they reach the server as one write.
     unsent: Vec<u8>,
+    /// Feed the server one byte at a time instead of one write at a time.
+    bytewise: bool,
     /// The exchange so far, for the failure report.
     log: Vec<String>,
 }
 
 impl Client {
-    fn new(cfg: Arc<Config>) -> Self {
+    fn new(cfg: Arc<Config>, bytewise: bool) -> Self {
         let session = Session::new(
             cfg.clone(),
             ConnInfo {
@@ -179,6 +181,7 @@ impl Client {
             partial: Vec::new(),
             closed: false,
             unsent: Vec::new(),
+            bytewise,
             log: Vec::new(),
             conn,
         };
@@ -198,12 +201,25 @@ impl Client {
 
     /// Sends what is unsent and runs the connection until it waits for input or closes.
     fn exchange(&mut self) -> Result<(), String> {
-        if !self.unsent.is_empty() {
-            let bytes = std::mem::take(&mut self.unsent);
-            if !self.closed {
-                self.conn.feed(&bytes);
+        let bytes = std::mem::take(&mut self.unsent);
+        if self.bytewise {
+            for byte in bytes.chunks(1) {
+                self.feed(byte)?;
             }
+        } else if !bytes.is_empty() {
+            self.feed(&bytes)?;
         }
+        self.run_effects()
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if !self.closed {
+            self.conn.feed(bytes);
+        }
+        self.run_effects()
+    }
+
+    fn run_effects(&mut self) -> Result<(), String> {
         while let Some(effect) = self.conn.poll() {
             match effect {
                 Effect::Write(bytes) => self.received(&bytes),
@@ -253,9 +269,9 @@ fn show_send(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn run(t: &Transcript) -> Result<(), String> {
+fn run(t: &Transcript, bytewise: bool) -> Result<(), String> {
     let cfg = config(&t.config).map_err(|e| format!("{}: {e}", t.name))?;
-    let mut c = Client::new(cfg);
+    let mut c = Client::new(cfg, bytewise);
     for (line, step) in &t.steps {
         match step {
             Step::Send(bytes) => {
@@ -328,8 +344,7 @@ fn transcripts() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn every_transcript_passes() {
+fn run_all(bytewise: bool) {
     let files = transcripts();
     assert!(files.len() >= 30, "only {} transcripts", files.len());
     let mut failures = Vec::new();
@@ -337,7 +352,7 @@ fn every_transcript_passes() {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = name.unwrap_or_default();
         let text = std::fs::read_to_string(f).expect("transcript readable");
-        if let Err(e) = parse(&name, &text).and_then(|t| run(&t)) {
+        if let Err(e) = parse(&name, &text).and_then(|t| run(&t, bytewise)) {
             failures.push(e);
         }
     }
@@ -348,6 +363,18 @@ fn every_transcript_passes() {
         files.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn every_transcript_passes() {
+    run_all(false);
+}
+
+/// The same conversations with every byte its own read: framing, the DATA end marker and the
+/// hand-back of pipelined bytes must not depend on where reads split the stream.
+#[test]
+fn every_transcript_passes_fed_bytewise() {
+    run_all(true);
 }
 
 /// The runner is able to fail: a wrong reply, a missing reply, an extra reply, a close that does
@@ -375,7 +402,7 @@ fn the_runner_reports_mismatches() {
     ];
     for (text, want) in cases {
         let t = parse("self-test.tr", text).unwrap();
-        let err = run(&t).expect_err(text);
+        let err = run(&t, false).expect_err(text);
         assert!(err.contains(want), "{text:?}: {err}");
     }
     assert!(glob(
