@@ -331,7 +331,8 @@ impl Connection {
             }
             Action::StartData(r) => {
                 self.queue(&r);
-                // The 354 goes out on its own, before the data is read.
+                // The 354 (with any replies queued before it) goes out before the data is
+                // processed, as the old driver loop did.
                 self.flush = true;
                 let mut decoder = self.data_decoder();
                 let mut body = Vec::new();
