@@ -1,19 +1,20 @@
 //! Invariant checks for the `session` fuzz target, shared with the corpus replay in
-//! `crates/server/tests/fuzz_corpus.rs`: arbitrary client bytes driven through a `LineReader`,
-//! a `Session` and a `DataDecoder` the way `driver.rs` does it, without sockets.
+//! `crates/server/tests/fuzz_corpus.rs`: arbitrary client bytes fed to a
+//! `tern_server::Connection` (the same sans-I/O connection `driver.rs` runs), its effects carried
+//! out without sockets.
 //! Needs `super::proto_checks` (fuzz/checks/proto.rs) for the reply wire check.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
 
 use tern_config::Config;
-use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, MAX_COMMAND_LINE};
-use tern_server::session::{Action, DataEnd};
-use tern_server::{ConnInfo, ListenerKind, Session};
+use tern_proto::{LineEvent, LineReader, MAX_COMMAND_LINE};
+use tern_server::connection::Effect;
+use tern_server::{Accepted, ConnInfo, Connection, ListenerKind, Session};
 
 use super::proto_checks::{chunks, reply_wire};
 
-/// The password `Action::Verify` accepts (no argon2 here: it would make every exec slow).
+/// The password `Effect::Verify` accepts (no argon2 here: it would make every exec slow).
 pub const PASSWORD: &str = "pw";
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
@@ -66,6 +67,63 @@ pub struct Outcome {
     pub closed: bool,
 }
 
+/// The replies the client saw, in order, checked as they arrive.
+#[derive(Default)]
+struct Replies {
+    /// Codes of the replies so far.
+    codes: Vec<u16>,
+    /// A 354 was answered and the end of that message's data has not been answered yet.
+    in_data: bool,
+    /// The queue id of the message handed to the store, while its reply is due.
+    stored_id: Option<String>,
+}
+
+impl Replies {
+    /// Splits written bytes into replies; each must be valid on the wire, and the first reply
+    /// after a 354 is the end of that data: `250 ... queued as <id>` for the stored message, else
+    /// a refusal (4xx/5xx).
+    fn wrote(&mut self, bytes: &[u8]) {
+        let mut reply_begin = 0;
+        let mut line_begin = 0;
+        while let Some(len) = bytes[line_begin..].windows(2).position(|w| w == b"\r\n") {
+            let line_end = line_begin + len + 2;
+            // '-' after the code: more lines of the same reply follow (RFC 5321 4.2.1).
+            let last = bytes.get(line_begin + 3) != Some(&b'-');
+            line_begin = line_end;
+            if last {
+                let reply = &bytes[reply_begin..line_end];
+                reply_wire(reply);
+                self.reply(reply);
+                reply_begin = line_end;
+            }
+        }
+        assert_eq!(
+            reply_begin,
+            bytes.len(),
+            "write ends inside a reply: {bytes:?}"
+        );
+    }
+
+    fn reply(&mut self, wire: &[u8]) {
+        let code = u16::from(wire[0] - b'0') * 100
+            + u16::from(wire[1] - b'0') * 10
+            + u16::from(wire[2] - b'0');
+        if std::mem::take(&mut self.in_data) {
+            match self.stored_id.take() {
+                Some(id) => {
+                    let want = format!("250 2.0.0 OK: queued as {id}\r\n");
+                    assert_eq!(wire, want.as_bytes(), "reply to a stored message");
+                }
+                None => assert!(code >= 400, "end of data refused with {code}"),
+            }
+        }
+        if code == 354 {
+            self.in_data = true;
+        }
+        self.codes.push(code);
+    }
+}
+
 /// Input layout: byte 0 picks the config (bits 0-1), the listener (bits 2-3), TLS already up
 /// (bit 4), STARTTLS available (bit 5) and the peer (bit 6: trusted loopback or a remote
 /// address); byte 1 seeds the chunking; the rest is what the client sends.
@@ -92,115 +150,84 @@ pub fn session(input: &[u8]) -> Outcome {
         tls: (mode & 0x10 != 0).then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
         tls_available: mode & 0x20 != 0,
     };
-    let max_size = usize::try_from(cfg.limits.max_message_size).unwrap_or(usize::MAX);
-    let mut s = Session::new(cfg, conn);
-    reply_wire(&s.greeting().to_bytes());
+    let s = Session::new(cfg, conn);
     reply_wire(&s.timeout_reply().to_bytes());
     reply_wire(&s.shutdown_reply().to_bytes());
+    let mut c = Connection::new(s);
+    let mut seen = Replies::default();
+    seen.wrote(&c.greeting());
 
-    let mut reader = LineReader::new(MAX_COMMAND_LINE);
-    // Some(decoder, body) while reading DATA.
-    let mut data: Option<(DataDecoder, Vec<u8>)> = None;
+    // The framing invariant, on the raw stream: no line the reader gives is 512 octets or more,
+    // or holds a LF (RFC 5321 4.5.3.1.4).
+    let mut framing = LineReader::new(MAX_COMMAND_LINE);
     for chunk in chunks(rest, *seed, if seed & 1 == 0 { 3 } else { 1024 }) {
-        if let Some((decoder, body)) = &mut data {
-            match decoder.feed(chunk, body) {
-                DataProgress::NeedMore => continue,
-                DataProgress::Done { consumed } => {
-                    let (decoder, body) = data.take().expect("in DATA");
-                    end_data(&mut s, &decoder, &body, &mut outcome);
-                    reader.push(&chunk[consumed..]);
-                }
+        framing.push(chunk);
+        while let Some(event) = framing.next_line() {
+            if let LineEvent::Line(line) = event {
+                assert!(
+                    line.len() < MAX_COMMAND_LINE && !line.contains(&b'\n'),
+                    "line reader gave {line:?}"
+                );
             }
-        } else {
-            reader.push(chunk);
         }
-        // Answer every buffered line, as the driver does (pipelining).
-        while let Some(event) = reader.next_line() {
-            let action = match event {
-                LineEvent::Line(line) => {
-                    assert!(
-                        line.len() < MAX_COMMAND_LINE && !line.contains(&b'\n'),
-                        "line reader gave {line:?}"
-                    );
-                    s.handle_line(&line)
-                }
-                LineEvent::TooLong => s.line_too_long(),
-            };
-            let action = match action {
-                Action::Verify(creds) => {
-                    let ok = creds.password == PASSWORD;
-                    let _ = s.auth_delay();
-                    s.auth_verified(ok.then_some(creds.username))
-                }
-                other => other,
-            };
-            outcome.replies += 1;
-            match action {
-                Action::Reply(r) => reply_wire(&r.to_bytes()),
-                Action::Verify(_) => panic!("auth_verified asked to verify again"),
-                Action::Close(r) => {
-                    reply_wire(&r.to_bytes());
+
+        c.feed(chunk);
+        while let Some(effect) = c.poll() {
+            match effect {
+                Effect::Write(bytes) => seen.wrote(&bytes),
+                Effect::Close(bytes, _) => {
+                    seen.wrote(&bytes);
+                    assert!(c.poll().is_none(), "effects after the close");
                     outcome.closed = true;
-                    return outcome;
-                }
-                Action::StartTls(r) => {
-                    reply_wire(&r.to_bytes());
-                    assert_eq!(r.code(), 220);
-                    // RFC 3207 5: nothing pipelined after STARTTLS survives the handshake.
-                    reader.clear();
-                    s.tls_established("TLSv1.3 TLS13_AES_256_GCM_SHA384".to_string());
                     break;
                 }
-                Action::StartData(r) => {
-                    reply_wire(&r.to_bytes());
-                    assert_eq!(r.code(), 354);
-                    let mut decoder = DataDecoder::new(max_size);
-                    let mut body = Vec::new();
-                    match reader.drain_into(&mut decoder, &mut body) {
-                        DataProgress::Done { .. } => {
-                            end_data(&mut s, &decoder, &body, &mut outcome)
-                        }
-                        DataProgress::NeedMore => {
-                            data = Some((decoder, body));
-                            break;
-                        }
-                    }
+                Effect::StartTls(ticket) => {
+                    // RFC 3207 4: the handshake starts right after the 220 went out.
+                    assert_eq!(seen.codes.last(), Some(&220), "STARTTLS without its 220");
+                    c.tls_established(ticket, "TLSv1.3 TLS13_AES_256_GCM_SHA384".to_string());
+                }
+                Effect::Verify(creds, ticket) => {
+                    let ok = creds.password == PASSWORD;
+                    let _ = c.session().auth_delay();
+                    c.auth_verified(ticket, ok.then_some(creds.username));
+                }
+                Effect::Store(acc, _body, ticket) => {
+                    assert!(seen.in_data, "a message stored without a 354");
+                    check_accepted(&acc);
+                    seen.stored_id = Some(acc.id.clone());
+                    outcome.stored += 1;
+                    c.stored(ticket, Ok(()));
                 }
             }
         }
+        if outcome.closed {
+            break;
+        }
+        // poll() stops only to wait for input, or once closed.
+        assert!(c.wants().is_some(), "connection stalled without a close");
     }
+    outcome.replies = seen.codes.len() - 1;
+    outcome.rejected = c.rejected() as usize;
     outcome
 }
 
-/// The end of DATA: the reply is valid, and an accepted message's trace header is one folded
-/// header (RFC 5322 2.2.3): CRLF only, every continuation line starts with white space.
-fn end_data(s: &mut Session, decoder: &DataDecoder, body: &[u8], outcome: &mut Outcome) {
-    match s.finish_data(decoder.verdict(), body) {
-        DataEnd::Reject(r) => {
-            reply_wire(&r.to_bytes());
-            assert!(r.code() >= 400, "rejected with {}", r.code());
-            outcome.rejected += 1;
-        }
-        DataEnd::Store(acc) => {
-            assert!(decoder.verdict().is_ok());
-            assert!(!acc.recipients.is_empty());
-            let h = acc.received.as_bytes();
-            assert!(h.starts_with(b"Received: ") && h.ends_with(b"\r\n"));
-            let folded = &h[..h.len() - 2];
-            for (i, &b) in folded.iter().enumerate() {
-                let ok = match b {
-                    b'\r' => folded.get(i + 1) == Some(&b'\n'),
-                    b'\n' => matches!(folded.get(i + 1), Some(b' ' | b'\t')),
-                    _ => true,
-                };
-                assert!(
-                    ok,
-                    "Received header not one folded header: {:?}",
-                    acc.received
-                );
-            }
-            reply_wire(&tern_server::replies::queued(&acc.id).to_bytes());
-            outcome.stored += 1;
-        }
+/// An accepted message has a recipient and a trace header that is one folded header
+/// (RFC 5322 2.2.3): CRLF only, every continuation line starts with white space.
+fn check_accepted(acc: &Accepted) {
+    assert!(!acc.recipients.is_empty());
+    let h = acc.received.as_bytes();
+    assert!(h.starts_with(b"Received: ") && h.ends_with(b"\r\n"));
+    let folded = &h[..h.len() - 2];
+    for (i, &b) in folded.iter().enumerate() {
+        let ok = match b {
+            b'\r' => folded.get(i + 1) == Some(&b'\n'),
+            b'\n' => matches!(folded.get(i + 1), Some(b' ' | b'\t')),
+            _ => true,
+        };
+        assert!(
+            ok,
+            "Received header not one folded header: {:?}",
+            acc.received
+        );
     }
 }

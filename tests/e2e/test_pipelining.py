@@ -13,12 +13,6 @@ def read_codes(c, n: int) -> list[tuple[int, str]]:
     return out
 
 
-def test_pipelining_advertised(srv):
-    with srv.raw() as c:
-        c.greet()
-        assert "PIPELINING" in [x.upper() for x in c.ehlo()]
-
-
 def test_envelope_group_in_one_write(srv):
     """RFC 2920 3.1: MAIL, RCPTs and DATA sent together; DATA ends the group."""
     with srv.session() as c:

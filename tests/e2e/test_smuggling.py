@@ -54,16 +54,6 @@ def test_fake_end_of_data_rejected_and_nothing_delivered(srv, fake_end):
     assert srv.messages("bob@tern.test") == []
 
 
-@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n"], ids=["lf-dot-lf", "crlf-dot-lf", "lf-dot-crlf"])
-def test_smuggling_documented_reply(srv, fake_end):
-    with srv.session() as c:
-        open_data(c)
-        c.send(b"Subject: x\r\n\r\nbody" + fake_end + SMUGGLED + b"\r\n.\r\n")
-        code, lines = c.read_reply()
-        assert code == 554, lines
-        assert lines[0] == "5.6.0 Message rejected: bare <LF> or <CR> in message data (see SMTP smuggling)", lines
-
-
 def test_fake_end_in_separate_writes(srv):
     """The fake end and the smuggled commands arrive as separate TCP segments, with pauses between them."""
     with srv.session() as c:

@@ -254,18 +254,6 @@ def test_alias_loop_is_bounded(tern):
     srv.deliver("x@example.test", "alice@tern.test", make_message("alive"))
 
 
-def test_transaction_cleared_after_250(srv):
-    """RFC 5321 4.1.1.4: after the end of data the envelope is cleared."""
-    with srv.session() as c:
-        c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
-        c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
-        c.expect("DATA", 354)
-        c.send(b"Subject: one\r\n\r\nx\r\n.\r\n")
-        assert c.read_reply()[0] == 250
-        c.expect("RCPT TO:<bob@tern.test>", 503, "5.5.1")
-        c.expect("DATA", 503, "5.5.1")
-
-
 def _broken_mailbox(tern):
     """A server whose mailbox for broken@tern.test cannot be created (a plain file sits where its folder goes)."""
     srv = tern(start=False)

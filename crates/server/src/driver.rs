@@ -1,7 +1,9 @@
-//! The thin async loop around a [`Session`]: reads lines, batches pipelined replies
-//! (RFC 2920: flush before waiting for more input), switches to DATA mode, enforces timeouts
-//! (RFC 5321 4.5.3.2), and hands accepted messages to the [`MessageStore`].
+//! The thin async loop around a [`Connection`]: reads with the deadline the connection names
+//! (RFC 5321 4.5.3.2), feeds it, writes what it answers, and carries out its effects: the TLS
+//! handshake, the password check (off the async threads, with the failure delay) and the hand-off
+//! to the [`MessageStore`]. Framing, DATA, pipelining and every reply live in the connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use tern_config::Config;
-use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
 
-use crate::replies;
-use crate::session::{Action, DataEnd, Session};
+use crate::connection::{CloseReason, Connection, Deadline, Effect, Wants};
+use crate::session::Session;
 use crate::store::MessageStore;
 use crate::tls::TlsProvider;
 
@@ -48,6 +49,17 @@ enum End {
     TlsFailed,
 }
 
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::Quit => End::Quit,
+            CloseReason::Refused => End::TooManyErrors,
+            CloseReason::Timeout => End::Timeout,
+            CloseReason::Shutdown => End::Shutdown,
+        }
+    }
+}
+
 pub struct Driver<S: MessageStore> {
     pub cfg: Arc<Config>,
     pub store: Arc<S>,
@@ -57,8 +69,6 @@ pub struct Driver<S: MessageStore> {
 
 struct Io {
     stream: BoxStream,
-    reader: LineReader,
-    out: Vec<u8>,
     buf: Vec<u8>,
     write_timeout: Duration,
     shutdown: CancellationToken,
@@ -73,15 +83,11 @@ enum ReadResult {
 }
 
 impl Io {
-    fn queue(&mut self, reply: &Reply) {
-        reply.write_to(&mut self.out);
-    }
-
-    /// Writes the queued replies. A client that stops reading must not pin the session: writes
-    /// time out after `write_timeout`, are abandoned as soon as shutdown begins, and once it has
-    /// begun get only [`SHUTDOWN_WRITE_GRACE`]. False if the replies did not all go out.
-    async fn flush(&mut self) -> bool {
-        if self.out.is_empty() {
+    /// Writes replies. A client that stops reading must not pin the session: writes time out
+    /// after `write_timeout`, are abandoned as soon as shutdown begins, and once it has begun
+    /// get only [`SHUTDOWN_WRITE_GRACE`]. False if the bytes did not all go out.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
             return true;
         }
         let shutdown = self.shutdown.clone();
@@ -92,18 +98,16 @@ impl Io {
             self.write_timeout
         };
         let write = tokio::time::timeout(limit, async {
-            self.stream.write_all(&self.out).await?;
+            self.stream.write_all(bytes).await?;
             self.stream.flush().await
         });
-        let ok = tokio::select! {
+        tokio::select! {
             r = write => matches!(r, Ok(Ok(()))),
             _ = shutdown.cancelled(), if !shutting_down => false,
-        };
-        self.out.clear();
-        ok
+        }
     }
 
-    /// Why the session ends after a failed flush.
+    /// Why the session ends after a failed write.
     fn write_failed(&self) -> End {
         if self.shutdown.is_cancelled() {
             End::Shutdown
@@ -112,7 +116,12 @@ impl Io {
         }
     }
 
-    async fn read(&mut self, deadline: Instant, shutdown: &CancellationToken) -> ReadResult {
+    /// One read into a buffer sized for what is expected: small for command lines, large
+    /// while a message streams in.
+    async fn read(&mut self, size: usize, deadline: Instant) -> ReadResult {
+        if self.buf.len() != size {
+            self.buf = vec![0; size];
+        }
         tokio::select! {
             r = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)) => match r {
                 Ok(Ok(0)) => ReadResult::Eof,
@@ -120,38 +129,28 @@ impl Io {
                 Ok(Err(_)) => ReadResult::Error,
                 Err(_) => ReadResult::Timeout,
             },
-            _ = shutdown.cancelled() => ReadResult::Shutdown,
+            _ = self.shutdown.cancelled() => ReadResult::Shutdown,
         }
     }
 }
 
-struct Stats {
-    accepted: u32,
-    rejected: u32,
-}
-
 impl<S: MessageStore> Driver<S> {
-    pub async fn run(&self, stream: BoxStream, mut session: Session) {
+    pub async fn run(&self, stream: BoxStream, session: Session) {
         let started = Instant::now();
         let peer = session.conn().peer;
+        let mut conn = Connection::new(session);
         let mut io = Io {
             stream,
-            reader: LineReader::new(MAX_COMMAND_LINE),
-            out: Vec::new(),
-            buf: vec![0; COMMAND_READ_BUF],
+            buf: Vec::new(),
             write_timeout: self.cfg.limits.command_timeout,
             shutdown: self.shutdown.clone(),
         };
-        let mut stats = Stats {
-            accepted: 0,
-            rejected: 0,
-        };
-        io.queue(&session.greeting());
-        let end = if io.flush().await {
-            self.command_loop(&mut io, &mut session, &mut stats).await
+        let end = if io.write(&conn.greeting()).await {
+            self.serve(&mut io, &mut conn).await
         } else {
             io.write_failed()
         };
+        let session = conn.session();
         if let Some(txn) = session.transaction() {
             info!(queue_id = %txn.id, client_ip = %peer.ip(), outcome = "aborted", reason = ?end, "transaction aborted");
         }
@@ -162,194 +161,121 @@ impl<S: MessageStore> Driver<S> {
             client = %peer,
             helo = session.helo_name().unwrap_or("-"),
             tls = session.conn().tls.as_deref().unwrap_or("-"),
-            accepted = stats.accepted,
-            rejected = stats.rejected,
+            accepted = conn.accepted(),
+            rejected = conn.rejected(),
             duration_ms = started.elapsed().as_millis() as u64,
             end = ?end,
             "connection closed"
         );
     }
 
-    async fn command_loop(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> End {
-        // command_timeout is a deadline for each command line, from when the server starts
-        // waiting for it until its LF, not an idle timer per read: otherwise a client trickling
-        // a byte now and then (slowloris) would hold the session forever.
-        let mut line_deadline: Option<Instant> = None;
+    /// Runs the connection until it closes: effects first, then a read when it waits for input.
+    async fn serve(&self, io: &mut Io, conn: &mut Connection) -> End {
+        // The wait in progress and its deadline: the deadline is set when a wait begins (RFC
+        // 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
+        let mut wait: Option<(Wants, Instant)> = None;
         loop {
-            // Answer every complete command already buffered (pipelining), then flush once.
-            while let Some(event) = io.reader.next_line() {
-                line_deadline = None;
-                let action = match event {
-                    LineEvent::Line(line) => session.handle_line(&line),
-                    LineEvent::TooLong => session.line_too_long(),
-                };
-                let action = match action {
-                    Action::Verify(creds) => {
+            while let Some(effect) = conn.poll() {
+                match effect {
+                    Effect::Write(bytes) => {
+                        if !io.write(&bytes).await {
+                            return io.write_failed();
+                        }
+                    }
+                    Effect::Close(bytes, reason) => {
+                        io.write(&bytes).await;
+                        return reason.into();
+                    }
+                    Effect::StartTls(ticket) => {
+                        match self.start_tls(io, conn.session().conn().peer).await {
+                            Ok(description) => conn.tls_established(ticket, description),
+                            Err(end) => return end,
+                        }
+                    }
+                    Effect::Verify(creds, ticket) => {
                         let cfg = self.cfg.clone();
-                        let delay = session.auth_delay();
-                        let user =
-                            tokio::task::spawn_blocking(move || crate::auth::verify(&cfg, &creds))
-                                .await
-                                .ok()
-                                .flatten();
+                        let delay = conn.session().auth_delay();
+                        let check =
+                            tokio::task::spawn_blocking(move || crate::auth::verify(&cfg, &creds));
+                        // A shutdown waits neither for the hash (it finishes unobserved on its
+                        // blocking thread) nor for the failure delay.
+                        let user = tokio::select! {
+                            r = check => r.ok().flatten(),
+                            _ = self.shutdown.cancelled() => {
+                                conn.shutdown();
+                                continue;
+                            }
+                        };
                         if user.is_none() {
                             // Growing delay per client IP: slows password guessing to a crawl.
-                            // A shutdown does not wait for it.
-                            if !io.flush().await {
-                                return io.write_failed();
-                            }
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
                                 _ = self.shutdown.cancelled() => {
-                                    io.queue(&session.shutdown_reply());
-                                    io.flush().await;
-                                    return End::Shutdown;
+                                    conn.shutdown();
+                                    continue;
                                 }
                             }
                         }
-                        session.auth_verified(user)
+                        conn.auth_verified(ticket, user);
                     }
-                    other => other,
-                };
-                match action {
-                    Action::Reply(r) => io.queue(&r),
-                    Action::Verify(_) => io.queue(&replies::local_error()),
-                    Action::Close(r) => {
-                        let end = if r.code() == 221 {
-                            End::Quit
-                        } else {
-                            End::TooManyErrors
-                        };
-                        io.queue(&r);
-                        io.flush().await;
-                        return end;
-                    }
-                    Action::StartData(r) => {
-                        io.queue(&r);
-                        if !io.flush().await {
-                            return io.write_failed();
+                    Effect::Store(accepted, body, ticket) => {
+                        let id = accepted.id.clone();
+                        let from = accepted.sender.clone().unwrap_or_default();
+                        let rcpts: Vec<String> = accepted
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.clone())
+                            .collect();
+                        let helo = accepted.helo.clone();
+                        let size = body.len();
+                        let client_ip = accepted.client_ip;
+                        let result = self.store.store(accepted, body).await;
+                        match &result {
+                            Ok(()) => info!(queue_id = %id, client_ip = %client_ip, helo = %helo,
+                                from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
+                                outcome = "accepted", "message accepted"),
+                            Err(e) => warn!(queue_id = %id, client_ip = %client_ip, error = %e,
+                                outcome = "store-failed", "message not stored"),
                         }
-                        if let Some(end) = self.data(io, session, stats).await {
-                            return end;
-                        }
-                    }
-                    Action::StartTls(r) => {
-                        io.queue(&r);
-                        if !io.flush().await {
-                            return io.write_failed();
-                        }
-                        // RFC 3207 5 / CVE-2011-0411: whatever was pipelined after STARTTLS
-                        // arrived in plaintext and must never be executed.
-                        io.reader.clear();
-                        if let Some(end) = self.start_tls(io, session).await {
-                            return end;
-                        }
+                        conn.stored(ticket, result);
                     }
                 }
             }
-            if !io.flush().await {
-                return io.write_failed();
-            }
-            let deadline = *line_deadline
-                .get_or_insert_with(|| Instant::now() + self.cfg.limits.command_timeout);
-            match io.read(deadline, &self.shutdown).await {
-                ReadResult::Data(n) => io.reader.push(&io.buf[..n]),
-                ReadResult::Eof => return End::ClientClosed,
-                ReadResult::Error => return End::IoError,
-                ReadResult::Timeout => {
-                    io.queue(&session.timeout_reply());
-                    io.flush().await;
-                    return End::Timeout;
-                }
-                ReadResult::Shutdown => {
-                    io.queue(&session.shutdown_reply());
-                    io.flush().await;
-                    return End::Shutdown;
-                }
-            }
-        }
-    }
-
-    /// Reads one message. Returns `Some(end)` if the connection must close.
-    async fn data(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> Option<End> {
-        let max = usize::try_from(self.cfg.limits.max_message_size).unwrap_or(usize::MAX);
-        let mut decoder = DataDecoder::new(max);
-        let mut body = Vec::new();
-        let mut progress = io.reader.drain_into(&mut decoder, &mut body);
-        let mut data_buf = vec![0u8; DATA_READ_BUF];
-        // data_timeout bounds the whole message, from the 354 to the final dot: a per-read timer
-        // would let a client trickling a byte per interval hold the session (and up to
-        // max_message_size of memory) indefinitely.
-        let deadline = Instant::now() + self.cfg.limits.data_timeout;
-        while progress == DataProgress::NeedMore {
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, io.stream.read(&mut data_buf)) => r,
-                _ = self.shutdown.cancelled() => {
-                    // Nothing of this message is stored: the client will retry it.
-                    io.queue(&session.shutdown_reply());
-                    io.flush().await;
-                    return Some(End::Shutdown);
+            let Some(wants) = conn.wants() else {
+                // poll() only stops without a wait once the connection is closed, and the
+                // Close effect returned above.
+                return End::IoError;
+            };
+            let deadline = match wait {
+                Some((w, deadline)) if w == wants => deadline,
+                _ => {
+                    let limit = match wants.deadline() {
+                        Deadline::Command => self.cfg.limits.command_timeout,
+                        Deadline::Data => self.cfg.limits.data_timeout,
+                    };
+                    let deadline = Instant::now() + limit;
+                    wait = Some((wants, deadline));
+                    deadline
                 }
             };
-            match read {
-                Ok(Ok(0)) => return Some(End::ClientClosed),
-                Ok(Ok(n)) => {
-                    progress = decoder.feed(&data_buf[..n], &mut body);
-                    if let DataProgress::Done { consumed } = progress {
-                        // Bytes after the end marker are the next pipelined commands.
-                        io.reader.push(&data_buf[consumed..n]);
-                    }
-                }
-                Ok(Err(_)) => return Some(End::IoError),
-                Err(_) => {
-                    io.queue(&session.timeout_reply());
-                    io.flush().await;
-                    return Some(End::Timeout);
-                }
+            let size = match wants.deadline() {
+                Deadline::Command => COMMAND_READ_BUF,
+                Deadline::Data => DATA_READ_BUF,
+            };
+            match io.read(size, deadline).await {
+                ReadResult::Data(n) => conn.feed(&io.buf[..n]),
+                ReadResult::Eof => return End::ClientClosed,
+                ReadResult::Error => return End::IoError,
+                ReadResult::Timeout => conn.timeout(),
+                ReadResult::Shutdown => conn.shutdown(),
             }
         }
-        drop(data_buf);
-        let size = decoder.size();
-        let verdict = decoder.verdict();
-        let reply = match session.finish_data(verdict, &body) {
-            DataEnd::Reject(reply) => {
-                stats.rejected += 1;
-                info!(client_ip = %session.conn().peer.ip(), size, outcome = "rejected", reply = %reply, "message rejected");
-                reply
-            }
-            DataEnd::Store(accepted) => {
-                let id = accepted.id.clone();
-                let from = accepted.sender.clone().unwrap_or_default();
-                let rcpts: Vec<String> = accepted
-                    .recipients
-                    .iter()
-                    .map(|r| r.address.clone())
-                    .collect();
-                let helo = accepted.helo.clone();
-                match self.store.store(accepted, body).await {
-                    Ok(()) => {
-                        stats.accepted += 1;
-                        info!(queue_id = %id, client_ip = %session.conn().peer.ip(), helo = %helo,
-                            from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
-                            outcome = "accepted", "message accepted");
-                        replies::queued(&id)
-                    }
-                    Err(e) => {
-                        stats.rejected += 1;
-                        warn!(queue_id = %id, client_ip = %session.conn().peer.ip(), error = %e,
-                            outcome = "store-failed", "message not stored");
-                        replies::local_error()
-                    }
-                }
-            }
-        };
-        io.queue(&reply);
-        None
     }
 
-    async fn start_tls(&self, io: &mut Io, session: &mut Session) -> Option<End> {
+    /// The TLS handshake after STARTTLS; the description of the negotiated TLS on success.
+    async fn start_tls(&self, io: &mut Io, peer: SocketAddr) -> Result<String, End> {
         let Some(tls) = &self.tls else {
-            return Some(End::TlsFailed);
+            return Err(End::TlsFailed);
         };
         let plain = std::mem::replace(
             &mut io.stream,
@@ -358,17 +284,16 @@ impl<S: MessageStore> Driver<S> {
         // A client stalling the handshake must not hold up a shutdown either.
         let accepted = tokio::select! {
             r = tls.accept(plain, self.cfg.limits.command_timeout) => r,
-            _ = self.shutdown.cancelled() => return Some(End::Shutdown),
+            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
         };
         match accepted {
             Ok((stream, description)) => {
                 io.stream = stream;
-                session.tls_established(description);
-                None
+                Ok(description)
             }
             Err(e) => {
-                info!(client = %session.conn().peer, error = %e, "TLS handshake failed");
-                Some(End::TlsFailed)
+                info!(client = %peer, error = %e, "TLS handshake failed");
+                Err(End::TlsFailed)
             }
         }
     }
@@ -393,14 +318,27 @@ mod tests {
         }
     }
 
+    /// A disk that is always full.
+    struct FullStore;
+
+    impl MessageStore for FullStore {
+        async fn store(&self, _: Accepted, _: Vec<u8>) -> Result<(), StoreError> {
+            Err(StoreError::StorageFull("No space left on device".into()))
+        }
+    }
+
     fn driver(toml: &str) -> (Arc<Driver<NullStore>>, CancellationToken) {
+        driver_with(toml, NullStore)
+    }
+
+    fn driver_with<S: MessageStore>(toml: &str, store: S) -> (Arc<Driver<S>>, CancellationToken) {
         let text =
             format!("hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n{toml}");
         let cfg = Arc::new(Config::from_toml_str(&text, Path::new("t.toml")).unwrap());
         let shutdown = CancellationToken::new();
         let d = Driver {
             cfg,
-            store: Arc::new(NullStore),
+            store: Arc::new(store),
             tls: None,
             shutdown: shutdown.clone(),
         };
@@ -429,6 +367,38 @@ mod tests {
             }
         }
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_store_error_is_answered_by_the_session_and_the_session_goes_on() {
+        let (d, _shutdown) = driver_with("", FullStore);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let session = Session::new(d.cfg.clone(), conn(ListenerKind::Smtp));
+        let run = tokio::spawn({
+            let d = d.clone();
+            async move { d.run(Box::new(server), session).await }
+        });
+        read_until(&mut client, "220 ").await;
+        client
+            .write_all(
+                b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\n\
+                  Subject: s\r\n\r\nbody\r\n.\r\nNOOP\r\n",
+            )
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "250 2.0.0 OK\r\n").await;
+        assert!(
+            got.contains(
+                "354 End data with <CR><LF>.<CR><LF>\r\n\
+                 452 4.3.1 Insufficient system storage, try again later\r\n250 2.0.0 OK\r\n"
+            ),
+            "{got:?}"
+        );
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("session did not end at EOF")
+            .unwrap();
     }
 
     #[tokio::test]

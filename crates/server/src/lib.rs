@@ -1,8 +1,10 @@
-//! tern's inbound SMTP: a pure session state machine ([`session`]), the reply table
-//! ([`replies`]), recipient policy ([`policy`]), the trace header ([`received`]), the async
-//! driver and listeners, and the [`store::MessageStore`] hand-off to durable storage.
+//! tern's inbound SMTP: a pure session state machine ([`session`]) inside a sans-I/O
+//! [`connection`] (framing, DATA, pipelining), the reply table ([`replies`]), recipient policy
+//! ([`policy`]), the trace header ([`received`]), the async driver and listeners, and the
+//! [`store::MessageStore`] hand-off to durable storage.
 
 pub mod auth;
+pub mod connection;
 pub mod driver;
 pub mod listener;
 pub mod policy;
@@ -13,6 +15,7 @@ pub mod store;
 pub mod tls;
 pub mod tracker;
 
+pub use connection::{Connection, Effect};
 pub use listener::{bind_all, BoundListener, Server};
 pub use session::{Accepted, AcceptedRecipient, ConnInfo, ListenerKind, Session};
 pub use store::{MessageStore, StoreError};

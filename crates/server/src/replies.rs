@@ -141,6 +141,21 @@ pub fn local_error() -> Reply {
     )
 }
 
+/// RFC 3463 X.3.1 "Mail system full": the disk or a quota is full. 452 (RFC 5321 4.2.2
+/// "Requested action not taken: insufficient system storage") tells the client to retry later.
+pub fn storage_full() -> Reply {
+    Reply::new(
+        452,
+        ec(4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
+}
+
+/// RFC 3463 X.3.0: the mail system cannot take this message, and retrying it cannot help.
+pub fn store_refused() -> Reply {
+    Reply::new(554, ec(5, 3, 0), "Message cannot be stored, do not retry")
+}
+
 pub fn header_too_big() -> Reply {
     Reply::new(552, ec(5, 3, 4), "Header section exceeds the size limit")
 }
@@ -394,6 +409,8 @@ mod tests {
             start_data(),
             bare_line_ending(),
             local_error(),
+            storage_full(),
+            store_refused(),
             header_too_big(),
             mail_loop(),
             quit(host),

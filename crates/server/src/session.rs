@@ -17,6 +17,7 @@ pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
 use crate::policy::{self, RcptDecision};
 use crate::received::{self, TraceInfo};
 use crate::replies;
+use crate::store::StoreError;
 use crate::tracker::{self, ClientTracker};
 
 /// Which listener accepted the connection.
@@ -104,6 +105,9 @@ pub struct Session {
     authenticated: Option<String>,
     auth_exchange: Option<AuthExchange>,
     tracker: Arc<ClientTracker>,
+    /// The queue id of the message handed to the store and not yet answered: the reply to the
+    /// end of data waits for [`Session::stored`].
+    storing: Option<String>,
 }
 
 impl Session {
@@ -117,6 +121,7 @@ impl Session {
             authenticated: None,
             auth_exchange: None,
             tracker: Arc::new(ClientTracker::new()),
+            storing: None,
         }
     }
 
@@ -132,6 +137,10 @@ impl Session {
 
     pub fn greeting(&self) -> Reply {
         replies::greeting(&self.cfg.hostname)
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
     }
 
     pub fn conn(&self) -> &ConnInfo {
@@ -434,6 +443,7 @@ impl Session {
             single_recipient: single.as_deref(),
             date: &date,
         });
+        self.storing = Some(txn.id.clone());
         DataEnd::Store(Accepted {
             id: txn.id,
             sender: txn.from.address().map(|a| a.to_string()),
@@ -444,6 +454,23 @@ impl Session {
             helo: helo.name,
             client_ip: self.conn.peer.ip(),
         })
+    }
+
+    /// The reply to the end of data once the store has answered for the message
+    /// [`Session::finish_data`] handed out (RFC 5321 4.2.5: the 250 only once the message is
+    /// safe). A full disk is 452 4.3.1 and other temporary trouble 451 4.3.0, both of which the
+    /// client retries; a message the store can never take is 554 5.3.0 (RFC 3463).
+    pub fn stored(&mut self, result: Result<(), StoreError>) -> Reply {
+        let Some(id) = self.storing.take() else {
+            // No message was handed out: nothing can have been stored.
+            return replies::local_error();
+        };
+        match result {
+            Ok(()) => replies::queued(&id),
+            Err(StoreError::StorageFull(_)) => replies::storage_full(),
+            Err(StoreError::Temporary(_)) => replies::local_error(),
+            Err(StoreError::Permanent(_)) => replies::store_refused(),
+        }
     }
 
     fn vrfy(&mut self, arg: &str) -> Action {

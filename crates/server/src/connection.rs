@@ -1,0 +1,385 @@
+//! One SMTP connection without I/O: bytes in, replies and effects out.
+//!
+//! [`Connection`] owns the [`Session`], the command-line framing ([`LineReader`], RFC 5321
+//! 4.5.3.1.4) and, during DATA, the [`DataDecoder`] with the message buffer. The driver (and the
+//! fuzz harness, and the transcript tests) only move bytes and carry out the [`Effect`]s: it
+//! [`feed`](Connection::feed)s what it read, then [`poll`](Connection::poll)s until `None`,
+//! then reads again with the deadline [`wants`](Connection::wants) names.
+//!
+//! Replies are batched as RFC 2920 3.1 asks: everything answered from one read goes out in one
+//! [`Effect::Write`], emitted when no complete command is left (the server is about to wait for
+//! the client) or before an effect that waits for something else (TLS handshake, password
+//! check, storage). An effect that needs an answer carries a ticket that only its resolution
+//! takes back, and until it is resolved no further input is processed.
+
+use std::sync::Arc;
+
+use tern_config::Config;
+use tern_proto::sasl::Credentials;
+use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
+use tracing::info;
+
+use crate::replies;
+use crate::session::{Accepted, Action, DataEnd, Session};
+use crate::store::StoreError;
+
+/// What the caller must do next.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send these bytes (one or more complete replies) to the client.
+    Write(Vec<u8>),
+    /// The 220 has been written: run the TLS handshake, then
+    /// [`Connection::tls_established`]. Everything the client sent before the handshake has been
+    /// discarded (RFC 3207 5, CVE-2011-0411).
+    StartTls(TlsTicket),
+    /// Check these credentials, then [`Connection::auth_verified`].
+    Verify(Credentials, VerifyTicket),
+    /// Make this message durable, then [`Connection::stored`] with the result. The body is the
+    /// client's data without the trace header in `accepted.received`.
+    Store(Accepted, Vec<u8>, StoreTicket),
+    /// Send these last bytes (best effort: the client may not read) and close the connection.
+    Close(Vec<u8>, CloseReason),
+}
+
+/// Proof that an [`Effect::StartTls`] is outstanding; only the connection makes one.
+#[derive(Debug)]
+pub struct TlsTicket(());
+
+/// Proof that an [`Effect::Verify`] is outstanding.
+#[derive(Debug)]
+pub struct VerifyTicket(());
+
+/// Proof that an [`Effect::Store`] is outstanding.
+#[derive(Debug)]
+pub struct StoreTicket(());
+
+/// Why the connection closes, for the connection log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent QUIT (221).
+    Quit,
+    /// The server refused to go on (421: too many errors, AUTH failures, an HTTP client).
+    Refused,
+    /// A command or data deadline passed (421 4.4.2).
+    Timeout,
+    /// The server is shutting down (421 4.3.2).
+    Shutdown,
+}
+
+/// Which of the RFC 5321 4.5.3.2 timeouts applies to the wait for input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// `limits.command_timeout`, for one command line from when the server starts waiting for
+    /// it until its LF (not per read: a client trickling bytes must not hold the session).
+    Command,
+    /// `limits.data_timeout`, for the whole message from the 354 to the final dot.
+    Data,
+}
+
+/// What the connection waits for. Two equal values mean the same wait continues: the deadline
+/// computed when it began still holds. A new value (the next line, the start or end of the
+/// data) starts a new deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wants {
+    deadline: Deadline,
+    /// Counts the lines, data sections and handshakes completed, so that each wait is distinct.
+    epoch: u64,
+}
+
+impl Wants {
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+}
+
+/// A message being received.
+#[derive(Debug)]
+struct DataPhase {
+    decoder: DataDecoder,
+    body: Vec<u8>,
+    /// The end-of-data marker was seen; what followed it is back in the line reader.
+    done: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Reading message data after the 354.
+    Data(DataPhase),
+    /// An [`Effect::StartTls`] is out.
+    AwaitTls,
+    /// An [`Effect::Verify`] is out.
+    AwaitVerify,
+    /// An [`Effect::Store`] is out.
+    AwaitStore,
+    /// The [`Effect::Close`] was emitted (or is about to be); nothing more happens.
+    Closed,
+}
+
+pub struct Connection {
+    session: Session,
+    cfg: Arc<Config>,
+    reader: LineReader,
+    phase: Phase,
+    /// Replies not yet handed out in an [`Effect::Write`].
+    out: Vec<u8>,
+    /// `out` must go out before anything else is processed.
+    flush: bool,
+    /// The effect to emit once `out` has been flushed.
+    pending: Option<Effect>,
+    epoch: u64,
+    accepted: u32,
+    rejected: u32,
+}
+
+impl Connection {
+    pub fn new(session: Session) -> Self {
+        let cfg = session.config().clone();
+        Self {
+            session,
+            cfg,
+            reader: LineReader::new(MAX_COMMAND_LINE),
+            phase: Phase::Command,
+            out: Vec::new(),
+            flush: false,
+            pending: None,
+            epoch: 0,
+            accepted: 0,
+            rejected: 0,
+        }
+    }
+
+    /// The 220 to send before anything else.
+    pub fn greeting(&self) -> Vec<u8> {
+        self.session.greeting().to_bytes()
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Messages stored and messages refused (at the end of data or by the store) so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted
+    }
+
+    pub fn rejected(&self) -> u32 {
+        self.rejected
+    }
+
+    /// What the connection waits for once [`poll`](Self::poll) returned `None`: input under
+    /// this deadline, or `None` while an effect is outstanding or after the close.
+    pub fn wants(&self) -> Option<Wants> {
+        let deadline = match &self.phase {
+            Phase::Command => Deadline::Command,
+            Phase::Data(d) if !d.done => Deadline::Data,
+            _ => return None,
+        };
+        Some(Wants {
+            deadline,
+            epoch: self.epoch,
+        })
+    }
+
+    /// Bytes from the client. They are only buffered here; [`poll`](Self::poll) processes them.
+    pub fn feed(&mut self, input: &[u8]) {
+        match &mut self.phase {
+            Phase::Data(d) if !d.done => {
+                if let DataProgress::Done { consumed } = d.decoder.feed(input, &mut d.body) {
+                    d.done = true;
+                    // Bytes after the end marker are the next pipelined commands.
+                    self.reader.push(&input[consumed..]);
+                }
+            }
+            Phase::Command | Phase::Data(_) | Phase::AwaitVerify | Phase::AwaitStore => {
+                self.reader.push(input)
+            }
+            // RFC 3207 5: plaintext sent before the handshake completes is never executed.
+            Phase::AwaitTls | Phase::Closed => {}
+        }
+    }
+
+    /// The next effect, or `None` when the connection waits: for input ([`wants`](Self::wants)
+    /// says under which deadline), for an outstanding effect's resolution, or for nothing (closed).
+    pub fn poll(&mut self) -> Option<Effect> {
+        loop {
+            if std::mem::take(&mut self.flush) && !self.out.is_empty() {
+                return Some(Effect::Write(std::mem::take(&mut self.out)));
+            }
+            if let Some(effect) = self.pending.take() {
+                return Some(effect);
+            }
+            if let Phase::Data(DataPhase { done: true, .. }) = self.phase {
+                if let Phase::Data(d) = std::mem::replace(&mut self.phase, Phase::Command) {
+                    self.epoch += 1;
+                    self.end_data(d);
+                }
+                continue;
+            }
+            match self.phase {
+                Phase::Command => match self.reader.next_line() {
+                    Some(event) => {
+                        self.epoch += 1;
+                        let action = match event {
+                            LineEvent::Line(line) => self.session.handle_line(&line),
+                            LineEvent::TooLong => self.session.line_too_long(),
+                        };
+                        self.act(action);
+                    }
+                    // RFC 2920 3.1: about to wait for the client, so everything answered goes out.
+                    None => return self.write_queued(),
+                },
+                Phase::Data(_) => return self.write_queued(),
+                Phase::AwaitTls | Phase::AwaitVerify | Phase::AwaitStore | Phase::Closed => {
+                    return None
+                }
+            }
+        }
+    }
+
+    /// The handshake after [`Effect::StartTls`] succeeded; the session starts over (RFC 3207 4.2).
+    pub fn tls_established(&mut self, _ticket: TlsTicket, description: String) {
+        if !matches!(self.phase, Phase::AwaitTls) {
+            return;
+        }
+        self.reader.clear();
+        self.session.tls_established(description);
+        self.phase = Phase::Command;
+        self.epoch += 1;
+    }
+
+    /// The outcome of [`Effect::Verify`]: the authenticated user, or `None`.
+    pub fn auth_verified(&mut self, _ticket: VerifyTicket, user: Option<String>) {
+        if !matches!(self.phase, Phase::AwaitVerify) {
+            return;
+        }
+        self.phase = Phase::Command;
+        match self.session.auth_verified(user) {
+            // The session never asks twice; answering is all that is left to do.
+            Action::Verify(_) => self.queue(&replies::local_error()),
+            action => self.act(action),
+        }
+    }
+
+    /// The outcome of [`Effect::Store`]; the session chooses the reply.
+    pub fn stored(&mut self, _ticket: StoreTicket, result: Result<(), StoreError>) {
+        if !matches!(self.phase, Phase::AwaitStore) {
+            return;
+        }
+        if result.is_ok() {
+            self.accepted += 1;
+        } else {
+            self.rejected += 1;
+        }
+        let reply = self.session.stored(result);
+        self.queue(&reply);
+        self.phase = Phase::Command;
+    }
+
+    /// The deadline of [`wants`](Self::wants) passed: 421 and close.
+    pub fn timeout(&mut self) {
+        let reply = self.session.timeout_reply();
+        self.close(reply, CloseReason::Timeout);
+    }
+
+    /// The server is shutting down: 421 and close. Whatever is outstanding is abandoned (a
+    /// message not yet stored is not acknowledged, so the client will send it again).
+    pub fn shutdown(&mut self) {
+        let reply = self.session.shutdown_reply();
+        self.close(reply, CloseReason::Shutdown);
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    fn write_queued(&mut self) -> Option<Effect> {
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(Effect::Write(std::mem::take(&mut self.out)))
+        }
+    }
+
+    fn close(&mut self, reply: Reply, reason: CloseReason) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.queue(&reply);
+        self.flush = false;
+        self.pending = Some(Effect::Close(std::mem::take(&mut self.out), reason));
+        self.phase = Phase::Closed;
+    }
+
+    /// The DATA decoder for the next message. The one place it is built.
+    fn data_decoder(&self) -> DataDecoder {
+        let max = usize::try_from(self.cfg.limits.max_message_size).unwrap_or(usize::MAX);
+        DataDecoder::new(max)
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Reply(r) => self.queue(&r),
+            Action::Close(r) => {
+                let reason = if r.code() == 221 {
+                    CloseReason::Quit
+                } else {
+                    CloseReason::Refused
+                };
+                self.close(r, reason);
+            }
+            Action::StartData(r) => {
+                self.queue(&r);
+                // The 354 (with any replies queued before it) goes out before the data is
+                // processed, as the old driver loop did.
+                self.flush = true;
+                let mut decoder = self.data_decoder();
+                let mut body = Vec::new();
+                // Data pipelined right behind the DATA command is already buffered.
+                let progress = self.reader.drain_into(&mut decoder, &mut body);
+                self.phase = Phase::Data(DataPhase {
+                    decoder,
+                    body,
+                    done: matches!(progress, DataProgress::Done { .. }),
+                });
+                self.epoch += 1;
+            }
+            Action::StartTls(r) => {
+                self.queue(&r);
+                self.flush = true;
+                // RFC 3207 5 / CVE-2011-0411: whatever was pipelined after STARTTLS arrived in
+                // plaintext and must never be executed.
+                self.reader.clear();
+                self.phase = Phase::AwaitTls;
+                self.pending = Some(Effect::StartTls(TlsTicket(())));
+            }
+            Action::Verify(creds) => {
+                // The replies so far go out before the (slow, maybe delayed) check.
+                self.flush = true;
+                self.phase = Phase::AwaitVerify;
+                self.pending = Some(Effect::Verify(creds, VerifyTicket(())));
+            }
+        }
+    }
+
+    fn end_data(&mut self, d: DataPhase) {
+        let size = d.decoder.size();
+        match self.session.finish_data(d.decoder.verdict(), &d.body) {
+            DataEnd::Reject(reply) => {
+                self.rejected += 1;
+                info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "rejected",
+                    reply = %reply, "message rejected");
+                self.queue(&reply);
+            }
+            DataEnd::Store(accepted) => {
+                self.flush = true;
+                self.phase = Phase::AwaitStore;
+                self.pending = Some(Effect::Store(accepted, d.body, StoreTicket(())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
