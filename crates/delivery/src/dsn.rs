@@ -816,5 +816,4 @@ mod tests {
         assert!(!s.contains("8bit"));
         assert_eq!(s.matches("Content-Transfer-Encoding: 7bit\r\n").count(), 4);
     }
-
 }
