@@ -4,6 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::Offset;
+
 /// The header section of a message (RFC 5322 2.1): the lines before the first empty line.
 ///
 /// Lines end in LF with an optional CR before it, so a CRLF message (what SMTP carries) and an
@@ -81,19 +83,29 @@ pub fn count_received(fields: &[u8]) -> usize {
         .count()
 }
 
-/// RFC 5322 3.3 date-time in UTC (`Thu, 01 Jan 1970 00:00:00 +0000`), for `Date:` fields, the
-/// `Received:` trace field (RFC 5321 4.4) and DSN dates (RFC 3464 2.1.5). A time before 1970 or
-/// beyond what the calendar arithmetic holds becomes the epoch rather than a panic.
+/// RFC 5322 3.3 date-time in UTC (`Thu, 01 Jan 1970 00:00:00 +0000`), for the `Received:` trace
+/// field (RFC 5321 4.4) and DSN dates (RFC 3464 2.1.5).
 pub fn rfc5322_date(t: SystemTime) -> String {
+    rfc5322_date_at(t, 0)
+}
+
+/// RFC 5322 3.3 date-time in the zone `utc_offset_secs` east of UTC (`tern sendmail` writes a
+/// missing `Date:` in local time, as 3.3 suggests). A time before 1970 or beyond what the
+/// calendar arithmetic holds becomes the epoch, and an offset of a day or more becomes UTC,
+/// rather than a panic.
+pub fn rfc5322_date_at(t: SystemTime, utc_offset_secs: i32) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dt = i64::try_from(secs)
+    let utc = i64::try_from(secs)
         .ok()
         .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
         .unwrap_or_default();
-    dt.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+    let zone = chrono::FixedOffset::east_opt(utc_offset_secs).unwrap_or(chrono::Utc.fix());
+    utc.with_timezone(&zone)
+        .format("%a, %d %b %Y %H:%M:%S %z")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -171,6 +183,17 @@ mod tests {
             rfc5322_date(UNIX_EPOCH + Duration::from_secs(1_700_000_000 - 13 * 86_400)),
             "Wed, 01 Nov 2023 22:13:20 +0000"
         );
+    }
+
+    #[test]
+    fn dates_in_a_zone() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(rfc5322_date_at(t, 3600), "Fri, 15 Jan 2027 09:00:00 +0100");
+        assert_eq!(
+            rfc5322_date_at(t, -(9 * 3600 + 30 * 60)),
+            "Thu, 14 Jan 2027 22:30:00 -0930"
+        );
+        assert_eq!(rfc5322_date_at(t, 86_400), rfc5322_date(t));
     }
 
     #[test]
