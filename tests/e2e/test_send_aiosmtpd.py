@@ -243,6 +243,17 @@ def test_missing_attachment_sends_nothing(tmp_path):
     assert len(lines) == 1 and "nope.pdf" in lines[0], lines
 
 
+def test_a_tls_ca_without_certificates_sends_nothing(tmp_path):
+    ca = tmp_path / "empty.pem"
+    ca.write_text("no certificate here\n")
+    with Sink() as sink:
+        r = tern_send("--server", f"127.0.0.1:{sink.port}", "--tls", "required", "--tls-ca", str(ca),
+                      "--from", FROM, "--to", "bob@example.test", stdin=b"x\n")
+        assert not sink.messages
+    assert r.returncode == 66, err(r)
+    assert f"--tls-ca {ca} holds no PEM certificate" in err(r)
+
+
 def test_unreadable_body_file(tmp_path):
     r = tern_send("--server", "127.0.0.1:9", "--from", FROM, "--to", "b@example.test",
                   "--body-file", str(tmp_path / "missing.txt"))

@@ -45,3 +45,36 @@ def test_null_mx_nxdomain_servfail():
         r = send(dns, port, "a@broken.test")
         assert r.returncode == 75, err(r)
         assert "temporary DNS failure" in err(r)
+
+
+def test_address_literal_goes_to_that_address_without_dns():
+    # An empty zone: any MX or address query would be NXDOMAIN (exit 69).
+    with FakeDNS({}) as dns, Sink() as sink:
+        r = send(dns, sink.port, "a@[127.0.0.1]")
+        assert r.returncode == 0, err(r)
+        got = [tuple(m.rcpt_tos) for m in sink.messages]
+    assert got == [("a@[127.0.0.1]",)]
+
+
+def many_mx(live_rank: int) -> dict:
+    """12 MX hosts; all refuse connections (127.0.0.2, where nothing listens on the sink's
+    port) except the one at preference rank `live_rank` (1-based), on 127.0.0.1."""
+    records = {"many.test": {"MX": []}}
+    for rank in range(1, 13):
+        name = f"h{rank:02}.many.test"
+        records["many.test"]["MX"].append((rank, name))
+        records[name] = {"A": ["127.0.0.1" if rank == live_rank else "127.0.0.2"]}
+    return records
+
+
+def test_at_most_ten_mx_hosts_are_tried():
+    # The relay's hop limit (RFC 5321 5.1 leaves it to the client): the 10th host is tried...
+    with FakeDNS(many_mx(10)) as dns, Sink() as sink:
+        r = send(dns, sink.port, "a@many.test")
+        assert r.returncode == 0, err(r)
+        assert len(sink.messages) == 1
+    # ... the 11th is not: the mail stays with the sender (temporary failure, exit 75).
+    with FakeDNS(many_mx(11)) as dns, Sink() as sink:
+        r = send(dns, sink.port, "a@many.test")
+        assert r.returncode == 75, err(r)
+        assert not sink.messages

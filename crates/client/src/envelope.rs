@@ -1,7 +1,7 @@
 //! The envelope (RFC 5321 MAIL FROM / RCPT TO) and what a message needs from the server:
 //! 8BITMIME for 8-bit bytes (RFC 6152), SMTPUTF8 for non-ASCII addresses (RFC 6531).
 
-use tern_proto::{Address, AddressError, ForwardPath, ReversePath};
+use tern_proto::{Address, AddressError, ForwardPath, HeaderSection, ReversePath};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -64,9 +64,9 @@ pub struct MessageTraits {
 
 impl MessageTraits {
     pub fn scan(message: &[u8]) -> Self {
-        let header_end = find_header_end(message).unwrap_or(message.len());
-        let eight_bit_headers = message[..header_end].iter().any(|b| *b >= 0x80);
-        let eight_bit = eight_bit_headers || message[header_end..].iter().any(|b| *b >= 0x80);
+        let header = HeaderSection::find(message);
+        let eight_bit_headers = header.fields().iter().any(|b| *b >= 0x80);
+        let eight_bit = eight_bit_headers || header.body().iter().any(|b| *b >= 0x80);
         let mut bare_lf = 0u64;
         let mut prev = 0u8;
         for &b in message {
@@ -81,20 +81,6 @@ impl MessageTraits {
             wire_size: message.len() as u64 + bare_lf,
         }
     }
-}
-
-/// Offset of the empty line ending the header section.
-fn find_header_end(m: &[u8]) -> Option<usize> {
-    let crlf = memfind(m, b"\r\n\r\n");
-    let lf = memfind(m, b"\n\n");
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn memfind(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
 }
 
 #[cfg(test)]
@@ -126,6 +112,9 @@ mod tests {
         let t = MessageTraits::scan("Subject: caf\u{e9}\n\nx".as_bytes());
         assert!(t.eight_bit && t.eight_bit_headers);
         let t = MessageTraits::scan("S: x\n\ncaf\u{e9}".as_bytes());
+        assert!(t.eight_bit && !t.eight_bit_headers);
+        // No header at all: the 8-bit byte is in the body, wherever a later blank line is.
+        let t = MessageTraits::scan("\r\ncaf\u{e9}\r\n\r\nx".as_bytes());
         assert!(t.eight_bit && !t.eight_bit_headers);
     }
 }

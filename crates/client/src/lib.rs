@@ -30,5 +30,5 @@ pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
 pub use session::{Session, SessionOptions};
 pub use tern_proto::sasl::Credentials;
 pub use timeouts::Timeouts;
-pub use tls::{TlsMode, TlsParams};
+pub use tls::{load_ca_file, CaFileError, TlsMode, TlsParams};
 pub use transcript::{Direction, TranscriptHook};

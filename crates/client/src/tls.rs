@@ -2,11 +2,13 @@
 //! against the webpki roots (plus any extra CA given) unless `verify` is false, which the relay
 //! uses for opportunistic STARTTLS to MX hosts (RFC 7435: encrypt even when it can't authenticate).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::error::ClientError;
@@ -78,6 +80,70 @@ impl TlsParams {
     }
 }
 
+/// Why a CA file gave no certificates to trust.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("cannot read CA file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("CA file {} holds no PEM certificate", path.display())]
+    Empty { path: PathBuf },
+    #[error("cannot parse CA file {}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+}
+
+impl CaFileError {
+    /// The message with the file named as the caller's user knows it (`"--tls-ca"`, `"the
+    /// route's ca_file"`) instead of "CA file".
+    pub fn describe(&self, what: &str) -> String {
+        match self {
+            CaFileError::Unreadable { path, source } => {
+                format!("cannot read {what} {}: {source}", path.display())
+            }
+            CaFileError::Empty { path } => {
+                format!("{what} {} holds no PEM certificate", path.display())
+            }
+            CaFileError::Invalid { path, source } => {
+                format!("cannot parse {what} {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+/// The certificates of a PEM file, to trust in addition to the webpki roots (`tern send
+/// --tls-ca`, a route's `ca_file`). A file with no certificate in it is an error: trusting
+/// nothing extra is surely not what whoever named the file meant. Other PEM sections (a key
+/// next to the certificate) are skipped.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let classify = |source: pem::Error| match source {
+        pem::Error::Io(_) => CaFileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+        _ => CaFileError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        },
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(classify)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(classify)?;
+    if certs.is_empty() {
+        return Err(CaFileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
 /// Encrypts without authenticating (RFC 7435 opportunistic security). Signatures are still
 /// checked so the handshake itself is sound; only the chain and the name are not.
 #[derive(Debug)]
@@ -125,5 +191,72 @@ impl ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn a_pem_file_gives_its_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let text = format!(
+            "{}{}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ca_pem(),
+            ca_pem()
+        );
+        std::fs::write(&path, text).unwrap();
+        let certs = load_ca_file(&path).unwrap();
+        assert_eq!(certs.len(), 2);
+        // The loaded certificates are usable as roots.
+        assert!(TlsParams::new("mx.test", true, &certs).is_ok());
+    }
+
+    #[test]
+    fn missing_empty_and_broken_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = load_ca_file(&missing).unwrap_err();
+        assert!(matches!(e, CaFileError::Unreadable { .. }), "{e}");
+        assert!(
+            e.describe("--tls-ca").starts_with(&format!(
+                "cannot read --tls-ca {}: I/O error: ",
+                missing.display()
+            )),
+            "{}",
+            e.describe("--tls-ca")
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = load_ca_file(&empty).unwrap_err();
+        assert!(matches!(e, CaFileError::Empty { .. }), "{e}");
+        assert_eq!(
+            e.describe("the route's ca_file"),
+            format!(
+                "the route's ca_file {} holds no PEM certificate",
+                empty.display()
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("CA file {} holds no PEM certificate", empty.display())
+        );
+
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let e = load_ca_file(&broken).unwrap_err();
+        assert!(matches!(e, CaFileError::Invalid { .. }), "{e}");
     }
 }

@@ -15,6 +15,8 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tern_proto::{rfc5322_date, HeaderSection};
+
 /// What happened to a recipient (RFC 3464 2.3.3; tern never reports delivered/relayed/expanded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -218,24 +220,6 @@ fn parse_enhanced(token: &str) -> Option<&str> {
     (digits(subject) && digits(detail)).then_some(token)
 }
 
-/// The header section of a message: everything before the first empty line, with the line
-/// ending of its last header line, without the empty line. A message with no empty line is all
-/// header; one that starts with an empty line has an empty header section.
-pub fn header_section(message: &[u8]) -> &[u8] {
-    let mut pos = 0;
-    while pos < message.len() {
-        let Some(nl) = message[pos..].iter().position(|&b| b == b'\n') else {
-            break;
-        };
-        let line = &message[pos..pos + nl];
-        if line.is_empty() || line == b"\r" {
-            return &message[..pos];
-        }
-        pos += nl + 1;
-    }
-    message
-}
-
 fn human_text(report: &Report<'_>, failed: bool) -> String {
     let host = clean(report.reporting_mta);
     let mut t = String::with_capacity(1024);
@@ -349,12 +333,12 @@ fn delivery_status(report: &Report<'_>, global: bool) -> String {
 /// The original header section, every line ending in CRLF and at most 998 octets (longer ones
 /// are cut: the part is for reading, and a line that long is already broken).
 fn original_headers(message: &[u8]) -> Vec<u8> {
-    let section = header_section(message);
+    let section = HeaderSection::find(message).fields();
     let mut out = Vec::with_capacity(section.len() + 64);
     for line in section.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            // Only the split's empty tail after the last LF: header_section has no empty line.
+            // Only the split's empty tail after the last LF: the fields hold no empty line.
             continue;
         }
         let mut end = line.len().min(MAX_LINE);
@@ -454,20 +438,6 @@ fn wrap_paragraph(text: &str) -> String {
         out.push_str("\r\n");
     }
     out
-}
-
-/// RFC 5322 3.3 date-time in UTC; times outside what chrono can hold become the epoch rather
-/// than a panic.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let dt = i64::try_from(secs)
-        .ok()
-        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-        .unwrap_or_default();
-    dt.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
 }
 
 /// `<secs.random@host>`: unique without any state (RFC 5322 3.6.4).
@@ -598,18 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn header_section_stops_at_the_first_empty_line() {
-        assert_eq!(
-            header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"),
-            b"A: 1\r\nB: 2\r\n"
-        );
-        assert_eq!(header_section(b"A: 1\nB: 2\n\nbody\n"), b"A: 1\nB: 2\n");
-        assert_eq!(header_section(b"\r\nbody\r\n"), b"");
-        assert_eq!(header_section(b"A: 1\r\nB: 2"), b"A: 1\r\nB: 2");
-        assert_eq!(header_section(b""), b"");
-    }
-
-    #[test]
     fn failed_report_parses_as_multipart_report() {
         let rcpts = [
             RecipientReport {
@@ -719,7 +677,7 @@ mod tests {
         };
         assert_eq!(
             headers.as_bytes(),
-            header_section(ORIGINAL),
+            HeaderSection::find(ORIGINAL).fields(),
             "the header section, byte for byte"
         );
     }
@@ -857,16 +815,5 @@ mod tests {
         let s = text(&build(&report(&rcpts, ORIGINAL)));
         assert!(!s.contains("8bit"));
         assert_eq!(s.matches("Content-Transfer-Encoding: 7bit\r\n").count(), 4);
-    }
-
-    #[test]
-    fn dates_out_of_range_do_not_panic() {
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
-        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 2);
-        assert_eq!(rfc5322_date(far), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(t(1_800_000_000)),
-            "Fri, 15 Jan 2027 08:00:00 +0000"
-        );
     }
 }

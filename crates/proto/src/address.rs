@@ -38,6 +38,24 @@ pub enum Domain {
 }
 
 impl Domain {
+    /// Parses the domain part of an address on its own: a name, or an address literal in its
+    /// bracket form (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 4.1.3), as
+    /// [`Domain::normalized`] and [`fmt::Display`] write it.
+    pub fn parse(s: &str) -> Result<Domain, AddressError> {
+        let mut p = Parser::new(s);
+        let domain = if p.peek() == Some('[') {
+            p.address_literal()?
+        } else {
+            Domain::Name(p.domain()?)
+        };
+        if !p.at_end() {
+            return Err(AddressError::Syntax(
+                "unexpected characters after the domain",
+            ));
+        }
+        Ok(domain)
+    }
+
     /// Lower-case ASCII name without a trailing dot; address literals in their bracket form.
     pub fn normalized(&self) -> String {
         match self {
@@ -484,6 +502,27 @@ mod tests {
         assert!(fwd("<u@[300.1.1.1]>").is_err());
         assert!(fwd("<u@[IPv6:zz]>").is_err());
         assert!(fwd("<u@[x-tag:stuff]>").is_ok());
+    }
+
+    #[test]
+    fn a_domain_parses_on_its_own_and_round_trips() {
+        for s in [
+            "x.test",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "[x-tag:stuff]",
+        ] {
+            let d = Domain::parse(s).unwrap();
+            assert_eq!(Domain::parse(&d.normalized()).unwrap(), d, "{s}");
+        }
+        assert_eq!(
+            Domain::parse("[ipv6:::1]").unwrap(),
+            Domain::Ipv6("::1".parse().unwrap())
+        );
+        assert!(Domain::parse("").is_err());
+        assert!(Domain::parse("x.test>").is_err());
+        assert!(Domain::parse("[192.0.2.1").is_err());
+        assert!(Domain::parse("[192.0.2.1]x").is_err());
     }
 
     #[test]

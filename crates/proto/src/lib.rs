@@ -1,11 +1,13 @@
 //! tern's SMTP protocol core, free of I/O so it can be unit-tested and fuzzed: commands,
-//! replies, addresses, ESMTP parameters, DATA transparency, EHLO capabilities and SASL.
+//! replies, addresses, ESMTP parameters, DATA transparency, EHLO capabilities, SASL, and the
+//! message facts several crates need (header section, `Received:` count, RFC 5322 dates).
 
 pub mod address;
 pub mod command;
 pub mod data;
 pub mod ehlo;
 pub mod line;
+pub mod message;
 pub mod params;
 pub mod reply;
 pub mod sasl;
@@ -15,5 +17,6 @@ pub use command::{Command, CommandError, MAX_COMMAND_LINE};
 pub use data::{DataDecoder, DataProgress, DataRejection, DotStuffer};
 pub use ehlo::Capabilities;
 pub use line::{LineEvent, LineReader};
+pub use message::{count_received, rfc5322_date, rfc5322_date_at, HeaderSection};
 pub use params::{BodyType, MailParams, RcptParams};
 pub use reply::{ec, EnhancedCode, Reply, ReplyError, ReplyParser, Severity};

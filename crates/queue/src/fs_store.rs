@@ -446,22 +446,16 @@ impl QueueStore for FsStore {
         fs::read(&path).map_err(|e| ctx(e, "reading", &path))
     }
 
-    /// Reads line by line up to the empty line, so a large body is never loaded.
-    fn read_header(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
-        use std::io::{BufRead, Read};
+    /// Reads only the first `max` bytes from the file.
+    fn read_prefix(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
         let path = self.message_path(id);
         let file = File::open(&path).map_err(|e| ctx(e, "reading", &path))?;
-        let mut reader = io::BufReader::new(file.take(max as u64));
         let mut out = Vec::new();
-        loop {
-            let start = out.len();
-            let n = reader
-                .read_until(b'\n', &mut out)
-                .map_err(|e| ctx(e, "reading", &path))?;
-            if n == 0 || matches!(&out[start..], b"\n" | b"\r\n") {
-                return Ok(out);
-            }
-        }
+        file.take(max as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| ctx(e, "reading", &path))?;
+        Ok(out)
     }
 
     fn subscribe(&self, sink: EventSink) {

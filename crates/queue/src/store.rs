@@ -42,12 +42,11 @@ pub trait QueueStore: Send + Sync {
     /// The message bytes of a committed entry.
     fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>>;
 
-    /// The message's header section (up to and including the empty line that ends it, RFC 5322
-    /// 2.1), at most `max` bytes, without loading the body where the backend can.
-    fn read_header(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
+    /// The first `max` bytes of the message (all of it if shorter): enough for its header
+    /// section (`tern_proto::HeaderSection`) without loading a large body.
+    fn read_prefix(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
         let mut message = self.read_message(id)?;
-        let end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
-        message.truncate(end.min(max));
+        message.truncate(max);
         Ok(message)
     }
 

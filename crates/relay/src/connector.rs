@@ -7,15 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tern_client::{
-    connect, ClientError, ConnectOptions, Credentials, Envelope as ClientEnvelope, Failure,
-    Outcome, Session, SessionOptions, Stage, Timeouts, TlsMode,
+    connect, load_ca_file, ClientError, ConnectOptions, Credentials, Envelope as ClientEnvelope,
+    Failure, Outcome, Session, SessionOptions, Stage, Timeouts, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
@@ -301,7 +299,8 @@ impl Connector {
             TlsPolicy::Required => (TlsMode::Required, true),
         };
         if let Some(path) = &dest.ca_file {
-            opts.extra_roots = load_ca_file(path)?;
+            opts.extra_roots = load_ca_file(path)
+                .map_err(|e| format!("451 4.7.5 {}", e.describe("the route's ca_file")))?;
         }
         if let Some(auth) = &dest.auth {
             let password = auth.read_password().map_err(|e| {
@@ -317,30 +316,6 @@ impl Connector {
             });
         }
         Ok(opts)
-    }
-}
-
-/// The certificates of a route's `ca_file`; read at each connection so a renewed CA needs no
-/// restart.
-fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| {
-            format!(
-                "451 4.7.5 cannot read the route's ca_file {}: {e}",
-                path.display()
-            )
-        })?
-        .collect();
-    match certs {
-        Ok(c) if !c.is_empty() => Ok(c),
-        Ok(_) => Err(format!(
-            "451 4.7.5 the route's ca_file {} holds no PEM certificate",
-            path.display()
-        )),
-        Err(e) => Err(format!(
-            "451 4.7.5 cannot parse the route's ca_file {}: {e}",
-            path.display()
-        )),
     }
 }
 

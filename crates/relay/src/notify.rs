@@ -157,7 +157,7 @@ pub fn emit(
     let received = format!(
         "Received: by {} (tern) id {dsn_id};\r\n\t{}\r\n",
         cfg.hostname,
-        dsn::rfc5322_date(now)
+        tern_proto::message::rfc5322_date(now)
     );
     let delivered = local
         .deliver(

@@ -87,7 +87,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
     }
 
     let mut results: Vec<(usize, Option<String>, RcptResult)> = Vec::with_capacity(due.len());
-    let received = tern_server::received::count_in_header(&message);
+    let received = tern_proto::message::HeaderSection::find(&message).received_count();
     if received > ctx.cfg.queue.max_received_headers {
         // RFC 5321 6.3: a message that has passed this many hosts is looping.
         let text = format!(

@@ -1,15 +1,16 @@
 //! Where mail for a recipient domain goes: a `[routes]` entry (the exact domain, then the `*`
 //! smarthost), else the domain's MX hosts in RFC 5321 5.1 order, each expanded to addresses.
+//! The MX rules themselves (self-MX, own listeners, caps) are `tern_dns::mx_targets`, shared
+//! with `tern send`.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tern_config::{Config, RouteAuth, TlsPolicy};
-use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
+use tern_dns::{host_targets, mx_targets, Myself, Resolver, TargetError};
 
-/// At most this many addresses are tried in one attempt, so a domain with dozens of MX records
-/// cannot keep a worker busy for an hour of connect timeouts.
-const MAX_HOPS: usize = 10;
+/// One deadline for all the DNS work of finding a destination's hops.
+const ROUTE_DNS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A next hop for a group of recipients. Recipients with the same `key` share a transaction and
 /// a pooled connection.
@@ -32,11 +33,7 @@ pub enum DestinationKind {
 }
 
 /// One address to connect to, with the name TLS and logs know it by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hop {
-    pub name: String,
-    pub addr: SocketAddr,
-}
+pub type Hop = tern_dns::Target;
 
 /// Why no hop could be found; `reply` is stored in the recipient's status as it would be for an
 /// SMTP reply (code, enhanced code, text), so bounces quote it like any other.
@@ -110,117 +107,33 @@ pub async fn hops(
     resolver: &dyn Resolver,
     dest: &Destination,
 ) -> Result<Vec<Hop>, RouteFailure> {
-    match &dest.kind {
-        DestinationKind::Route { host, port } => {
-            let ips = resolve_host(resolver, host)
-                .await
-                .map_err(|e| dns_failure(&e))?;
-            Ok(ips
-                .into_iter()
-                .take(MAX_HOPS)
-                .map(|ip| Hop {
-                    name: host.clone(),
-                    addr: SocketAddr::new(ip, *port),
-                })
-                .collect())
+    let found = match &dest.kind {
+        DestinationKind::Route { host, port } => host_targets(resolver, host, *port).await,
+        DestinationKind::Mx { domain } => {
+            let myself = Myself {
+                hostname: Some(cfg.hostname.clone()),
+                listeners: cfg.smtp.listen.clone(),
+            };
+            mx_targets(
+                resolver,
+                domain,
+                cfg.outbound.mx_port,
+                &myself,
+                ROUTE_DNS_DEADLINE,
+            )
+            .await
         }
-        DestinationKind::Mx { domain } => mx_hops(cfg, resolver, domain).await,
-    }
+    };
+    found.map_err(|e| failure(&e))
 }
 
-async fn mx_hops(
-    cfg: &Config,
-    resolver: &dyn Resolver,
-    domain: &str,
-) -> Result<Vec<Hop>, RouteFailure> {
-    let mx = mx_hosts(resolver, domain)
-        .await
-        .map_err(|e| dns_failure(&e))?;
-    let names = without_self(cfg, mx.hosts.into_iter().map(|h| (h.name, h.preference)));
-    if names.is_empty() {
-        return Err(RouteFailure::permanent(format!(
-            "554 5.4.6 mail loop: the MX of {domain} points back to this host ({}) but {domain} is not a local domain",
-            cfg.hostname
-        )));
-    }
-    let mut hops = Vec::new();
-    let mut temporary: Option<DnsError> = None;
-    let mut last_error: Option<DnsError> = None;
-    for name in names {
-        match resolve_host(resolver, &name).await {
-            Ok(ips) => {
-                for ip in ips {
-                    let addr = SocketAddr::new(ip, cfg.outbound.mx_port);
-                    if is_own_listener(cfg, addr) {
-                        continue;
-                    }
-                    hops.push(Hop {
-                        name: name.clone(),
-                        addr,
-                    });
-                }
-            }
-            Err(e) if e.is_temporary() => temporary = Some(e),
-            Err(e) => last_error = Some(e),
-        }
-        if hops.len() >= MAX_HOPS {
-            hops.truncate(MAX_HOPS);
-            break;
-        }
-    }
-    if !hops.is_empty() {
-        return Ok(hops);
-    }
-    // Only a definite answer for every MX makes this permanent (RFC 5321 4.5.4.1).
-    Err(match (temporary, last_error) {
-        (Some(e), _) => dns_failure(&e),
-        (None, Some(e)) => RouteFailure::permanent(format!(
-            "550 5.4.4 no usable address for any MX host of {domain}: {e}"
-        )),
-        (None, None) => RouteFailure::permanent(format!(
-            "554 5.4.6 mail loop: every MX host of {domain} is this server"
-        )),
-    })
-}
-
-/// RFC 5321 5.1: when this host is among the MX hosts, it and every less preferred host are
-/// dropped (delivering there would loop).
-fn without_self(cfg: &Config, hosts: impl Iterator<Item = (String, u16)>) -> Vec<String> {
-    let hosts: Vec<(String, u16)> = hosts.collect();
-    let own = hosts
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(cfg.hostname.trim_end_matches('.')))
-        .map(|(_, pref)| *pref)
-        .min();
-    hosts
-        .into_iter()
-        .filter(|(_, pref)| own.is_none_or(|own| *pref < own))
-        .map(|(name, _)| name)
-        .collect()
-}
-
-/// An address one of our own SMTP listeners answers on: connecting there would loop.
-fn is_own_listener(cfg: &Config, addr: SocketAddr) -> bool {
-    cfg.smtp.listen.iter().any(|l| {
-        l.port() == addr.port()
-            && (l.ip() == addr.ip() || (l.ip().is_unspecified() && is_local_ip(addr.ip())))
-    })
-}
-
-fn is_local_ip(ip: IpAddr) -> bool {
-    ip.is_loopback() || ip.is_unspecified()
-}
-
-fn dns_failure(e: &DnsError) -> RouteFailure {
-    match e {
-        DnsError::NullMx(d) => RouteFailure::permanent(format!(
-            "556 5.1.10 {d} does not accept mail (null MX, RFC 7505)"
-        )),
-        DnsError::NxDomain(_) => RouteFailure::permanent(format!("550 5.1.2 {e}")),
-        DnsError::NoAddresses(_) | DnsError::InvalidName(_) => {
-            RouteFailure::permanent(format!("550 5.4.4 {e}"))
-        }
-        DnsError::Temporary { .. } => RouteFailure::temporary(format!("451 4.4.3 {e}")),
+fn failure(e: &TargetError) -> RouteFailure {
+    let (code, enhanced) = e.status();
+    let reply = format!("{code} {enhanced} {e}");
+    if e.is_permanent() {
+        RouteFailure::permanent(reply)
+    } else {
+        RouteFailure::temporary(reply)
     }
 }
 

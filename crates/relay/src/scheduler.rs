@@ -7,7 +7,6 @@
 //! ([`SAFETY_RESCAN`]) that repairs the index should an event ever be lost.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use tern_config::Config;
-use tern_dns::{HickoryResolver, Resolver};
+use tern_dns::{setup_resolver, Resolver};
 use tern_queue::{QueueId, QueueStore, StoreEvent};
 
 use crate::connector::Connector;
@@ -80,24 +79,13 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
 }
 
 fn resolver(cfg: &Config) -> Arc<dyn Resolver> {
-    let built = if cfg.dns.nameservers.is_empty() {
-        HickoryResolver::from_system_conf()
-    } else {
-        HickoryResolver::with_nameservers(&cfg.dns.nameservers, DNS_TIMEOUT)
-    };
-    match built {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            // Without /etc/resolv.conf MX delivery cannot work, but static routes still do, and
-            // the errors from a resolver pointed at localhost say what is wrong.
-            tracing::error!(error = %e, "relay: cannot set up the system resolver; set [dns] nameservers");
-            let fallback = SocketAddr::from(([127, 0, 0, 1], 53));
-            match HickoryResolver::with_nameserver(fallback, DNS_TIMEOUT) {
-                Ok(r) => Arc::new(r),
-                Err(_) => Arc::new(tern_dns::StaticResolver::new()),
-            }
-        }
+    let setup = setup_resolver(&cfg.dns.nameservers, DNS_TIMEOUT);
+    if let Some(e) = &setup.fallback {
+        // Without /etc/resolv.conf MX delivery cannot work, but static routes still do, and
+        // the errors from a resolver pointed at localhost say what is wrong.
+        tracing::error!(error = %e, "relay: cannot set up the system resolver; set [dns] nameservers");
     }
+    setup.resolver
 }
 
 /// Entries by next due time. An entry with a round in progress is not in the index: the

@@ -66,46 +66,6 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// RFC 5322 3.3 date-time of now.
-pub fn now_rfc5322() -> String {
-    chrono::Utc::now()
-        .format("%a, %d %b %Y %H:%M:%S +0000")
-        .to_string()
-}
-
-/// Octets up to and including the blank line that ends the header section (RFC 5322 2.1);
-/// the whole message if there is none, 0 if it starts with the blank line.
-pub fn header_section_len(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
-}
-
-/// `Received:` fields in a header section, matched by field name in any case (RFC 5322 1.2.2),
-/// also with white space before the colon (RFC 5322 4.5 obsolete syntax). Continuation lines
-/// of folded fields start with white space and are never counted.
-pub fn count_fields(header: &[u8]) -> usize {
-    header
-        .split(|&b| b == b'\n')
-        .filter(|line| {
-            let Some(colon) = memchr::memchr(b':', line) else {
-                return false;
-            };
-            let name = &line[..colon];
-            !name.starts_with(b" ")
-                && !name.starts_with(b"\t")
-                && name.trim_ascii_end().eq_ignore_ascii_case(b"Received")
-        })
-        .count()
-}
-
-/// `Received:` fields in the header section of `message`: how the relay checks a queued
-/// message for a loop with the same rule the session applies at DATA.
-pub fn count_in_header(message: &[u8]) -> usize {
-    count_fields(&message[..header_section_len(message)])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

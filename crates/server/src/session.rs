@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tern_config::Config;
 use tern_proto::sasl::{self, Credentials};
 use tern_proto::{
-    AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath, MailParams, Reply,
-    ReversePath,
+    rfc5322_date, AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath,
+    HeaderSection, MailParams, Reply, ReversePath,
 };
 
 pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
@@ -416,13 +417,14 @@ impl Session {
             Err(DataRejection::TooLarge) => return DataEnd::Reject(replies::too_big()),
             Ok(()) => {}
         }
-        let header = &message[..received::header_section_len(message)];
-        if header.len() as u64 > self.cfg.limits.max_header_size {
+        let header = HeaderSection::find(message);
+        // The limit counts the header section with its closing empty line.
+        if header.end() as u64 > self.cfg.limits.max_header_size {
             return DataEnd::Reject(replies::header_too_big());
         }
         // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
         // (rather than bouncing later) leaves the bounce to the client, and nothing is stored.
-        if received::count_fields(header) > self.cfg.queue.max_received_headers {
+        if header.received_count() > self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {
@@ -430,7 +432,7 @@ impl Session {
             esmtp: false,
         });
         let single = (txn.recipients.len() == 1).then(|| txn.recipients[0].address.clone());
-        let date = received::now_rfc5322();
+        let date = rfc5322_date(SystemTime::now());
         let received = received::received_header(&TraceInfo {
             helo: &helo.name,
             client_ip: self.conn.peer.ip(),

@@ -266,20 +266,6 @@ fn header_section_size_limit() {
 }
 
 #[test]
-fn header_section_bounds() {
-    assert_eq!(
-        crate::received::header_section_len(b"A: b\r\n\r\nbody\r\n\r\nmore"),
-        8
-    );
-    assert_eq!(
-        crate::received::header_section_len(b"\r\nbody\r\n\r\nmore"),
-        0
-    );
-    assert_eq!(crate::received::header_section_len(b"A: b\r\nC: d\r\n"), 12);
-    assert_eq!(crate::received::header_section_len(b""), 0);
-}
-
-#[test]
 fn the_reply_after_storage_names_the_stored_message() {
     let mut s = in_data("");
     let DataEnd::Store(acc) = s.finish_data(Ok(()), b"Subject: s\r\n\r\n") else {

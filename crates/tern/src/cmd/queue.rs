@@ -20,6 +20,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use tern_config::{Config, LogConfig};
+use tern_proto::HeaderSection;
 use tern_queue::time_format;
 use tern_queue::{Envelope, FsStore, QueueId, QueueLock, QueueStore, Recipient, RecipientStatus};
 use tern_relay::notify::Notifier;
@@ -423,16 +424,17 @@ fn entry_json(env: &Envelope, now: SystemTime) -> Value {
     })
 }
 
-/// The message's header section (up to the empty line), without loading the body; cut at
+/// The message's header fields (up to the empty line), without loading the body; cut at
 /// MAX_SHOWN_HEADER.
 fn read_header_section(store: &dyn QueueStore, id: &QueueId) -> Result<Vec<u8>, Fail> {
-    store.read_header(id, MAX_SHOWN_HEADER).map_err(|e| {
+    let head = store.read_prefix(id, MAX_SHOWN_HEADER).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Fail::NoSuchEntry(id.to_string())
         } else {
             io_fail(e)
         }
-    })
+    })?;
+    Ok(HeaderSection::find(&head).fields().to_vec())
 }
 
 // ------------------------------------------------------------------ changes

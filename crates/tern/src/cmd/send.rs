@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
-use tern_client::{ConnectOptions, Credentials, Direction, SessionOptions, Timeouts, TlsMode};
-use tern_dns::{HickoryResolver, Resolver};
+use tern_client::{
+    load_ca_file, ConnectOptions, Credentials, Direction, SessionOptions, Timeouts, TlsMode,
+};
+use tern_dns::{setup_resolver, Resolver};
 use tern_proto::Address;
 
 use deliver::Route;
@@ -242,23 +242,10 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
         }
         _ => None,
     };
-    let mut extra_roots = Vec::new();
-    if let Some(ca) = &args.tls_ca {
-        let iter = CertificateDer::pem_file_iter(ca).map_err(|e| {
-            Early(
-                exit::NOINPUT,
-                format!("cannot read --tls-ca {}: {e}", ca.display()),
-            )
-        })?;
-        for cert in iter {
-            extra_roots.push(cert.map_err(|e| {
-                Early(
-                    exit::NOINPUT,
-                    format!("bad certificate in {}: {e}", ca.display()),
-                )
-            })?);
-        }
-    }
+    let extra_roots = match &args.tls_ca {
+        Some(ca) => load_ca_file(ca).map_err(|e| Early(exit::NOINPUT, e.describe("--tls-ca")))?,
+        None => Vec::new(),
+    };
 
     let sender_domain = Address::parse(&from.addr)
         .map(|a| a.domain().normalized())
@@ -333,21 +320,24 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
     })
 }
 
+/// The resolver for MX delivery: `$TERN_NAMESERVER` or the system configuration.
 fn resolver() -> Result<Arc<dyn Resolver>, Early> {
-    let r = match std::env::var("TERN_NAMESERVER") {
-        Ok(ns) => {
-            let addr = ns.parse().map_err(|_| {
-                Early(
-                    exit::USAGE,
-                    format!("TERN_NAMESERVER={ns:?} is not ip:port"),
-                )
-            })?;
-            HickoryResolver::with_nameserver(addr, Duration::from_secs(5))
-        }
-        Err(_) => HickoryResolver::from_system_conf(),
+    let nameservers = match std::env::var("TERN_NAMESERVER") {
+        Ok(ns) => vec![ns.parse().map_err(|_| {
+            Early(
+                exit::USAGE,
+                format!("TERN_NAMESERVER={ns:?} is not ip:port"),
+            )
+        })?],
+        Err(_) => Vec::new(),
     };
-    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
-        .map_err(|e| Early(exit::TEMPFAIL, format!("DNS resolver: {e}")))
+    let setup = setup_resolver(&nameservers, Duration::from_secs(5));
+    // A one-shot tool says what is wrong and exits (75: try again) rather than quietly asking
+    // the fallback nameserver the relay uses to keep static routes working.
+    match setup.fallback {
+        Some(e) => Err(Early(exit::TEMPFAIL, format!("DNS resolver: {e}"))),
+        None => Ok(setup.resolver),
+    }
 }
 
 /// `host`, `host:port`, `[v6]:port`, `v6` or an IPv4 address.

@@ -356,7 +356,8 @@ pub fn complete_message(p: &Parsed, opts: &Opts, sender: &str, hostname: &str) -
         out.extend_from_slice(b"\r\n");
     }
     if !has("date") {
-        let date = chrono::Local::now().format("%a, %d %b %Y %H:%M:%S %z");
+        let now = chrono::Local::now();
+        let date = tern_proto::rfc5322_date_at(now.into(), now.offset().local_minus_utc());
         out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
     if !has("message-id") {

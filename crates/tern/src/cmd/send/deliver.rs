@@ -1,21 +1,27 @@
 //! Getting a message to its recipients: through one given server, or straight to each
-//! recipient domain's MX hosts (RFC 5321 5.1: preference order, implicit MX, null MX refused).
+//! recipient domain's MX hosts, chosen by `tern_dns::mx_targets` with the relay's rules
+//! (RFC 5321 5.1: preference order, implicit MX, null MX refused, address literals, at most ten
+//! addresses).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tern_client::{connect, ClientError, ConnectOptions, Envelope, Session};
-use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
-use tern_proto::{Address, Domain};
+use tern_dns::{mx_targets, Myself, Resolver, Target};
+use tern_proto::Address;
 use tokio::net::TcpStream;
 
 use super::report::{error_detail, kind, RcptResult};
 
 /// Messages at least this big get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN: usize = 1 << 20;
+
+/// The whole MX lookup of one domain (MX records, then every MX host's addresses at once) must
+/// be done by then; a host still unresolved counts as a temporary failure.
+const MX_DEADLINE: Duration = Duration::from_secs(30);
 
 pub enum Route {
     /// A smarthost / submission server: `host` is resolved by the system resolver.
@@ -37,14 +43,19 @@ pub async fn deliver(
 ) -> Vec<RcptResult> {
     let mut results = match route {
         Route::Server { host, port } => {
-            let addrs = match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(a) => a.collect::<Vec<_>>(),
+            let targets: Vec<Target> = match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(addrs) => addrs
+                    .map(|addr| Target {
+                        name: host.clone(),
+                        addr,
+                    })
+                    .collect(),
                 Err(e) => {
                     let detail = format!("temporary failure: cannot resolve {host}: {e}");
                     return fail_all(rcpts, true, detail);
                 }
             };
-            try_hosts(&[(host.clone(), addrs)], opts, from, rcpts, message).await
+            try_targets(&targets, opts, from, rcpts, message).await
         }
         Route::Mx { port, resolver } => {
             let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -54,17 +65,24 @@ pub async fn deliver(
                     .unwrap_or_default();
                 by_domain.entry(domain).or_default().push(r.clone());
             }
+            // `tern send` is a client, not a hop of this host's relay: an MX record naming this
+            // machine is where the mail should go (the local server takes it), so no host name
+            // and no listener counts as "this host" here. The server applies the loop rules.
+            let myself = Myself::default();
             let mut all = Vec::new();
             for (domain, group) in by_domain {
-                let hosts = match mx_targets(resolver.as_ref(), &domain, *port).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let detail = format!("{}: {e}", kind(e.is_temporary()));
-                        all.extend(fail_all(&group, e.is_temporary(), detail));
-                        continue;
-                    }
-                };
-                all.extend(try_hosts(&hosts, opts, from, &group, message).await);
+                let targets =
+                    match mx_targets(resolver.as_ref(), &domain, *port, &myself, MX_DEADLINE).await
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let temporary = !e.is_permanent();
+                            let detail = format!("{}: {e}", kind(temporary));
+                            all.extend(fail_all(&group, temporary, detail));
+                            continue;
+                        }
+                    };
+                all.extend(try_targets(&targets, opts, from, &group, message).await);
             }
             all
         }
@@ -79,62 +97,25 @@ pub async fn deliver(
     results
 }
 
-/// The (host name, addresses) to try for a domain, in order.
-async fn mx_targets(
-    resolver: &dyn Resolver,
-    domain: &str,
-    port: u16,
-) -> Result<Vec<(String, Vec<SocketAddr>)>, DnsError> {
-    // An address literal (user@[192.0.2.1]) names the host itself (RFC 5321 4.1.3).
-    let literal = match Address::parse(&format!("x@{domain}")).map(|a| a.domain().clone()) {
-        Ok(Domain::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-        Ok(Domain::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-        _ => None,
-    };
-    if let Some(ip) = literal {
-        return Ok(vec![(ip.to_string(), vec![SocketAddr::new(ip, port)])]);
-    }
-    let mx = mx_hosts(resolver, domain).await?;
-    let mut targets = Vec::new();
-    let mut last_err = None;
-    for host in mx.hosts {
-        match resolve_host(resolver, &host.name).await {
-            Ok(ips) => targets.push((
-                host.name,
-                ips.into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect(),
-            )),
-            Err(e) => last_err = Some(e),
-        }
-    }
-    match (targets.is_empty(), last_err) {
-        (true, Some(e)) => Err(e),
-        _ => Ok(targets),
-    }
-}
-
-/// Tries each address of each host until one session is established, then sends once.
+/// Tries each target in order until one session is established, then sends once.
 /// RFC 5321 5.1: a host that can't be reached or greets with an error is skipped for the next.
-async fn try_hosts(
-    hosts: &[(String, Vec<SocketAddr>)],
+async fn try_targets(
+    targets: &[Target],
     opts: &ConnectOptions,
     from: &str,
     rcpts: &[String],
     message: &[u8],
 ) -> Vec<RcptResult> {
-    let mut last: Option<(String, ClientError)> = None;
-    for (name, addrs) in hosts {
-        for addr in addrs {
-            match connect(*addr, name, opts).await {
-                Ok(session) => return send_on(session, name, from, rcpts, message).await,
-                Err(e) => last = Some((name.clone(), e)),
-            }
+    let mut last: Option<(&str, ClientError)> = None;
+    for target in targets {
+        match connect(target.addr, &target.name, opts).await {
+            Ok(session) => return send_on(session, &target.name, from, rcpts, message).await,
+            Err(e) => last = Some((&target.name, e)),
         }
     }
     match last {
         Some((host, e)) => {
-            let detail = error_detail(&host, &e);
+            let detail = error_detail(host, &e);
             fail_all(rcpts, e.is_temporary(), detail)
         }
         None => fail_all(
