@@ -4,9 +4,8 @@
 
 use std::fmt;
 
-use crate::address::{
-    parse_forward_path, parse_reverse_path, AddressError, ForwardPath, ReversePath,
-};
+use crate::address::{parse_forward_path, parse_reverse_path, ForwardPath, ReversePath};
+pub use crate::error::CommandError;
 use crate::params::{parse_mail_params, parse_rcpt_params, MailParams, RcptParams};
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
@@ -40,23 +39,6 @@ pub enum Command {
     Obsolete(&'static str),
     /// TURN: RFC 821, insecure without authentication (RFC 2821 4.1.1.5 notes its removal).
     Turn,
-}
-
-/// Why a command line was not accepted; the server maps each kind to its reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    #[error("command unrecognized")]
-    Unrecognized,
-    #[error("syntax error: {0}")]
-    Syntax(&'static str),
-    #[error("bad sender address: {0}")]
-    BadSender(AddressError),
-    #[error("bad recipient address: {0}")]
-    BadRecipient(AddressError),
-    #[error("unsupported parameter {0}")]
-    UnsupportedParam(String),
-    #[error("invalid value for parameter {0}")]
-    BadParamValue(String),
 }
 
 impl Command {

@@ -6,6 +6,7 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod error;
 pub mod line;
 pub mod message;
 pub mod params;

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::command::CommandError;
+use crate::error::CommandError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyType {

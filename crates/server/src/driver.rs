@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,11 +20,7 @@ use crate::session::Session;
 use crate::store::MessageStore;
 use crate::tls::TlsProvider;
 
-/// Any byte stream a session can run over: TCP, or TLS over TCP after STARTTLS.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-pub type BoxStream = Box<dyn Stream>;
+pub use crate::stream::{BoxStream, Stream};
 
 /// Command-mode reads are small (a command line is at most 512 octets), which keeps an idle
 /// connection cheap; DATA gets a larger buffer only while a message streams in.

@@ -12,6 +12,7 @@ pub mod received;
 pub mod replies;
 pub mod session;
 pub mod store;
+pub mod stream;
 pub mod tls;
 pub mod tracker;
 

@@ -14,10 +14,11 @@ use tracing::{info, warn};
 
 use tern_config::Config;
 
-use crate::driver::{BoxStream, Driver};
+use crate::driver::Driver;
 use crate::replies;
 use crate::session::{ConnInfo, ListenerKind, Session};
 use crate::store::MessageStore;
+use crate::stream::BoxStream;
 use crate::tls::TlsProvider;
 use crate::tracker::ClientTracker;
 

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::driver::BoxStream;
+use crate::stream::BoxStream;
 
 pub struct TlsProvider {
     config: RwLock<Arc<ServerConfig>>,
