@@ -2,6 +2,9 @@
 //! `FsStore`: what the queue holds afterwards (per-recipient state and reply), what the peer
 //! received, and the bounce the sender gets.
 
+// Test code: a failed unwrap is a failed test (the helpers are not `#[test]` functions).
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;
@@ -89,7 +92,9 @@ async fn a_250_removes_the_entry_and_the_peer_gets_the_message_byte_exact() {
     // Byte-exact after the peer's own dot-unstuffing, tern's Received header included.
     assert_eq!(rec.connections[0].messages, vec![msg.clone()]);
     assert!(
-        text(&msg).starts_with("Received: from client.tern.test ([127.0.0.1])\r\n\tby mx.tern.test (tern) with ESMTP"),
+        text(&msg).starts_with(
+            "Received: from client.tern.test ([127.0.0.1])\r\n\tby mx.tern.test (tern) with ESMTP"
+        ),
         "{}",
         text(&msg)
     );
@@ -251,7 +256,9 @@ async fn partial_success_bounces_only_the_failed_recipient() {
     let (subject, report, headers) = parse_dsn(&dsn);
     assert_eq!(subject, "Undelivered Mail Returned to Sender");
     assert!(
-        report.contains("Final-Recipient: rfc822; dave@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"),
+        report.contains(
+            "Final-Recipient: rfc822; dave@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
         "{report}"
     );
     assert!(
@@ -307,7 +314,10 @@ async fn a_550_for_a_local_sender_puts_the_bounce_in_their_maildir() {
     let rec = peer.finish().await;
 
     assert_eq!(after, After::Nothing);
-    assert!(queue.list().unwrap().is_empty(), "failed: removed, no DSN queued");
+    assert!(
+        queue.list().unwrap().is_empty(),
+        "failed: removed, no DSN queued"
+    );
     assert!(rec.messages().is_empty());
     let bounces = maildir_new(dir.path(), "tern.test", "alice");
     assert_eq!(bounces.len(), 1);
@@ -329,7 +339,10 @@ async fn a_550_for_a_local_sender_puts_the_bounce_in_their_maildir() {
         "{report}"
     );
     assert!(headers.contains("Subject: bounce-me\r\n"), "{headers}");
-    assert!(!bounce.contains("starts with a dot"), "the body is not returned");
+    assert!(
+        !bounce.contains("starts with a dot"),
+        "the body is not returned"
+    );
 }
 
 #[tokio::test]

@@ -180,7 +180,9 @@ struct Seen(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl Seen {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
