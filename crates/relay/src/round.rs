@@ -248,8 +248,13 @@ fn record(
         let retry = SystemTime::now() + BOUNCE_RETRY;
         for (address, reply) in failed_now {
             if let Some(r) = env.recipients.iter_mut().find(|r| r.address == *address) {
+                // The status before this round (the failure was never applied): one more attempt.
+                let attempts = match &r.status {
+                    RecipientStatus::Deferred { attempts, .. } => attempts + 1,
+                    _ => 1,
+                };
                 r.status = RecipientStatus::Deferred {
-                    attempts: 1,
+                    attempts,
                     last_reply: reply.clone(),
                     next_attempt: retry,
                 };
