@@ -31,7 +31,8 @@ pub fn configs() -> &'static [Arc<Config>] {
         [
             "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n".to_string(),
             format!(
-                "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\", \"b.test\"]\n\
+                "hostname = \"mx.tern.test\"\n[smtp]\nbare_line_endings = \"reject\"\n\
+                 [local]\ndomains = [\"tern.test\", \"b.test\"]\n\
                  vrfy = true\nexpn = true\n\
                  [limits]\nmax_errors = 1000\nmax_recipients = 3\nmax_message_size = 200\n\
                  max_auth_failures = 1000\n{users}"
@@ -42,17 +43,18 @@ pub fn configs() -> &'static [Arc<Config>] {
                  [limits]\nmax_errors = 50\n{users}"
             ),
             format!(
-                "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\ncatch_all = true\n\
+                "hostname = \"mx.tern.test\"\n[smtp]\nbare_line_endings = \"reject\"\n\
+                 [local]\ndomains = [\"tern.test\"]\ncatch_all = true\n\
                  [relay]\ntrusted_networks = []\n[limits]\nmax_errors = 1000\n{users}"
             ),
         ]
         .iter()
-        .map(|toml| {
-            match Config::from_toml_str(toml, std::path::Path::new("fuzz.toml")) {
+        .map(
+            |toml| match Config::from_toml_str(toml, std::path::Path::new("fuzz.toml")) {
                 Ok(c) => Arc::new(c),
                 Err(e) => panic!("fuzz config does not load: {e}\n{toml}"),
-            }
-        })
+            },
+        )
         .collect()
     })
 }
@@ -92,7 +94,7 @@ pub fn session(input: &[u8]) -> Outcome {
         tls: (mode & 0x10 != 0).then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
         tls_available: mode & 0x20 != 0,
     };
-    let max_size = usize::try_from(cfg.limits.max_message_size).unwrap_or(usize::MAX);
+    let data_cfg = Arc::clone(&cfg);
     let mut s = Session::new(cfg, conn);
     reply_wire(&s.greeting().to_bytes());
     reply_wire(&s.timeout_reply().to_bytes());
@@ -154,7 +156,7 @@ pub fn session(input: &[u8]) -> Outcome {
                 Action::StartData(r) => {
                     reply_wire(&r.to_bytes());
                     assert_eq!(r.code(), 354);
-                    let mut decoder = DataDecoder::new(max_size);
+                    let mut decoder = tern_server::data::decoder(&data_cfg);
                     let mut body = Vec::new();
                     match reader.drain_into(&mut decoder, &mut body) {
                         DataProgress::Done { .. } => {

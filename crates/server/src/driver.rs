@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use tern_config::Config;
-use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
+use tern_proto::{DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
 
 use crate::replies;
 use crate::session::{Action, DataEnd, Session};
@@ -272,8 +272,7 @@ impl<S: MessageStore> Driver<S> {
 
     /// Reads one message. Returns `Some(end)` if the connection must close.
     async fn data(&self, io: &mut Io, session: &mut Session, stats: &mut Stats) -> Option<End> {
-        let max = usize::try_from(self.cfg.limits.max_message_size).unwrap_or(usize::MAX);
-        let mut decoder = DataDecoder::new(max);
+        let mut decoder = crate::data::decoder(&self.cfg);
         let mut body = Vec::new();
         let mut progress = io.reader.drain_into(&mut decoder, &mut body);
         let mut data_buf = vec![0u8; DATA_READ_BUF];

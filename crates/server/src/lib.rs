@@ -3,6 +3,7 @@
 //! driver and listeners, and the [`store::MessageStore`] hand-off to durable storage.
 
 pub mod auth;
+pub mod data;
 pub mod driver;
 pub mod listener;
 pub mod policy;
