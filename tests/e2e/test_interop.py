@@ -14,15 +14,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import smtplib
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to
+from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to, wait_for
 from send_helpers.run import err, tern_send
-from ternlib import split_trace
+from ternlib import free_port, split_trace
 
 ROOT_ALIAS = {"aliases": {"root@tern.test": "alice@tern.test"}, "local": {"qualify_domain": "tern.test"}}
 
@@ -264,6 +267,128 @@ def test_bare_cr_from_another_mta_is_stored_and_relayed_as_one_message(tern):
         assert got.rcpt_tos == ["carol@remote.test"]
         assert got.content.endswith(want.replace(b"\n", b"\r\n")), got.content
         assert len(remote.wait_messages(1, srv=srv)) == 1
+
+
+# OpenSMTPD conflicts with the postfix package, so CI unpacks it (`apt-get download opensmtpd`, `dpkg -x`) into
+# this directory and creates its two users (.ci/run).
+OPENSMTPD_ROOT = Path(os.environ.get("TERN_TEST_OPENSMTPD_ROOT", "/opt/tern-test/opensmtpd"))
+
+
+class OpenSMTPD:
+    """OpenSMTPD's smtpd in the foreground (-d) with a private config: listens on a free loopback port and
+    relays everything to 127.0.0.1:`relay_port`."""
+
+    def __init__(self, relay_port: int, tmp: Path):
+        self.port = free_port()
+        self.conf = tmp / "smtpd.conf"
+        self.conf.write_text(f"listen on 127.0.0.1 port {self.port}\n"
+                             f"action \"relay\" relay host smtp://127.0.0.1:{relay_port}\n"
+                             "match from any for any action \"relay\"\n")
+        self.conf.chmod(0o644)
+        self.log_path = tmp / "opensmtpd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "OpenSMTPD":
+        exe = OPENSMTPD_ROOT / "usr/sbin/smtpd"
+        with open(self.log_path, "wb") as log:
+            # Its own session: the parent and its privilege-separated children are one process group.
+            self.proc = subprocess.Popen([str(exe), "-d", "-v", "-f", str(self.conf)], stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+        def greets() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                    s.settimeout(5)
+                    ok = s.recv(512).startswith(b"220")
+                    s.sendall(b"QUIT\r\n")
+                    return ok
+            except OSError:
+                return False
+
+        try:
+            wait_for(greets, 20, f"OpenSMTPD on 127.0.0.1:{self.port}", 0.2)
+        except AssertionError as e:
+            self.__exit__()
+            raise AssertionError(f"{e}\n{self.log()}") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # The privilege-separated children may outlive the parent by a moment.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def require_opensmtpd() -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam("opensmtpd")
+        pwd.getpwnam("opensmtpq")
+        ok = (OPENSMTPD_ROOT / "usr/sbin/smtpd").exists() and os.geteuid() == 0
+    except KeyError:
+        ok = False
+    if ok:
+        return
+    why = f"OpenSMTPD is not unpacked in {OPENSMTPD_ROOT} with its users (see .ci/run), or not root"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def test_opensmtpd_relays_a_bare_cr_and_tern_stores_it(srv, tmp_path):
+    """The real OpenSMTPD passes a body line `line1\\rstill line1` on unchanged; tern stores the message
+    (the bare CR as a line end) instead of answering 554 and bouncing it."""
+    require_opensmtpd()
+    with OpenSMTPD(srv.port, tmp_path) as osmtpd:
+        # A raw client: smtplib would fix the bare CR itself.
+        with socket.create_connection(("127.0.0.1", osmtpd.port), timeout=10) as s:
+            f = s.makefile("rb")
+
+            def reply() -> bytes:
+                while True:
+                    line = f.readline()
+                    if line[3:4] != b"-":
+                        return line
+
+            assert reply().startswith(b"220")
+            for cmd, code in ((b"EHLO client.example.test", b"250"), (b"MAIL FROM:<cron@example.test>", b"250"),
+                              (b"RCPT TO:<root@tern.test>", b"250"), (b"DATA", b"354")):
+                s.sendall(cmd + b"\r\n")
+                got = reply()
+                assert got.startswith(code), (cmd, got, osmtpd.log())
+            s.sendall(b"From: <cron@example.test>\r\nTo: <root@tern.test>\r\nSubject: bare cr via opensmtpd\r\n\r\n"
+                      b"line1\rstill line1\r\nline2\r\n.\r\n")
+            got = reply()
+            assert got.startswith(b"250"), (got, osmtpd.log())
+            s.sendall(b"QUIT\r\n")
+        try:
+            [stored] = srv.wait_messages("alice@tern.test", timeout=30)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{osmtpd.log()}\n{srv.log()}") from None
+    trace, message = split_trace(stored)
+    assert any(n == "Received" and "(OpenSMTPD)" in v for n, v in trace), f"not relayed by OpenSMTPD: {trace}"
+    assert message.endswith(b"\n\nline1\nstill line1\nline2\n"), message
+    assert "554" not in srv.log()
 
 
 # ---------------------------------------------------------------- 5. EHLO name
