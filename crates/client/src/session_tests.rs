@@ -542,5 +542,8 @@ fn helo_address_literals() {
     let local: SocketAddr = "127.0.0.2:4000".parse().unwrap();
     assert_eq!(HeloName::LocalAddress.text(Some(local)), "[127.0.0.2]");
     assert_eq!(HeloName::LocalAddress.text(None), "[127.0.0.1]");
-    assert_eq!(HeloName::from("mx.example.test").text(Some(local)), "mx.example.test");
+    assert_eq!(
+        HeloName::from("mx.example.test").text(Some(local)),
+        "mx.example.test"
+    );
 }
