@@ -225,4 +225,53 @@ mod tests {
             "X-Cron-Env: <SHELL=/bin/sh>"
         );
     }
+
+    mod props {
+        use super::super::*;
+        use crate::cmd::sendmail::split_addresses;
+        use proptest::prelude::*;
+
+        /// One list entry: an address with or without a domain, maybe in angle brackets after a
+        /// (quoted) display name, maybe followed by a comment (without `<>`: the oracle,
+        /// sendmail's `split_addresses`, takes angle brackets in a comment for the address).
+        fn entry() -> impl Strategy<Value = String> {
+            let local = "[a-z][a-z0-9.+-]{0,6}";
+            let addr = (local, proptest::option::of("[a-z]{1,5}\\.test"))
+                .prop_map(|(l, d)| d.map_or(l.clone(), |d| format!("{l}@{d}")));
+            let name = prop_oneof![
+                Just(String::new()),
+                "[A-Z][a-z]{0,5}( [A-Z][a-z]{0,5})?",
+                "\"[A-Za-z ,@]{1,8}\"".prop_map(String::from)
+            ];
+            let comment = prop_oneof![
+                Just(String::new()),
+                " \\([A-Za-z @,]{0,8}\\)".prop_map(String::from)
+            ];
+            (addr, name, comment, any::<bool>()).prop_map(|(a, n, c, angle)| {
+                if angle || !n.is_empty() {
+                    format!("{n} <{a}>{c}")
+                } else {
+                    format!("{a}{c}")
+                }
+            })
+        }
+
+        proptest! {
+            /// Every address of the result has a domain; only `@<domain>` was inserted, nowhere
+            /// else (removing the marker domain gives the input back).
+            #[test]
+            fn every_address_gets_a_domain_and_nothing_else_changes(
+                entries in proptest::collection::vec(entry(), 1..5)
+            ) {
+                let value = format!(" {}", entries.join(", "));
+                let out = address_list(&value, "q.invalid");
+                prop_assert_eq!(out.replace("@q.invalid", ""), value.clone());
+                let addrs = split_addresses(&out);
+                prop_assert_eq!(addrs.len(), entries.len(), "{}", out);
+                for a in addrs {
+                    prop_assert!(has_domain(&a), "{} in {}", a, out);
+                }
+            }
+        }
+    }
 }
