@@ -6,8 +6,9 @@
 use tern_proto::address::{MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH};
 use tern_proto::sasl;
 use tern_proto::{
-    Address, AddressError, Capabilities, Command, CommandError, DataDecoder, DataProgress,
-    DataRejection, Domain, DotStuffer, EnhancedCode, ForwardPath, Reply, ReplyParser, ReversePath,
+    Address, AddressError, BareLineEndings, Capabilities, Command, CommandError, DataDecoder,
+    DataProgress, DataRejection, Domain, DotStuffer, EnhancedCode, ForwardPath, Reply, ReplyParser,
+    ReversePath,
 };
 
 /// Findings reported to the proto/server owner and not fixed yet. Each id names one exception the
@@ -325,11 +326,12 @@ fn limits(a: &Address) {
 // data
 
 /// `DataDecoder` on arbitrary bytes in arbitrary chunks never panics and agrees with a
-/// reference model of RFC 5321 4.5.2: it stops exactly after the first `.CRLF` that starts a line
-/// (`input[..consumed]` ends with CRLF.CRLF or is exactly ".\r\n"), never earlier; the output
-/// never exceeds `max_size`; the verdict is BareLineEnding iff a CR or LF outside a CRLF pair
-/// came before the marker, else TooLarge iff the unstuffed message is over `max_size`, else the
-/// output is the unstuffed message. Then `DotStuffer::encode(input)` (in one go and in chunks)
+/// reference model of RFC 5321 4.5.2: in both bare-line-ending modes (bit 3 of the first byte)
+/// it stops exactly after the first `.CRLF` that starts a line (`input[..consumed]` ends with
+/// CRLF.CRLF or is exactly ".\r\n"), never earlier; the output never exceeds `max_size`. In
+/// reject mode the verdict is BareLineEnding iff a CR or LF outside a CRLF pair came before the
+/// marker; in normalize mode never. Then TooLarge iff the decoded message is over `max_size`,
+/// else the output is the unstuffed message (normalize: every bare CR or LF written CRLF). Then `DotStuffer::encode(input)` (in one go and in chunks)
 /// decodes back to the input with line endings normalized to CRLF, plus a final CRLF if missing.
 pub fn data(input: &[u8]) {
     let Some((&mode, rest)) = input.split_first() else {
@@ -373,11 +375,49 @@ fn unstuff(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Normalize mode's model: every CRLF, bare CR and bare LF ends a line, written CRLF; a leading
+/// dot is removed from a line with more on it (a lone dot before the marker is content).
+fn unstuff_normalized(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 8);
+    let mut line: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < msg.len() {
+        let ending = match msg[i] {
+            b'\r' if msg.get(i + 1) == Some(&b'\n') => {
+                i += 1;
+                true
+            }
+            b'\r' | b'\n' => true,
+            b => {
+                line.push(b);
+                false
+            }
+        };
+        i += 1;
+        if ending {
+            let content = match line.split_first() {
+                Some((b'.', rest)) if !rest.is_empty() => rest,
+                _ => &line[..],
+            };
+            out.extend_from_slice(content);
+            out.extend_from_slice(b"\r\n");
+            line.clear();
+        }
+    }
+    assert!(line.is_empty(), "the marker follows a CRLF");
+    out
+}
+
 fn decode_messages(mut input: &[u8], max_size: usize, seed: u8) {
+    let mode = if seed & 8 == 0 {
+        BareLineEndings::Reject
+    } else {
+        BareLineEndings::Normalize
+    };
     // Pipelined messages: after an end marker the rest starts a new message (bounded loop).
     for _ in 0..64 {
         let end = reference_end(input);
-        let mut d = DataDecoder::new(max_size);
+        let mut d = DataDecoder::new(max_size, mode);
         let mut out = Vec::new();
         let mut offset = 0;
         let mut done = None;
@@ -402,8 +442,11 @@ fn decode_messages(mut input: &[u8], max_size: usize, seed: u8) {
         let consumed = &input[..end];
         assert!(consumed.ends_with(b"\r\n.\r\n") || consumed == b".\r\n");
         let msg = &consumed[..end - 3];
-        let expected = unstuff(msg);
-        if has_bare_line_ending(msg) {
+        let expected = match mode {
+            BareLineEndings::Reject => unstuff(msg),
+            BareLineEndings::Normalize => unstuff_normalized(msg),
+        };
+        if mode == BareLineEndings::Reject && has_bare_line_ending(msg) {
             assert_eq!(d.verdict(), Err(DataRejection::BareLineEnding), "{input:?}");
         } else if expected.len() > max_size {
             assert_eq!(d.verdict(), Err(DataRejection::TooLarge), "{input:?}");
@@ -427,7 +470,7 @@ fn stuff_round_trip(msg: &[u8], seed: u8) {
     s.finish(&mut streamed);
     assert_eq!(streamed, wire, "chunked DotStuffer differs for {msg:?}");
     assert!(!has_bare_line_ending(&wire), "bare line ending in {wire:?}");
-    let mut d = DataDecoder::new(usize::MAX);
+    let mut d = DataDecoder::new(usize::MAX, BareLineEndings::Reject);
     let mut out = Vec::new();
     assert_eq!(
         d.feed(&wire, &mut out),

@@ -32,7 +32,8 @@ pub fn configs() -> &'static [Arc<Config>] {
         [
             "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n".to_string(),
             format!(
-                "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\", \"b.test\"]\n\
+                "hostname = \"mx.tern.test\"\n[smtp]\nbare_line_endings = \"reject\"\n\
+                 [local]\ndomains = [\"tern.test\", \"b.test\"]\n\
                  vrfy = true\nexpn = true\n\
                  [limits]\nmax_errors = 1000\nmax_recipients = 3\nmax_message_size = 200\n\
                  max_auth_failures = 1000\n{users}"
@@ -43,17 +44,18 @@ pub fn configs() -> &'static [Arc<Config>] {
                  [limits]\nmax_errors = 50\n{users}"
             ),
             format!(
-                "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\ncatch_all = true\n\
+                "hostname = \"mx.tern.test\"\n[smtp]\nbare_line_endings = \"reject\"\n\
+                 [local]\ndomains = [\"tern.test\"]\ncatch_all = true\n\
                  [relay]\ntrusted_networks = []\n[limits]\nmax_errors = 1000\n{users}"
             ),
         ]
         .iter()
-        .map(|toml| {
-            match Config::from_toml_str(toml, std::path::Path::new("fuzz.toml")) {
+        .map(
+            |toml| match Config::from_toml_str(toml, std::path::Path::new("fuzz.toml")) {
                 Ok(c) => Arc::new(c),
                 Err(e) => panic!("fuzz config does not load: {e}\n{toml}"),
-            }
-        })
+            },
+        )
         .collect()
     })
 }

@@ -572,8 +572,10 @@ class Postfix:
     <root>/vmail/<user>/ (a Maildir) for each user in `users`; other addresses at `domain` get 550 5.1.1."""
 
     def __init__(self, domain: str = "pf.test", users: tuple[str, ...] = ("bob", "carol"),
-                 hostname: str = "postfix.pf.test"):
+                 hostname: str = "postfix.pf.test", extra: tuple[str, ...] = ()):
+        """`extra`: more main.cf settings ("name = value"), applied last."""
         self.domain = domain
+        self.extra = extra
         self.users = users
         self.hostname = hostname
         self.port = free_port()
@@ -634,6 +636,7 @@ class Postfix:
             "virtual_mailbox_limit = 0",
             "message_size_limit = 52428800",
             f"smtp_helo_name = {self.hostname}",
+            *self.extra,
         )
         # Debian runs services chrooted, which needs copies of /etc files in the queue directory.
         self._postconf("-F", "*/*/chroot = n")

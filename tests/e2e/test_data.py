@@ -178,18 +178,28 @@ def test_stuffed_first_line(srv):
     assert rest == as_stored(b".first line starts with a dot\r\nSubject: x\r\n\r\nbody\r\n", content)
 
 
+@pytest.mark.parametrize("mode", ["normalize", "reject"])
 @pytest.mark.parametrize("start", [b".\n", b".\r", b".\rX\r\n"], ids=["dot-lf", "dot-cr", "dot-cr-text"])
-def test_fake_end_at_very_start_of_data(srv, start):
-    """A dot with a bare line ending right after 354 is not the end of data (smuggling at offset 0)."""
+def test_fake_end_at_very_start_of_data(tern, mode, start):
+    """A dot with a bare line ending right after 354 is not the end of data (smuggling at offset 0):
+    rejected, or (normalize) stored as one message whose first line is the dot."""
+    srv = tern(smtp={"bare_line_endings": mode})
     with srv.session() as c:
         c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
         c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
         c.expect("DATA", 354)
         c.send(start + b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<bob@tern.test>\r\nDATA\r\nx\r\n.\r\n")
         code, lines = c.read_reply()
-        assert code == 554, lines
+        assert code == (554 if mode == "reject" else 250), lines
         c.expect("NOOP", 250, "2.0.0")
-    srv.assert_nothing_delivered(settle=0.5)
+    if mode == "reject":
+        srv.assert_nothing_delivered(settle=0.5)
+        return
+    [content] = srv.wait_messages("alice@tern.test")
+    _, rest = split_trace(content)
+    assert rest.startswith(b".\n"), rest
+    assert b"\nMAIL FROM:<evil@attacker.test>\nRCPT TO:<bob@tern.test>\nDATA\nx\n" in rest, rest
+    assert srv.messages("bob@tern.test") == []
 
 
 def test_large_message_exact(srv):

@@ -299,7 +299,7 @@ def test_bounce_sends_a_dsn_to_the_local_sender(tern):
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "Undelivered Mail Returned to Sender"
     assert msg["Auto-Submitted"] == "auto-replied"
-    assert f"\r\nTo: <{ALICE}>\r\n".encode() in raw
+    assert f"\nTo: <{ALICE}>\n".encode() in raw
     assert "MAILER-DAEMON@" + HOSTNAME in msg["From"]
     assert str(dsn.per_message["Reporting-MTA"]).strip() == f"dns; {HOSTNAME}"
     assert str(dsn.per_message["X-Queue-ID"]).strip() == qid

@@ -261,7 +261,8 @@ def test_unreadable_body_file(tmp_path):
     assert "missing.txt" in err(r)
 
 
-@pytest.mark.parametrize("bad", ["not-an-address", "a@", "a b@example.test"])
+# A bare word is no longer here: `root` is qualified with local.qualify_domain (test_interop.py).
+@pytest.mark.parametrize("bad", ["not..an-address", "a@", "a b@example.test"])
 def test_invalid_address_is_usage_error(bad):
     r = tern_send("--server", "127.0.0.1:9", "--from", FROM, "--to", bad, stdin=b"x\n")
     assert r.returncode == 64, err(r)

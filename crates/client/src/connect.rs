@@ -94,7 +94,9 @@ async fn attempt(
     mode: TlsMode,
 ) -> Result<Session<TcpStream>, ClientError> {
     let tcp = connect_tcp(addr, &opts.session).await?;
+    let local = tcp.local_addr().ok();
     let mut session = Session::new(tcp, opts.session.clone());
+    session.set_local_addr(local);
     if let (TlsMode::Implicit, Some(p)) = (mode, params) {
         session.tls_handshake(p).await?;
     }

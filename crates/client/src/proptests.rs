@@ -2,7 +2,7 @@
 //! server side's decoder (tern-proto `DataDecoder`) and its reply parser.
 
 use proptest::prelude::*;
-use tern_proto::{DataDecoder, DataProgress, DotStuffer, Reply, ReplyParser};
+use tern_proto::{BareLineEndings, DataDecoder, DataProgress, DotStuffer, Reply, ReplyParser};
 
 use crate::envelope::Envelope;
 use crate::scripted::{session, spawn, Step::*};
@@ -47,7 +47,7 @@ proptest! {
     #[test]
     fn stuffer_round_trips_through_server_decoder(msg in message_bytes(), split in 1usize..97) {
         let wire = DotStuffer::encode(&msg);
-        let mut dec = DataDecoder::new(1 << 20);
+        let mut dec = DataDecoder::new(1 << 20, BareLineEndings::Reject);
         let mut out = Vec::new();
         let mut done = None;
         let mut offset = 0;

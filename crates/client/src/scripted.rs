@@ -1,7 +1,7 @@
 //! Test helper: an in-memory SMTP server that follows a script over `tokio::io::duplex`, records
 //! what the client sent, and decodes DATA with the server side's own decoder (tern-proto).
 
-use tern_proto::{DataDecoder, DataProgress};
+use tern_proto::{BareLineEndings, DataDecoder, DataProgress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
@@ -54,7 +54,7 @@ pub fn spawn(script: Vec<Step>) -> (DuplexStream, JoinHandle<Recorded>) {
                     rec.lines.push(line);
                 }
                 Step::Data => {
-                    let mut dec = DataDecoder::new(64 << 20);
+                    let mut dec = DataDecoder::new(64 << 20, BareLineEndings::Reject);
                     let mut out = Vec::new();
                     let mut pending = std::mem::take(&mut buf);
                     loop {

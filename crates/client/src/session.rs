@@ -1,6 +1,7 @@
 //! One SMTP connection: reading replies under a deadline, writing commands, banner, EHLO with
 //! HELO fallback, STARTTLS, AUTH, RSET and QUIT. The mail transaction itself is in transaction.rs.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tern_proto::sasl::{encode_base64, encode_plain, Credentials};
@@ -15,11 +16,59 @@ use crate::timeouts::Timeouts;
 use crate::tls::TlsParams;
 use crate::transcript::{Direction, TranscriptHook};
 
+/// The name a session gives in EHLO/HELO (RFC 5321 4.1.1.1: a FQDN, or an address literal
+/// when the host has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeloName {
+    /// This name, as given.
+    Name(String),
+    /// The address literal of the connection's local end (`[192.0.2.1]`, `[IPv6:2001:db8::1]`,
+    /// RFC 5321 4.1.3), known once connected.
+    LocalAddress,
+}
+
+impl HeloName {
+    /// The text to send; `local` is the connection's local address, if known (a session over
+    /// something other than TCP has none and says `[127.0.0.1]`).
+    pub fn text(&self, local: Option<SocketAddr>) -> String {
+        match self {
+            HeloName::Name(name) => name.clone(),
+            HeloName::LocalAddress => {
+                address_literal(local.map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip()))
+            }
+        }
+    }
+}
+
+impl From<String> for HeloName {
+    fn from(name: String) -> Self {
+        HeloName::Name(name)
+    }
+}
+
+impl From<&str> for HeloName {
+    fn from(name: &str) -> Self {
+        HeloName::Name(name.to_string())
+    }
+}
+
+/// RFC 5321 4.1.3: `[192.0.2.1]`, `[IPv6:2001:db8::1]`; an IPv4-mapped IPv6 address is written
+/// as the IPv4 address it is.
+pub fn address_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{v6}]"),
+        },
+    }
+}
+
 /// What every session needs to know, independent of the server.
 #[derive(Clone)]
 pub struct SessionOptions {
-    /// Our name in EHLO/HELO (a FQDN or an address literal, RFC 5321 4.1.1.1).
-    pub helo_name: String,
+    /// Our name in EHLO/HELO.
+    pub helo_name: HeloName,
     pub timeouts: Timeouts,
     /// RFC 4954 4: credentials go over TLS only, unless this is set explicitly.
     pub allow_plaintext_auth: bool,
@@ -27,7 +76,7 @@ pub struct SessionOptions {
 }
 
 impl SessionOptions {
-    pub fn new(helo_name: impl Into<String>) -> Self {
+    pub fn new(helo_name: impl Into<HeloName>) -> Self {
         Self {
             helo_name: helo_name.into(),
             timeouts: Timeouts::default(),
@@ -60,6 +109,8 @@ pub struct Session<S> {
     /// Set after an I/O error, a timeout, garbage or a 421: nothing more may be sent.
     pub(crate) broken: bool,
     pub(crate) progress: Option<ProgressHook>,
+    /// The connection's local address, for [`HeloName::LocalAddress`].
+    local_addr: Option<SocketAddr>,
     buf: Vec<u8>,
 }
 
@@ -73,8 +124,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             esmtp: false,
             broken: false,
             progress: None,
+            local_addr: None,
             buf: vec![0; 16 * 1024],
         }
+    }
+
+    /// Tells the session its local address (for an address-literal EHLO name).
+    pub fn set_local_addr(&mut self, addr: Option<SocketAddr>) {
+        self.local_addr = addr;
     }
 
     pub fn options(&self) -> &SessionOptions {
@@ -237,7 +294,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// EHLO, falling back to HELO when the server refuses EHLO with a 5xx (RFC 5321 4.1.4:
     /// a server that doesn't know EHLO answers 500/502).
     pub async fn ehlo(&mut self) -> Result<&Capabilities, ClientError> {
-        let name = self.opts.helo_name.clone();
+        let name = self.opts.helo_name.text(self.local_addr);
         let t = self.opts.timeouts.ehlo;
         let reply = self
             .command(Stage::Ehlo, &Command::Ehlo(name.clone()), t)

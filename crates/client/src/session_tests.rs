@@ -528,3 +528,22 @@ async fn starttls_refuses_injected_bytes() {
     let e = s.starttls(&p).await.unwrap_err();
     assert!(matches!(e, ClientError::Tls(_)), "{e}");
 }
+
+#[test]
+fn helo_address_literals() {
+    use crate::session::{address_literal, HeloName};
+    use std::net::{IpAddr, SocketAddr};
+    // RFC 5321 4.1.3.
+    assert_eq!(address_literal(IpAddr::from([192, 0, 2, 1])), "[192.0.2.1]");
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    assert_eq!(address_literal(v6), "[IPv6:2001:db8::1]");
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    assert_eq!(address_literal(mapped), "[127.0.0.1]");
+    let local: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+    assert_eq!(HeloName::LocalAddress.text(Some(local)), "[127.0.0.2]");
+    assert_eq!(HeloName::LocalAddress.text(None), "[127.0.0.1]");
+    assert_eq!(
+        HeloName::from("mx.example.test").text(Some(local)),
+        "mx.example.test"
+    );
+}

@@ -12,8 +12,9 @@ use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
 use crate::raw::{OneOrMany, RawConfig, RawRoute, RawTls, Size};
 use crate::types::{
-    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
-    QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
+    OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User,
+    LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -55,10 +56,13 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         defaults::REQUIRE_TLS_FOR_AUTH,
     );
     let enforce_sender = flag(&raw.submission.enforce_sender, defaults::ENFORCE_SENDER);
+    // Likewise the DATA line-ending policy lives in [smtp] and applies to every listener.
+    let bare_line_endings = bare_line_endings(&mut v, &raw.smtp.bare_line_endings);
     let listener = |listen| ListenerConfig {
         listen,
         require_tls_for_auth,
         enforce_sender,
+        bare_line_endings,
     };
     let mut seen_addrs = HashMap::new();
     let smtp = listener(listen(
@@ -111,7 +115,14 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         }
         None => defaults::local_domains(&hostname),
     };
+    let qualify_domain = match &raw.local.qualify_domain {
+        Some(d) => {
+            domain_name(&mut v, d, "local.qualify_domain").unwrap_or_else(|| hostname.clone())
+        }
+        None => hostname.clone(),
+    };
     let local = LocalConfig {
+        qualify_domain,
         catch_all: flag(
             &raw.local.catch_all,
             defaults::catch_all(!raw.users.is_empty()),
@@ -472,6 +483,25 @@ fn size(v: &mut Issues, value: &Option<Spanned<Size>>, key: &str, default: u64) 
         Err(problem) => {
             v.add(at(value), key, problem, fix);
             default
+        }
+    }
+}
+
+fn bare_line_endings(v: &mut Issues, value: &Text) -> BareLineEndings {
+    let Some(value) = value else {
+        return defaults::BARE_LINE_ENDINGS;
+    };
+    let text = value.get_ref().trim().to_ascii_lowercase();
+    match BareLineEndings::ALL.iter().find(|(name, _)| *name == text) {
+        Some((_, mode)) => *mode,
+        None => {
+            v.add(
+                at(value),
+                "smtp.bare_line_endings",
+                format!("unknown bare line ending policy \"{}\"", value.get_ref()),
+                "use \"normalize\" (store them as CRLF) or \"reject\" (refuse the message with 554)",
+            );
+            defaults::BARE_LINE_ENDINGS
         }
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
-    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
-    QueueConfig, RelayConfig, TlsPolicy,
+    BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
+    OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 
@@ -22,6 +22,9 @@ pub const DATA_DIR: &str = "./tern-data";
 /// An unprivileged loopback port, so a fresh install cannot become an open relay by accident.
 pub const SMTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2525));
 pub const REQUIRE_TLS_FOR_AUTH: bool = true;
+/// Postfix 3.9's default (`smtpd_forbid_bare_newline = normalize`): keep mail from MTAs that pass
+/// a bare CR or LF through, without letting it end the data early.
+pub const BARE_LINE_ENDINGS: BareLineEndings = BareLineEndings::Normalize;
 pub const ENFORCE_SENDER: bool = true;
 
 /// 25 MiB, a common provider limit; advertised via SIZE (RFC 1870).
@@ -123,6 +126,7 @@ pub fn smtp() -> ListenerConfig {
         listen: vec![SMTP_LISTEN],
         require_tls_for_auth: REQUIRE_TLS_FOR_AUTH,
         enforce_sender: ENFORCE_SENDER,
+        bare_line_endings: BARE_LINE_ENDINGS,
     }
 }
 
@@ -131,6 +135,7 @@ pub fn submission() -> ListenerConfig {
         listen: Vec::new(),
         require_tls_for_auth: REQUIRE_TLS_FOR_AUTH,
         enforce_sender: ENFORCE_SENDER,
+        bare_line_endings: BARE_LINE_ENDINGS,
     }
 }
 
@@ -190,6 +195,7 @@ pub(crate) fn config() -> Config {
         limits: limits(),
         local: LocalConfig {
             domains: local_domains(&hostname),
+            qualify_domain: hostname.clone(),
             catch_all: catch_all(false),
             vrfy: VRFY,
             expn: EXPN,

@@ -38,6 +38,7 @@ pub(crate) struct RawConfig {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawSmtp {
     pub listen: TextList,
+    pub bare_line_endings: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +81,7 @@ pub(crate) struct RawLimits {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawLocal {
     pub domains: TextList,
+    pub qualify_domain: Text,
     pub catch_all: Flag,
     pub vrfy: Flag,
     pub expn: Flag,

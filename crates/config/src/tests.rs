@@ -82,6 +82,8 @@ fn every_default() {
     assert!(c.submission.require_tls_for_auth);
     assert!(c.submission.enforce_sender);
     assert!(c.submissions.listen.is_empty());
+    assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Normalize);
+    assert_eq!(c.submission.bare_line_endings, BareLineEndings::Normalize);
     assert_eq!(c.tls, None);
     let l = &c.limits;
     assert_eq!(l.max_message_size, 26_214_400);
@@ -97,6 +99,7 @@ fn every_default() {
     assert!(c.local.domains.contains(&"localhost".to_string()));
     assert!(c.local.domains.contains(&host));
     assert!(c.local.catch_all, "no users -> catch-all");
+    assert_eq!(c.local.qualify_domain, host);
     assert!(!c.local.vrfy);
     assert!(!c.local.expn);
     assert!(c.users.is_empty());
@@ -173,6 +176,7 @@ fn domains_and_helo_follow_hostname() {
     assert_eq!(c.hostname, "mx.example.test");
     assert_eq!(c.local.domains, ["localhost", "mx.example.test"]);
     assert_eq!(c.outbound.helo_name, "mx.example.test");
+    assert_eq!(c.local.qualify_domain, "mx.example.test");
 }
 
 // ---------------------------------------------------------------- every key
@@ -188,6 +192,7 @@ hostname = "mx.example.test"
 data_dir = "/var/lib/tern"
 [smtp]
 listen = ["0.0.0.0:25", "[::]:25"]
+bare_line_endings = "Reject"
 [submission]
 listen = ["127.0.0.1:587"]
 require_tls_for_auth = false
@@ -208,6 +213,7 @@ command_timeout = "1m"
 data_timeout = "2m 30s"
 [local]
 domains = ["Example.TEST.", "other.test"]
+qualify_domain = "Other.TEST."
 catch_all = true
 vrfy = true
 expn = true
@@ -283,6 +289,11 @@ format = "json"
     );
     assert_eq!((l.command_timeout, l.data_timeout), (secs(60), secs(150)));
     assert_eq!(c.local.domains, ["example.test", "other.test"]);
+    assert_eq!(c.local.qualify_domain, "other.test");
+    // The [smtp] policy holds for every listener, like [submission]'s AUTH policy.
+    for l in [&c.smtp, &c.submission, &c.submissions] {
+        assert_eq!(l.bare_line_endings, BareLineEndings::Reject);
+    }
     assert!(c.local.catch_all && c.local.vrfy && c.local.expn);
     assert_eq!(c.users.len(), 2);
     assert_eq!(c.users[0].name, "alice@example.test");
@@ -705,6 +716,20 @@ fn hostname_and_helo_must_be_domains() {
         "[local]\ndomains = [\"ok.test\", \"-bad.test\"]\n",
         &["local.domains[1]: \"-bad.test\" is not a valid domain name"],
     );
+    rejects(
+        "[local]\nqualify_domain = \"root@x\"\n",
+        &["local.qualify_domain: \"root@x\" is not a valid domain name"],
+    );
+}
+
+#[test]
+fn bare_line_endings_is_normalize_or_reject() {
+    rejects(
+        "[smtp]\nbare_line_endings = \"fix\"\n",
+        &["smtp.bare_line_endings: unknown bare line ending policy \"fix\"; fix: use \"normalize\""],
+    );
+    let c = load("[smtp]\nbare_line_endings = \"normalize\"\n");
+    assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Normalize);
 }
 
 #[test]

@@ -46,6 +46,41 @@ pub struct ListenerConfig {
     pub require_tls_for_auth: bool,
     /// MAIL FROM must be an address of the authenticated user (RFC 6409 6.1 allows the MSA to enforce this).
     pub enforce_sender: bool,
+    /// What DATA does with a bare CR or LF (set in `[smtp]`, applies to every listener).
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// How the server treats a CR or LF that is not part of a CRLF pair inside DATA (RFC 5321
+/// 2.3.8 forbids them). Either way the data ends only at `<CRLF>.<CRLF>`, so a message can never
+/// be split into two (SMTP smuggling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BareLineEndings {
+    /// Store each bare CR or LF as CRLF, as Postfix 3.9 does by default
+    /// (`smtpd_forbid_bare_newline = normalize`): mail from MTAs that pass them through is kept.
+    #[default]
+    Normalize,
+    /// Refuse the whole message with 554 5.6.0.
+    Reject,
+}
+
+impl BareLineEndings {
+    pub const ALL: [(&'static str, BareLineEndings); 2] = [
+        ("normalize", BareLineEndings::Normalize),
+        ("reject", BareLineEndings::Reject),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BareLineEndings::Normalize => "normalize",
+            BareLineEndings::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for BareLineEndings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// PEM files for the server certificate (full chain) and its private key.
@@ -84,6 +119,9 @@ pub struct Limits {
 pub struct LocalConfig {
     /// Lower-cased, no trailing dot.
     pub domains: Vec<String>,
+    /// Appended to addresses without a domain by `tern sendmail` and `tern send` (`root` ->
+    /// `root@<qualify_domain>`), as sendmail's `$j` / Postfix's `myorigin`. A domain name.
+    pub qualify_domain: String,
     /// Accept any local part of a local domain (delivered to the maildir of that address).
     pub catch_all: bool,
     /// RFC 5321 3.5.3: true answers VRFY for local users with 250; false always answers 252.

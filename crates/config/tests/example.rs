@@ -156,6 +156,11 @@ fn the_documented_example_parses() -> anyhow::Result<()> {
     assert!(!c.submissions.listen.is_empty());
     assert!(!c.users.is_empty());
     assert!(!c.routes.is_empty());
+    assert_eq!(c.local.qualify_domain, "example.test");
+    assert_eq!(
+        c.smtp.bare_line_endings,
+        tern_config::BareLineEndings::Normalize
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Maildir delivery (https://cr.yp.to/proto/maildir.html): write `tmp/<unique>` exclusively,
 //! fsync it, rename into `new/`, fsync `new/`. A mail reader never sees a partial message, and
-//! once `deliver_all` returns the message survives a power cut. Also maps addresses to mailbox
-//! directories without letting an address escape the mailbox root.
+//! once `deliver_all` returns the message survives a power cut. Files hold LF line ends, the
+//! convention of every Maildir reader (see [`eol`]). Also maps addresses to mailbox directories
+//! without letting an address escape the mailbox root.
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
@@ -15,14 +16,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tern_queue::dirsync::DirSyncer;
 use tern_queue::durable::{create_dir_all_durable, fsync_dir, write_parts, FILE_MODE};
 
+mod eol;
+pub use eol::lf_to_crlf;
+
 /// One message copy for one mailbox.
 #[derive(Debug, Clone)]
 pub struct MaildirCopy<'a> {
     /// The Maildir root (holds tmp/, new/, cur/); see [`mailbox_path`].
     pub mailbox: PathBuf,
-    /// Per-recipient header lines written before the body (Return-Path, Delivered-To).
+    /// Per-recipient header lines written before the body (Return-Path, Delivered-To), CRLF.
     pub prefix: Vec<u8>,
-    /// The message as received, shared by every copy.
+    /// The message as received (CRLF line ends), shared by every copy; stored with LF.
     pub body: &'a [u8],
 }
 
@@ -99,9 +103,17 @@ impl MaildirError {
     }
 }
 
+/// The shared body in its file form, converted once for every copy.
+struct FileBody {
+    bytes: Vec<u8>,
+    /// Octets its CRLF form has on top of `bytes.len()`.
+    extra: usize,
+}
+
 /// A copy written to tmp/ (or a staging shard) and fsync'd, waiting for its rename.
 struct Staged<'a> {
     copy: &'a MaildirCopy<'a>,
+    body: &'a FileBody,
     mailbox: &'a Path,
     tmp: PathBuf,
     new: PathBuf,
@@ -194,9 +206,24 @@ fn deliver(
     staging: Option<&Staging>,
 ) -> Result<Vec<PathBuf>, MaildirError> {
     let host = sanitize_hostname(hostname);
-    let mut staged: Vec<Staged<'_>> = Vec::with_capacity(copies.len());
+    // The callers give every copy the same body: convert each distinct one once.
+    let mut bodies: Vec<(&[u8], FileBody)> = Vec::with_capacity(1);
+    let mut body_of: Vec<usize> = Vec::with_capacity(copies.len());
     for copy in copies {
-        match stage(copy, &host, staging) {
+        match bodies.iter().position(|(b, _)| std::ptr::eq(*b, copy.body)) {
+            Some(i) => body_of.push(i),
+            None => {
+                let mut bytes = Vec::new();
+                let extra = eol::crlf_to_lf(copy.body, &mut bytes);
+                body_of.push(bodies.len());
+                bodies.push((copy.body, FileBody { bytes, extra }));
+            }
+        }
+    }
+    let mut staged: Vec<Staged<'_>> = Vec::with_capacity(copies.len());
+    for (copy, &b) in copies.iter().zip(&body_of) {
+        let body = &bodies[b].1;
+        match stage(copy, body, &host, staging) {
             Ok(s) => staged.push(s),
             Err(e) => {
                 for s in &staged {
@@ -251,10 +278,15 @@ fn take_back(published: &[Staged<'_>]) {
 /// delivery, only when the open says they are missing: no extra syscall per message.
 fn stage<'a>(
     copy: &'a MaildirCopy<'a>,
+    body: &'a FileBody,
     host: &str,
     staging: Option<&Staging>,
 ) -> Result<Staged<'a>, MaildirError> {
-    let size = copy.prefix.len() + copy.body.len();
+    let mut prefix = Vec::with_capacity(copy.prefix.len());
+    let prefix_extra = eol::crlf_to_lf(&copy.prefix, &mut prefix);
+    // Maildir++ / Dovecot: S= is the size of the file, W= the size with CRLF line ends.
+    let size = prefix.len() + body.bytes.len();
+    let crlf_size = size + prefix_extra + body.extra;
     let tmp_dir = match staging {
         Some(s) => s.pick().to_path_buf(),
         None => copy.mailbox.join("tmp"),
@@ -264,7 +296,7 @@ fn stage<'a>(
     // Bounded: a name collision needs the same second, microsecond, pid, counter and 64
     // random bits; the directory creation is tried once.
     for _ in 0..8 {
-        let name = unique_name(host, size);
+        let name = unique_name(host, size, crlf_size);
         let tmp = tmp_dir.join(&name);
         let opened = OpenOptions::new()
             .write(true)
@@ -289,7 +321,7 @@ fn stage<'a>(
             }
             Err(e) => return Err(MaildirError::new(MaildirOp::Creating, tmp, e)),
         };
-        let written = write_parts(&mut file, &[&copy.prefix, copy.body])
+        let written = write_parts(&mut file, &[&prefix, &body.bytes])
             .map_err(|e| (MaildirOp::Writing, e))
             .and_then(|()| file.sync_data().map_err(|e| (MaildirOp::Syncing, e)));
         drop(file);
@@ -300,6 +332,7 @@ fn stage<'a>(
         let new = copy.mailbox.join("new").join(&name);
         return Ok(Staged {
             copy,
+            body,
             mailbox: &copy.mailbox,
             tmp,
             new,
@@ -327,7 +360,7 @@ fn publish(s: &mut Staged<'_>, host: &str) -> Result<(), MaildirError> {
         // A mailbox on another filesystem than the staging area: write it again in its tmp/.
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             let _ = fs::remove_file(&s.tmp);
-            *s = stage(s.copy, host, None)?;
+            *s = stage(s.copy, s.body, host, None)?;
             fs::rename(&s.tmp, &s.new)
                 .map_err(|e| MaildirError::new(MaildirOp::Renaming, &s.new, e))
         }
@@ -347,15 +380,16 @@ fn ensure_maildir(mailbox: &Path) -> Result<(), MaildirError> {
 
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
-/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>,S=<size>`: the Maildir spec's unique name
-/// (time, process, per-process delivery counter, 64 random bits so that containers sharing a
-/// pid and a volume still differ) plus Dovecot's `,S=` size field, which spares it a stat.
-fn unique_name(host: &str, size: usize) -> String {
+/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>,S=<size>,W=<crlf size>`: the Maildir
+/// spec's unique name (time, process, per-process delivery counter, 64 random bits so that
+/// containers sharing a pid and a volume still differ) plus Dovecot's `,S=` (file size, spares
+/// it a stat) and `,W=` (size with CRLF line ends, what IMAP reports as RFC822.SIZE).
+fn unique_name(host: &str, size: usize, crlf_size: usize) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     format!(
-        "{}.M{}P{}Q{}R{:016x}.{host},S={size}",
+        "{}.M{}P{}Q{}R{:016x}.{host},S={size},W={crlf_size}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),

@@ -15,7 +15,7 @@ pub mod sasl;
 
 pub use address::{Address, AddressError, Domain, ForwardPath, ReversePath};
 pub use command::{Command, CommandError, MAX_COMMAND_LINE};
-pub use data::{DataDecoder, DataProgress, DataRejection, DotStuffer};
+pub use data::{BareLineEndings, DataDecoder, DataProgress, DataRejection, DotStuffer};
 pub use ehlo::Capabilities;
 pub use line::{LineEvent, LineReader};
 pub use message::{count_received, rfc5322_date, rfc5322_date_at, HeaderSection};

@@ -190,7 +190,7 @@ mod tests {
         let mut r = LineReader::new(512);
         r.push(b"DATA\r\nhello\r\n.\r\nQUIT\r\n");
         assert_eq!(r.next_line(), Some(LineEvent::Line(b"DATA".to_vec())));
-        let mut d = DataDecoder::new(100);
+        let mut d = DataDecoder::new(100, crate::BareLineEndings::Reject);
         let mut out = Vec::new();
         assert!(matches!(
             r.drain_into(&mut d, &mut out),

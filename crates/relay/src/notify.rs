@@ -435,7 +435,8 @@ mod tests {
         let Ok(rd) = std::fs::read_dir(new) else {
             return Vec::new();
         };
-        rd.map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        // Files hold LF; the DSN's CRLF form is what the assertions below describe.
+        rd.map(|e| tern_delivery::maildir::lf_to_crlf(&std::fs::read(e.unwrap().path()).unwrap()))
             .collect()
     }
 

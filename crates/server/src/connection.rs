@@ -314,8 +314,7 @@ impl Connection {
 
     /// The DATA decoder for the next message. The one place it is built.
     fn data_decoder(&self) -> DataDecoder {
-        let max = usize::try_from(self.cfg.limits.max_message_size).unwrap_or(usize::MAX);
-        DataDecoder::new(max)
+        crate::data::decoder(&self.cfg)
     }
 
     fn act(&mut self, action: Action) {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod connection;
+pub mod data;
 pub mod driver;
 pub mod listener;
 pub mod policy;

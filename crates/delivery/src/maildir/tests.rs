@@ -27,6 +27,15 @@ fn copy<'a>(mailbox: PathBuf, who: &str, body: &'a [u8]) -> MaildirCopy<'a> {
 
 const BODY: &[u8] = b"Subject: hello\r\n\r\nHi there.\r\n";
 
+/// What a file should hold for this CRLF text: the same with LF line ends (an independent
+/// oracle: a string replace, not the writer's converter).
+fn as_file(crlf: &[u8]) -> Vec<u8> {
+    String::from_utf8(crlf.to_vec())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
 #[test]
 fn each_copy_lands_in_new_with_exactly_prefix_and_body() {
     let d = tempfile::tempdir().unwrap();
@@ -42,13 +51,21 @@ fn each_copy_lands_in_new_with_exactly_prefix_and_body() {
         assert_eq!(files(&c.mailbox.join("new")), vec![p.clone()]);
         assert!(files(&c.mailbox.join("tmp")).is_empty());
         assert!(c.mailbox.join("cur").is_dir());
-        let want = [c.prefix.as_slice(), BODY].concat();
+        let crlf = [c.prefix.as_slice(), BODY].concat();
+        let want = as_file(&crlf);
         assert_eq!(fs::read(p).unwrap(), want);
+        // S= is the size on disk, W= the size with CRLF (Dovecot's virtual size).
         let name = p.file_name().unwrap().to_str().unwrap();
         assert!(
-            name.ends_with(&format!(".mx.example.org,S={}", want.len())),
+            name.ends_with(&format!(
+                ".mx.example.org,S={},W={}",
+                want.len(),
+                crlf.len()
+            )),
             "{name}"
         );
+        assert_eq!(fs::metadata(p).unwrap().len(), want.len() as u64);
+        assert_eq!(lf_to_crlf(&fs::read(p).unwrap()), crlf);
         assert_eq!(fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
     }
     for dir in [d.path().join("mailboxes"), alice.clone(), alice.join("new")] {
@@ -162,7 +179,7 @@ fn hostnames_cannot_break_the_file_name() {
     assert_eq!(sanitize_hostname("sp ace\n"), "sp\\040ace\\012");
     assert_eq!(sanitize_hostname(""), "localhost");
     assert!(sanitize_hostname(&"x".repeat(300)).len() <= 104);
-    let name = unique_name(&sanitize_hostname(&"h".repeat(253)), usize::MAX);
+    let name = unique_name(&sanitize_hostname(&"h".repeat(253)), usize::MAX, usize::MAX);
     assert!(name.len() < 255, "{}", name.len());
 }
 
@@ -332,7 +349,10 @@ fn staged_delivery_lands_the_same_bytes_and_leaves_no_staging_file() {
         ];
         let paths = deliver_all_staged(&copies, "mx.example.org", &dirs, &staging).unwrap();
         for (c, p) in copies.iter().zip(&paths) {
-            assert_eq!(fs::read(p).unwrap(), [c.prefix.as_slice(), BODY].concat());
+            assert_eq!(
+                fs::read(p).unwrap(),
+                as_file(&[c.prefix.as_slice(), BODY].concat())
+            );
             assert_eq!(files(&c.mailbox.join("new")).len(), round + 1);
             assert!(files(&c.mailbox.join("tmp")).is_empty());
         }
@@ -353,4 +373,34 @@ fn staging_open_removes_leftovers_of_a_crash() {
     drop(first);
     let again = Staging::open(&dir).unwrap();
     assert!(files(&again.shards[3]).is_empty());
+}
+
+#[test]
+fn copies_with_different_bodies_each_get_their_own() {
+    let d = tempfile::tempdir().unwrap();
+    let other: &[u8] = b"Subject: other\r\n\r\n.line\r\nbare\rcr\r\n";
+    let copies = [
+        copy(
+            mailbox_path(d.path(), "a", "example.org"),
+            "a@example.org",
+            BODY,
+        ),
+        copy(
+            mailbox_path(d.path(), "b", "example.org"),
+            "b@example.org",
+            other,
+        ),
+        copy(
+            mailbox_path(d.path(), "c", "example.org"),
+            "c@example.org",
+            BODY,
+        ),
+    ];
+    let paths = deliver_all(&copies, "mx.example.org").unwrap();
+    for (c, p) in copies.iter().zip(&paths) {
+        assert_eq!(
+            fs::read(p).unwrap(),
+            as_file(&[c.prefix.as_slice(), c.body].concat())
+        );
+    }
 }

@@ -224,7 +224,8 @@ impl Wire {
 
     /// One message up to `<CRLF>.<CRLF>`, decoded as tern's own server would.
     async fn data(&mut self) -> Result<(), String> {
-        let mut dec = DataDecoder::new(64 << 20);
+        // Reject mode: a bare line end sent by tern would show up as a refused message.
+        let mut dec = DataDecoder::new(64 << 20, tern_proto::BareLineEndings::Reject);
         let mut out = Vec::new();
         loop {
             let pending = std::mem::take(&mut self.buf);
@@ -474,6 +475,7 @@ pub fn commit(queue: &FsStore, env: &Envelope, message: &[u8]) -> QueueId {
 }
 
 /// The files in a Maildir's `new/`, read.
+/// The messages in a mailbox's `new/`, with CRLF line ends.
 pub fn maildir_new(data_dir: &Path, domain: &str, user: &str) -> Vec<Vec<u8>> {
     let dir: PathBuf = data_dir
         .join("mailboxes")
@@ -483,7 +485,8 @@ pub fn maildir_new(data_dir: &Path, domain: &str, user: &str) -> Vec<Vec<u8>> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    rd.map(|e| std::fs::read(e.unwrap().path()).unwrap())
+    // Maildir files have LF line ends; give the tests the message with CRLF, as it travels.
+    rd.map(|e| tern_delivery::maildir::lf_to_crlf(&std::fs::read(e.unwrap().path()).unwrap()))
         .collect()
 }
 

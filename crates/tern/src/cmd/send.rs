@@ -3,7 +3,9 @@
 
 pub mod deliver;
 pub mod exit;
+pub mod helo;
 pub mod message;
+pub mod qualify;
 pub mod report;
 
 use std::io::{IsTerminal, Read};
@@ -14,7 +16,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tern_client::{
-    load_ca_file, ConnectOptions, Credentials, Direction, SessionOptions, Timeouts, TlsMode,
+    load_ca_file, ConnectOptions, Credentials, Direction, HeloName, SessionOptions, Timeouts,
+    TlsMode,
 };
 use tern_dns::{setup_resolver, Resolver};
 use tern_proto::Address;
@@ -93,7 +96,8 @@ pub struct SendArgs {
     /// Cap every SMTP timeout (connect, greeting, each command, data) at this, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// Name to send in EHLO (default: this host's name).
+    /// Name to send in EHLO (default: the config's hostname, else this host's canonical name,
+    /// if fully qualified; else the address literal of the local socket, e.g. [192.0.2.1]).
     #[arg(long)]
     pub helo: Option<String>,
     /// Print the envelope and the message instead of sending.
@@ -139,8 +143,11 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Early> {
     String::from_utf8(bytes).map_err(|_| Early(exit::DATAERR, format!("{what} is not valid UTF-8")))
 }
 
-fn check_addr(s: &str, flag: &str) -> Result<Mailbox, Early> {
-    let m = Mailbox::parse(s);
+/// Parses `addr` or `Name <addr>`, qualifying an address without a domain (`root` ->
+/// `root@<local.qualify_domain>`, see qualify.rs).
+fn check_addr(s: &str, flag: &str, qualify_domain: &str) -> Result<Mailbox, Early> {
+    let mut m = Mailbox::parse(s);
+    m.addr = qualify::address(&m.addr, qualify_domain);
     Address::parse(&m.addr).map_err(|e| {
         Early(
             exit::USAGE,
@@ -151,22 +158,26 @@ fn check_addr(s: &str, flag: &str) -> Result<Mailbox, Early> {
 }
 
 fn prepare(args: &SendArgs) -> Result<Job, Early> {
+    // The config names the qualify domain and our host name (embedded defaults without one).
+    let config =
+        tern_config::Config::discover(None).map_err(|e| Early(exit::CONFIG, e.to_string()))?;
+    let qd = config.local.qualify_domain.as_str();
     // Addresses first: a usage error should not wait for stdin.
-    let from = check_addr(&args.from, "--from")?;
+    let from = check_addr(&args.from, "--from", qd)?;
     let to = args
         .to
         .iter()
-        .map(|a| check_addr(a, "--to"))
+        .map(|a| check_addr(a, "--to", qd))
         .collect::<Result<Vec<_>, _>>()?;
     let cc = args
         .cc
         .iter()
-        .map(|a| check_addr(a, "--cc"))
+        .map(|a| check_addr(a, "--cc", qd))
         .collect::<Result<Vec<_>, _>>()?;
     let bcc = args
         .bcc
         .iter()
-        .map(|a| check_addr(a, "--bcc"))
+        .map(|a| check_addr(a, "--bcc", qd))
         .collect::<Result<Vec<_>, _>>()?;
     let mut rcpts: Vec<String> = Vec::new();
     for m in to.iter().chain(&cc).chain(&bcc) {
@@ -295,7 +306,11 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
             }
         }
     };
-    let mut session = SessionOptions::new(args.helo.clone().unwrap_or_else(local_hostname));
+    let helo = match &args.helo {
+        Some(name) => HeloName::Name(name.clone()),
+        None => helo::default_name(&config.hostname),
+    };
+    let mut session = SessionOptions::new(helo);
     session.timeouts = args.timeout.map(Timeouts::capped).unwrap_or_default();
     session.allow_plaintext_auth = args.allow_plaintext_auth;
     if args.verbose {

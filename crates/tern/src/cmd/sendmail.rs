@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tern_client::{ConnectOptions, Direction, SessionOptions, TlsMode};
 
 use super::send::deliver::{deliver, Route};
-use super::send::{exit, local_hostname, report};
+use super::send::{exit, local_hostname, qualify, report};
 
 const PROG: &str = "sendmail";
 
@@ -255,44 +255,14 @@ fn run(opts: Opts, input: &[u8]) -> ExitCode {
     };
     let hostname = config.hostname.clone();
     let target = submission_addr(config.smtp.listen.first().copied());
-    let parsed = parse_message(input, opts.ignore_dots);
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into());
-    let sender = opts
-        .sender
-        .clone()
-        .unwrap_or_else(|| format!("{user}@{hostname}"));
-    let sender = if sender == "<>" {
-        String::new()
-    } else {
-        sender
-    };
-
-    let mut rcpts = opts.rcpts.clone();
-    if opts.extract {
-        for f in &parsed.fields {
-            if matches!(field_name(f).as_str(), "to" | "cc" | "bcc") {
-                rcpts.extend(split_addresses(&field_value(f)));
-            }
-        }
-    }
-    let mut unique: Vec<String> = Vec::new();
-    for r in rcpts {
-        if !unique.iter().any(|u| u.eq_ignore_ascii_case(&r)) {
-            unique.push(r);
-        }
-    }
-    if unique.is_empty() {
-        eprintln!("{PROG}: no recipients (give addresses or use -t)");
-        return ExitCode::from(exit::USAGE);
-    }
-    for r in &unique {
-        if let Err(e) = tern_proto::Address::parse(r) {
-            eprintln!("{PROG}: invalid recipient {r:?}: {e}");
+    let mut parsed = parse_message(input, opts.ignore_dots);
+    let (sender, rcpts) = match envelope(&opts, &mut parsed, &config.local.qualify_domain) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{PROG}: {e}");
             return ExitCode::from(exit::USAGE);
         }
-    }
+    };
     let message = complete_message(&parsed, &opts, &sender, &hostname);
 
     let mut session = SessionOptions::new(local_hostname());
@@ -316,12 +286,72 @@ fn run(opts: Opts, input: &[u8]) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let results = runtime.block_on(deliver(&route, &connect, &sender, &unique, &message));
+    let results = runtime.block_on(deliver(&route, &connect, &sender, &rcpts, &message));
     let (worst, lines) = report::summarize(&results, PROG, opts.verbose);
     for line in lines {
         eprintln!("{line}");
     }
     exit::for_class(worst)
+}
+
+/// The envelope (sender, recipients) from the flags and, with -t, the header, every address
+/// without a domain qualified with `qualify_domain` (the header's address fields too, as
+/// sendmail does, so cron's `From: root (Cron Daemon)` becomes a valid address). Errors are
+/// usage errors, found before anything is sent: a bad sender is blamed on the sender.
+pub fn envelope(
+    opts: &Opts,
+    parsed: &mut Parsed,
+    qualify_domain: &str,
+) -> Result<(String, Vec<String>), String> {
+    for f in &mut parsed.fields {
+        *f = qualify::field(f, qualify_domain);
+    }
+    let sender = match opts.sender.as_deref() {
+        // `-f <>` (and `-f ""`): the null reverse-path, for bounces (RFC 5321 4.5.5).
+        Some("<>" | "") => String::new(),
+        Some(s) => {
+            let bare = s
+                .strip_prefix('<')
+                .and_then(|s| s.strip_suffix('>'))
+                .unwrap_or(s);
+            qualify::address(bare, qualify_domain)
+        }
+        None => {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "root".into());
+            qualify::address(&user, qualify_domain)
+        }
+    };
+    if !sender.is_empty() {
+        if let Err(e) = tern_proto::Address::parse(&sender) {
+            return Err(format!("invalid sender {sender:?}: {e}"));
+        }
+    }
+    let mut rcpts = opts.rcpts.clone();
+    if opts.extract {
+        for f in &parsed.fields {
+            if matches!(field_name(f).as_str(), "to" | "cc" | "bcc") {
+                rcpts.extend(split_addresses(&field_value(f)));
+            }
+        }
+    }
+    let mut unique: Vec<String> = Vec::new();
+    for r in rcpts {
+        let r = qualify::address(&r, qualify_domain);
+        if !unique.iter().any(|u| u.eq_ignore_ascii_case(&r)) {
+            unique.push(r);
+        }
+    }
+    if unique.is_empty() {
+        return Err("no recipients (give addresses or use -t)".into());
+    }
+    for r in &unique {
+        if let Err(e) = tern_proto::Address::parse(r) {
+            return Err(format!("invalid recipient {r:?}: {e}"));
+        }
+    }
+    Ok((sender, unique))
 }
 
 /// The first `[smtp] listen` address, with a wildcard mapped to loopback; 127.0.0.1:2525 when
@@ -441,6 +471,54 @@ mod tests {
         assert!(m.ends_with("Subject: hi\r\n\r\nbody\n"));
         // -i keeps the lone dot and what follows.
         assert!(parse_message(input, true).body.ends_with(b".\nafter\n"));
+    }
+
+    #[test]
+    fn cron_mail_to_root_is_qualified() {
+        // Debian cron without MAILTO: `sendmail -FCronDaemon -i -B8BITMIME -oem root`.
+        let opts = parse_args(&args("-FCronDaemon -i -B8BITMIME -oem root")).unwrap();
+        let mut p = parse_message(
+            b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> job\n\nout\n",
+            true,
+        );
+        let (sender, rcpts) = envelope(
+            &Opts {
+                sender: Some("root".into()),
+                ..opts
+            },
+            &mut p,
+            "vm.example",
+        )
+        .unwrap();
+        assert_eq!(sender, "root@vm.example");
+        assert_eq!(rcpts, ["root@vm.example"]);
+        assert_eq!(p.fields[0], "From: root@vm.example (Cron Daemon)");
+        assert_eq!(p.fields[1], "To: root@vm.example");
+        assert_eq!(p.fields[2], "Subject: Cron <root@vm> job");
+    }
+
+    #[test]
+    fn extracted_recipients_are_qualified() {
+        let opts = parse_args(&args("-t -f <>")).unwrap();
+        let mut p = parse_message(b"To: root, \"Ops\" <ops>\nCc: a@x.test\n\nhi\n", false);
+        let (sender, rcpts) = envelope(&opts, &mut p, "h.test").unwrap();
+        assert_eq!(sender, "");
+        assert_eq!(rcpts, ["root@h.test", "ops@h.test", "a@x.test"]);
+        assert_eq!(p.fields[0], "To: root@h.test, \"Ops\" <ops@h.test>");
+    }
+
+    #[test]
+    fn a_bad_sender_is_blamed_on_the_sender() {
+        let opts = parse_args(&args("-f a..b@x.test root@h.test")).unwrap();
+        let mut p = parse_message(b"\nhi\n", false);
+        let e = envelope(&opts, &mut p, "h.test").unwrap_err();
+        assert!(e.starts_with("invalid sender \"a..b@x.test\""), "{e}");
+        let opts = parse_args(&args("-f root root@h.test")).unwrap();
+        let (sender, _) = envelope(&opts, &mut p, "h.test").unwrap();
+        assert_eq!(sender, "root@h.test");
+        let opts = parse_args(&args("-f ok@h.test bad..rcpt@x.test")).unwrap();
+        let e = envelope(&opts, &mut p, "h.test").unwrap_err();
+        assert!(e.starts_with("invalid recipient"), "{e}");
     }
 
     #[test]
