@@ -216,6 +216,10 @@ impl Session {
         match e {
             CommandError::Unrecognized => replies::unrecognized(),
             CommandError::Syntax(why) => replies::syntax(why),
+            CommandError::BadSender(AddressError::ControlCharacter(_))
+            | CommandError::BadRecipient(AddressError::ControlCharacter(_)) => {
+                replies::address_control_character()
+            }
             CommandError::BadSender(a) => replies::bad_sender(&address_error_text(a)),
             CommandError::BadRecipient(a) => replies::bad_recipient(&address_error_text(a)),
             CommandError::UnsupportedParam(p) => replies::unsupported_param(p),
