@@ -426,7 +426,10 @@ impl Session {
         }
         // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
         // (rather than bouncing later) leaves the bounce to the client, and nothing is stored.
-        if received::count_fields(header) > self.cfg.queue.max_received_headers {
+        // The stored copy carries one more, tern's own (below), and the relay refuses a copy
+        // with more than the limit: so the session must refuse at the limit already, or a
+        // message it accepted with 250 would bounce in the queue.
+        if received::count_fields(header) >= self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {
