@@ -768,6 +768,9 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                 let port = port(v, &t.port, &format!("{key}.port"), defaults::ROUTE_PORT);
                 let tls = tls_policy(v, &t.tls, &format!("{key}.tls"), defaults::ROUTE_TLS);
                 let auth = route_auth(v, &key, &t.user, &t.password_file, at(route));
+                if auth.is_some() {
+                    credentials_need_verified_tls(v, &key, &t.tls, tls, at(route));
+                }
                 let ca_file = t
                     .ca_file
                     .as_ref()
@@ -845,6 +848,33 @@ fn route_auth(
             })
         }
     }
+}
+
+/// A route that logs in must verify the server first: with `none` or `opportunistic` (whose
+/// certificates are not checked, RFC 7435) an active attacker or a misrouted smarthost would be
+/// handed the password (RFC 4954 4 leaves it to the client to require a protected channel).
+/// Only `required` verifies the certificate for `host` before AUTH.
+fn credentials_need_verified_tls(
+    v: &mut Issues,
+    key: &str,
+    written: &Text,
+    tls: TlsPolicy,
+    route_span: Option<Range<usize>>,
+) {
+    if tls == TlsPolicy::Required {
+        return;
+    }
+    let how = if written.is_some() {
+        format!("tls is \"{}\"", tls.as_str())
+    } else {
+        format!("tls is not set (so \"{}\")", tls.as_str())
+    };
+    v.add(
+        written.as_ref().and_then(at).or(route_span),
+        format!("{key}.tls"),
+        format!("the route has user and password_file but {how}: the password could be sent to a server whose certificate is never verified"),
+        "set tls = \"required\" in this route (and ca_file = \"...\" if the server's certificate is not from a public CA), or remove user and password_file",
+    );
 }
 
 fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {

@@ -890,6 +890,32 @@ fn routes_are_checked() {
 }
 
 #[test]
+fn route_credentials_need_required_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let pw = pw.display();
+    // Not set: the default (opportunistic, unverified) is named, at the route's position.
+    rejects(
+        &format!("[routes]\n\"*\" = {{ host = \"smtp.provider.test\", user = \"me\", password_file = '{pw}' }}\n"),
+        &[
+            "tern.toml:2:7: routes.\"*\".tls: the route has user and password_file but tls is not set (so \"opportunistic\"): the password could be sent to a server whose certificate is never verified",
+            "; fix: set tls = \"required\" in this route",
+        ],
+    );
+    for policy in ["none", "opportunistic"] {
+        rejects(
+            &format!("[routes]\n\"p.test\" = {{ host = \"mx.p.test\", tls = \"{policy}\", user = \"me\", password_file = '{pw}' }}\n"),
+            &[&format!("routes.\"p.test\".tls: the route has user and password_file but tls is \"{policy}\"")],
+        );
+    }
+    let c = load(&format!("[routes]\n\"*\" = {{ host = \"smtp.provider.test\", tls = \"required\", user = \"me\", password_file = '{pw}' }}\n"));
+    assert_eq!(c.routes["*"].tls, TlsPolicy::Required);
+    // Without credentials any policy stays valid.
+    load("[routes]\n\"p.test\" = { host = \"mx.p.test\", tls = \"none\" }\n");
+}
+
+#[test]
 fn outbound_tls_and_log_values_are_checked() {
     rejects(
         "[outbound]\ntls = \"yes\"\n",
