@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
+use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawRoute, RawTls, Size};
 use crate::types::{
     Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
@@ -604,6 +605,14 @@ fn users(v: &mut Issues, raw: &RawConfig) -> Vec<User> {
                     format!("users[{i}].password"),
                     "the password is not an argon2 hash (it must start with \"$argon2\")",
                     "store the hash printed by `tern passwd`, never the plain password; or remove the key for a mailbox without login",
+                );
+            } else if let Err(why) = password::check_phc(p.get_ref()) {
+                // Parsed in full now, so a damaged hash is never first found at that user's AUTH.
+                v.add(
+                    at(p),
+                    format!("users[{i}].password"),
+                    format!("the password hash of user \"{name}\" is not a usable argon2 PHC string: {why}"),
+                    format!("run `tern passwd` and store the hash it prints (the whole line) as the password of \"{name}\""),
                 );
             }
         }

@@ -11,6 +11,7 @@ mod build;
 pub mod defaults;
 mod error;
 mod load;
+mod password;
 mod query;
 mod raw;
 mod types;

@@ -213,7 +213,7 @@ vrfy = true
 expn = true
 [[users]]
 name = "Alice@Example.test"
-password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+password = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo"
 [[users]]
 name = "bob@other.test"
 [aliases]
@@ -440,9 +440,9 @@ fn route_for_exact_then_smarthost() {
 
 #[test]
 fn user_debug_hides_password() {
-    let c = load("[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$secret-hash\"\n");
+    let c = load("[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo\"\n");
     let debug = format!("{:?}", c.users[0]);
-    assert!(!debug.contains("secret-hash"), "{debug}");
+    assert!(!debug.contains("aGFzaGhhc2hoYXNo"), "{debug}");
     assert!(debug.contains("a@localhost"));
 }
 
@@ -805,6 +805,15 @@ fn users_are_addresses_in_local_domains_with_argon2_hashes() {
     rejects(
         "[[users]]\nname = \"a@localhost\"\npassword = \"hunter2\"\n",
         &["tern.toml:3:12: users[0].password: the password is not an argon2 hash (it must start with \"$argon2\"); fix: store the hash printed by `tern passwd`"],
+    );
+    // Starts with $argon2 but cannot verify: found at load, not at the first AUTH (issue 10).
+    rejects(
+        "[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$\"\n",
+        &["tern.toml:3:12: users[0].password: the password hash of user \"a@localhost\" is not a usable argon2 PHC string: not a PHC string", "fix: run `tern passwd`"],
+    );
+    rejects(
+        "[[users]]\nname = \"b@localhost\"\npassword = \"$argon2id$v=19$m=4294967295,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo\"\n",
+        &["users[0].password: the password hash of user \"b@localhost\" is not a usable argon2 PHC string: memory cost m=4294967295 KiB is above"],
     );
     rejects(
         "[[users]]\nname = \"a@localhost\"\n[[users]]\nname = \"A@LOCALHOST\"\n",
