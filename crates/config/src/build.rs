@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::caps;
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
 use crate::password;
@@ -366,12 +367,15 @@ fn file_fix(error: &std::io::Error) -> &'static str {
     }
 }
 
+/// A duration in `0..=max` (`1ns..=max` unless `zero_allowed`); `default` when absent or
+/// invalid (with an issue). `max` comes from [`crate::caps`].
 fn duration(
     v: &mut Issues,
     value: &Text,
     key: &str,
     default: Duration,
     zero_allowed: bool,
+    max: Duration,
 ) -> Duration {
     let Some(value) = value else { return default };
     let text = value.get_ref();
@@ -393,6 +397,21 @@ fn duration(
                 format!(
                     "use a duration longer than zero, e.g. \"{}\" (the default)",
                     humantime::format_duration(default)
+                ),
+            );
+            default
+        }
+        Ok(d) if d > max => {
+            v.add(
+                at(value),
+                key,
+                format!(
+                    "duration \"{text}\" is longer than the maximum of {} for this key",
+                    humantime::format_duration(max)
+                ),
+                format!(
+                    "use at most \"{}\" (the caps are listed in docs/configuration.md)",
+                    humantime::format_duration(max)
                 ),
             );
             default
@@ -563,6 +582,7 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             "limits.command_timeout",
             defaults::COMMAND_TIMEOUT,
             false,
+            caps::COMMAND_TIMEOUT,
         ),
         data_timeout: duration(
             v,
@@ -570,6 +590,7 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             "limits.data_timeout",
             defaults::DATA_TIMEOUT,
             false,
+            caps::DATA_TIMEOUT,
         ),
     }
 }
@@ -910,6 +931,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
                     &format!("queue.retry_schedule[{i}]"),
                     defaults::RETRY_SCHEDULE[0],
                     false,
+                    caps::RETRY_DELAY,
                 )
             })
             .collect(),
@@ -920,6 +942,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
         "queue.delay_warning",
         Duration::ZERO,
         true,
+        caps::DELAY_WARNING,
     );
     QueueConfig {
         max_age: duration(
@@ -928,6 +951,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
             "queue.max_age",
             defaults::QUEUE_MAX_AGE,
             false,
+            caps::QUEUE_MAX_AGE,
         ),
         retry_schedule,
         max_received_headers: count(
@@ -977,6 +1001,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.connect_timeout",
             defaults::CONNECT_TIMEOUT,
             false,
+            caps::CONNECT_TIMEOUT,
         ),
         command_timeout: duration(
             v,
@@ -984,6 +1009,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.command_timeout",
             defaults::OUTBOUND_COMMAND_TIMEOUT,
             false,
+            caps::OUTBOUND_COMMAND_TIMEOUT,
         ),
         data_timeout: duration(
             v,
@@ -991,6 +1017,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.data_timeout",
             defaults::OUTBOUND_DATA_TIMEOUT,
             false,
+            caps::OUTBOUND_DATA_TIMEOUT,
         ),
     }
 }

@@ -8,6 +8,7 @@
 //! ```
 
 mod build;
+pub mod caps;
 pub mod defaults;
 mod error;
 mod load;

@@ -613,6 +613,58 @@ fn zero_durations_are_rejected_where_meaningless() {
 }
 
 #[test]
+fn durations_are_capped_per_key() {
+    let keys: [(&str, &str, Duration); 8] = [
+        ("limits", "command_timeout", caps::COMMAND_TIMEOUT),
+        ("limits", "data_timeout", caps::DATA_TIMEOUT),
+        ("queue", "max_age", caps::QUEUE_MAX_AGE),
+        ("queue", "delay_warning", caps::DELAY_WARNING),
+        ("outbound", "connect_timeout", caps::CONNECT_TIMEOUT),
+        (
+            "outbound",
+            "command_timeout",
+            caps::OUTBOUND_COMMAND_TIMEOUT,
+        ),
+        ("outbound", "data_timeout", caps::OUTBOUND_DATA_TIMEOUT),
+        ("queue", "retry_schedule", caps::RETRY_DELAY),
+    ];
+    for (section, key, cap) in keys {
+        let write = |d: Duration| {
+            let d = humantime::format_duration(d).to_string();
+            if key == "retry_schedule" {
+                format!("[{section}]\n{key} = [\"{d}\"]\n")
+            } else {
+                format!("[{section}]\n{key} = \"{d}\"\n")
+            }
+        };
+        // The cap itself loads; one second more, or an absurd value, is refused with the cap.
+        load(&write(cap));
+        let shown = humantime::format_duration(cap).to_string();
+        let path = if key == "retry_schedule" {
+            format!("{section}.{key}[0]")
+        } else {
+            format!("{section}.{key}")
+        };
+        rejects(
+            &write(cap + secs(1)),
+            &[
+                &format!("{path}: duration"),
+                &format!("is longer than the maximum of {shown} for this key; fix: use at most \"{shown}\""),
+            ],
+        );
+        rejects(
+            &write(Duration::from_secs(100_000_000 * 31_557_600)),
+            &[&format!("{path}: duration")],
+        );
+    }
+    // The literal from issue 10.
+    rejects(
+        "[limits]\ncommand_timeout = \"100000000years\"\n",
+        &["tern.toml:2:19: limits.command_timeout: duration \"100000000years\" is longer than the maximum of 1h for this key"],
+    );
+}
+
+#[test]
 fn retry_schedule_must_not_be_empty() {
     rejects("[queue]\nretry_schedule = []\n", &["tern.toml:2:18: queue.retry_schedule: the retry schedule is empty; fix: list at least one delay"]);
 }
