@@ -59,9 +59,28 @@ fn check_controls(s: &str) -> Result<(), AddressError> {
     }
 }
 
-/// The path at the start of a MAIL/RCPT argument: up to the first space outside a quoted
-/// local part (a quoted-pair may escape a quote), or all of it. Scanning this extent before
-/// parsing gives every control character the same answer, wherever in the path it sits.
+/// Gives every forbidden character in the path the same answer, wherever it sits. A path that
+/// parsed is checked exactly (the text it consumed), so nothing can slip through; a path that
+/// did not parse has no exact extent, so [`path_extent`] estimates it, and a control there
+/// explains the failure better than the syntax error the parser stopped at.
+fn control_check<'a, T>(
+    s: &'a str,
+    parsed: Result<(T, &'a str), AddressError>,
+) -> Result<(T, &'a str), AddressError> {
+    match parsed {
+        Ok((path, rest)) => {
+            check_controls(&s[..s.len() - rest.len()])?;
+            Ok((path, rest))
+        }
+        Err(e) => {
+            check_controls(path_extent(s))?;
+            Err(e)
+        }
+    }
+}
+
+/// Roughly the path at the start of a MAIL/RCPT argument: up to the first space outside a
+/// quoted string (a quoted-pair may escape a quote), or all of it.
 fn path_extent(s: &str) -> &str {
     let mut quoted = false;
     let mut escaped = false;
@@ -232,7 +251,10 @@ impl fmt::Display for ForwardPath {
 /// Parses the reverse-path at the start of `s`; returns it and the unparsed rest (parameters).
 pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
-    check_controls(path_extent(s))?;
+    control_check(s, reverse_path(s))
+}
+
+fn reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> {
     if let Some(rest) = s.strip_prefix("<>") {
         return Ok((ReversePath::Null, params_rest(rest)?));
     }
@@ -243,7 +265,10 @@ pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> 
 /// Parses the forward-path at the start of `s`; returns it and the unparsed rest (parameters).
 pub fn parse_forward_path(s: &str) -> Result<(ForwardPath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
-    check_controls(path_extent(s))?;
+    control_check(s, forward_path(s))
+}
+
+fn forward_path(s: &str) -> Result<(ForwardPath, &str), AddressError> {
     if s.len() >= 12 && s.is_char_boundary(12) && s[..12].eq_ignore_ascii_case("<postmaster>") {
         return Ok((ForwardPath::Postmaster, params_rest(&s[12..])?));
     }
@@ -677,6 +702,18 @@ mod tests {
         assert!(fwd("<caf\u{e9}@x.test>").is_ok());
         // A control in the parameters is not the path's: the parameter parser answers for it.
         assert!(fwd("<a@x.test> X=\u{1}").is_ok());
+    }
+
+    #[test]
+    fn a_quote_in_a_source_route_literal_does_not_hide_a_control() {
+        // The '"' in the general literal would end a naive quote tracker's "quoted string" at the
+        // local part's opening quote, and the space in "a b" would end the scan early.
+        let s = "<@[x:\"]:\"a b\u{202e}\"@c.test>";
+        assert_eq!(fwd(s).unwrap_err(), AddressError::ControlCharacter(0x202e));
+        assert_eq!(
+            parse_reverse_path(s).unwrap_err(),
+            AddressError::ControlCharacter(0x202e)
+        );
     }
 
     #[test]
