@@ -61,6 +61,9 @@ BAD = {
     "negative-size": ("[limits]\nmax_message_size = -5\n", "max_message_size"),
     "bad-domain": ('[local]\ndomains = ["bad domain"]\n', "domains"),
     "catch-all-type": ('[local]\ncatch_all = "yes"\n', "catch_all"),
+    # Issue 10: a hash with the right prefix but cut short is found at load, naming the user and `tern passwd`.
+    "damaged-hash": ('[[users]]\nname = "alice@localhost"\npassword = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ"\n',
+                     'users[0].password: the password hash of user "alice@localhost"'),
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 import pytest
 
-from ternlib import ENHANCED, HOSTNAME, RawSMTP, SMTPClosed, make_message
+from relay_helpers import closed_port, route_to, wait_state
+from ternlib import ENHANCED, HOSTNAME, RawSMTP, SMTPClosed, make_message, tern_bin
 
 
 def domain_of_length(n: int) -> str:
@@ -470,8 +472,9 @@ def test_header_section_over_max_header_size(tern):
 
 
 def test_mail_loop_not_delivered(tern):
-    """docs/configuration.md [queue] max_received_headers: more Received headers than this is a mail loop.
-    docs/smtp-replies.md: refused at the end of DATA with 554 5.4.6 (RFC 5321 6.3), nothing delivered."""
+    """docs/configuration.md [queue] max_received_headers: a copy with more Received headers than this
+    (tern's own included) is a mail loop. docs/smtp-replies.md: refused at the end of DATA with
+    554 5.4.6 (RFC 5321 6.3), nothing delivered."""
     srv = tern(queue={"max_received_headers": 5})
     received = b"".join(
         b"Received: from hop%d.example.test by hop%d.example.test; Sat, 28 Nov 2026 10:00:00 +0000\r\n" % (i, i + 1)
@@ -484,12 +487,12 @@ def test_mail_loop_not_delivered(tern):
         c.send(received + b"Subject: loop\r\n\r\nround and round\r\n.\r\n")
         code, lines = c.read_reply()
         assert code == 554 and lines[0].startswith("5.4.6 "), lines
-        # The session goes on: a message at the limit (5 hops) is accepted.
+        # The session goes on: a message one below the limit (4 hops, 5 with tern's) is accepted.
         c.expect("MAIL FROM:<a@example.test>", 250, "2.1.0")
         c.expect("RCPT TO:<alice@tern.test>", 250, "2.1.5")
         c.expect("DATA", 354)
-        at_limit = b"".join(received.splitlines(keepends=True)[:5])
-        c.send(at_limit + b"Subject: fine\r\n\r\nReceived: in the body does not count\r\n.\r\n")
+        below_limit = b"".join(received.splitlines(keepends=True)[:4])
+        c.send(below_limit + b"Subject: fine\r\n\r\nReceived: in the body does not count\r\n.\r\n")
         code, lines = c.read_reply()
         assert code == 250, lines
     assert len(srv.wait_messages("alice@tern.test")) == 1
@@ -523,3 +526,50 @@ def test_ehlo_address_literal(srv):
     [content] = srv.wait_messages("alice@tern.test")
     [received] = header(split_trace(content)[0], "Received")
     assert received.startswith("from [127.0.0.1] ([127.0.0.1])"), received
+
+
+# Issue 10: each duration key is capped (docs/configuration.md), because durations are added to
+# Instant::now() and a huge one would panic there; these are the caps themselves.
+LARGEST_DURATIONS = {
+    "limits": {"command_timeout": "1h", "data_timeout": "1d"},
+    "queue": {"max_age": "30d", "retry_schedule": ["1d"], "delay_warning": "30d"},
+    "outbound": {"connect_timeout": "10m", "command_timeout": "1h", "data_timeout": "1h", "tls": "none"},
+}
+
+
+def test_largest_allowed_durations_start_and_answer(tern):
+    """With every duration key at its cap, tern starts, takes a local message (command and data
+    deadlines armed) and queues and defers a relayed one (connect timeout, retry time, expiry and
+    delay warning computed), without a panic; the server still answers afterwards."""
+    srv = tern(routes={"remote.test": route_to(closed_port())}, **LARGEST_DURATIONS)
+    srv.deliver("a@example.test", "alice@tern.test", make_message("capped durations"))
+    assert len(srv.wait_messages("alice@tern.test")) == 1
+    qid = srv.deliver("alice@tern.test", "bob@remote.test", make_message("capped relay"))
+    status = wait_state(srv, qid, "bob@remote.test", "deferred")
+    assert status.get("state") == "deferred", status
+    with srv.session() as c:
+        c.expect("NOOP", 250, "2.0.0")
+    assert srv.proc is not None and srv.proc.poll() is None, "tern exited"
+    assert "panicked" not in srv.log(), srv.log()[-2000:]
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("limits", "command_timeout", "100000000years"),
+    ("limits", "data_timeout", "25h"),
+    ("queue", "max_age", "31d"),
+    ("queue", "retry_schedule", ["5m", "2d"]),
+    ("queue", "delay_warning", "100000000years"),
+    ("outbound", "connect_timeout", "11m"),
+    ("outbound", "command_timeout", "2h"),
+    ("outbound", "data_timeout", "100000000years"),
+], ids=lambda v: v if isinstance(v, str) else "list")
+def test_duration_beyond_its_cap_is_a_config_error(tern, section, key, value):
+    """Beyond the cap `tern serve` refuses the file (exit 78) naming the key and the maximum,
+    instead of panicking on `Instant + d` at the first command."""
+    srv = tern(start=False, **{section: {key: value}})
+    r = subprocess.run([str(tern_bin()), "serve", "--config", str(srv.config_path)], capture_output=True,
+                       text=True, timeout=30, stdin=subprocess.DEVNULL)
+    out = r.stdout + r.stderr
+    assert r.returncode == 78, f"rc={r.returncode}\n{out}"
+    assert f"{section}.{key}" in out and "is longer than the maximum of" in out and "fix: use at most" in out, out
+    assert "panicked" not in out, out

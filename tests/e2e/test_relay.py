@@ -374,3 +374,33 @@ def test_mail_loop_is_not_relayed(tern, remote):
     else:
         assert code == 554 and text.decode().startswith("5.4.6"), f"DATA: {code} {text!r}"
     assert_no_remote_message(remote, settle=2.0)
+
+
+def test_received_limit_is_the_same_at_data_and_in_the_queue(tern, remote):
+    """Issue 10: the queued copy carries tern's own Received on top of the client's, and the relay
+    refuses a copy with more than queue.max_received_headers. So a message arriving with exactly
+    the limit is refused at DATA (554 5.4.6, the client keeps the bounce), and one with the limit
+    minus one is accepted *and relayed* (not bounced later) with exactly the limit on the wire."""
+    limit = 5
+    srv = relay_srv(tern, remote.port, queue={"max_received_headers": limit})
+
+    def hops(n: int) -> bytes:
+        return b"".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 1 Jan 2024 00:00:0{i} +0000\r\n".encode()
+                        for i in range(n))
+
+    with srv.smtp() as s:
+        s.ehlo()
+        assert s.mail(ALICE)[0] == 250
+        assert s.rcpt(BOB)[0] == 250
+        code, text = s.data(hops(limit) + make_message("at the limit", sender=ALICE, to=BOB))
+        assert code == 554 and text.decode().startswith("5.4.6"), f"N = max: {code} {text!r}"
+        assert s.mail(ALICE)[0] == 250
+        assert s.rcpt(BOB)[0] == 250
+        code, text = s.data(hops(limit - 1) + make_message("one below", sender=ALICE, to=BOB))
+        assert code == 250, f"N = max - 1: {code} {text!r}"
+    got = remote.wait_messages(1, srv=srv)
+    assert len(got) == 1 and b"Subject: one below" in got[0].content, got
+    trace, _rest = split_trace(got[0].content)
+    received = [v for n, v in trace if n.lower() == "received"]
+    assert len(received) == limit, f"the relayed copy has {len(received)} Received fields, want {limit}"
+    assert srv.messages(ALICE) == [], "the accepted message bounced in the queue"

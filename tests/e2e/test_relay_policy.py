@@ -37,6 +37,9 @@ MATRIX: dict[str, tuple[str, str]] = {
     "<@tern.test,@tern.test:user@other.test>": ("550 5.7.1|501 5.1.3", "550 5.7.1|501 5.1.3"),
     "<user@other.test@tern.test>": ("501 5.1.3", "501 5.1.3"),
     "<other.test!user@tern.test>": ("250", "550 5.1.1"),
+    # Only a local part that is exactly "postmaster" is the always-accepted postmaster (issue 10).
+    '<"postmaster@a1"@tern.test>': ("250", "550 5.1.1"),
+    '<"postmaster@other.test"@tern.test>': ("250", "550 5.1.1"),
     "<user%other.test@TERN.TEST.>": ("250", "550 5.1.1"),
     # Case and trailing-dot variants of the local domain behave like the domain itself.
     "<alice@TERN.TEST>": ("250 local:alice@tern.test", "250 local:alice@tern.test"),
@@ -145,6 +148,24 @@ def test_mailbox_name_cannot_escape(env, rcpt):
         p = Path(dirpath)
         if files and not any(x in p.parts for x in ("mailboxes", "queue")) and p != env.srv.root:
             raise AssertionError(f"unexpected files in {p}: {files}")
+
+
+def test_quoted_postmaster_lookalike_gets_no_mailbox(env):
+    """Issue 10: `"postmaster@a1"@tern.test` is not postmaster (the whole local part is compared),
+    so without a catch-all it is refused and no `postmaster%40a1` Maildir appears; the real
+    postmaster (positive control) is accepted and delivered into `postmaster/`."""
+    if env.catch_all:
+        pytest.skip("with a catch-all every local part is a mailbox")
+    root = env.srv.data_dir / "mailboxes" / "tern.test"
+    with Client(env.srv.port, source=UNTRUSTED_IP) as c:
+        c.start()
+        code, text = send_one(c, '<"postmaster@a1"@tern.test>', "lookalike")
+        assert (code, text[:5]) == (550, "5.1.1"), (code, text)
+        code, text = send_one(c, "<PostMaster@tern.test>", "real postmaster")
+        assert code == 250, (code, text)
+    assert wait_until(lambda: list((root / "postmaster" / "new").glob("*")), 10), "postmaster got nothing"
+    names = sorted(p.name for p in root.iterdir())
+    assert not [n for n in names if n.startswith("postmaster") and n != "postmaster"], names
 
 
 def test_foreign_sender_to_local_accepted(env):

@@ -10,8 +10,8 @@ Covered: opportunistic to a self-signed server (delivered over TLS); opportunist
 (delivered in plaintext on a new connection, never AUTH there); none (plaintext although STARTTLS is
 offered); required with ca_file (delivered over TLS); required with an unverifiable certificate, a wrong
 name, or no STARTTLS (deferred 451 4.7.5, nothing reaches the remote); smarthost "*" with AUTH over
-required TLS (login and password seen by the remote, over TLS); AUTH with tls none or with opportunistic TLS
-that is not offered (deferred 451 4.7.9, no AUTH command ever sent); wrong password (535: not delivered, the
+required TLS (login and password seen by the remote, over TLS); user/password_file with tls none, opportunistic
+or unset (a config error: check-config and serve exit 78 naming routes.X.tls); wrong password (535: not delivered, the
 recipient fails and the sender gets a 5.7.8 bounce); two routes naming the same host and port keep their own
 TLS policy and login, both within one message and across a pooled connection."""
 
@@ -30,7 +30,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from relay_helpers import (ALICE, WAIT, envelope, log_tail, queue_ids, queue_show, recipient, relay_config,
                            wait_for, wait_gone)
-from ternlib import free_port, make_message
+from ternlib import Tern, free_port, make_message, tern_bin
 
 BOB = "bob@remote.test"
 USER = "u"
@@ -410,23 +410,25 @@ def test_smarthost_auth_over_required_tls(tern, certs, tmp_path):
         assert PASSWORD not in srv.log(), "the password must not be logged"
 
 
-@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-@pytest.mark.parametrize("tls,starttls", [
-    pytest.param("none", True, id="tls-none"),
-    pytest.param("opportunistic", False, id="opportunistic-starttls-not-offered"),
-])
-def test_auth_is_never_sent_in_plaintext(tern, certs, tmp_path, tls, starttls):
+@pytest.mark.parametrize("tls", ["none", "opportunistic", None], ids=["tls-none", "opportunistic", "tls-unset"])
+def test_credentials_without_required_tls_are_a_config_error(tmp_path, tls):
+    """Issue 10: a route with user/password_file must have tls = "required" (only that verifies the
+    server before AUTH), else `tern check-config` and `tern serve` refuse the file with exit 78, naming
+    the key and the fix; no password can reach an unverified server because tern never starts.
+    (Before, such a route silently defaulted to opportunistic, unverified TLS.)"""
     pw = password_file(tmp_path)
-    # The remote offers AUTH in plaintext too, so only tern's own policy can keep the password off the wire.
-    ctx = server_context(certs.good) if starttls else None
-    with TlsRemote(tls=ctx, users={USER: PASSWORD}, auth_require_tls=False) as remote:
-        srv = tls_srv(tern, {"*": route(remote.port, tls, user=USER, password_file=pw)})
-        qid = send(srv, "no plaintext auth")
-        deferred(srv, qid, "451 4.7.9")
-        assert_nothing_arrives(remote)
-        assert remote.verbs("AUTH") == [], f"AUTH was sent without TLS: {remote.commands}"
-        assert remote.auths == []
-        assert srv.messages(ALICE) == [], "temporary: no bounce"
+    r = route(free_port(), tls or "", user=USER, password_file=pw)
+    if tls is None:
+        del r["tls"]
+    t = Tern(tmp_path / "tern", relay_config(routes={"*": r}))
+    for args in (["check-config", str(t.config_path)], ["serve", "--config", str(t.config_path)]):
+        p = subprocess.run([str(tern_bin()), *args], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        out = p.stdout + p.stderr
+        assert p.returncode == 78, f"{args[0]}: rc={p.returncode}\n{out}"
+        assert 'routes."*".tls: the route has user and password_file but tls is' in out, out
+        assert 'fix: set tls = "required" in this route' in out, out
+        assert PASSWORD not in out, "the error must not show the password"
 
 
 def test_smarthost_wrong_password_is_deferred_not_bounced(tern, certs, tmp_path):

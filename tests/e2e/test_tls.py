@@ -14,7 +14,7 @@ import pytest
 
 from sec_helpers import (ALICE, ALICE_PW, BOB, Client, Ports, cert_der, client_context, make_cert,
                          smtplib_client, tls_config, wait_until)
-from ternlib import HOSTNAME, header, make_message, split_trace
+from ternlib import HOSTNAME, header, make_message, split_trace, tern_bin
 
 
 @pytest.fixture
@@ -134,6 +134,61 @@ def test_self_signed_cert_subject_names_host(tmp_path):
     assert "DNS:mx.tern.test" in text, text
     subject = text.splitlines()[0]
     assert "mx.tern.test" in subject, f"certificate subject should be CN=mx.tern.test, got {subject!r}"
+
+
+def run_cert(out_dir, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tern_bin()), "cert", "self-signed", "--host", "mx.tern.test",
+                           "--out-dir", str(out_dir), *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_self_signed_cert_never_overwrites_without_force(tmp_path):
+    """Issue 10: `tern cert self-signed` creates its files exclusively: the key is 0600, and a second run
+    into the same directory exits 73 naming --force, leaving both files byte for byte as they were."""
+    r = run_cert(tmp_path)
+    assert r.returncode == 0, r.stderr
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    assert key.stat().st_mode & 0o077 == 0, f"key.pem is {oct(key.stat().st_mode)}, want 0600"
+    before = (cert.read_bytes(), key.read_bytes())
+    r = run_cert(tmp_path)
+    assert r.returncode == 73, (r.returncode, r.stderr)
+    assert "already exists" in r.stderr and "--force" in r.stderr, r.stderr
+    assert (cert.read_bytes(), key.read_bytes()) == before, "an existing pair was overwritten"
+    r = run_cert(tmp_path, "--force")
+    assert r.returncode == 0, r.stderr
+    assert (cert.read_bytes(), key.read_bytes()) != before, "--force did not replace the pair"
+    assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_self_signed_cert_never_follows_a_symlink(tmp_path, dangling):
+    """A symlink planted at key.pem (pointing at a file elsewhere, or at a name that does not exist yet)
+    is never written through, with or without --force: the target stays untouched (or absent) and
+    --force replaces the link itself with a regular 0600 file."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    victim = elsewhere / "precious"
+    if not dangling:
+        victim.write_bytes(b"do not touch\n")
+        os.chmod(victim, 0o644)
+    os.symlink(victim, out / "key.pem")
+
+    def victim_state():
+        return (victim.read_bytes(), victim.stat().st_mode) if victim.exists() else None
+
+    before = victim_state()
+    r = run_cert(out)
+    assert r.returncode == 73, (r.returncode, r.stderr)
+    assert "key.pem" in r.stderr and "--force" in r.stderr, r.stderr
+    assert victim_state() == before, "the symlink's target was written"
+    assert not (out / "cert.pem").exists(), "a refused run left a half-written pair"
+    r = run_cert(out, "--force")
+    assert r.returncode == 0, r.stderr
+    assert victim_state() == before, "--force wrote through the symlink"
+    key = out / "key.pem"
+    assert not key.is_symlink() and key.is_file(), "key.pem is still a link"
+    assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
+    assert b"PRIVATE KEY" in key.read_bytes()
 
 
 # ---------------------------------------------------------------- the session around STARTTLS

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::caps;
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
+use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawRoute, RawTls, Size};
 use crate::types::{
     BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
@@ -376,12 +378,15 @@ fn file_fix(error: &std::io::Error) -> &'static str {
     }
 }
 
+/// A duration in `0..=max` (`1ns..=max` unless `zero_allowed`); `default` when absent or
+/// invalid (with an issue). `max` comes from [`crate::caps`].
 fn duration(
     v: &mut Issues,
     value: &Text,
     key: &str,
     default: Duration,
     zero_allowed: bool,
+    max: Duration,
 ) -> Duration {
     let Some(value) = value else { return default };
     let text = value.get_ref();
@@ -403,6 +408,21 @@ fn duration(
                 format!(
                     "use a duration longer than zero, e.g. \"{}\" (the default)",
                     humantime::format_duration(default)
+                ),
+            );
+            default
+        }
+        Ok(d) if d > max => {
+            v.add(
+                at(value),
+                key,
+                format!(
+                    "duration \"{text}\" is longer than the maximum of {} for this key",
+                    humantime::format_duration(max)
+                ),
+                format!(
+                    "use at most \"{}\" (the caps are listed in docs/configuration.md)",
+                    humantime::format_duration(max)
                 ),
             );
             default
@@ -592,6 +612,7 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             "limits.command_timeout",
             defaults::COMMAND_TIMEOUT,
             false,
+            caps::COMMAND_TIMEOUT,
         ),
         data_timeout: duration(
             v,
@@ -599,6 +620,7 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             "limits.data_timeout",
             defaults::DATA_TIMEOUT,
             false,
+            caps::DATA_TIMEOUT,
         ),
     }
 }
@@ -634,6 +656,14 @@ fn users(v: &mut Issues, raw: &RawConfig) -> Vec<User> {
                     format!("users[{i}].password"),
                     "the password is not an argon2 hash (it must start with \"$argon2\")",
                     "store the hash printed by `tern passwd`, never the plain password; or remove the key for a mailbox without login",
+                );
+            } else if let Err(why) = password::check_phc(p.get_ref()) {
+                // Parsed in full now, so a damaged hash is never first found at that user's AUTH.
+                v.add(
+                    at(p),
+                    format!("users[{i}].password"),
+                    format!("the password hash of user \"{name}\" is not a usable argon2 PHC string: {why}"),
+                    format!("run `tern passwd` and store the hash it prints (the whole line) as the password of \"{name}\""),
                 );
             }
         }
@@ -798,6 +828,9 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                 let port = port(v, &t.port, &format!("{key}.port"), defaults::ROUTE_PORT);
                 let tls = tls_policy(v, &t.tls, &format!("{key}.tls"), defaults::ROUTE_TLS);
                 let auth = route_auth(v, &key, &t.user, &t.password_file, at(route));
+                if auth.is_some() {
+                    credentials_need_verified_tls(v, &key, &t.tls, tls, at(route));
+                }
                 let ca_file = t
                     .ca_file
                     .as_ref()
@@ -877,6 +910,33 @@ fn route_auth(
     }
 }
 
+/// A route that logs in must verify the server first: with `none` or `opportunistic` (whose
+/// certificates are not checked, RFC 7435) an active attacker or a misrouted smarthost would be
+/// handed the password (RFC 4954 4 leaves it to the client to require a protected channel).
+/// Only `required` verifies the certificate for `host` before AUTH.
+fn credentials_need_verified_tls(
+    v: &mut Issues,
+    key: &str,
+    written: &Text,
+    tls: TlsPolicy,
+    route_span: Option<Range<usize>>,
+) {
+    if tls == TlsPolicy::Required {
+        return;
+    }
+    let how = if written.is_some() {
+        format!("tls is \"{}\"", tls.as_str())
+    } else {
+        format!("tls is not set (so \"{}\")", tls.as_str())
+    };
+    v.add(
+        written.as_ref().and_then(at).or(route_span),
+        format!("{key}.tls"),
+        format!("the route has user and password_file but {how}: the password could be sent to a server whose certificate is never verified"),
+        "set tls = \"required\" in this route (and ca_file = \"...\" if the server's certificate is not from a public CA), or remove user and password_file",
+    );
+}
+
 fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
     let q = &raw.queue;
     let retry_schedule = match &q.retry_schedule {
@@ -901,6 +961,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
                     &format!("queue.retry_schedule[{i}]"),
                     defaults::RETRY_SCHEDULE[0],
                     false,
+                    caps::RETRY_DELAY,
                 )
             })
             .collect(),
@@ -911,6 +972,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
         "queue.delay_warning",
         Duration::ZERO,
         true,
+        caps::DELAY_WARNING,
     );
     QueueConfig {
         max_age: duration(
@@ -919,6 +981,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
             "queue.max_age",
             defaults::QUEUE_MAX_AGE,
             false,
+            caps::QUEUE_MAX_AGE,
         ),
         retry_schedule,
         max_received_headers: count(
@@ -968,6 +1031,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.connect_timeout",
             defaults::CONNECT_TIMEOUT,
             false,
+            caps::CONNECT_TIMEOUT,
         ),
         command_timeout: duration(
             v,
@@ -975,6 +1039,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.command_timeout",
             defaults::OUTBOUND_COMMAND_TIMEOUT,
             false,
+            caps::OUTBOUND_COMMAND_TIMEOUT,
         ),
         data_timeout: duration(
             v,
@@ -982,6 +1047,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             "outbound.data_timeout",
             defaults::OUTBOUND_DATA_TIMEOUT,
             false,
+            caps::OUTBOUND_DATA_TIMEOUT,
         ),
     }
 }

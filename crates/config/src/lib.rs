@@ -8,9 +8,11 @@
 //! ```
 
 mod build;
+pub mod caps;
 pub mod defaults;
 mod error;
 mod load;
+mod password;
 mod query;
 mod raw;
 mod types;

@@ -219,7 +219,7 @@ vrfy = true
 expn = true
 [[users]]
 name = "Alice@Example.test"
-password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+password = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo"
 [[users]]
 name = "bob@other.test"
 [aliases]
@@ -451,9 +451,9 @@ fn route_for_exact_then_smarthost() {
 
 #[test]
 fn user_debug_hides_password() {
-    let c = load("[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$secret-hash\"\n");
+    let c = load("[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo\"\n");
     let debug = format!("{:?}", c.users[0]);
-    assert!(!debug.contains("secret-hash"), "{debug}");
+    assert!(!debug.contains("aGFzaGhhc2hoYXNo"), "{debug}");
     assert!(debug.contains("a@localhost"));
 }
 
@@ -620,6 +620,58 @@ fn zero_durations_are_rejected_where_meaningless() {
     rejects(
         "[queue]\ndelay_warning = \"later\"\n",
         &["queue.delay_warning: invalid duration"],
+    );
+}
+
+#[test]
+fn durations_are_capped_per_key() {
+    let keys: [(&str, &str, Duration); 8] = [
+        ("limits", "command_timeout", caps::COMMAND_TIMEOUT),
+        ("limits", "data_timeout", caps::DATA_TIMEOUT),
+        ("queue", "max_age", caps::QUEUE_MAX_AGE),
+        ("queue", "delay_warning", caps::DELAY_WARNING),
+        ("outbound", "connect_timeout", caps::CONNECT_TIMEOUT),
+        (
+            "outbound",
+            "command_timeout",
+            caps::OUTBOUND_COMMAND_TIMEOUT,
+        ),
+        ("outbound", "data_timeout", caps::OUTBOUND_DATA_TIMEOUT),
+        ("queue", "retry_schedule", caps::RETRY_DELAY),
+    ];
+    for (section, key, cap) in keys {
+        let write = |d: Duration| {
+            let d = humantime::format_duration(d).to_string();
+            if key == "retry_schedule" {
+                format!("[{section}]\n{key} = [\"{d}\"]\n")
+            } else {
+                format!("[{section}]\n{key} = \"{d}\"\n")
+            }
+        };
+        // The cap itself loads; one second more, or an absurd value, is refused with the cap.
+        load(&write(cap));
+        let shown = humantime::format_duration(cap).to_string();
+        let path = if key == "retry_schedule" {
+            format!("{section}.{key}[0]")
+        } else {
+            format!("{section}.{key}")
+        };
+        rejects(
+            &write(cap + secs(1)),
+            &[
+                &format!("{path}: duration"),
+                &format!("is longer than the maximum of {shown} for this key; fix: use at most \"{shown}\""),
+            ],
+        );
+        rejects(
+            &write(Duration::from_secs(100_000_000 * 31_557_600)),
+            &[&format!("{path}: duration")],
+        );
+    }
+    // The literal from issue 10.
+    rejects(
+        "[limits]\ncommand_timeout = \"100000000years\"\n",
+        &["tern.toml:2:19: limits.command_timeout: duration \"100000000years\" is longer than the maximum of 1h for this key"],
     );
 }
 
@@ -831,6 +883,15 @@ fn users_are_addresses_in_local_domains_with_argon2_hashes() {
         "[[users]]\nname = \"a@localhost\"\npassword = \"hunter2\"\n",
         &["tern.toml:3:12: users[0].password: the password is not an argon2 hash (it must start with \"$argon2\"); fix: store the hash printed by `tern passwd`"],
     );
+    // Starts with $argon2 but cannot verify: found at load, not at the first AUTH (issue 10).
+    rejects(
+        "[[users]]\nname = \"a@localhost\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$\"\n",
+        &["tern.toml:3:12: users[0].password: the password hash of user \"a@localhost\" is not a usable argon2 PHC string: not a PHC string", "fix: run `tern passwd`"],
+    );
+    rejects(
+        "[[users]]\nname = \"b@localhost\"\npassword = \"$argon2id$v=19$m=4294967295,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo\"\n",
+        &["users[0].password: the password hash of user \"b@localhost\" is not a usable argon2 PHC string: memory cost m=4294967295 KiB is above"],
+    );
     rejects(
         "[[users]]\nname = \"a@localhost\"\n[[users]]\nname = \"A@LOCALHOST\"\n",
         &["users[1].name: user \"a@localhost\" is already defined as users[0]"],
@@ -912,6 +973,32 @@ fn routes_are_checked() {
     rejects("[routes]\n\"p.test\" = { host = \"mx.p.test\", tls = \"required\", ca_file = \"/nonexistent/tern/ca.pem\" }\n", &["routes.\"p.test\".ca_file: cannot read \"/nonexistent/tern/ca.pem\""]);
     let c = load("[routes]\n\"v6.test\" = { host = \"[2001:db8::1]\" }\n");
     assert_eq!(c.routes["v6.test"].host, "2001:db8::1");
+}
+
+#[test]
+fn route_credentials_need_required_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let pw = pw.display();
+    // Not set: the default (opportunistic, unverified) is named, at the route's position.
+    rejects(
+        &format!("[routes]\n\"*\" = {{ host = \"smtp.provider.test\", user = \"me\", password_file = '{pw}' }}\n"),
+        &[
+            "tern.toml:2:7: routes.\"*\".tls: the route has user and password_file but tls is not set (so \"opportunistic\"): the password could be sent to a server whose certificate is never verified",
+            "; fix: set tls = \"required\" in this route",
+        ],
+    );
+    for policy in ["none", "opportunistic"] {
+        rejects(
+            &format!("[routes]\n\"p.test\" = {{ host = \"mx.p.test\", tls = \"{policy}\", user = \"me\", password_file = '{pw}' }}\n"),
+            &[&format!("routes.\"p.test\".tls: the route has user and password_file but tls is \"{policy}\"")],
+        );
+    }
+    let c = load(&format!("[routes]\n\"*\" = {{ host = \"smtp.provider.test\", tls = \"required\", user = \"me\", password_file = '{pw}' }}\n"));
+    assert_eq!(c.routes["*"].tls, TlsPolicy::Required);
+    // Without credentials any policy stays valid.
+    load("[routes]\n\"p.test\" = { host = \"mx.p.test\", tls = \"none\" }\n");
 }
 
 #[test]

@@ -58,7 +58,7 @@ vrfy = false
 expn = false
 [[users]]
 name = "alice@example.test"
-password = "$argon2id$..."
+password = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo"
 [aliases]
 "postmaster@example.test" = ["alice@example.test", "bob@remote.test"]
 [relay]

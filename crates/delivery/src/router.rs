@@ -69,11 +69,15 @@ pub fn decide_recipient(cfg: &Config, to: &ForwardPath, relay_allowed: bool) -> 
 }
 
 /// Whether a local address names a mailbox of its own (not through an alias).
-pub fn local_mailbox_exists(cfg: &Config, key: &str) -> bool {
+///
+/// Takes the parsed address, not its lookup key: a quoted local part may itself hold `@`
+/// (`"postmaster@a1"@tern.test`), so splitting `local@domain` text would find the wrong `@`.
+pub fn local_mailbox_exists(cfg: &Config, addr: &Address) -> bool {
     cfg.local.catch_all
-        || cfg.user(key).is_some()
-        // RFC 5321 4.5.1: postmaster must be accepted for every local domain.
-        || key.split('@').next().is_some_and(|l| l == "postmaster")
+        || cfg.user(&addr.lookup_key()).is_some()
+        // RFC 5321 4.5.1: postmaster must be accepted for every local domain; the whole local
+        // part must be "postmaster" (RFC 5321 4.1.1.3: case-insensitive).
+        || addr.local_part().eq_ignore_ascii_case("postmaster")
 }
 
 /// Expands a local address through the alias table; returns false if it names nobody.
@@ -103,7 +107,7 @@ fn expand_local(cfg: &Config, addr: &Address, depth: usize, out: &mut Vec<Target
         }
         return any;
     }
-    if local_mailbox_exists(cfg, &key) {
+    if local_mailbox_exists(cfg, addr) {
         out.push(Target::Local(key));
         true
     } else {
@@ -135,5 +139,38 @@ fn parse_loose(cfg: &Config, arg: &str) -> Option<Address> {
         Address::parse(a).ok()
     } else {
         Address::parse(&format!("{a}@{}", postmaster_address(cfg).domain())).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml: &str) -> Config {
+        tern_config::Config::from_toml_str(toml, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn postmaster_is_the_whole_local_part() {
+        let c = cfg(
+            "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\ncatch_all = false\n",
+        );
+        assert!(local_mailbox_exists(&c, &addr("postmaster@tern.test")));
+        assert!(local_mailbox_exists(&c, &addr("PostMaster@tern.test")));
+        assert!(!local_mailbox_exists(
+            &c,
+            &addr("\"postmaster@a1\"@tern.test")
+        ));
+        assert!(!local_mailbox_exists(&c, &addr("postmasterx@tern.test")));
+        assert!(!local_mailbox_exists(
+            &c,
+            &addr("\"postmaster@\"@tern.test")
+        ));
+        let to = ForwardPath::Mailbox(addr("\"postmaster@a1\"@tern.test"));
+        assert_eq!(decide_recipient(&c, &to, true), RcptDecision::NoSuchUser);
     }
 }

@@ -21,6 +21,79 @@ pub enum AddressError {
     DomainTooLong,
     #[error("path too long (more than 256 octets)")]
     PathTooLong,
+    /// A control or invisible formatting character anywhere in the path, even inside a quoted
+    /// local part: see [`is_forbidden_char`].
+    #[error("address contains a control character (U+{0:04X})")]
+    ControlCharacter(u32),
+}
+
+/// Characters no address tern accepts may contain, quoted or not.
+///
+/// RFC 5321 4.1.2 already keeps C0 controls out of atoms and quoted strings, but RFC 6531 3.3
+/// admits any UTF-8 beyond ASCII, which lets in the C1 controls and the invisible format
+/// characters that make one address look like another in a mail client or a log (the "Trojan
+/// Source" bidi overrides, CVE-2021-42574; RFC 8264 4.2 and UTS #39 disallow them in
+/// identifiers). Zero-width (non-)joiners U+200C/U+200D stay allowed: several scripts need them
+/// (RFC 5892 A.1-A.2 admits them in context).
+pub fn is_forbidden_char(c: char) -> bool {
+    matches!(c,
+        // C0, DEL and C1 controls
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+        // soft hyphen, Arabic letter mark
+        | '\u{ad}' | '\u{61c}'
+        // zero-width space, LRM, RLM
+        | '\u{200b}' | '\u{200e}' | '\u{200f}'
+        // line and paragraph separators, LRE/RLE/PDF/LRO/RLO
+        | '\u{2028}'..='\u{202e}'
+        // word joiner, invisible operators, LRI/RLI/FSI/PDI, deprecated format controls
+        | '\u{2060}'..='\u{206f}'
+        // zero-width no-break space (BOM), interlinear annotation controls
+        | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// The first forbidden character in `s`, as the error that names it.
+fn check_controls(s: &str) -> Result<(), AddressError> {
+    match s.chars().find(|&c| is_forbidden_char(c)) {
+        Some(c) => Err(AddressError::ControlCharacter(u32::from(c))),
+        None => Ok(()),
+    }
+}
+
+/// Gives every forbidden character in the path the same answer, wherever it sits. A path that
+/// parsed is checked exactly (the text it consumed), so nothing can slip through; a path that
+/// did not parse has no exact extent, so [`path_extent`] estimates it, and a control there
+/// explains the failure better than the syntax error the parser stopped at.
+fn control_check<'a, T>(
+    s: &'a str,
+    parsed: Result<(T, &'a str), AddressError>,
+) -> Result<(T, &'a str), AddressError> {
+    match parsed {
+        Ok((path, rest)) => {
+            check_controls(&s[..s.len() - rest.len()])?;
+            Ok((path, rest))
+        }
+        Err(e) => {
+            check_controls(path_extent(s))?;
+            Err(e)
+        }
+    }
+}
+
+/// Roughly the path at the start of a MAIL/RCPT argument: up to the first space outside a
+/// quoted string (a quoted-pair may escape a quote), or all of it.
+fn path_extent(s: &str) -> &str {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted => return &s[..i],
+            _ => {}
+        }
+    }
+    s
 }
 
 /// The part after `@`: a host name or an address literal (RFC 5321 4.1.3).
@@ -96,6 +169,7 @@ impl Address {
     /// Parses a bare mailbox (`local@domain`, no brackets). UTF-8 is accepted here; callers
     /// decide with [`Address::is_ascii`] whether SMTPUTF8 was required (RFC 6531 3.4).
     pub fn parse(s: &str) -> Result<Address, AddressError> {
+        check_controls(s)?;
         let mut p = Parser::new(s);
         let addr = p.mailbox()?;
         if !p.at_end() {
@@ -195,6 +269,10 @@ impl fmt::Display for ForwardPath {
 /// Parses the reverse-path at the start of `s`; returns it and the unparsed rest (parameters).
 pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
+    control_check(s, reverse_path(s))
+}
+
+fn reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> {
     if let Some(rest) = s.strip_prefix("<>") {
         return Ok((ReversePath::Null, params_rest(rest)?));
     }
@@ -205,6 +283,10 @@ pub fn parse_reverse_path(s: &str) -> Result<(ReversePath, &str), AddressError> 
 /// Parses the forward-path at the start of `s`; returns it and the unparsed rest (parameters).
 pub fn parse_forward_path(s: &str) -> Result<(ForwardPath, &str), AddressError> {
     let s = s.trim_start_matches(' ');
+    control_check(s, forward_path(s))
+}
+
+fn forward_path(s: &str) -> Result<(ForwardPath, &str), AddressError> {
     if s.len() >= 12 && s.is_char_boundary(12) && s[..12].eq_ignore_ascii_case("<postmaster>") {
         return Ok((ForwardPath::Postmaster, params_rest(&s[12..])?));
     }
@@ -626,5 +708,108 @@ mod tests {
         let ForwardPath::Mailbox(a) = p else { panic!() };
         assert_eq!(a.domain().normalized(), "b.test");
         assert_eq!(a.lookup_key(), "a@b.test");
+    }
+
+    #[test]
+    fn control_characters_are_rejected_wherever_they_sit() {
+        for c in [
+            '\u{0}', '\u{1}', '\t', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200e}', '\u{202e}',
+            '\u{2066}', '\u{feff}',
+        ] {
+            let want = AddressError::ControlCharacter(u32::from(c));
+            for path in [
+                format!("<a{c}b@x.test>"),
+                format!("<\"a{c}b\"@x.test>"),
+                format!("<\"a b{c}\"@x.test> SIZE=1"),
+                format!("<ab@x{c}.test>"),
+                format!("<ab@x.test{c}>"),
+                format!("<@r{c}.test:ab@x.test>"),
+                format!("<ab@[192.0.2.1{c}]>"),
+                format!("{c}ab@x.test"),
+            ] {
+                assert_eq!(fwd(&path).unwrap_err(), want, "{path:?}");
+                assert_eq!(parse_reverse_path(&path).unwrap_err(), want, "{path:?}");
+            }
+            assert_eq!(Address::parse(&format!("a{c}@x.test")).unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn joiners_and_plain_utf8_stay_allowed() {
+        // ZWNJ/ZWJ are part of Persian and Indic spellings (RFC 5892 A.1-A.2).
+        assert!(fwd("<\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{645}@x.test>").is_ok());
+        assert!(fwd("<caf\u{e9}@x.test>").is_ok());
+        // A control in the parameters is not the path's: the parameter parser answers for it.
+        assert!(fwd("<a@x.test> X=\u{1}").is_ok());
+    }
+
+    #[test]
+    fn a_quote_in_a_source_route_literal_does_not_hide_a_control() {
+        // The '"' in the general literal would end a naive quote tracker's "quoted string" at the
+        // local part's opening quote, and the space in "a b" would end the scan early.
+        let s = "<@[x:\"]:\"a b\u{202e}\"@c.test>";
+        assert_eq!(fwd(s).unwrap_err(), AddressError::ControlCharacter(0x202e));
+        assert_eq!(
+            parse_reverse_path(s).unwrap_err(),
+            AddressError::ControlCharacter(0x202e)
+        );
+    }
+
+    #[test]
+    fn control_error_text_names_the_code_point() {
+        assert_eq!(
+            AddressError::ControlCharacter(0x202e).to_string(),
+            "address contains a control character (U+202E)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn forbidden() -> impl Strategy<Value = char> {
+        prop_oneof![
+            (0u32..0x20).prop_map(|c| char::from_u32(c).unwrap_or('\0')),
+            (0x7fu32..0xa0).prop_map(|c| char::from_u32(c).unwrap_or('\0')),
+            proptest::sample::select(vec![
+                '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+                '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{61c}',
+            ]),
+        ]
+    }
+
+    proptest! {
+        /// Whatever surrounds it, a forbidden character inside the path yields
+        /// `ControlCharacter` (never a syntax error, never acceptance).
+        #[test]
+        fn any_forbidden_char_in_a_path_is_named(
+            local in "[a-z]{1,10}",
+            at in 0usize..12,
+            c in forbidden(),
+            quoted in any::<bool>(),
+        ) {
+            let mut local: Vec<char> = local.chars().collect();
+            let at = at.min(local.len());
+            local.insert(at, c);
+            let local: String = local.into_iter().collect();
+            let path = if quoted {
+                format!("<\"{local}\"@x.test>")
+            } else {
+                format!("<{local}@x.test>")
+            };
+            let want = AddressError::ControlCharacter(u32::from(c));
+            prop_assert_eq!(parse_forward_path(&path).unwrap_err(), want.clone());
+            prop_assert_eq!(parse_reverse_path(&path).unwrap_err(), want);
+        }
+
+        /// Every address that parses has no forbidden character in it.
+        #[test]
+        fn parsed_addresses_carry_no_controls(s in "\\PC{0,40}") {
+            if let Ok((ForwardPath::Mailbox(a), _)) = parse_forward_path(&s) {
+                prop_assert!(!a.to_string().chars().any(is_forbidden_char));
+            }
+        }
     }
 }

@@ -73,6 +73,13 @@ pub fn bad_recipient(why: &str) -> Reply {
     )
 }
 
+/// MAIL or RCPT with a control or bidi/invisible formatting character in the path (see
+/// `tern_proto::address::is_forbidden_char`). 553 "mailbox name not allowed" rather than 501:
+/// the syntax may be fine under RFC 6531, the policy refuses it; 5.1.3 per RFC 3463 3.2.
+pub fn address_control_character() -> Reply {
+    Reply::new(553, ec(5, 1, 3), "Address contains a control character")
+}
+
 pub fn syntax(why: &str) -> Reply {
     Reply::new(501, ec(5, 5, 4), format!("Syntax error: {why}"))
 }
@@ -405,6 +412,7 @@ mod tests {
             no_valid_recipients(),
             too_big(),
             utf8_required(),
+            address_control_character(),
             too_many_recipients(),
             start_data(),
             bare_line_ending(),

@@ -217,6 +217,10 @@ impl Session {
         match e {
             CommandError::Unrecognized => replies::unrecognized(),
             CommandError::Syntax(why) => replies::syntax(why),
+            CommandError::BadSender(AddressError::ControlCharacter(_))
+            | CommandError::BadRecipient(AddressError::ControlCharacter(_)) => {
+                replies::address_control_character()
+            }
             CommandError::BadSender(a) => replies::bad_sender(&address_error_text(a)),
             CommandError::BadRecipient(a) => replies::bad_recipient(&address_error_text(a)),
             CommandError::UnsupportedParam(p) => replies::unsupported_param(p),
@@ -424,7 +428,10 @@ impl Session {
         }
         // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
         // (rather than bouncing later) leaves the bounce to the client, and nothing is stored.
-        if header.received_count() > self.cfg.queue.max_received_headers {
+        // The stored copy carries one more, tern's own (below), and the relay refuses a copy
+        // with more than the limit: so the session must refuse at the limit already, or a
+        // message it accepted with 250 would bounce in the queue.
+        if header.received_count() >= self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {

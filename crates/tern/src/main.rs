@@ -62,6 +62,9 @@ enum CertAction {
         /// Directory to write cert.pem and key.pem into.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// Replace existing cert.pem and key.pem (a symlink is removed, never followed).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -91,7 +94,12 @@ fn main() -> ExitCode {
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
         Command::Queue(args) => cmd::queue::run(args),
         Command::Cert {
-            action: CertAction::SelfSigned { host, out_dir },
-        } => cmd::cert::self_signed(&host, &out_dir),
+            action:
+                CertAction::SelfSigned {
+                    host,
+                    out_dir,
+                    force,
+                },
+        } => cmd::cert::self_signed(&host, &out_dir, force),
     }
 }

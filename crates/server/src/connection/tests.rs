@@ -134,7 +134,11 @@ fn store_errors_choose_the_reply() {
 
 #[test]
 fn a_refused_message_needs_no_store() {
-    let mut c = smtp();
+    let mut c = connection(
+        "[smtp]\nbare_line_endings = \"reject\"\n",
+        ListenerKind::Smtp,
+        false,
+    );
     c.feed(b"HELO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\nbare\nlf\r\n.\r\n");
     assert!(write(c.poll()).ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"));
     assert!(write(c.poll()).starts_with("554 5.6.0 "));

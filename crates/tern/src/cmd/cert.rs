@@ -1,10 +1,20 @@
 //! `tern cert self-signed --host NAME`: a certificate and key for testing STARTTLS and port 465.
 //! Real deployments use a CA-issued full chain (e.g. from an ACME client).
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn self_signed(host: &str, out_dir: &Path) -> ExitCode {
+/// EX_CANTCREAT (sysexits.h): an output file cannot be created.
+const EX_CANTCREAT: u8 = 73;
+
+/// Writes `cert.pem` (0644) and `key.pem` (0600) into `out_dir`. Neither file is ever written
+/// through: each is created with `O_CREAT | O_EXCL` (`create_new`), which also refuses a
+/// symlink, even a dangling one, so a link planted at `key.pem` cannot make tern overwrite or
+/// disclose the file it points to. With `force`, an existing entry is unlinked first (the link
+/// itself, never its target) and then created exclusively all the same.
+pub fn self_signed(host: &str, out_dir: &Path, force: bool) -> ExitCode {
     let cert = match generate(host) {
         Ok(c) => c,
         Err(e) => {
@@ -14,17 +24,40 @@ pub fn self_signed(host: &str, out_dir: &Path) -> ExitCode {
     };
     if let Err(e) = std::fs::create_dir_all(out_dir) {
         eprintln!("tern cert: cannot create {}: {e}", out_dir.display());
-        return ExitCode::from(73);
+        return ExitCode::from(EX_CANTCREAT);
     }
     let cert_path = out_dir.join("cert.pem");
     let key_path = out_dir.join("key.pem");
-    if let Err(e) = std::fs::write(&cert_path, cert.cert.pem()) {
-        eprintln!("tern cert: cannot write {}: {e}", cert_path.display());
-        return ExitCode::from(73);
+    // Refuse before writing either file, so a refusal leaves no half-written pair behind.
+    if !force {
+        for path in [&cert_path, &key_path] {
+            if path.symlink_metadata().is_ok() {
+                eprintln!(
+                    "tern cert: {} already exists; not overwritten (pass --force to replace it)",
+                    path.display()
+                );
+                return ExitCode::from(EX_CANTCREAT);
+            }
+        }
     }
-    if let Err(e) = write_private(&key_path, cert.signing_key.serialize_pem().as_bytes()) {
-        eprintln!("tern cert: cannot write {}: {e}", key_path.display());
-        return ExitCode::from(73);
+    let files = [
+        (&cert_path, cert.cert.pem().into_bytes(), 0o644),
+        (
+            &key_path,
+            cert.signing_key.serialize_pem().into_bytes(),
+            0o600,
+        ),
+    ];
+    for (path, data, mode) in files {
+        if let Err(e) = write_exclusive(path, &data, mode, force) {
+            let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                " (it appeared meanwhile; not overwritten)"
+            } else {
+                ""
+            };
+            eprintln!("tern cert: cannot write {}: {e}{hint}", path.display());
+            return ExitCode::from(EX_CANTCREAT);
+        }
     }
     println!(
         "wrote {} and {} (self-signed for {host})",
@@ -37,6 +70,26 @@ pub fn self_signed(host: &str, out_dir: &Path) -> ExitCode {
         key_path.display()
     );
     ExitCode::SUCCESS
+}
+
+/// Creates `path` anew with `mode` and writes `data`, fsync'd. `replace` unlinks whatever is
+/// there first (a symlink is removed as a link); the create stays exclusive either way, so a
+/// file or link that reappears in between is an error, never written through.
+fn write_exclusive(path: &Path, data: &[u8], mode: u32, replace: bool) -> std::io::Result<()> {
+    if replace {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 fn generate(host: &str) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, rcgen::Error> {
@@ -54,19 +107,6 @@ fn params(host: &str) -> Result<rcgen::CertificateParams, rcgen::Error> {
     subject.push(rcgen::DnType::CommonName, host);
     params.distinguished_name = subject;
     Ok(params)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[cfg(test)]
