@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use tern_config::{Config, RouteAuth, TlsPolicy};
 use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
+use tern_queue::RcptOutcome;
+
+use crate::status::{self, dns_failure};
 
 /// At most this many addresses are tried in one attempt, so a domain with dozens of MX records
 /// cannot keep a worker busy for an hour of connect timeouts.
@@ -38,29 +41,9 @@ pub struct Hop {
     pub addr: SocketAddr,
 }
 
-/// Why no hop could be found; `reply` is stored in the recipient's status as it would be for an
-/// SMTP reply (code, enhanced code, text), so bounces quote it like any other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteFailure {
-    pub reply: String,
-    pub permanent: bool,
-}
-
-impl RouteFailure {
-    fn permanent(reply: String) -> Self {
-        Self {
-            reply,
-            permanent: true,
-        }
-    }
-
-    fn temporary(reply: String) -> Self {
-        Self {
-            reply,
-            permanent: false,
-        }
-    }
-}
+/// Why no hop could be found: a recipient outcome like any other (deferred or failed, with
+/// tern's own status from [`crate::status`]), so bounces quote it like any other.
+pub type RouteFailure = RcptOutcome;
 
 /// The destination of `domain` (lower case): static, no I/O.
 pub fn destination(cfg: &Config, domain: &str) -> Destination {
@@ -138,10 +121,7 @@ async fn mx_hops(
         .map_err(|e| dns_failure(&e))?;
     let names = without_self(cfg, mx.hosts.into_iter().map(|h| (h.name, h.preference)));
     if names.is_empty() {
-        return Err(RouteFailure::permanent(format!(
-            "554 5.4.6 mail loop: the MX of {domain} points back to this host ({}) but {domain} is not a local domain",
-            cfg.hostname
-        )));
+        return Err(RcptOutcome::failed(status::mx_loop(domain, &cfg.hostname)));
     }
     let mut hops = Vec::new();
     let mut temporary: Option<DnsError> = None;
@@ -174,12 +154,11 @@ async fn mx_hops(
     // Only a definite answer for every MX makes this permanent (RFC 5321 4.5.4.1).
     Err(match (temporary, last_error) {
         (Some(e), _) => dns_failure(&e),
-        (None, Some(e)) => RouteFailure::permanent(format!(
-            "550 5.4.4 no usable address for any MX host of {domain}: {e}"
+        (None, Some(e)) => RcptOutcome::failed(status::no_address_for_any_mx(
+            domain,
+            &e.to_string(),
         )),
-        (None, None) => RouteFailure::permanent(format!(
-            "554 5.4.6 mail loop: every MX host of {domain} is this server"
-        )),
+        (None, None) => RcptOutcome::failed(status::every_mx_is_self(domain)),
     })
 }
 
@@ -211,23 +190,11 @@ fn is_local_ip(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified()
 }
 
-fn dns_failure(e: &DnsError) -> RouteFailure {
-    match e {
-        DnsError::NullMx(d) => RouteFailure::permanent(format!(
-            "556 5.1.10 {d} does not accept mail (null MX, RFC 7505)"
-        )),
-        DnsError::NxDomain(_) => RouteFailure::permanent(format!("550 5.1.2 {e}")),
-        DnsError::NoAddresses(_) | DnsError::InvalidName(_) => {
-            RouteFailure::permanent(format!("550 5.4.4 {e}"))
-        }
-        DnsError::Temporary { .. } => RouteFailure::temporary(format!("451 4.4.3 {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tern_dns::StaticResolver;
+    use tern_queue::RcptClass;
 
     fn cfg(extra: &str) -> Config {
         let text = format!(
@@ -312,8 +279,8 @@ mod tests {
         let c = cfg("");
         let r = StaticResolver::new().mx("x.test", 0, "");
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.permanent);
-        assert!(e.reply.starts_with("556 5.1.10 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Failed);
+        assert!(e.reply.to_string().starts_with("556 5.1.10 "), "{}", e.reply);
     }
 
     #[test]
@@ -323,8 +290,8 @@ mod tests {
             .mx("x.test", 10, "MX.self.test")
             .ip("mx.self.test", "127.0.0.1".parse().unwrap());
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.permanent);
-        assert!(e.reply.starts_with("554 5.4.6 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Failed);
+        assert!(e.reply.to_string().starts_with("554 5.4.6 "), "{}", e.reply);
     }
 
     #[test]
@@ -349,7 +316,7 @@ mod tests {
             .mx("x.test", 10, "other.x.test")
             .ip("other.x.test", "127.0.0.1".parse().unwrap());
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.reply.starts_with("554 5.4.6"), "{}", e.reply);
+        assert!(e.reply.to_string().starts_with("554 5.4.6"), "{}", e.reply);
     }
 
     #[test]
@@ -357,7 +324,7 @@ mod tests {
         let c = cfg("");
         let r = StaticResolver::new().servfail("x.test");
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(!e.permanent);
-        assert!(e.reply.starts_with("451 4.4.3 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Deferred);
+        assert!(e.reply.to_string().starts_with("451 4.4.3 "), "{}", e.reply);
     }
 }
