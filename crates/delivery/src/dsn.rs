@@ -476,10 +476,10 @@ fn pick_boundary(preferred: impl Iterator<Item = String>, parts: &[&[u8]]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::EnhancedCode;
-    use tern_queue::{Remote, Stage};
     use mail_parser::{MessageParser, MimeHeaders, PartType};
     use std::time::Duration;
+    use tern_proto::EnhancedCode;
+    use tern_queue::{Remote, Stage};
 
     const ORIGINAL: &[u8] = b"Received: from client.test ([127.0.0.1])\r\n\tby mx.tern.test (tern) with ESMTP\r\n\tid 1;\r\n\tSat, 28 Nov 2026 10:00:00 +0000\r\nFrom: <alice@tern.test>\r\nTo: <bob@remote.test>\r\nSubject: lunch?\r\nMessage-ID: <m1@tern.test>\r\n\r\nSecret body text.\r\n";
 

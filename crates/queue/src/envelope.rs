@@ -291,7 +291,10 @@ pub(crate) mod tests {
             panic!("{:?}", env.recipients[0]);
         };
         assert_eq!(last_reply.code(), 451);
-        assert_eq!(last_reply.enhanced().map(|e| e.to_string()).as_deref(), Some("4.4.1"));
+        assert_eq!(
+            last_reply.enhanced().map(|e| e.to_string()).as_deref(),
+            Some("4.4.1")
+        );
         assert_eq!(
             last_reply.to_string(),
             "451 4.4.1 host mx.d.test[192.0.2.1]: connect: Connection refused"
@@ -300,7 +303,11 @@ pub(crate) mod tests {
             panic!("{:?}", env.recipients[1]);
         };
         assert_eq!(reply.code(), 550);
-        assert_eq!(reply.origin(), None, "where an old reply came from is unknown");
+        assert_eq!(
+            reply.origin(),
+            None,
+            "where an old reply came from is unknown"
+        );
         assert_eq!(env.attempts_log[0].reply, *reply);
         assert_eq!(env.attempts_log[0].tls, None);
         // Written back in the new form, it reads the same.

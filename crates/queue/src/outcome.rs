@@ -398,7 +398,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<StoredReply>(&json).unwrap(), r);
         let local = StoredReply::local(554, Some(EnhancedCode::new(5, 4, 6)), "mail loop");
         let json = serde_json::to_string(&local).unwrap();
-        assert_eq!(json, r#"{"code":554,"enhanced":"5.4.6","text":"mail loop"}"#);
+        assert_eq!(
+            json,
+            r#"{"code":554,"enhanced":"5.4.6","text":"mail loop"}"#
+        );
         assert_eq!(serde_json::from_str::<StoredReply>(&json).unwrap(), local);
         let old: StoredReply = serde_json::from_str(r#""550 5.1.1 no such user""#).unwrap();
         assert_eq!(old.to_string(), "550 5.1.1 no such user");

@@ -364,4 +364,3 @@ fn quit_in_background(session: Session<TcpStream>) {
         let _ = tokio::time::timeout(Duration::from_secs(5), session.quit()).await;
     });
 }
-

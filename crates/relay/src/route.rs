@@ -154,10 +154,9 @@ async fn mx_hops(
     // Only a definite answer for every MX makes this permanent (RFC 5321 4.5.4.1).
     Err(match (temporary, last_error) {
         (Some(e), _) => dns_failure(&e),
-        (None, Some(e)) => RcptOutcome::failed(status::no_address_for_any_mx(
-            domain,
-            &e.to_string(),
-        )),
+        (None, Some(e)) => {
+            RcptOutcome::failed(status::no_address_for_any_mx(domain, &e.to_string()))
+        }
         (None, None) => RcptOutcome::failed(status::every_mx_is_self(domain)),
     })
 }
@@ -280,7 +279,11 @@ mod tests {
         let r = StaticResolver::new().mx("x.test", 0, "");
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
         assert_eq!(e.class, RcptClass::Failed);
-        assert!(e.reply.to_string().starts_with("556 5.1.10 "), "{}", e.reply);
+        assert!(
+            e.reply.to_string().starts_with("556 5.1.10 "),
+            "{}",
+            e.reply
+        );
     }
 
     #[test]

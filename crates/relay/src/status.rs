@@ -42,6 +42,11 @@ pub fn invalid_recipient(rcpt: &str, error: &str) -> StoredReply {
     )
 }
 
+/// `tern send` was given an address that does not parse (5.1.3).
+pub fn invalid_address(error: &str) -> StoredReply {
+    own(553, 5, 1, 3, format!("invalid address: {error}"))
+}
+
 /// No hop to try at all (4.4.4 unable to route).
 pub fn no_host() -> StoredReply {
     own(451, 4, 4, 4, "no host to deliver to")
@@ -376,8 +381,9 @@ mod tests {
         };
         let statuses = [
             admin_bounce(),
-            invalid_sender("<sender>", e),
-            invalid_recipient("<recipient>", e),
+            invalid_sender("sender", e),
+            invalid_recipient("recipient", e),
+            invalid_address(e),
             no_host(),
             password_file_unreadable("<path>", e),
             ca_file_unreadable("<path>", e),
@@ -390,7 +396,8 @@ mod tests {
             dns_temporary(e),
             mx_loop("<domain>", "<hostname>"),
             every_mx_is_self("<domain>"),
-            received_loop(0, 0).with_text("mail loop: the message has <n> Received headers (limit <limit>)"),
+            received_loop(0, 0)
+                .with_text("mail loop: the message has <n> Received headers (limit <limit>)"),
             gave_up(Duration::from_secs(1), &no_host()).with_text(
                 "gave up after <max_age> in the queue (queue.max_age); last error: <last status>",
             ),
@@ -419,6 +426,8 @@ mod tests {
             ("552 5.3.4", "SIZE"),
             ("554 5.6.3", "8BITMIME"),
             ("553 5.6.7", "SMTPUTF8"),
+            ("451 4.0.0", "other temporary"),
+            ("554 5.0.0", "other permanent"),
         ] {
             let row = format!("`{code} {at}: {e}`");
             assert!(
@@ -465,7 +474,10 @@ mod tests {
         let out = rcpt_outcome(P, Outcome::from_error(e));
         assert_eq!(out.class, RcptClass::Deferred);
         let t = out.reply.to_string();
-        assert!(t.starts_with("451 4.4.2 host mx.remote.test[127.0.0.1]: "), "{t}");
+        assert!(
+            t.starts_with("451 4.4.2 host mx.remote.test[127.0.0.1]: "),
+            "{t}"
+        );
         assert_eq!(out.reply.origin(), None);
     }
 

@@ -3,8 +3,8 @@
 use super::*;
 use crate::envelope::tests::sample;
 use crate::envelope::RecipientStatus;
-use crate::outcome::StoredReply;
 use crate::fault::FailAt;
+use crate::outcome::StoredReply;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc;
 use std::time::UNIX_EPOCH;

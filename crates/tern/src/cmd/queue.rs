@@ -403,9 +403,7 @@ fn entry_json(env: &Envelope, now: SystemTime) -> Value {
                     Some(time_format::format(*next_attempt)),
                 ),
                 RecipientStatus::Delivered { reply, .. }
-                | RecipientStatus::Failed { reply, .. } => {
-                    (tried.max(1), Some(reply), None)
-                }
+                | RecipientStatus::Failed { reply, .. } => (tried.max(1), Some(reply), None),
             };
             json!({
                 "address": r.address,

@@ -7,12 +7,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tern_client::{connect, ClientError, ConnectOptions, Envelope, Session};
+use tern_client::{connect, ClientError, ConnectOptions, Envelope, Outcome, Session};
 use tern_dns::{mx_hosts, resolve_host, DnsError, Resolver};
 use tern_proto::{Address, Domain};
 use tokio::net::TcpStream;
 
-use super::report::{error_detail, kind, RcptResult};
+use tern_queue::RcptOutcome;
+use tern_relay::status::{self, Peer};
+
+use super::report::RcptResult;
 
 /// Messages at least this big get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN: usize = 1 << 20;
@@ -40,8 +43,8 @@ pub async fn deliver(
             let addrs = match tokio::net::lookup_host((host.as_str(), *port)).await {
                 Ok(a) => a.collect::<Vec<_>>(),
                 Err(e) => {
-                    let detail = format!("temporary failure: cannot resolve {host}: {e}");
-                    return fail_all(rcpts, true, detail);
+                    let reply = status::dns_temporary(&format!("cannot resolve {host}: {e}"));
+                    return fail_all(rcpts, RcptOutcome::deferred(reply));
                 }
             };
             try_hosts(&[(host.clone(), addrs)], opts, from, rcpts, message).await
@@ -59,8 +62,7 @@ pub async fn deliver(
                 let hosts = match mx_targets(resolver.as_ref(), &domain, *port).await {
                     Ok(h) => h,
                     Err(e) => {
-                        let detail = format!("{}: {e}", kind(e.is_temporary()));
-                        all.extend(fail_all(&group, e.is_temporary(), detail));
+                        all.extend(fail_all(&group, status::dns_failure(&e)));
                         continue;
                     }
                 };
@@ -70,12 +72,7 @@ pub async fn deliver(
         }
     };
     // Report in the order the recipients were given.
-    results.sort_by_key(|r| {
-        rcpts
-            .iter()
-            .position(|x| *x == r.rcpt)
-            .unwrap_or(usize::MAX)
-    });
+    results.sort_by_key(|r| rcpts.iter().position(|x| *x == r.0).unwrap_or(usize::MAX));
     results
 }
 
@@ -134,14 +131,13 @@ async fn try_hosts(
     }
     match last {
         Some((host, e)) => {
-            let detail = error_detail(&host, &e);
-            fail_all(rcpts, e.is_temporary(), detail)
+            let peer = Peer {
+                name: &host,
+                addr: None,
+            };
+            fail_all(rcpts, status::rcpt_outcome(peer, Outcome::from_error(e)))
         }
-        None => fail_all(
-            rcpts,
-            true,
-            "temporary failure: no address to connect to".into(),
-        ),
+        None => fail_all(rcpts, RcptOutcome::deferred(status::no_host())),
     }
 }
 
@@ -157,8 +153,7 @@ async fn send_on(
         Err(e) => {
             return fail_all(
                 rcpts,
-                false,
-                format!("permanent failure: invalid address: {e}"),
+                RcptOutcome::failed(status::invalid_address(&e.to_string())),
             )
         }
     };
@@ -174,11 +169,15 @@ async fn send_on(
     if session.is_usable() {
         let _ = session.quit().await;
     }
+    let peer = Peer {
+        name: host,
+        addr: None,
+    };
     delivery
         .per_recipient
-        .iter()
+        .into_iter()
         .zip(rcpts)
-        .map(|((_, outcome), rcpt)| RcptResult::from_outcome(rcpt.clone(), host, outcome))
+        .map(|((_, outcome), rcpt)| (rcpt.clone(), status::rcpt_outcome(peer, outcome)))
         .collect()
 }
 
@@ -195,9 +194,6 @@ fn progress_bar(len: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
-fn fail_all(rcpts: &[String], temporary: bool, cause: String) -> Vec<RcptResult> {
-    rcpts
-        .iter()
-        .map(|r| RcptResult::failed(r.clone(), temporary, cause.clone()))
-        .collect()
+fn fail_all(rcpts: &[String], outcome: RcptOutcome) -> Vec<RcptResult> {
+    rcpts.iter().map(|r| (r.clone(), outcome.clone())).collect()
 }
