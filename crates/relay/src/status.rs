@@ -456,10 +456,7 @@ mod tests {
             }),
             err(ClientError::Tls("handshake eof".into())),
             err(ClientError::TlsUnavailable),
-            err(ClientError::TooBig {
-                size: 10,
-                limit: 5,
-            }),
+            err(ClientError::TooBig { size: 10, limit: 5 }),
             err(ClientError::Needs8BitMime),
             err(ClientError::NeedsSmtpUtf8),
             err(ClientError::Unusable),
@@ -490,12 +487,15 @@ mod tests {
         assert!(matches("550 5.1.2 <error>", "550 5.1.2 no such domain"));
         assert!(!matches("550 5.1.2 <error>", "550 5.1.2 "));
         assert!(!matches("550 5.1.2 <error>", "550 5.4.4 no address"));
-        assert!(matches("451 4.4.4 no host to deliver to", "451 4.4.4 no host to deliver to"));
-        assert!(!matches("451 4.4.4 no host", "451 4.4.4 no host to deliver to"));
         assert!(matches(
-            "a <x> b <y> c",
-            "a 1 b 2 c"
+            "451 4.4.4 no host to deliver to",
+            "451 4.4.4 no host to deliver to"
         ));
+        assert!(!matches(
+            "451 4.4.4 no host",
+            "451 4.4.4 no host to deliver to"
+        ));
+        assert!(matches("a <x> b <y> c", "a 1 b 2 c"));
         assert!(!matches("a <x> b <y> c", "a 1 b 2 d"));
         assert!(!matches("a <x> b", "a b"));
     }
