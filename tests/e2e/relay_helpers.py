@@ -90,11 +90,32 @@ def route_to(port: int) -> str:
 # ---------------------------------------------------------------- queue readers
 
 
+def reply_text(reply: dict | str | None) -> str | None:
+    """A stored reply (docs/spool-format.md: an object, or a plain string from an older tern) as the
+    text `tern queue list` shows: `550 5.1.1 no such user`."""
+    if reply is None or isinstance(reply, str):
+        return reply
+    return " ".join(str(p) for p in (reply["code"], reply.get("enhanced"), reply.get("text")) if p)
+
+
+def _with_reply_texts(env: dict) -> dict:
+    """Each stored reply object becomes its text, the object kept beside it under `<key>_detail`."""
+    items = [r.get("status", {}) for r in env.get("recipients", [])] + env.get("attempts_log", [])
+    for item in items:
+        for key in ("last_reply", "reply"):
+            if isinstance(item.get(key), dict):
+                item[f"{key}_detail"] = item[key]
+                item[key] = reply_text(item[key])
+    return env
+
+
 def envelope(srv: Tern, qid: str) -> dict | None:
-    """The envelope JSON of a queue entry read from the spool (docs/spool-format.md), or None once removed."""
+    """The envelope JSON of a queue entry read from the spool (docs/spool-format.md), or None once removed.
+    Replies read as their text (`last_reply`, `reply`), with the stored object in `last_reply_detail` /
+    `reply_detail`."""
     path = srv.data_dir / "queue" / "env" / qid
     try:
-        return json.loads(path.read_bytes())
+        return _with_reply_texts(json.loads(path.read_bytes()))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError:

@@ -31,7 +31,7 @@ DAVE = "dave@other.test"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 REPLY = re.compile(r"^\d{3}[ -]")
 ENTRY_KEYS = {"id", "received_at", "age_secs", "size", "sender", "held", "recipients"}
-RCPT_KEYS = {"address", "original", "state", "attempts", "last_reply", "next_attempt"}
+RCPT_KEYS = {"address", "original", "state", "attempts", "last_reply", "reply_detail", "next_attempt"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -162,9 +162,15 @@ def test_show_text_and_json(tern):
     assert shown["id"] == qid and shown["sender"] == ALICE
     assert len(shown["attempts"]) == 1, shown
     att = shown["attempts"][0]
-    assert set(att) == {"at", "recipient", "host", "reply"}, att
+    assert set(att) == {"at", "recipient", "host", "reply", "reply_detail", "tls"}, att
     assert att["recipient"] == BOB and RFC3339.match(att["at"]) and REPLY.match(att["reply"]), att
     assert att["reply"] == shown["recipients"][0]["last_reply"]
+    # Connection refused: tern's own status (no remote host gave it), and no session, so no TLS.
+    detail = att["reply_detail"]
+    assert detail == shown["recipients"][0]["reply_detail"], shown
+    assert detail["code"] == 451 and detail["enhanced"] == "4.4.1" and "remote_host" not in detail, detail
+    assert att["reply"] == f"{detail['code']} {detail['enhanced']} {detail['text']}", att
+    assert att["tls"] is None, att
     headers = shown["headers"]
     assert "Subject: show me" in headers, headers
     assert headers.startswith("Received: "), "tern's own trace header is part of the stored header section"

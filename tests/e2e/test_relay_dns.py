@@ -76,11 +76,31 @@ def test_implicit_mx_from_a_record(srv, remote, dns):
     wait_gone(srv, qid)
 
 
+def _field(block, name: str) -> str:
+    """A DSN field's value, unfolded (RFC 5322 2.2.3)."""
+    return " ".join(str(block.get(name, "")).split())
+
+
+def test_bounce_quotes_exactly_the_remote_reply_and_names_the_mx_host(srv, remote):
+    """Issue 17 item 6: Diagnostic-Code is `smtp; <the remote reply>` and nothing of tern's; Remote-MTA is the
+    MX host NAME (not its address)."""
+    reply = "550 5.1.1 <bob@mx.test>: no such mailbox here (scripted)"
+    remote.script.rcpt_replies["bob@mx.test"] = reply
+    qid = srv.deliver(ALICE, "bob@mx.test", make_message("exact diag", sender=ALICE, to="bob@mx.test"))
+    dsn = wait_bounce(srv, ALICE)[0]
+    block = check_failed(dsn, "bob@mx.test", "5.1.1", subject="exact diag")
+    assert _field(block, "Diagnostic-Code") == f"smtp; {reply}", block
+    assert _field(block, "Remote-MTA") == "dns; mail.mx.test", block
+    wait_gone(srv, qid)
+
+
 def test_null_mx_bounces_at_once(srv, remote):
     qid = srv.deliver(ALICE, "bob@null.test", make_message("null mx", sender=ALICE, to="bob@null.test"))
     # The retry schedule is 1 h: a bounce within the wait proves it was not treated as temporary.
     dsn = wait_bounce(srv, ALICE, timeout=10)[0]
-    check_failed(dsn, "bob@null.test", "5.1.10", subject="null mx")
+    block = check_failed(dsn, "bob@null.test", "5.1.10", subject="null mx")
+    # tern decided this itself: no remote host to name, no remote reply to quote.
+    assert block.get("Remote-MTA") is None and block.get("Diagnostic-Code") is None, block
     wait_gone(srv, qid)
     assert remote.connections == 0, "nothing may connect anywhere for a null MX"
 

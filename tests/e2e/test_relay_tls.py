@@ -28,7 +28,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from relay_helpers import (ALICE, WAIT, envelope, log_tail, queue_ids, queue_show, recipient, relay_config,
+from relay_helpers import (ALICE, WAIT, envelope, log_tail, queue_ids, queue_show, recipient, relay_config, tern_queue,
                            wait_for, wait_gone)
 from ternlib import Tern, free_port, make_message, tern_bin
 
@@ -143,6 +143,8 @@ class _Handler:
         login = auth.login.decode("utf-8", "replace") if isinstance(auth, LoginPassword) else None
         self.remote.messages.append(Msg(session.conn_no, envelope.mail_from, list(envelope.rcpt_tos),
                                         bytes(content), session.ssl is not None, login))
+        if self.remote.data_reply is not None:
+            return self.remote.data_reply
         return f"250 2.0.0 queued as TLSREMOTE{len(self.remote.messages)}"
 
 
@@ -189,12 +191,14 @@ class TlsRemote:
     """`with TlsRemote(tls=ctx, users={"u": "pw"}) as r:` an aiosmtpd peer on 127.0.0.1:r.port.
 
     tls: offer STARTTLS with this context (None = no STARTTLS); users: offer AUTH PLAIN/LOGIN and require it
-    before MAIL; auth_require_tls: offer AUTH only inside TLS (aiosmtpd's default) or also in plaintext.
+    before MAIL; auth_require_tls: offer AUTH only inside TLS (aiosmtpd's default) or also in plaintext;
+    data_reply: answer the final dot with this instead of 250 (the message is still recorded).
     r.messages (Msg), r.auths (AuthTry) and r.commands ((conn, verb, tls)) record what happened."""
 
     def __init__(self, tls: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
-                 auth_require_tls: bool = True, require_starttls: bool = False):
+                 auth_require_tls: bool = True, require_starttls: bool = False, data_reply: str | None = None):
         self.port = free_port()
+        self.data_reply = data_reply
         self.messages: list[Msg] = []
         self.auths: list[AuthTry] = []
         self.commands: list[tuple[int, str, bool]] = []
@@ -337,6 +341,57 @@ def test_opportunistic_falls_back_to_plaintext_after_a_failed_handshake(tern, ce
         assert not any(c == starttls[0][0] for c, v, _ in remote.verbs("MAIL")), (
             f"nothing may continue on the connection whose handshake failed: {remote.commands}")
         wait_gone(srv, qid)
+
+
+def test_fallback_logs_a_warning_with_the_handshake_error(tern, certs):
+    """Issue 17 item 4: a failed opportunistic handshake followed by a cleartext retry is a warning naming the
+    handshake error; the attempt's log line says it went in cleartext."""
+    with TlsRemote(tls=unusable_context(certs.good)) as remote:
+        srv = tls_srv(tern, {"remote.test": route(remote.port, "opportunistic")})
+        qid = send(srv, "fallback warning")
+        remote.wait_messages(1, srv=srv)
+        wait_gone(srv, qid)
+        lines = srv.log().splitlines()
+        warn = [l for l in lines if "TLS handshake failed" in l]
+        assert len(warn) == 1, f"one warning for the one fallback:\n{log_tail(srv)}"
+        assert "WARN" in warn[0] and "error=" in warn[0] and "127.0.0.1" in warn[0], warn[0]
+        # The error itself, not just the fact: rustls names what went wrong with the handshake.
+        error = warn[0].split("error=", 1)[1]
+        assert "tls" in error.lower() or "handshake" in error.lower() or "alert" in error.lower(), warn[0]
+        attempt = [l for l in lines if "delivery attempt" in l and qid in l]
+        assert attempt and "tls=cleartext" in attempt[-1], f"{attempt}\n{log_tail(srv)}"
+
+
+def test_the_tls_outcome_of_an_attempt_is_logged_and_shown(tern, certs):
+    """Every attempt records what protected it: opportunistic TLS is encrypted but unverified (RFC 7435)."""
+    reply = "451 4.3.0 come back later (scripted)"
+    with TlsRemote(tls=server_context(certs.self_signed), data_reply=reply) as remote:
+        srv = tls_srv(tern, {"remote.test": route(remote.port, "opportunistic")})
+        qid = send(srv, "tls outcome")
+        deferred(srv, qid, "451 4.3.0")
+        shown = queue_show(srv, qid)
+        att = shown["attempts"][-1]
+        tls = att["tls"]
+        assert tls["mode"] == "tls" and tls["verified"] is False, att
+        assert tls["version"] in ("TLSv1_3", "TLSv1_2") and tls["cipher"].startswith("TLS"), att
+        # The remote's reply, exactly, with where it came from.
+        assert att["reply"] == reply, att
+        detail = att["reply_detail"]
+        assert detail["remote_host"] == "127.0.0.1" and detail["stage"] == "data-end", detail
+        token = f"tls={tls['version']}/{tls['cipher']}/unverified"
+        text = tern_queue(srv, "show", qid).stdout.decode()
+        assert token in text, text
+        assert any("delivery attempt" in l and token in l for l in srv.log().splitlines()), log_tail(srv)
+
+
+def test_required_tls_records_a_verified_certificate(tern, certs):
+    reply = "451 4.3.0 come back later (scripted)"
+    with TlsRemote(tls=server_context(certs.good), require_starttls=True, data_reply=reply) as remote:
+        srv = tls_srv(tern, {"remote.test": route(remote.port, "required", ca_file=certs.ca)})
+        qid = send(srv, "verified outcome")
+        deferred(srv, qid, "451 4.3.0")
+        tls = queue_show(srv, qid)["attempts"][-1]["tls"]
+        assert tls["mode"] == "tls" and tls["verified"] is True, tls
 
 
 def test_none_never_starttls_although_offered(tern, certs):

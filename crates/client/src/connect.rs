@@ -81,7 +81,9 @@ pub async fn connect(
                     &format!("<TLS failed ({reason}); reconnecting without TLS>"),
                 );
             }
-            attempt(addr, opts, None, TlsMode::None).await
+            let mut session = attempt(addr, opts, None, TlsMode::None).await?;
+            session.tls_fallback = Some(reason);
+            Ok(session)
         }
         other => other,
     }

@@ -27,7 +27,7 @@ pub use connect::{connect, connect_tcp, ConnectOptions};
 pub use envelope::{Envelope, MessageTraits};
 pub use error::{ClientError, Stage};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
-pub use session::{address_literal, HeloName, Session, SessionOptions};
+pub use session::{address_literal, HeloName, NegotiatedTls, Session, SessionOptions};
 pub use tern_proto::sasl::Credentials;
 pub use timeouts::Timeouts;
 pub use tls::{load_ca_file, CaFileError, TlsMode, TlsParams};

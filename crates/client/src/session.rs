@@ -112,6 +112,22 @@ pub struct Session<S> {
     /// The connection's local address, for [`HeloName::LocalAddress`].
     local_addr: Option<SocketAddr>,
     buf: Vec<u8>,
+    /// What the TLS handshake negotiated; None while the session is in the clear.
+    tls: Option<NegotiatedTls>,
+    /// Why TLS was given up for this session (set by [`crate::connect`]).
+    pub(crate) tls_fallback: Option<String>,
+}
+
+/// What a session's TLS handshake negotiated (RFC 8446 / 5246 names as rustls spells them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedTls {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+    /// `TLS13_AES_256_GCM_SHA384`, ...
+    pub cipher: String,
+    /// The server certificate's chain and name were verified (false under opportunistic
+    /// TLS, RFC 7435, where any certificate is accepted).
+    pub verified: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -126,6 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             progress: None,
             local_addr: None,
             buf: vec![0; 16 * 1024],
+            tls: None,
+            tls_fallback: None,
         }
     }
 
@@ -150,6 +168,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
+    }
+
+    /// What TLS negotiated on this connection; `None`: cleartext.
+    pub fn tls(&self) -> Option<&NegotiatedTls> {
+        self.tls.as_ref().filter(|_| self.stream.is_tls())
+    }
+
+    /// The handshake error of a failed opportunistic STARTTLS, when this session is the
+    /// cleartext retry that followed it (RFC 7435: deliver in the clear rather than not at all).
+    pub fn tls_fallback(&self) -> Option<&str> {
+        self.tls_fallback.as_deref()
     }
 
     /// False once the connection can carry no more commands (error, timeout, 421).
@@ -333,6 +362,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let handshake = connector.connect(params.server_name.clone(), plain);
         match tokio::time::timeout(self.opts.timeouts.connect, handshake).await {
             Ok(Ok(tls)) => {
+                let conn = tls.get_ref().1;
+                self.tls = Some(NegotiatedTls {
+                    version: conn
+                        .protocol_version()
+                        .map_or_else(|| "unknown".to_string(), |v| format!("{v:?}")),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .map_or_else(|| "unknown".to_string(), |c| format!("{:?}", c.suite())),
+                    verified: params.verify,
+                });
                 self.stream = MaybeTls::Tls(Box::new(tls));
                 Ok(())
             }

@@ -32,6 +32,8 @@ pub enum TlsMode {
 pub struct TlsParams {
     pub(crate) config: Arc<rustls::ClientConfig>,
     pub(crate) server_name: ServerName<'static>,
+    /// The certificate is verified: a completed handshake proves chain and name.
+    pub(crate) verify: bool,
 }
 
 impl std::fmt::Debug for TlsParams {
@@ -76,6 +78,7 @@ impl TlsParams {
         Ok(TlsParams {
             config: Arc::new(config),
             server_name,
+            verify,
         })
     }
 }

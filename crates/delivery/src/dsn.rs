@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tern_proto::{rfc5322_date, HeaderSection};
+use tern_queue::StoredReply;
 
 /// What happened to a recipient (RFC 3464 2.3.3; tern never reports delivered/relayed/expanded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,14 +44,11 @@ pub struct RecipientReport {
     /// The address as the client gave it, when it differs (RFC 3464 Original-Recipient).
     pub original_recipient: Option<String>,
     pub action: Action,
-    /// The reply that decided the outcome, starting with its 3-digit code: a remote server's
-    /// ("550 5.1.1 no such user") or one tern wrote for a local reason ("554 5.4.6 mail loop").
-    pub reply: String,
-    /// The server that gave `reply`, if one was reached (RFC 3464 Remote-MTA).
-    pub remote_mta: Option<String>,
-    /// `reply` came from the remote server over SMTP: it becomes `Diagnostic-Code: smtp; ...`.
-    /// A reply tern made up itself is only in the text and the Status field.
-    pub remote_reply: bool,
+    /// The reply that decided the outcome: a remote server's ("550 5.1.1 no such user", with
+    /// the host that gave it) or one tern decided on ("554 5.4.6 mail loop", no host). A remote
+    /// reply becomes `Diagnostic-Code: smtp; <the reply>` and its host `Remote-MTA: dns;
+    /// <host name>` (RFC 3464 2.3.5, 2.3.6); tern's own is only in the text and the Status.
+    pub reply: StoredReply,
     pub last_attempt: Option<SystemTime>,
     /// For delayed recipients: when the queue gives up (RFC 3464 Will-Retry-Until).
     pub will_retry_until: Option<SystemTime>,
@@ -179,45 +177,18 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
     out
 }
 
-/// The RFC 3463 status for a recipient: the enhanced code at the start of the reply text when
-/// there is one that agrees with the basic code ("550 5.1.1 ..." -> "5.1.1"), else the generic
-/// code of the reply's class (5xx -> 5.0.0, 4xx -> 4.0.0), else the action's (a reply without a
-/// usable code: failed -> 5.0.0, delayed -> 4.0.0).
-pub fn status_code(reply: &str, action: Action) -> String {
-    let fallback = match action {
-        Action::Failed => "5.0.0",
-        Action::Delayed => "4.0.0",
-    };
-    let b = reply.as_bytes();
-    if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
-        return fallback.to_string();
+/// The RFC 3463 status for a recipient: the reply's enhanced code when it agrees with the
+/// reply code ("550 5.1.1 ..." -> "5.1.1"), else the generic code of the reply's class (5xx ->
+/// 5.0.0, 4xx -> 4.0.0), else the action's (a reply of another class: failed -> 5.0.0,
+/// delayed -> 4.0.0). Read from the typed reply, never from its text.
+pub fn status_code(reply: &StoredReply, action: Action) -> String {
+    match reply.code() / 100 {
+        4 | 5 => reply.status().to_string(),
+        _ => match action {
+            Action::Failed => "5.0.0".to_string(),
+            Action::Delayed => "4.0.0".to_string(),
+        },
     }
-    let class = b[0];
-    let rest = &reply[3..];
-    // "550 5.1.1 text" or the last line of a multi-line reply written as "550-5.1.1 text".
-    let rest = rest.strip_prefix([' ', '-']).unwrap_or(rest);
-    let token = rest.split([' ', '\t']).next().unwrap_or("");
-    if let Some(code) = parse_enhanced(token) {
-        if code.as_bytes()[0] == class {
-            return code.to_string();
-        }
-    }
-    match class {
-        b'5' => "5.0.0".to_string(),
-        b'4' => "4.0.0".to_string(),
-        _ => fallback.to_string(),
-    }
-}
-
-/// `class "." subject "." detail`, class 2, 4 or 5, subject and detail 1-3 digits (RFC 3463 2).
-fn parse_enhanced(token: &str) -> Option<&str> {
-    let mut it = token.split('.');
-    let (class, subject, detail) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || !matches!(class, "2" | "4" | "5") {
-        return None;
-    }
-    let digits = |s: &str| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(subject) && digits(detail)).then_some(token)
 }
 
 fn human_text(report: &Report<'_>, failed: bool) -> String {
@@ -266,12 +237,9 @@ fn human_text(report: &Report<'_>, failed: bool) -> String {
         if let Some(o) = &r.original_recipient {
             let _ = write!(who, " (originally <{}>)", clean(o));
         }
-        match &r.remote_mta {
-            Some(mta) if r.remote_reply => {
-                let _ = write!(who, ": host {} said:", clean(mta));
-            }
+        match r.reply.remote_host() {
             Some(mta) => {
-                let _ = write!(who, " (last host tried: {}):", clean(mta));
+                let _ = write!(who, ": host {} said:", clean(mta));
             }
             None => who.push(':'),
         }
@@ -279,7 +247,7 @@ fn human_text(report: &Report<'_>, failed: bool) -> String {
             t.push_str(&line);
             t.push_str("\r\n");
         }
-        for line in wrap(&diagnostic(&r.reply), "    ", "    ") {
+        for line in wrap(&diagnostic(&r.reply.to_string()), "    ", "    ") {
             t.push_str(&line);
             t.push_str("\r\n");
         }
@@ -309,13 +277,11 @@ fn delivery_status(report: &Report<'_>, global: bool) -> String {
         ));
         let _ = write!(s, "Action: {}\r\n", r.action.as_str());
         let _ = write!(s, "Status: {}\r\n", status_code(&r.reply, r.action));
-        if let Some(mta) = &r.remote_mta {
+        if let Some(mta) = r.reply.remote_host() {
             s.push_str(&fold_field("Remote-MTA", &format!("dns; {}", clean(mta))));
-        }
-        if r.remote_reply {
             s.push_str(&fold_field(
                 "Diagnostic-Code",
-                &format!("smtp; {}", diagnostic(&r.reply)),
+                &format!("smtp; {}", diagnostic(&r.reply.to_string())),
             ));
         }
         if let Some(t) = r.last_attempt {
@@ -481,6 +447,8 @@ mod tests {
     use super::*;
     use mail_parser::{MessageParser, MimeHeaders, PartType};
     use std::time::Duration;
+    use tern_proto::EnhancedCode;
+    use tern_queue::{Remote, Stage};
 
     const ORIGINAL: &[u8] = b"Received: from client.test ([127.0.0.1])\r\n\tby mx.tern.test (tern) with ESMTP\r\n\tid 1;\r\n\tSat, 28 Nov 2026 10:00:00 +0000\r\nFrom: <alice@tern.test>\r\nTo: <bob@remote.test>\r\nSubject: lunch?\r\nMessage-ID: <m1@tern.test>\r\n\r\nSecret body text.\r\n";
 
@@ -493,11 +461,27 @@ mod tests {
             final_recipient: addr.into(),
             original_recipient: None,
             action: Action::Failed,
-            reply: reply.into(),
-            remote_mta: mta.map(Into::into),
-            remote_reply: mta.is_some(),
+            reply: stored(reply, mta),
             last_attempt: Some(t(1_800_000_100)),
             will_retry_until: None,
+        }
+    }
+
+    /// A reply as the queue stores it; from `mta` when given.
+    fn stored(reply: &str, mta: Option<&str>) -> StoredReply {
+        let r = StoredReply::from_legacy(reply);
+        match mta {
+            Some(host) => StoredReply::remote(
+                r.code(),
+                r.enhanced(),
+                r.text(),
+                Remote {
+                    host: host.into(),
+                    addr: None,
+                    stage: Some(Stage::Rcpt),
+                },
+            ),
+            None => r,
         }
     }
 
@@ -540,31 +524,23 @@ mod tests {
     #[test]
     fn status_from_enhanced_code_or_basic_code() {
         let f = Action::Failed;
-        assert_eq!(status_code("550 5.1.1 no such user", f), "5.1.1");
-        assert_eq!(status_code("550-5.7.26 unauthenticated", f), "5.7.26");
-        assert_eq!(
-            status_code("554 5.4.6 mail loop: too many hops", f),
-            "5.4.6"
-        );
-        assert_eq!(
-            status_code("450 4.2.0 mailbox busy", Action::Delayed),
-            "4.2.0"
-        );
-        assert_eq!(status_code("550 no such user", f), "5.0.0");
-        assert_eq!(status_code("550", f), "5.0.0");
-        assert_eq!(status_code("421 try later", Action::Delayed), "4.0.0");
+        let sc = |reply: &str, action| status_code(&stored(reply, None), action);
+        assert_eq!(sc("550 5.1.1 no such user", f), "5.1.1");
+        assert_eq!(sc("554 5.4.6 mail loop: too many hops", f), "5.4.6");
+        assert_eq!(sc("450 4.2.0 mailbox busy", Action::Delayed), "4.2.0");
+        assert_eq!(sc("550 no such user", f), "5.0.0");
+        assert_eq!(sc("550", f), "5.0.0");
+        assert_eq!(sc("421 try later", Action::Delayed), "4.0.0");
         // Gave up after the last temporary failure: the reply's class is kept.
-        assert_eq!(status_code("451 4.4.1 connection refused", f), "4.4.1");
+        assert_eq!(sc("451 4.4.1 connection refused", f), "4.4.1");
         // An enhanced code that contradicts the basic one is not believed.
-        assert_eq!(status_code("550 4.1.1 confused", f), "5.0.0");
-        assert_eq!(status_code("550 5.1.1.1 x", f), "5.0.0");
-        assert_eq!(status_code("550 5.1111.1 x", f), "5.0.0");
-        assert_eq!(status_code("550 5.1.1", f), "5.1.1");
-        // Not a reply at all: the action decides.
-        assert_eq!(status_code("", f), "5.0.0");
-        assert_eq!(status_code("connection refused", Action::Delayed), "4.0.0");
-        assert_eq!(status_code("250 ok", f), "5.0.0");
-        assert_eq!(status_code("5é0 x", f), "5.0.0");
+        let confused = StoredReply::local(550, Some(EnhancedCode::new(4, 1, 1)), "confused");
+        assert_eq!(status_code(&confused, f), "5.0.0");
+        let long = StoredReply::local(550, Some(EnhancedCode::new(5, 7, 26)), "x");
+        assert_eq!(status_code(&long, f), "5.7.26");
+        // A reply of no failure class: the action decides.
+        assert_eq!(sc("250 ok", f), "5.0.0");
+        assert_eq!(sc("354 go ahead", Action::Delayed), "4.0.0");
     }
 
     #[test]

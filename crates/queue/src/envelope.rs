@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::id::QueueId;
+use crate::outcome::{StoredReply, TlsOutcome};
 
 /// How many delivery attempts an envelope remembers; older ones are dropped first, so a message
 /// retried for days does not grow its envelope without bound.
@@ -56,7 +57,8 @@ pub struct Recipient {
     pub status: RecipientStatus,
 }
 
-/// Where one recipient stands. Stored as `{"state": "deferred", ...}`.
+/// Where one recipient stands. Stored as `{"state": "deferred", ...}`; a reply is a
+/// [`StoredReply`] object, or a plain string in an entry written by an older tern.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RecipientStatus {
@@ -65,7 +67,7 @@ pub enum RecipientStatus {
     /// Tried and got a temporary failure (4xx, timeout, DNS SERVFAIL); try again later.
     Deferred {
         attempts: u32,
-        last_reply: String,
+        last_reply: StoredReply,
         #[serde(with = "crate::time_format")]
         next_attempt: SystemTime,
     },
@@ -73,13 +75,13 @@ pub enum RecipientStatus {
     Delivered {
         #[serde(with = "crate::time_format")]
         at: SystemTime,
-        reply: String,
+        reply: StoredReply,
     },
     /// Permanent failure (5xx, or gave up after the maximum queue lifetime).
     Failed {
         #[serde(with = "crate::time_format")]
         at: SystemTime,
-        reply: String,
+        reply: StoredReply,
     },
 }
 
@@ -120,7 +122,11 @@ pub struct Attempt {
     /// The MX host tried, if any (none for local delivery or a DNS failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    pub reply: String,
+    pub reply: StoredReply,
+    /// How the connection of this attempt was protected; `None` when no session was set up
+    /// (DNS failure, connection refused, local decision) or in an entry from an older tern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsOutcome>,
 }
 
 impl Envelope {
@@ -192,7 +198,7 @@ pub(crate) mod tests {
                     original: None,
                     status: RecipientStatus::Deferred {
                         attempts: 2,
-                        last_reply: "451 4.7.1 greylisted".into(),
+                        last_reply: StoredReply::from_legacy("451 4.7.1 greylisted"),
                         next_attempt: t + Duration::from_secs(600),
                     },
                 },
@@ -201,7 +207,7 @@ pub(crate) mod tests {
                     original: None,
                     status: RecipientStatus::Delivered {
                         at: t,
-                        reply: "250 2.0.0 ok".into(),
+                        reply: StoredReply::from_legacy("250 2.0.0 ok"),
                     },
                 },
                 Recipient {
@@ -209,7 +215,7 @@ pub(crate) mod tests {
                     original: None,
                     status: RecipientStatus::Failed {
                         at: t,
-                        reply: "550 5.1.1 no such user".into(),
+                        reply: StoredReply::from_legacy("550 5.1.1 no such user"),
                     },
                 },
             ],
@@ -225,7 +231,8 @@ pub(crate) mod tests {
                 at: t,
                 recipient: "carol@example.com".into(),
                 host: Some("mx.example.com".into()),
-                reply: "451 4.7.1 greylisted".into(),
+                reply: StoredReply::from_legacy("451 4.7.1 greylisted"),
+                tls: Some(TlsOutcome::Cleartext),
             }],
         }
     }
@@ -265,6 +272,48 @@ pub(crate) mod tests {
         assert!(!env.is_finished());
     }
 
+    /// An envelope exactly as tern wrote it before replies were typed: plain strings.
+    #[test]
+    fn an_envelope_with_string_replies_still_loads() {
+        let json = br#"{"id":"0123456789abcdef0123456789abcdef","sender":"a@b.test","recipients":[
+            {"address":"c@d.test","status":{"state":"deferred","attempts":2,
+             "last_reply":"451 4.4.1 host mx.d.test[192.0.2.1]: connect: Connection refused",
+             "next_attempt":"2024-01-01T00:10:00.000000000Z"}},
+            {"address":"e@d.test","status":{"state":"failed","at":"2024-01-01T00:05:00Z",
+             "reply":"550 5.1.1 no such user (host mx.d.test[192.0.2.1], in reply to RCPT TO)"}},
+            {"address":"f@d.test","status":{"state":"delivered","at":"2024-01-01T00:05:00Z",
+             "reply":"250 2.0.0 ok (host mx.d.test[192.0.2.1])"}}],
+            "received_at":"2024-01-01T00:00:00Z","size":3,
+            "attempts_log":[{"at":"2024-01-01T00:05:00Z","recipient":"e@d.test","host":"mx.d.test",
+             "reply":"550 5.1.1 no such user (host mx.d.test[192.0.2.1], in reply to RCPT TO)"}]}"#;
+        let env = Envelope::from_json(json).unwrap();
+        let RecipientStatus::Deferred { last_reply, .. } = &env.recipients[0].status else {
+            panic!("{:?}", env.recipients[0]);
+        };
+        assert_eq!(last_reply.code(), 451);
+        assert_eq!(
+            last_reply.enhanced().map(|e| e.to_string()).as_deref(),
+            Some("4.4.1")
+        );
+        assert_eq!(
+            last_reply.to_string(),
+            "451 4.4.1 host mx.d.test[192.0.2.1]: connect: Connection refused"
+        );
+        let RecipientStatus::Failed { reply, .. } = &env.recipients[1].status else {
+            panic!("{:?}", env.recipients[1]);
+        };
+        assert_eq!(reply.code(), 550);
+        assert_eq!(
+            reply.origin(),
+            None,
+            "where an old reply came from is unknown"
+        );
+        assert_eq!(env.attempts_log[0].reply, *reply);
+        assert_eq!(env.attempts_log[0].tls, None);
+        // Written back in the new form, it reads the same.
+        assert_eq!(Envelope::from_json(&env.to_json().unwrap()).unwrap(), env);
+    }
+
     #[test]
     fn a_bad_id_in_the_json_is_rejected() {
         let json = br#"{"id":"../../etc","sender":null,"recipients":[],"received_at":"2024-01-01T00:00:00Z","size":0}"#;
@@ -279,7 +328,8 @@ pub(crate) mod tests {
                 at: UNIX_EPOCH,
                 recipient: format!("r{i}"),
                 host: None,
-                reply: String::new(),
+                reply: StoredReply::from_legacy(""),
+                tls: None,
             });
         }
         assert_eq!(env.attempts_log.len(), MAX_ATTEMPTS_LOG);
@@ -298,7 +348,7 @@ pub(crate) mod tests {
             if !r.status.is_final() {
                 r.status = RecipientStatus::Failed {
                     at: UNIX_EPOCH,
-                    reply: "gave up".into(),
+                    reply: StoredReply::from_legacy("gave up"),
                 };
             }
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fault;
 pub mod fs_store;
 pub mod id;
+pub mod outcome;
 pub mod store;
 pub mod time_format;
 
@@ -17,4 +18,5 @@ pub use error::StoreError;
 pub use fault::{FailAt, FaultPoint, Faults, NoFaults};
 pub use fs_store::FsStore;
 pub use id::{InvalidQueueId, QueueId};
+pub use outcome::{RcptClass, RcptOutcome, Remote, Stage, StoredReply, TlsOutcome};
 pub use store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};

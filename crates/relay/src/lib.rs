@@ -7,7 +7,9 @@
 //!   destination, attempt each group, record every outcome;
 //! - [`route`] finds a destination's next hops, [`connector`] talks SMTP through pooled
 //!   connections under the concurrency limits, [`backoff`] says when to retry;
-//! - [`notify`] fails recipients and tells the sender (bounces, delay notices).
+//! - [`notify`] fails recipients and tells the sender (bounces, delay notices);
+//! - [`status`] is every status tern records on its own, and the one conversion of a client
+//!   outcome into a stored per-recipient outcome.
 //!
 //! Storage stays behind [`tern_queue::QueueStore`]: nothing here knows the spool's files.
 
@@ -17,5 +19,6 @@ pub mod notify;
 pub mod round;
 pub mod route;
 pub mod scheduler;
+pub mod status;
 
 pub use scheduler::{spawn, Workers};

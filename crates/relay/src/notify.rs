@@ -24,7 +24,7 @@ use tern_delivery::dsn::{self, Action, RecipientReport, Report};
 use tern_delivery::router::{self, RcptDecision, Target};
 use tern_delivery::LocalDelivery;
 use tern_proto::{Address, ForwardPath};
-use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus};
+use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoredReply};
 
 /// What a round or `tern queue bounce` needs to send notifications.
 pub struct Notifier {
@@ -47,7 +47,7 @@ impl Notifier {
     pub fn fail(
         &self,
         env: &mut Envelope,
-        failures: &[(String, String)],
+        failures: &[(String, StoredReply)],
         message: &[u8],
     ) -> io::Result<()> {
         if failures.is_empty() {
@@ -241,26 +241,17 @@ fn recipient_reports(
             }
         };
         let latest = env.attempts_log.iter().rev().find(|a| a.recipient == *addr);
-        // The host that gave the reply being reported (RFC 3464 Remote-MTA: the MTA that
-        // reported the status); none when tern decided on its own (the administrator's bounce,
-        // a loop, the queue's lifetime ending after a different reply).
-        let remote = env
-            .attempts_log
-            .iter()
-            .rev()
-            .find(|a| a.recipient == *addr && a.host.is_some())
-            .filter(|a| a.reply == reply)
-            .and_then(|a| a.host.clone());
         let action = match kind {
             DsnKind::Failed => Action::Failed,
             DsnKind::Delayed => Action::Delayed,
         };
+        // RFC 3464 Remote-MTA / Diagnostic-Code come from the reply's own origin: a remote
+        // host's reply names that host; a status tern decided on (the administrator's bounce,
+        // a loop, the queue's lifetime ending) names none.
         out.push(RecipientReport {
             final_recipient: r.address.clone(),
             original_recipient: r.original.clone(),
             action,
-            remote_reply: remote.is_some(),
-            remote_mta: remote,
             reply,
             last_attempt: latest.map(|a| a.at).or(at),
             will_retry_until: (action == Action::Delayed)
@@ -372,6 +363,20 @@ mod tests {
         )
     }
 
+    /// bob's failure, as the relay stores a remote reply.
+    fn from_mx2() -> StoredReply {
+        StoredReply::remote(
+            550,
+            Some(tern_proto::EnhancedCode::new(5, 1, 1)),
+            "no such user",
+            tern_queue::Remote {
+                host: "mx2.remote.test".into(),
+                addr: Some("192.0.2.2".parse().unwrap()),
+                stage: Some(tern_queue::Stage::Rcpt),
+            },
+        )
+    }
+
     fn envelope(sender: Option<&str>) -> Envelope {
         let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         Envelope {
@@ -383,7 +388,7 @@ mod tests {
                     original: Some("Bob@Remote.test".into()),
                     status: RecipientStatus::Failed {
                         at: t + Duration::from_secs(60),
-                        reply: "550 5.1.1 no such user".into(),
+                        reply: from_mx2(),
                     },
                 },
                 Recipient {
@@ -391,7 +396,7 @@ mod tests {
                     original: None,
                     status: RecipientStatus::Deferred {
                         attempts: 2,
-                        last_reply: "451 4.4.1 connection refused".into(),
+                        last_reply: StoredReply::from_legacy("451 4.4.1 connection refused"),
                         next_attempt: t + Duration::from_secs(600),
                     },
                 },
@@ -414,13 +419,15 @@ mod tests {
                     at: t + Duration::from_secs(30),
                     recipient: "bob@remote.test".into(),
                     host: Some("mx1.remote.test".into()),
-                    reply: "451 4.3.0 try later".into(),
+                    reply: StoredReply::from_legacy("451 4.3.0 try later"),
+                    tls: None,
                 },
                 Attempt {
                     at: t + Duration::from_secs(60),
                     recipient: "bob@remote.test".into(),
                     host: Some("mx2.remote.test".into()),
-                    reply: "550 5.1.1 no such user".into(),
+                    reply: from_mx2(),
+                    tls: None,
                 },
             ],
         }
@@ -484,7 +491,7 @@ mod tests {
         assert!(s.contains("\r\nTo: <sender@elsewhere.test>\r\n"), "{s}");
         assert!(s.contains("\r\nSubject: Undelivered Mail Returned to Sender\r\n"));
         assert!(s.contains(&format!("\r\nX-Queue-ID: {}\r\n", env.id)));
-        // Remote-MTA: the latest attempt with a host; the reply came from it.
+        // Remote-MTA: the host NAME the reply came from; Diagnostic-Code: exactly its reply.
         assert!(
             s.contains("\r\nRemote-MTA: dns; mx2.remote.test\r\n"),
             "{s}"
@@ -506,7 +513,7 @@ mod tests {
         let mut env = envelope(Some("alice@tern.test"));
         env.recipients[0].status = RecipientStatus::Failed {
             at: env.received_at,
-            reply: "554 5.0.0 bounced by the administrator".into(),
+            reply: crate::status::admin_bounce(),
         };
         emit(
             &cfg,

@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tern_config::Config;
-use tern_queue::{Attempt, Envelope, QueueId, QueueLock, QueueStore, RecipientStatus};
+use tern_queue::{
+    Attempt, Envelope, QueueId, QueueLock, QueueStore, RcptClass, RcptOutcome, RecipientStatus,
+    StoredReply, TlsOutcome,
+};
 
 use crate::backoff;
-use crate::connector::{Connector, RcptResult};
+use crate::connector::Connector;
 use crate::notify::{DsnKind, Notifier};
 use crate::route;
+use crate::status;
 
 /// How soon to retry when the bounce itself could not be stored (disk full, say): the failed
 /// recipients go back to deferred so the failure is reported later instead of lost.
@@ -86,17 +90,16 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
         return After::of(&env);
     }
 
-    let mut results: Vec<(usize, Option<String>, RcptResult)> = Vec::with_capacity(due.len());
+    // (recipient index, host talked to, TLS outcome of the session, outcome)
+    type RoundRow = (usize, Option<String>, Option<TlsOutcome>, RcptOutcome);
+    let mut results: Vec<RoundRow> = Vec::with_capacity(due.len());
     let received = tern_proto::message::HeaderSection::find(&message).received_count();
     if received > ctx.cfg.queue.max_received_headers {
         // RFC 5321 6.3: a message that has passed this many hosts is looping.
-        let text = format!(
-            "554 5.4.6 mail loop: the message has {received} Received headers (limit {})",
-            ctx.cfg.queue.max_received_headers
-        );
+        let reply = status::received_loop(received, ctx.cfg.queue.max_received_headers);
         results.extend(
             due.iter()
-                .map(|&i| (i, None, RcptResult::Failed(text.clone()))),
+                .map(|&i| (i, None, None, RcptOutcome::failed(reply.clone()))),
         );
     } else {
         let mut groups: BTreeMap<String, (route::Destination, Vec<usize>)> = BTreeMap::new();
@@ -129,7 +132,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
         });
         for (idx, attempt) in futures_join_all(attempts).await {
             for (i, r) in idx.into_iter().zip(attempt.results) {
-                results.push((i, attempt.host.clone(), r));
+                results.push((i, attempt.host.clone(), attempt.tls.clone(), r));
             }
         }
     }
@@ -138,34 +141,31 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
     let expires = env.received_at + ctx.cfg.queue.max_age;
     // (address, reply) of the recipients that failed in this round: marked failed by the
     // notifier together with their bounce.
-    let mut failed_now: Vec<(String, String)> = Vec::new();
-    for (i, host, result) in results {
+    let mut failed_now: Vec<(String, StoredReply)> = Vec::new();
+    for (i, host, tls, outcome) in results {
         let rcpt = &mut env.recipients[i];
-        let (status, text) = match result {
-            RcptResult::Delivered(t) => (
-                RecipientStatus::Delivered {
-                    at: now,
-                    reply: t.clone(),
-                },
-                t,
-            ),
-            RcptResult::Failed(t) => {
-                failed_now.push((rcpt.address.clone(), t.clone()));
-                let status = RecipientStatus::Failed {
-                    at: now,
-                    reply: t.clone(),
-                };
-                (status, t)
-            }
-            RcptResult::Deferred(t) if now >= expires => {
-                let age = humantime::format_duration(ctx.cfg.queue.max_age);
-                let reply = format!(
-                    "451 4.4.7 gave up after {age} in the queue (queue.max_age); last error: {t}"
-                );
+        let reply = outcome.reply;
+        let status = match outcome.class {
+            RcptClass::Delivered => RecipientStatus::Delivered {
+                at: now,
+                reply: reply.clone(),
+            },
+            RcptClass::Failed => {
                 failed_now.push((rcpt.address.clone(), reply.clone()));
-                (RecipientStatus::Failed { at: now, reply }, t)
+                RecipientStatus::Failed {
+                    at: now,
+                    reply: reply.clone(),
+                }
             }
-            RcptResult::Deferred(t) => {
+            RcptClass::Deferred if now >= expires => {
+                let gave_up = status::gave_up(ctx.cfg.queue.max_age, &reply);
+                failed_now.push((rcpt.address.clone(), gave_up.clone()));
+                RecipientStatus::Failed {
+                    at: now,
+                    reply: gave_up,
+                }
+            }
+            RcptClass::Deferred => {
                 let attempts = match &rcpt.status {
                     RecipientStatus::Deferred { attempts, .. } => attempts + 1,
                     _ => 1,
@@ -177,20 +177,20 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
                     attempts,
                     &mut rand::rng(),
                 );
-                let status = RecipientStatus::Deferred {
+                RecipientStatus::Deferred {
                     attempts,
-                    last_reply: t.clone(),
+                    last_reply: reply.clone(),
                     next_attempt: next,
-                };
-                (status, t)
+                }
             }
         };
         tracing::info!(
             id = %env.id,
             to = %rcpt.address,
             relay = host.as_deref().unwrap_or("none"),
+            tls = %tls.as_ref().map_or_else(|| "none".to_string(), ToString::to_string),
             status = status.name(),
-            reply = %text,
+            reply = %reply,
             "relay: delivery attempt"
         );
         // A failure is recorded by the notifier, together with its bounce.
@@ -202,7 +202,8 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
             at: now,
             recipient,
             host,
-            reply: text,
+            reply,
+            tls,
         });
     }
 
@@ -239,7 +240,7 @@ fn record(
     ctx: &Context,
     lock: QueueLock,
     mut env: Envelope,
-    failed_now: &[(String, String)],
+    failed_now: &[(String, StoredReply)],
     warn_delay: bool,
     message: &[u8],
 ) -> io::Result<After> {
@@ -352,7 +353,7 @@ mod tests {
         assert!(is_due(&RecipientStatus::Pending, now));
         let deferred = |t| RecipientStatus::Deferred {
             attempts: 1,
-            last_reply: String::new(),
+            last_reply: StoredReply::from_legacy("451 4.0.0 x"),
             next_attempt: t,
         };
         assert!(is_due(&deferred(now), now));
@@ -360,7 +361,7 @@ mod tests {
         assert!(!is_due(
             &RecipientStatus::Failed {
                 at: now,
-                reply: String::new()
+                reply: StoredReply::from_legacy("550 5.0.0 x")
             },
             now
         ));

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tern_config::{Config, RouteAuth, TlsPolicy};
-use tern_dns::{host_targets, mx_targets, Myself, Resolver, TargetError};
+use tern_dns::{host_targets, mx_targets, Myself, Resolver};
+use tern_queue::RcptOutcome;
+
+use crate::status;
 
 /// One deadline for all the DNS work of finding a destination's hops.
 const ROUTE_DNS_DEADLINE: Duration = Duration::from_secs(30);
@@ -35,29 +38,9 @@ pub enum DestinationKind {
 /// One address to connect to, with the name TLS and logs know it by.
 pub type Hop = tern_dns::Target;
 
-/// Why no hop could be found; `reply` is stored in the recipient's status as it would be for an
-/// SMTP reply (code, enhanced code, text), so bounces quote it like any other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteFailure {
-    pub reply: String,
-    pub permanent: bool,
-}
-
-impl RouteFailure {
-    fn permanent(reply: String) -> Self {
-        Self {
-            reply,
-            permanent: true,
-        }
-    }
-
-    fn temporary(reply: String) -> Self {
-        Self {
-            reply,
-            permanent: false,
-        }
-    }
-}
+/// Why no hop could be found: a recipient outcome like any other (deferred or failed, with
+/// tern's own status from [`crate::status`]), so bounces quote it like any other.
+pub type RouteFailure = RcptOutcome;
 
 /// The destination of `domain` (lower case): static, no I/O.
 pub fn destination(cfg: &Config, domain: &str) -> Destination {
@@ -124,23 +107,14 @@ pub async fn hops(
             .await
         }
     };
-    found.map_err(|e| failure(&e))
-}
-
-fn failure(e: &TargetError) -> RouteFailure {
-    let (code, enhanced) = e.status();
-    let reply = format!("{code} {enhanced} {e}");
-    if e.is_permanent() {
-        RouteFailure::permanent(reply)
-    } else {
-        RouteFailure::temporary(reply)
-    }
+    found.map_err(|e| status::target_failure(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tern_dns::StaticResolver;
+    use tern_queue::RcptClass;
 
     fn cfg(extra: &str) -> Config {
         let text = format!(
@@ -225,8 +199,12 @@ mod tests {
         let c = cfg("");
         let r = StaticResolver::new().mx("x.test", 0, "");
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.permanent);
-        assert!(e.reply.starts_with("556 5.1.10 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Failed);
+        assert!(
+            e.reply.to_string().starts_with("556 5.1.10 "),
+            "{}",
+            e.reply
+        );
     }
 
     #[test]
@@ -236,8 +214,8 @@ mod tests {
             .mx("x.test", 10, "MX.self.test")
             .ip("mx.self.test", "127.0.0.1".parse().unwrap());
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.permanent);
-        assert!(e.reply.starts_with("554 5.4.6 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Failed);
+        assert!(e.reply.to_string().starts_with("554 5.4.6 "), "{}", e.reply);
     }
 
     #[test]
@@ -262,7 +240,7 @@ mod tests {
             .mx("x.test", 10, "other.x.test")
             .ip("other.x.test", "127.0.0.1".parse().unwrap());
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(e.reply.starts_with("554 5.4.6"), "{}", e.reply);
+        assert!(e.reply.to_string().starts_with("554 5.4.6"), "{}", e.reply);
     }
 
     #[test]
@@ -270,7 +248,7 @@ mod tests {
         let c = cfg("");
         let r = StaticResolver::new().servfail("x.test");
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
-        assert!(!e.permanent);
-        assert!(e.reply.starts_with("451 4.4.3 "), "{}", e.reply);
+        assert_eq!(e.class, RcptClass::Deferred);
+        assert!(e.reply.to_string().starts_with("451 4.4.3 "), "{}", e.reply);
     }
 }

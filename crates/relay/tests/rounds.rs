@@ -147,7 +147,19 @@ async fn a_451_at_rcpt_defers_within_the_retry_window() {
         reply.starts_with("451 4.7.1 greylisted, come back later"),
         "{reply}"
     );
-    assert!(reply.contains("RCPT TO"), "names the stage: {reply}");
+    // The remote reply is stored as sent (no trailer); where it came from is in typed fields.
+    let RecipientStatus::Deferred { last_reply, .. } = status(&env, "bob@remote.test") else {
+        unreachable!()
+    };
+    let origin = last_reply
+        .origin()
+        .expect("a remote reply names its origin");
+    assert_eq!(origin.stage, Some(tern_queue::Stage::Rcpt), "{origin:?}");
+    assert_eq!(
+        origin.addr,
+        Some("127.0.0.1".parse().unwrap()),
+        "{origin:?}"
+    );
     // 7 minutes ±10 % jitter (backoff.rs), counted from some time during the round.
     let step = Duration::from_secs(7 * 60);
     assert!(

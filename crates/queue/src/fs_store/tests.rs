@@ -4,6 +4,7 @@ use super::*;
 use crate::envelope::tests::sample;
 use crate::envelope::RecipientStatus;
 use crate::fault::FailAt;
+use crate::outcome::StoredReply;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc;
 use std::time::UNIX_EPOCH;
@@ -71,7 +72,7 @@ fn commit_load_update_remove_round_trip() {
     let lock = store.lock(&env.id).unwrap().unwrap();
     env.recipients[0].status = RecipientStatus::Delivered {
         at: UNIX_EPOCH,
-        reply: "250 ok".into(),
+        reply: StoredReply::from_legacy("250 ok"),
     };
     env.held = true;
     store.update(&lock, &env).unwrap();

@@ -463,7 +463,7 @@ pub fn envelope(sender: Option<&str>, recipients: &[&str], message: &[u8]) -> En
 pub fn deferred_until(next_attempt: SystemTime) -> RecipientStatus {
     RecipientStatus::Deferred {
         attempts: 1,
-        last_reply: "451 4.7.1 greylisted, try again later".into(),
+        last_reply: tern_queue::StoredReply::from_legacy("451 4.7.1 greylisted, try again later"),
         next_attempt,
     }
 }

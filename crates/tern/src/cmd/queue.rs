@@ -22,8 +22,11 @@ use serde_json::{json, Value};
 use tern_config::{Config, LogConfig};
 use tern_proto::HeaderSection;
 use tern_queue::time_format;
-use tern_queue::{Envelope, FsStore, QueueId, QueueLock, QueueStore, Recipient, RecipientStatus};
+use tern_queue::{
+    Envelope, FsStore, QueueId, QueueLock, QueueStore, Recipient, RecipientStatus, StoredReply,
+};
 use tern_relay::notify::Notifier;
+use tern_relay::status;
 
 use crate::logging;
 
@@ -31,9 +34,6 @@ const EX_NOINPUT: u8 = 66;
 const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
-
-/// What recipients bounced by the administrator are told (RFC 3463 5.0.0: other/undefined).
-pub const BOUNCE_REPLY: &str = "554 5.0.0 bounced by the administrator";
 
 /// Header sections longer than this are cut in `show` (the server's default limit is 1 MiB).
 const MAX_SHOWN_HEADER: usize = 1 << 20;
@@ -266,7 +266,9 @@ fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
                     "at": time_format::format(a.at),
                     "recipient": a.recipient,
                     "host": a.host,
-                    "reply": a.reply,
+                    "reply": a.reply.to_string(),
+                    "reply_detail": a.reply,
+                    "tls": a.tls,
                 })
             })
             .collect();
@@ -317,10 +319,13 @@ fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
         for a in &env.attempts_log {
             let _ = writeln!(
                 out,
-                "  {}  {}  {}  {}",
+                "  {}  {}  {}  tls={}  {}",
                 time_format::format(a.at),
                 a.recipient,
                 a.host.as_deref().unwrap_or("-"),
+                a.tls
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), ToString::to_string),
                 a.reply
             );
         }
@@ -395,20 +400,19 @@ fn entry_json(env: &Envelope, now: SystemTime) -> Value {
                     next_attempt,
                 } => (
                     u64::from(*attempts),
-                    Some(last_reply.as_str()),
+                    Some(last_reply),
                     Some(time_format::format(*next_attempt)),
                 ),
                 RecipientStatus::Delivered { reply, .. }
-                | RecipientStatus::Failed { reply, .. } => {
-                    (tried.max(1), Some(reply.as_str()), None)
-                }
+                | RecipientStatus::Failed { reply, .. } => (tried.max(1), Some(reply), None),
             };
             json!({
                 "address": r.address,
                 "original": r.original,
                 "state": r.status.name(),
                 "attempts": attempts,
-                "last_reply": last_reply,
+                "last_reply": last_reply.map(ToString::to_string),
+                "reply_detail": last_reply,
                 "next_attempt": next,
             })
         })
@@ -572,9 +576,9 @@ fn bounce_entry(cfg: &Config, id: &str) -> Result<(), Fail> {
     let store = need_store(cfg, id)?;
     let qid = parse_id(id)?;
     let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
-    let failures: Vec<(String, String)> = env
+    let failures: Vec<(String, StoredReply)> = env
         .unfinished()
-        .map(|r| (r.address.clone(), BOUNCE_REPLY.to_string()))
+        .map(|r| (r.address.clone(), status::admin_bounce()))
         .collect();
     if failures.is_empty() {
         store.remove(lock).map_err(io_fail)?;
@@ -664,7 +668,7 @@ mod tests {
             original: None,
             status: RecipientStatus::Deferred {
                 attempts: 1,
-                last_reply: "451 x".into(),
+                last_reply: StoredReply::from_legacy("451 x"),
                 next_attempt: later,
             },
         };

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tern_client::{connect, ClientError, ConnectOptions, Envelope, Session};
+use tern_client::{connect, ClientError, ConnectOptions, Envelope, Outcome, Session};
 use tern_dns::{mx_targets, Myself, Resolver, Target};
 use tern_proto::Address;
 use tokio::net::TcpStream;
 
-use super::report::{error_detail, kind, RcptResult};
+use tern_queue::RcptOutcome;
+use tern_relay::status::{self, Peer};
+
+use super::report::RcptResult;
 
 /// Messages at least this big get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN: usize = 1 << 20;
@@ -51,8 +54,8 @@ pub async fn deliver(
                     })
                     .collect(),
                 Err(e) => {
-                    let detail = format!("temporary failure: cannot resolve {host}: {e}");
-                    return fail_all(rcpts, true, detail);
+                    let reply = status::dns_temporary(&format!("cannot resolve {host}: {e}"));
+                    return fail_all(rcpts, RcptOutcome::deferred(reply));
                 }
             };
             try_targets(&targets, opts, from, rcpts, message).await
@@ -76,9 +79,7 @@ pub async fn deliver(
                     {
                         Ok(t) => t,
                         Err(e) => {
-                            let temporary = !e.is_permanent();
-                            let detail = format!("{}: {e}", kind(temporary));
-                            all.extend(fail_all(&group, temporary, detail));
+                            all.extend(fail_all(&group, status::target_failure(&e)));
                             continue;
                         }
                     };
@@ -88,12 +89,7 @@ pub async fn deliver(
         }
     };
     // Report in the order the recipients were given.
-    results.sort_by_key(|r| {
-        rcpts
-            .iter()
-            .position(|x| *x == r.rcpt)
-            .unwrap_or(usize::MAX)
-    });
+    results.sort_by_key(|r| rcpts.iter().position(|x| *x == r.0).unwrap_or(usize::MAX));
     results
 }
 
@@ -115,14 +111,13 @@ async fn try_targets(
     }
     match last {
         Some((host, e)) => {
-            let detail = error_detail(host, &e);
-            fail_all(rcpts, e.is_temporary(), detail)
+            let peer = Peer {
+                name: host,
+                addr: None,
+            };
+            fail_all(rcpts, status::rcpt_outcome(peer, Outcome::from_error(e)))
         }
-        None => fail_all(
-            rcpts,
-            true,
-            "temporary failure: no address to connect to".into(),
-        ),
+        None => fail_all(rcpts, RcptOutcome::deferred(status::no_host())),
     }
 }
 
@@ -138,8 +133,7 @@ async fn send_on(
         Err(e) => {
             return fail_all(
                 rcpts,
-                false,
-                format!("permanent failure: invalid address: {e}"),
+                RcptOutcome::failed(status::invalid_address(&e.to_string())),
             )
         }
     };
@@ -155,11 +149,15 @@ async fn send_on(
     if session.is_usable() {
         let _ = session.quit().await;
     }
+    let peer = Peer {
+        name: host,
+        addr: None,
+    };
     delivery
         .per_recipient
-        .iter()
+        .into_iter()
         .zip(rcpts)
-        .map(|((_, outcome), rcpt)| RcptResult::from_outcome(rcpt.clone(), host, outcome))
+        .map(|((_, outcome), rcpt)| (rcpt.clone(), status::rcpt_outcome(peer, outcome)))
         .collect()
 }
 
@@ -176,9 +174,6 @@ fn progress_bar(len: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
-fn fail_all(rcpts: &[String], temporary: bool, cause: String) -> Vec<RcptResult> {
-    rcpts
-        .iter()
-        .map(|r| RcptResult::failed(r.clone(), temporary, cause.clone()))
-        .collect()
+fn fail_all(rcpts: &[String], outcome: RcptOutcome) -> Vec<RcptResult> {
+    rcpts.iter().map(|r| (r.clone(), outcome.clone())).collect()
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use tern_client::OutcomeClass;
+use tern_queue::RcptClass;
 
 pub const OK: u8 = 0;
 /// EX_USAGE: bad flags, invalid address, no recipient.
@@ -21,11 +21,11 @@ pub const TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the tern config could not be loaded (sendmail mode).
 pub const CONFIG: u8 = 78;
 
-pub fn for_class(class: OutcomeClass) -> ExitCode {
+pub fn for_class(class: RcptClass) -> ExitCode {
     ExitCode::from(match class {
-        OutcomeClass::Accepted => OK,
-        OutcomeClass::Temporary => TEMPFAIL,
-        OutcomeClass::Permanent => UNAVAILABLE,
+        RcptClass::Delivered => OK,
+        RcptClass::Deferred => TEMPFAIL,
+        RcptClass::Failed => UNAVAILABLE,
     })
 }
 
