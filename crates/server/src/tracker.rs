@@ -99,9 +99,8 @@ impl Tracked for ClientEntry {
         self.seen = now;
     }
     fn stale(&self, now: Instant) -> bool {
-        !self
-            .window_start
-            .is_some_and(|t| now.duration_since(t) < WINDOW)
+        self.window_start
+            .is_none_or(|t| now.duration_since(t) >= WINDOW)
             && !self.auth.remembered(now)
     }
     fn failures(&self) -> &Failures {
