@@ -225,7 +225,7 @@ impl<S: MessageStore> Driver<S> {
                             continue;
                         };
                         // A shutdown waits neither for the hash (it finishes unobserved on its
-                        // blocking thread) nor for the failure delay.
+                        // own thread) nor for the failure delay.
                         let user = tokio::select! {
                             r = check => r.ok().flatten(),
                             _ = self.shutdown.cancelled() => {
