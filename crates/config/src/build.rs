@@ -622,7 +622,95 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             false,
             caps::DATA_TIMEOUT,
         ),
+        max_auth_checks: count(
+            v,
+            &l.max_auth_checks,
+            "limits.max_auth_checks",
+            1,
+            defaults::max_auth_checks(),
+            " (the number of CPU cores)",
+        ),
+        max_auth_failures_per_user: count(
+            v,
+            &l.max_auth_failures_per_user,
+            "limits.max_auth_failures_per_user",
+            1,
+            defaults::MAX_AUTH_FAILURES_PER_USER,
+            "",
+        ),
+        max_junk_commands: count(
+            v,
+            &l.max_junk_commands,
+            "limits.max_junk_commands",
+            0,
+            defaults::MAX_JUNK_COMMANDS,
+            "",
+        ),
+        max_session_time: duration(
+            v,
+            &l.max_session_time,
+            "limits.max_session_time",
+            defaults::MAX_SESSION_TIME,
+            false,
+            caps::MAX_SESSION_TIME,
+        ),
+        ipv6_prefix_length: small(
+            v,
+            &l.ipv6_prefix_length,
+            "limits.ipv6_prefix_length",
+            1,
+            128,
+            defaults::IPV6_PREFIX_LENGTH,
+            "; 128 counts single addresses",
+        ),
+        stress_threshold: small(
+            v,
+            &l.stress_threshold,
+            "limits.stress_threshold",
+            1,
+            100,
+            defaults::STRESS_THRESHOLD,
+            " (percent of max_connections)",
+        ),
+        stress_command_timeout: duration(
+            v,
+            &l.stress_command_timeout,
+            "limits.stress_command_timeout",
+            defaults::STRESS_COMMAND_TIMEOUT,
+            false,
+            caps::STRESS_COMMAND_TIMEOUT,
+        ),
+        stress_data_timeout: duration(
+            v,
+            &l.stress_data_timeout,
+            "limits.stress_data_timeout",
+            defaults::STRESS_DATA_TIMEOUT,
+            false,
+            caps::STRESS_DATA_TIMEOUT,
+        ),
     }
+}
+
+/// A bounded integer that fits a `u8` (a prefix length, a percentage).
+fn small(
+    v: &mut Issues,
+    value: &Option<Spanned<i64>>,
+    key: &str,
+    min: u8,
+    max: u8,
+    default: u8,
+    note: &str,
+) -> u8 {
+    let n = number(
+        v,
+        value,
+        key,
+        i64::from(min),
+        i64::from(max),
+        i64::from(default),
+        note,
+    );
+    u8::try_from(n).unwrap_or(default)
 }
 
 fn users(v: &mut Issues, raw: &RawConfig) -> Vec<User> {

@@ -29,3 +29,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
 pub const OUTBOUND_COMMAND_TIMEOUT: Duration = Duration::from_secs(HOUR);
 /// `outbound.data_timeout`: RFC 5321 4.5.3.2.6 suggests 10 minutes for the reply to the dot.
 pub const OUTBOUND_DATA_TIMEOUT: Duration = Duration::from_secs(HOUR);
+/// `limits.max_session_time`: a whole session; a day is far beyond any real transaction.
+pub const MAX_SESSION_TIME: Duration = Duration::from_secs(DAY);
+/// `limits.stress_command_timeout`: the shortened command deadline under stress.
+pub const STRESS_COMMAND_TIMEOUT: Duration = Duration::from_secs(HOUR);
+/// `limits.stress_data_timeout`: the shortened DATA deadline under stress.
+pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(DAY);

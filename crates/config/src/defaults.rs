@@ -41,6 +41,27 @@ pub const MAX_AUTH_FAILURES: usize = 5;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * MINUTE);
 /// RFC 5321 4.5.3.2.6: DATA termination timeout of at least 10 minutes.
 pub const DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
+/// Failed AUTH attempts for one user name (from any address) before it is locked for a while.
+pub const MAX_AUTH_FAILURES_PER_USER: usize = 10;
+/// NOOP, RSET, HELP, VRFY, EXPN, HELO and EHLO that are free in one session; each one beyond
+/// counts toward `max_errors` (Postfix's smtpd_junk_command_limit, with a smaller default).
+pub const MAX_JUNK_COMMANDS: usize = 20;
+/// A session is closed after this long whatever it does, so slots cannot be held forever.
+pub const MAX_SESSION_TIME: Duration = Duration::from_secs(60 * MINUTE);
+/// An IPv6 client owns at least a /64 (RFC 4291 2.5.1: interface identifiers are 64 bits), so
+/// per-client limits count the /64, not the single address.
+pub const IPV6_PREFIX_LENGTH: u8 = 64;
+/// Percent of `max_connections` in use past which the stress timeouts apply.
+pub const STRESS_THRESHOLD: u8 = 80;
+/// Postfix's stress-mode smtpd_timeout.
+pub const STRESS_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(2 * MINUTE);
+
+/// Concurrent password checks: about one per core, since argon2 is CPU-bound (and takes 19 MiB
+/// each); more in flight would only queue and cost memory.
+pub fn max_auth_checks() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 pub const VRFY: bool = false;
 pub const EXPN: bool = false;
@@ -151,6 +172,14 @@ pub fn limits() -> Limits {
         max_auth_failures: MAX_AUTH_FAILURES,
         command_timeout: COMMAND_TIMEOUT,
         data_timeout: DATA_TIMEOUT,
+        max_auth_checks: max_auth_checks(),
+        max_auth_failures_per_user: MAX_AUTH_FAILURES_PER_USER,
+        max_junk_commands: MAX_JUNK_COMMANDS,
+        max_session_time: MAX_SESSION_TIME,
+        ipv6_prefix_length: IPV6_PREFIX_LENGTH,
+        stress_threshold: STRESS_THRESHOLD,
+        stress_command_timeout: STRESS_COMMAND_TIMEOUT,
+        stress_data_timeout: STRESS_DATA_TIMEOUT,
     }
 }
 

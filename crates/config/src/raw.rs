@@ -75,6 +75,14 @@ pub(crate) struct RawLimits {
     pub max_auth_failures: Int,
     pub command_timeout: Text,
     pub data_timeout: Text,
+    pub max_auth_checks: Int,
+    pub max_auth_failures_per_user: Int,
+    pub max_junk_commands: Int,
+    pub max_session_time: Text,
+    pub ipv6_prefix_length: Int,
+    pub stress_threshold: Int,
+    pub stress_command_timeout: Text,
+    pub stress_data_timeout: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -96,6 +96,14 @@ fn every_default() {
     assert_eq!(l.max_auth_failures, 5);
     assert_eq!(l.command_timeout, secs(5 * MIN));
     assert_eq!(l.data_timeout, secs(10 * MIN));
+    assert!(l.max_auth_checks >= 1);
+    assert_eq!(l.max_auth_failures_per_user, 10);
+    assert_eq!(l.max_junk_commands, 20);
+    assert_eq!(l.max_session_time, secs(60 * MIN));
+    assert_eq!(l.ipv6_prefix_length, 64);
+    assert_eq!(l.stress_threshold, 80);
+    assert_eq!(l.stress_command_timeout, secs(10));
+    assert_eq!(l.stress_data_timeout, secs(2 * MIN));
     assert!(c.local.domains.contains(&"localhost".to_string()));
     assert!(c.local.domains.contains(&host));
     assert!(c.local.catch_all, "no users -> catch-all");
@@ -211,6 +219,14 @@ max_header_size = "64KiB"
 max_auth_failures = 2
 command_timeout = "1m"
 data_timeout = "2m 30s"
+max_auth_checks = 3
+max_auth_failures_per_user = 4
+max_junk_commands = 0
+max_session_time = "20m"
+ipv6_prefix_length = 56
+stress_threshold = 90
+stress_command_timeout = "5s"
+stress_data_timeout = "30s"
 [local]
 domains = ["Example.TEST.", "other.test"]
 qualify_domain = "Other.TEST."
@@ -288,6 +304,22 @@ format = "json"
         (30, 3, 65536, 2)
     );
     assert_eq!((l.command_timeout, l.data_timeout), (secs(60), secs(150)));
+    assert_eq!(
+        (
+            l.max_auth_checks,
+            l.max_auth_failures_per_user,
+            l.max_junk_commands
+        ),
+        (3, 4, 0)
+    );
+    assert_eq!(
+        (l.max_session_time, l.ipv6_prefix_length, l.stress_threshold),
+        (secs(20 * MIN), 56, 90)
+    );
+    assert_eq!(
+        (l.stress_command_timeout, l.stress_data_timeout),
+        (secs(5), secs(30))
+    );
     assert_eq!(c.local.domains, ["example.test", "other.test"]);
     assert_eq!(c.local.qualify_domain, "other.test");
     // The [smtp] policy holds for every listener, like [submission]'s AUTH policy.
@@ -386,6 +418,19 @@ fn delay_warning_zero_is_off() {
 #[test]
 fn dotted_keys_work_too() {
     assert_eq!(load("limits.max_recipients = 9\n").limits.max_recipients, 9);
+    for bad in [
+        "ipv6_prefix_length = 0",
+        "ipv6_prefix_length = 129",
+        "stress_threshold = 0",
+        "stress_threshold = 101",
+        "max_auth_checks = 0",
+        "max_session_time = \"0s\"",
+    ] {
+        assert!(
+            Config::from_toml_str(&format!("[limits]\n{bad}\n"), Path::new("t.toml")).is_err(),
+            "{bad} accepted"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- queries

@@ -112,6 +112,22 @@ pub struct Limits {
     pub command_timeout: Duration,
     /// RFC 5321 4.5.3.2.6: timeout while receiving DATA (between blocks / before the final reply).
     pub data_timeout: Duration,
+    /// Password checks running at once; an AUTH beyond them gets 454 4.7.0. At least 1.
+    pub max_auth_checks: usize,
+    /// Failed AUTH attempts for one user name, from any client, before it is locked.
+    pub max_auth_failures_per_user: usize,
+    /// Free NOOP/RSET/HELP/VRFY/EXPN/HELO/EHLO per session; the excess counts as errors.
+    pub max_junk_commands: usize,
+    /// Longest session, whatever the client does.
+    pub max_session_time: Duration,
+    /// IPv6 clients are grouped by this prefix for every per-client limit (1..=128).
+    pub ipv6_prefix_length: u8,
+    /// Percent (1..=100) of `max_connections` busy past which the stress timeouts apply.
+    pub stress_threshold: u8,
+    /// `command_timeout` while in stress mode.
+    pub stress_command_timeout: Duration,
+    /// `data_timeout` while in stress mode.
+    pub stress_data_timeout: Duration,
 }
 
 /// Which domains we deliver locally, and how we answer about local users.

@@ -60,7 +60,7 @@ pub enum CloseReason {
     Quit,
     /// The server refused to go on (421: too many errors, AUTH failures, an HTTP client).
     Refused,
-    /// A command or data deadline passed (421 4.4.2).
+    /// A command or data deadline, or the session time limit, passed (421 4.4.2).
     Timeout,
     /// The server is shutting down (421 4.3.2).
     Shutdown,
@@ -262,6 +262,16 @@ impl Connection {
         }
     }
 
+    /// No password check could be started for [`Effect::Verify`] (every check slot is busy).
+    pub fn auth_busy(&mut self, _ticket: VerifyTicket) {
+        if !matches!(self.phase, Phase::AwaitVerify) {
+            return;
+        }
+        self.phase = Phase::Command;
+        let action = self.session.auth_busy();
+        self.act(action);
+    }
+
     /// The outcome of [`Effect::Store`]; the session chooses the reply.
     pub fn stored(&mut self, _ticket: StoreTicket, result: Result<(), StoreError>) {
         if !matches!(self.phase, Phase::AwaitStore) {
@@ -280,6 +290,12 @@ impl Connection {
     /// The deadline of [`wants`](Self::wants) passed: 421 and close.
     pub fn timeout(&mut self) {
         let reply = self.session.timeout_reply();
+        self.close(reply, CloseReason::Timeout);
+    }
+
+    /// `limits.max_session_time` is over: 421 and close, whatever the connection was doing.
+    pub fn session_expired(&mut self) {
+        let reply = replies::session_too_long(&self.cfg.hostname);
         self.close(reply, CloseReason::Timeout);
     }
 

@@ -1,7 +1,8 @@
 //! The thin async loop around a [`Connection`]: reads with the deadline the connection names
-//! (RFC 5321 4.5.3.2), feeds it, writes what it answers, and carries out its effects: the TLS
-//! handshake, the password check (off the async threads, with the failure delay) and the hand-off
-//! to the [`MessageStore`]. Framing, DATA, pipelining and every reply live in the connection.
+//! (RFC 5321 4.5.3.2; shorter in stress mode, and never past `limits.max_session_time`), feeds
+//! it, writes what it answers, and carries out its effects: the TLS handshake, the password check
+//! (on [`PasswordChecks`], with the failure delay) and the hand-off to the [`MessageStore`].
+//! Framing, DATA, pipelining and every reply live in the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use tern_config::Config;
 
+use crate::checks::PasswordChecks;
 use crate::connection::{CloseReason, Connection, Deadline, Effect, Wants};
 use crate::session::Session;
 use crate::store::MessageStore;
@@ -61,6 +64,10 @@ pub struct Driver<S: MessageStore> {
     pub store: Arc<S>,
     pub tls: Option<Arc<TlsProvider>>,
     pub shutdown: CancellationToken,
+    /// Where AUTH password checks run (never on the blocking pool the store uses).
+    pub checks: Arc<PasswordChecks>,
+    /// True while the server is in stress mode (see [`crate::stress`]).
+    pub stress: watch::Receiver<bool>,
 }
 
 struct Io {
@@ -75,6 +82,10 @@ enum ReadResult {
     Eof,
     Timeout,
     Shutdown,
+    /// Stress mode started or ended: the deadline must be computed again.
+    StressChanged,
+    /// The listener is gone, so the stress flag can no longer change.
+    StressGone,
     Error,
 }
 
@@ -114,11 +125,28 @@ impl Io {
 
     /// One read into a buffer sized for what is expected: small for command lines, large
     /// while a message streams in.
-    async fn read(&mut self, size: usize, deadline: Instant) -> ReadResult {
+    async fn read(
+        &mut self,
+        size: usize,
+        deadline: Instant,
+        stress: Option<&mut watch::Receiver<bool>>,
+    ) -> ReadResult {
         if self.buf.len() != size {
             self.buf = vec![0; size];
         }
+        let stress_changed = async {
+            match stress {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            // Reads are cancel-safe: nothing is lost when the stress flag wins.
+            alive = stress_changed => if alive {
+                ReadResult::StressChanged
+            } else {
+                ReadResult::StressGone
+            },
             r = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)) => match r {
                 Ok(Ok(0)) => ReadResult::Eof,
                 Ok(Ok(n)) => ReadResult::Data(n),
@@ -135,6 +163,7 @@ impl<S: MessageStore> Driver<S> {
         let started = Instant::now();
         let peer = session.conn().peer;
         let mut conn = Connection::new(session);
+        let session_end = started + self.cfg.limits.max_session_time;
         let mut io = Io {
             stream,
             buf: Vec::new(),
@@ -142,7 +171,7 @@ impl<S: MessageStore> Driver<S> {
             shutdown: self.shutdown.clone(),
         };
         let end = if io.write(&conn.greeting()).await {
-            self.serve(&mut io, &mut conn).await
+            self.serve(&mut io, &mut conn, session_end).await
         } else {
             io.write_failed()
         };
@@ -166,10 +195,11 @@ impl<S: MessageStore> Driver<S> {
     }
 
     /// Runs the connection until it closes: effects first, then a read when it waits for input.
-    async fn serve(&self, io: &mut Io, conn: &mut Connection) -> End {
-        // The wait in progress and its deadline: the deadline is set when a wait begins (RFC
-        // 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
+    async fn serve(&self, io: &mut Io, conn: &mut Connection, session_end: Instant) -> End {
+        // The wait in progress and when it began: the deadline counts from the start of a wait
+        // (RFC 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
         let mut wait: Option<(Wants, Instant)> = None;
+        let mut stress = Some(self.stress.clone());
         loop {
             while let Some(effect) = conn.poll() {
                 match effect {
@@ -189,12 +219,13 @@ impl<S: MessageStore> Driver<S> {
                         }
                     }
                     Effect::Verify(creds, ticket) => {
-                        let cfg = self.cfg.clone();
                         let delay = conn.session().auth_delay();
-                        let check =
-                            tokio::task::spawn_blocking(move || crate::auth::verify(&cfg, &creds));
+                        let Some(check) = self.checks.start(self.cfg.clone(), creds) else {
+                            conn.auth_busy(ticket);
+                            continue;
+                        };
                         // A shutdown waits neither for the hash (it finishes unobserved on its
-                        // blocking thread) nor for the failure delay.
+                        // own thread) nor for the failure delay.
                         let user = tokio::select! {
                             r = check => r.ok().flatten(),
                             _ = self.shutdown.cancelled() => {
@@ -242,28 +273,39 @@ impl<S: MessageStore> Driver<S> {
                 // Close effect returned above.
                 return End::IoError;
             };
-            let deadline = match wait {
-                Some((w, deadline)) if w == wants => deadline,
+            let began = match wait {
+                Some((w, began)) if w == wants => began,
                 _ => {
-                    let limit = match wants.deadline() {
-                        Deadline::Command => self.cfg.limits.command_timeout,
-                        Deadline::Data => self.cfg.limits.data_timeout,
-                    };
-                    let deadline = Instant::now() + limit;
-                    wait = Some((wants, deadline));
-                    deadline
+                    let now = Instant::now();
+                    wait = Some((wants, now));
+                    now
                 }
             };
+            let stressed = stress.as_ref().is_some_and(|rx| *rx.borrow());
+            let limits = &self.cfg.limits;
+            let limit = match (wants.deadline(), stressed) {
+                (Deadline::Command, false) => limits.command_timeout,
+                (Deadline::Data, false) => limits.data_timeout,
+                // Stress mode never lengthens a wait.
+                (Deadline::Command, true) => {
+                    limits.stress_command_timeout.min(limits.command_timeout)
+                }
+                (Deadline::Data, true) => limits.stress_data_timeout.min(limits.data_timeout),
+            };
+            let deadline = (began + limit).min(session_end);
             let size = match wants.deadline() {
                 Deadline::Command => COMMAND_READ_BUF,
                 Deadline::Data => DATA_READ_BUF,
             };
-            match io.read(size, deadline).await {
+            match io.read(size, deadline, stress.as_mut()).await {
                 ReadResult::Data(n) => conn.feed(&io.buf[..n]),
                 ReadResult::Eof => return End::ClientClosed,
                 ReadResult::Error => return End::IoError,
+                ReadResult::Timeout if deadline >= session_end => conn.session_expired(),
                 ReadResult::Timeout => conn.timeout(),
                 ReadResult::Shutdown => conn.shutdown(),
+                ReadResult::StressChanged => {}
+                ReadResult::StressGone => stress = None,
             }
         }
     }
@@ -333,6 +375,8 @@ mod tests {
         let cfg = Arc::new(Config::from_toml_str(&text, Path::new("t.toml")).unwrap());
         let shutdown = CancellationToken::new();
         let d = Driver {
+            checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
+            stress: watch::Sender::new(false).subscribe(),
             cfg,
             store: Arc::new(store),
             tls: None,
@@ -400,7 +444,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_abandons_writes_to_a_client_that_never_reads() {
         // Default command_timeout (5 minutes): only the shutdown can end this session soon.
-        let (d, shutdown) = driver("");
+        // The HELPs must not end the session as junk either.
+        let (d, shutdown) = driver("[limits]\nmax_junk_commands = 100000\n");
         let (mut client, server) = tokio::io::duplex(256);
         let session = Session::new(d.cfg.clone(), conn(ListenerKind::Smtp));
         let run = tokio::spawn({
@@ -433,8 +478,11 @@ mod tests {
         );
         // Earlier failures from this IP: the next one is answered after 8 s.
         let tracker = Arc::new(ClientTracker::new());
+        let client = crate::client::ClientKey::new("192.0.2.9".parse().unwrap(), 64);
         for _ in 0..8 {
-            tracker.record_auth_failure("192.0.2.9".parse().unwrap());
+            tracker
+                .begin_auth(client, "alice@tern.test", 100, 100)
+                .unwrap();
         }
         let session =
             Session::new(d.cfg.clone(), conn(ListenerKind::Submission)).with_tracker(tracker);

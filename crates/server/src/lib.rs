@@ -4,6 +4,8 @@
 //! [`store::MessageStore`] hand-off to durable storage.
 
 pub mod auth;
+pub mod checks;
+pub mod client;
 pub mod connection;
 pub mod data;
 pub mod driver;
@@ -14,6 +16,7 @@ pub mod replies;
 pub mod session;
 pub mod store;
 pub mod stream;
+pub mod stress;
 pub mod tls;
 pub mod tracker;
 

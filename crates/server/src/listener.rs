@@ -1,9 +1,10 @@
-//! Listening sockets: accept loops with connection limits (total and per client IP), one task
-//! per session, implicit TLS on the submissions port, and graceful shutdown.
+//! Listening sockets: accept loops with connection limits (total and per client: an address or
+//! an IPv6 prefix), stress mode past a share of the slots, one task per session, implicit TLS
+//! on the submissions port, and graceful shutdown.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
@@ -14,11 +15,14 @@ use tracing::{info, warn};
 
 use tern_config::Config;
 
+use crate::checks::PasswordChecks;
+use crate::client::ClientKey;
 use crate::driver::Driver;
 use crate::replies;
 use crate::session::{ConnInfo, ListenerKind, Session};
 use crate::store::MessageStore;
 use crate::stream::BoxStream;
+use crate::stress::StressMonitor;
 use crate::tls::TlsProvider;
 use crate::tracker::ClientTracker;
 
@@ -67,16 +71,16 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Counts open connections, in total and per client address.
-#[derive(Default)]
+/// Counts open connections, in total and per client, and tells stress mode about the total.
 struct Counters {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_client: HashMap<ClientKey, usize>,
+    stress: StressMonitor,
 }
 
 struct Slot {
     counters: Arc<Mutex<Counters>>,
-    ip: IpAddr,
+    client: ClientKey,
 }
 
 impl Drop for Slot {
@@ -86,10 +90,12 @@ impl Drop for Slot {
             Err(p) => p.into_inner(),
         };
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        let total = c.total;
+        c.stress.update(total);
+        if let Some(n) = c.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_client.remove(&self.client);
             }
         }
     }
@@ -109,15 +115,22 @@ impl<S: MessageStore> Server<S> {
         tls: Option<Arc<TlsProvider>>,
         shutdown: CancellationToken,
     ) -> Self {
+        let stress = StressMonitor::new(&cfg.limits);
         Self {
             driver: Arc::new(Driver {
-                cfg,
+                checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
+                stress: stress.subscribe(),
+                cfg: cfg.clone(),
                 store,
                 tls,
                 shutdown,
             }),
-            counters: Arc::default(),
-            clients: Arc::new(ClientTracker::new()),
+            counters: Arc::new(Mutex::new(Counters {
+                total: 0,
+                per_client: HashMap::new(),
+                stress,
+            })),
+            clients: Arc::new(ClientTracker::for_limits(&cfg.limits)),
             tracker: TaskTracker::new(),
         }
     }
@@ -161,23 +174,25 @@ impl<S: MessageStore> Server<S> {
         }
     }
 
-    fn take_slot(&self, ip: IpAddr) -> Option<Slot> {
+    fn take_slot(&self, client: ClientKey) -> Option<Slot> {
         let limits = &self.driver.cfg.limits;
         let mut c = match self.counters.lock() {
             Ok(c) => c,
             Err(p) => p.into_inner(),
         };
-        let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        let per_client = c.per_client.get(&client).copied().unwrap_or(0);
         if c.total >= limits.max_connections
-            || (limits.max_connections_per_ip > 0 && per_ip >= limits.max_connections_per_ip)
+            || (limits.max_connections_per_ip > 0 && per_client >= limits.max_connections_per_ip)
         {
             return None;
         }
         c.total += 1;
-        *c.per_ip.entry(ip).or_insert(0) += 1;
+        let total = c.total;
+        c.stress.update(total);
+        *c.per_client.entry(client).or_insert(0) += 1;
         Some(Slot {
             counters: self.counters.clone(),
-            ip,
+            client,
         })
     }
 
@@ -189,7 +204,8 @@ impl<S: MessageStore> Server<S> {
         kind: ListenerKind,
     ) {
         let cfg = &self.driver.cfg;
-        let Some(_slot) = self.take_slot(peer.ip()) else {
+        let client = ClientKey::new(peer.ip(), cfg.limits.ipv6_prefix_length);
+        let Some(_slot) = self.take_slot(client) else {
             info!(client = %peer, "connection refused: too many connections");
             let reply = replies::too_many_connections(&cfg.hostname).to_bytes();
             let _ =

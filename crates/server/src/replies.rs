@@ -363,6 +363,36 @@ pub fn auth_too_many_failures(host: &str) -> Reply {
     )
 }
 
+/// RFC 4954 6: 454 4.7.0 is the temporary authentication failure. Every password check slot is
+/// busy; the password was not looked at, so the client may simply try again.
+pub fn auth_busy() -> Reply {
+    Reply::new(
+        454,
+        ec(4, 7, 0),
+        "Too many authentications in progress, try again later",
+    )
+}
+
+/// The user name is at `limits.max_auth_failures_per_user`: no password is checked for it until
+/// its failures are forgotten. Given for every name, known or not, so it reveals nothing.
+pub fn auth_user_locked() -> Reply {
+    Reply::new(
+        454,
+        ec(4, 7, 0),
+        "Too many failed logins for this user, try again later",
+    )
+}
+
+/// `limits.max_session_time` is over (RFC 5321 4.5.3.2 lets the server close a session it will
+/// not serve any longer with 421).
+pub fn session_too_long(host: &str) -> Reply {
+    Reply::new(
+        421,
+        ec(4, 4, 2),
+        format!("{host} Session time limit exceeded, closing connection"),
+    )
+}
+
 pub fn sender_not_owned(addr: &str) -> Reply {
     Reply::new(
         553,
@@ -432,6 +462,10 @@ mod tests {
             timeout(host),
             too_many_connections(host),
             shutting_down(host),
+            too_many_errors(host),
+            auth_busy(),
+            auth_user_locked(),
+            session_too_long(host),
         ];
         for r in replies {
             let wire = String::from_utf8(r.to_bytes()).unwrap();

@@ -15,11 +15,12 @@ use tern_proto::{
 
 pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
 
+use crate::client::ClientKey;
 use crate::policy::{self, RcptDecision};
 use crate::received::{self, TraceInfo};
 use crate::replies;
 use crate::store::StoreError;
-use crate::tracker::{self, ClientTracker};
+use crate::tracker::{AuthAttempt, AuthRefused, ClientTracker};
 
 /// Which listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +104,12 @@ pub struct Session {
     helo: Option<Helo>,
     state: State,
     errors: u32,
+    /// NOOP, RSET, HELP, VRFY, EXPN, HELO and EHLO so far; past `limits.max_junk_commands`
+    /// each one counts as an error, so a client cannot hold a slot for free.
+    junk: usize,
     authenticated: Option<String>,
+    /// The AUTH attempt whose password is being checked ([`Action::Verify`] is out).
+    auth_attempt: Option<AuthAttempt>,
     auth_exchange: Option<AuthExchange>,
     tracker: Arc<ClientTracker>,
     /// The queue id of the message handed to the store and not yet answered: the reply to the
@@ -119,14 +125,16 @@ impl Session {
             helo: None,
             state: State::Idle,
             errors: 0,
+            junk: 0,
             authenticated: None,
+            auth_attempt: None,
             auth_exchange: None,
             tracker: Arc::new(ClientTracker::new()),
             storing: None,
         }
     }
 
-    /// Shares per-IP counters (message rate, AUTH failures) with the other sessions.
+    /// Shares per-client counters (message rate, AUTH failures) with the other sessions.
     pub fn with_tracker(mut self, tracker: Arc<ClientTracker>) -> Self {
         self.tracker = tracker;
         self
@@ -190,6 +198,24 @@ impl Session {
         }
     }
 
+    /// A command that does no work for the client but costs a reply: free up to
+    /// `limits.max_junk_commands` per session, an error after that (as Postfix's
+    /// smtpd_junk_command_limit), so NOOP every few minutes cannot hold a slot forever.
+    fn junk(&mut self, action: Action) -> Action {
+        self.junk += 1;
+        match action {
+            Action::Reply(reply) if self.junk > self.cfg.limits.max_junk_commands => {
+                self.error(reply)
+            }
+            other => other,
+        }
+    }
+
+    /// Whom the per-client limits count: the address, or its IPv6 prefix.
+    fn client(&self) -> ClientKey {
+        ClientKey::new(self.conn.peer.ip(), self.cfg.limits.ipv6_prefix_length)
+    }
+
     pub fn line_too_long(&mut self) -> Action {
         // RFC 4954 4: the server answers an AUTH exchange once. A 500 to an overlong response
         // is that answer, so the next line must be read as a command, never as a credential.
@@ -230,20 +256,32 @@ impl Session {
 
     pub fn handle(&mut self, cmd: Command) -> Action {
         match cmd {
-            Command::Helo(name) => self.helo(name, false),
-            Command::Ehlo(name) => self.helo(name, true),
+            Command::Helo(name) => {
+                let action = self.helo(name, false);
+                self.junk(action)
+            }
+            Command::Ehlo(name) => {
+                let action = self.helo(name, true);
+                self.junk(action)
+            }
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, .. } => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
                 self.state = State::Idle;
-                Action::Reply(replies::ok())
+                self.junk(Action::Reply(replies::ok()))
             }
-            Command::Noop => Action::Reply(replies::ok()),
+            Command::Noop => self.junk(Action::Reply(replies::ok())),
             Command::Quit => Action::Close(replies::quit(&self.cfg.hostname)),
-            Command::Vrfy(arg) => self.vrfy(&arg),
-            Command::Expn(arg) => self.expn(&arg),
-            Command::Help(topic) => Action::Reply(replies::help(topic.as_deref())),
+            Command::Vrfy(arg) => {
+                let action = self.vrfy(&arg);
+                self.junk(action)
+            }
+            Command::Expn(arg) => {
+                let action = self.expn(&arg);
+                self.junk(action)
+            }
+            Command::Help(topic) => self.junk(Action::Reply(replies::help(topic.as_deref()))),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
             Command::Obsolete(verb) => self.error(replies::obsolete(verb)),
@@ -300,9 +338,10 @@ impl Session {
         let ip = self.conn.peer.ip();
         if self.authenticated.is_none()
             && !self.cfg.is_trusted(ip)
-            && !self
-                .tracker
-                .allow_message(ip, self.cfg.limits.max_messages_per_ip_per_minute)
+            && !self.tracker.allow_message(
+                self.client(),
+                self.cfg.limits.max_messages_per_ip_per_minute,
+            )
         {
             return Action::Reply(replies::rate_limited());
         }
@@ -369,13 +408,15 @@ impl Session {
                 });
                 Action::Reply(replies::recipient_ok())
             }
+            // Rejected recipients count as errors: otherwise a client could try addresses
+            // without end (harvesting) and hold its slot doing it.
             RcptDecision::NoSuchUser => {
                 txn.rejected += 1;
-                Action::Reply(replies::no_such_user(&display))
+                self.error(replies::no_such_user(&display))
             }
             RcptDecision::RelayDenied => {
                 txn.rejected += 1;
-                Action::Reply(replies::relay_denied(&display))
+                self.error(replies::relay_denied(&display))
             }
         }
     }
@@ -562,21 +603,40 @@ impl Session {
         }
     }
 
-    /// An IP at `limits.max_auth_failures` (within the tracker's memory window) gets no more
-    /// password checks on any connection: otherwise the limit would cost an attacker only a
-    /// reconnect, and parallel connections would multiply the guessing rate.
+    /// A client at `limits.max_auth_failures` (within the tracker's memory window) gets no
+    /// more password checks on any connection: otherwise the limit would cost an attacker only
+    /// a reconnect, and parallel connections would multiply the guessing rate.
     fn locked_out(&self) -> bool {
-        self.tracker.auth_failures(self.conn.peer.ip()) as usize
-            >= self.cfg.limits.max_auth_failures
+        self.tracker.auth_failures(self.client()) as usize >= self.cfg.limits.max_auth_failures
     }
 
-    /// Hands credentials to the driver, unless the client's IP was locked out meanwhile (by
-    /// another connection failing while this exchange was open).
+    /// Hands credentials to the driver, unless the client was locked out meanwhile (by another
+    /// connection failing while this exchange was open) or the user name is locked. The attempt
+    /// is counted as a failure now, before the check: parallel guesses are all counted before
+    /// any is answered, and a guess abandoned during the delay still counts.
     fn verify(&mut self, creds: Credentials) -> Action {
-        if self.locked_out() {
-            return Action::Close(replies::auth_too_many_failures(&self.cfg.hostname));
+        let limits = &self.cfg.limits;
+        match self.tracker.begin_auth(
+            self.client(),
+            &creds.username,
+            limits.max_auth_failures,
+            limits.max_auth_failures_per_user,
+        ) {
+            Ok(attempt) => {
+                self.auth_attempt = Some(attempt);
+                Action::Verify(creds)
+            }
+            Err(AuthRefused::ClientLocked) => {
+                Action::Close(replies::auth_too_many_failures(&self.cfg.hostname))
+            }
+            Err(AuthRefused::UserLocked { client_failures }) => {
+                if client_failures as usize >= limits.max_auth_failures {
+                    Action::Close(replies::auth_too_many_failures(&self.cfg.hostname))
+                } else {
+                    self.error(replies::auth_user_locked())
+                }
+            }
         }
-        Action::Verify(creds)
     }
 
     fn auth_plain(&mut self, resp: &str) -> Action {
@@ -611,18 +671,22 @@ impl Session {
         }
     }
 
-    /// The outcome of [`Action::Verify`]. Failures are counted per client IP; past
+    /// The outcome of [`Action::Verify`]. The attempt was counted as a failure when it began;
+    /// a success takes that back and clears the user name's failures (only that name's: one
+    /// valid login must not reopen guessing at other accounts). At
     /// `limits.max_auth_failures` the connection is closed.
     pub fn auth_verified(&mut self, user: Option<String>) -> Action {
-        let ip = self.conn.peer.ip();
+        let attempt = self.auth_attempt.take();
         match user {
             Some(user) => {
-                self.tracker.clear_auth_failures(ip);
+                if let Some(a) = &attempt {
+                    self.tracker.auth_succeeded(a);
+                }
                 self.authenticated = Some(user);
                 Action::Reply(replies::auth_ok())
             }
             None => {
-                let failures = self.tracker.record_auth_failure(ip);
+                let failures = self.tracker.auth_failures(self.client());
                 if failures as usize >= self.cfg.limits.max_auth_failures {
                     Action::Close(replies::auth_too_many_failures(&self.cfg.hostname))
                 } else {
@@ -632,9 +696,21 @@ impl Session {
         }
     }
 
-    /// How long the driver waits before answering this client's next AUTH result.
+    /// No password check could be started (all `limits.max_auth_checks` are busy): 454, and
+    /// the attempt counts for nobody, since no password was looked at.
+    pub fn auth_busy(&mut self) -> Action {
+        if let Some(a) = self.auth_attempt.take() {
+            self.tracker.auth_abandoned(&a);
+        }
+        self.error(replies::auth_busy())
+    }
+
+    /// How long the driver waits before answering a failure of the attempt being checked:
+    /// grows with the failures of the client and of the user name before it.
     pub fn auth_delay(&self) -> std::time::Duration {
-        tracker::auth_failure_delay(self.tracker.auth_failures(self.conn.peer.ip()))
+        self.auth_attempt
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |a| a.delay)
     }
 }
 

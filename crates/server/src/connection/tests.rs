@@ -231,3 +231,40 @@ fn quit_and_timeout_close_with_their_reply() {
     };
     assert!(bytes.starts_with(b"421 4.4.2 "), "{bytes:?}");
 }
+
+#[test]
+fn a_busy_check_is_answered_454_and_the_session_goes_on() {
+    let mut c = connection(
+        &format!("[submission]\nrequire_tls_for_auth = false\n{USERS}"),
+        ListenerKind::Submission,
+        false,
+    );
+    c.feed(b"EHLO a\r\nAUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==\r\nNOOP\r\n");
+    write(c.poll());
+    let Some(Effect::Verify(_, ticket)) = c.poll() else {
+        panic!("no verify")
+    };
+    c.auth_busy(ticket);
+    assert_eq!(
+        replies(&write(c.poll())),
+        [
+            "454 4.7.0 Too many authentications in progress, try again later",
+            "250 2.0.0 OK"
+        ]
+    );
+}
+
+#[test]
+fn the_session_time_limit_closes_with_421() {
+    let mut c = smtp();
+    c.feed(b"MAIL");
+    assert!(c.poll().is_none());
+    c.session_expired();
+    let Some(Effect::Close(bytes, CloseReason::Timeout)) = c.poll() else {
+        panic!("no close")
+    };
+    assert_eq!(
+        bytes,
+        b"421 4.4.2 mx.tern.test Session time limit exceeded, closing connection\r\n"
+    );
+}

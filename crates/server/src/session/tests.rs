@@ -511,3 +511,48 @@ fn auth_lockout_holds_on_a_new_connection() {
     say(&mut other, "EHLO x");
     assert!(matches!(other.handle_line(PLAIN), Action::Verify(_)));
 }
+
+#[test]
+fn junk_commands_beyond_the_limit_are_errors() {
+    let mut s = session_with(
+        config("[limits]\nmax_junk_commands = 2\nmax_errors = 2\n"),
+        "192.0.2.1:1",
+    );
+    assert_eq!(code(&mut s, "EHLO x"), 250);
+    assert_eq!(code(&mut s, "NOOP"), 250);
+    // The third is answered as usual but counts; the second error closes.
+    assert_eq!(code(&mut s, "RSET"), 250);
+    assert!(matches!(s.handle_line(b"HELP"), Action::Close(r) if r.code() == 421));
+}
+
+#[test]
+fn rejected_recipients_are_errors() {
+    let mut s = session_with(config("[limits]\nmax_errors = 2\n"), "192.0.2.1:1");
+    say(&mut s, "EHLO x");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert_eq!(code(&mut s, "RCPT TO:<x@elsewhere.test>"), 550);
+    assert!(matches!(
+        s.handle_line(b"RCPT TO:<y@elsewhere.test>"),
+        Action::Close(r) if r.code() == 421
+    ));
+}
+
+#[test]
+fn a_busy_check_is_454_and_costs_no_failure() {
+    let mut s = submission_session(true);
+    say(&mut s, "EHLO x");
+    assert!(matches!(
+        s.handle_line(b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw=="),
+        Action::Verify(_)
+    ));
+    let Action::Reply(r) = s.auth_busy() else {
+        panic!()
+    };
+    assert_eq!(
+        r.to_string(),
+        "454 4.7.0 Too many authentications in progress, try again later"
+    );
+    let ip = ClientKey::new("192.0.2.50".parse().unwrap(), 64);
+    assert_eq!(s.tracker.auth_failures(ip), 0);
+    assert_eq!(s.tracker.user_failures("alice@tern.test"), 0);
+}
