@@ -19,7 +19,7 @@ mod values;
 pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use types::{
-    Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
+    Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
     QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 
