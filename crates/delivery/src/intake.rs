@@ -1,7 +1,10 @@
 //! Intake: where an accepted message goes before the 250. Local recipients go straight into
 //! their Maildir (the Maildir rename is itself the durable commit, so there is no
 //! spool-then-copy), remote recipients into the durable queue for the relay. Both are fsync'd
-//! before [`MessageStore::store`] returns. The queue tells its subscribers (the relay's
+//! before [`MessageStore::store`] returns. Our own mail is DKIM-signed here, once, before
+//! either copy is written, so that every copy carries the same signature over the bytes that
+//! leave (RFC 6376 5: sign as late as possible, but nothing after tern changes the message).
+//! The queue tells its subscribers (the relay's
 //! scheduler) about the new entry; intake knows nothing of the relay.
 
 use std::collections::BTreeMap;
@@ -10,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tern_auth::Signer;
 use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoreError};
 
 use crate::local::LocalDelivery;
@@ -27,6 +31,9 @@ pub struct Accepted {
     pub eight_bit: bool,
     pub helo: String,
     pub client_ip: IpAddr,
+    /// The message is ours to sign (the client authenticated or is in
+    /// `relay.trusted_networks`): intake adds the DKIM signatures of its From: domain.
+    pub sign: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,19 +60,27 @@ pub trait MessageStore: Send + Sync + 'static {
 pub struct Intake {
     queue: Arc<dyn QueueStore>,
     local: Arc<LocalDelivery>,
+    signer: Arc<Signer>,
 }
 
 impl Intake {
+    /// An intake that signs nothing; see [`Intake::with_signer`].
     pub fn new(queue: Arc<dyn QueueStore>, local: LocalDelivery) -> Self {
         Self {
             queue,
             local: Arc::new(local),
+            signer: Arc::new(Signer::default()),
         }
+    }
+
+    /// Signs the messages marked [`Accepted::sign`] with these `[[dkim]]` keys.
+    pub fn with_signer(self, signer: Arc<Signer>) -> Self {
+        Self { signer, ..self }
     }
 
     /// [`MessageStore::store`] without the async wrapper (blocking I/O).
     pub fn store_blocking(&self, acc: &Accepted, body: &[u8]) -> Result<(), StoreError> {
-        store_blocking(self.queue.as_ref(), &self.local, acc, body)
+        store_blocking(self.queue.as_ref(), &self.local, &self.signer, acc, body)
     }
 }
 
@@ -73,8 +88,9 @@ impl MessageStore for Intake {
     async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
         let queue = self.queue.clone();
         let local = self.local.clone();
+        let signer = self.signer.clone();
         tokio::task::spawn_blocking(move || {
-            store_blocking(queue.as_ref(), &local, &accepted, &body)
+            store_blocking(queue.as_ref(), &local, &signer, &accepted, &body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
@@ -84,9 +100,11 @@ impl MessageStore for Intake {
 fn store_blocking(
     queue: &dyn QueueStore,
     local: &LocalDelivery,
+    signer: &Signer,
     acc: &Accepted,
     body: &[u8],
 ) -> Result<(), StoreError> {
+    let trace = trace_fields(signer, acc, body)?;
     // Each target once, even when several recipients or aliases lead to it.
     let mut locals: Vec<&str> = Vec::new();
     let mut remotes: BTreeMap<&str, &str> = BTreeMap::new();
@@ -107,7 +125,7 @@ fn store_blocking(
         .deliver(
             locals.iter().copied(),
             acc.sender.as_deref(),
-            &acc.received,
+            &trace,
             body,
         )
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
@@ -130,7 +148,7 @@ fn store_blocking(
             received_at: SystemTime::now(),
             client_ip: Some(acc.client_ip),
             helo: Some(acc.helo.clone()),
-            size: (acc.received.len() + body.len()) as u64,
+            size: (trace.len() + body.len()) as u64,
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
             held: false,
@@ -140,9 +158,25 @@ fn store_blocking(
         // On failure `delivered` drops here and takes the local copies back: the client gets
         // a 4xx and retries the whole message.
         queue
-            .commit_parts(&envelope, &[acc.received.as_bytes(), body])
+            .commit_parts(&envelope, &[trace.as_bytes(), body])
             .map_err(|e| StoreError::from_io("queue commit", &e))?;
     }
     delivered.keep();
     Ok(())
+}
+
+/// tern's `Received:` and, for our own mail, the DKIM-Signature fields: in that order, so the
+/// signatures sit next to the header fields they cover and the Received is outside them (a
+/// trace field is added by every hop and never signed). A signing failure refuses the message
+/// for now (451) rather than let it leave unsigned.
+fn trace_fields(signer: &Signer, acc: &Accepted, body: &[u8]) -> Result<String, StoreError> {
+    if !acc.sign || signer.is_empty() {
+        return Ok(acc.received.clone());
+    }
+    let signatures = signer
+        .sign(body)
+        .map_err(|e| StoreError::new(e.to_string()))?;
+    let signatures = std::str::from_utf8(&signatures)
+        .map_err(|_| StoreError::new("DKIM-Signature fields are not ASCII"))?;
+    Ok(format!("{}{signatures}", acc.received))
 }
