@@ -12,8 +12,9 @@ use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
-    Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
-    QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
+    OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User,
+    LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -401,7 +402,12 @@ fn dkim_key(v: &mut Issues, raw: &RawDkim, key: &str) -> Option<DkimConfig> {
     }
     let key_file = dkim_key_file(v, &raw.key_file, key, domain.as_deref(), &selector);
     let headers = match &raw.headers {
-        None => Some(defaults::DKIM_HEADERS.iter().map(|h| h.to_string()).collect()),
+        None => Some(
+            defaults::DKIM_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        ),
         Some(list) => dkim_headers(v, list, key),
     };
     Some(DkimConfig {
@@ -424,7 +430,11 @@ fn dkim_key_file(
     let keygen = format!(
         "tern dkim keygen --domain {} --selector {} --out {}",
         domain.unwrap_or("DOMAIN"),
-        if selector.is_empty() { "SELECTOR" } else { selector },
+        if selector.is_empty() {
+            "SELECTOR"
+        } else {
+            selector
+        },
         if value.get_ref().trim().is_empty() {
             "FILE".to_string()
         } else {
@@ -459,7 +469,11 @@ fn dkim_key_file(
 
 /// `headers`: field names (RFC 5322 2.2: printable ASCII but colon), each once, From among them
 /// (RFC 6376 5.4: the From field MUST be signed).
-fn dkim_headers(v: &mut Issues, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Option<Vec<String>> {
+fn dkim_headers(
+    v: &mut Issues,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+) -> Option<Vec<String>> {
     let mut headers: Vec<String> = Vec::new();
     let mut ok = true;
     for (i, h) in list.get_ref().iter().enumerate() {

@@ -230,17 +230,17 @@ fn type_hint(key: &str) -> String {
         "nameservers" => "write a list of addresses such as [\"127.0.0.1:53\"]",
         "trusted_networks" => "write a list of networks such as [\"127.0.0.0/8\", \"::1/128\"]",
         "domains" => "write a list of domain names such as [\"example.test\"]",
-        "headers" => "write a list of header field names such as [\"From\", \"Subject\"]",
-        "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" | "subdomains" => {
+        "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" => {
             "write true or false"
         }
         "users" => "write each user as a [[users]] table with name = \"user@domain\"",
+        "headers" => "write a list of header field names such as [\"From\", \"Subject\"]",
+        "subdomains" => "write true or false",
+        "selector" | "key_file" => "write the value as a quoted string",
         "tls" if key == "tls" => "write a [tls] table with cert = \"...\" and key = \"...\"",
         "tls" => "write one of \"none\", \"opportunistic\", \"required\"",
         "hostname" | "helo_name" | "data_dir" | "level" | "format" | "cert" | "key" | "host"
-        | "user" | "password" | "password_file" | "name" | "selector" | "key_file" | "domain" => {
-            "write the value as a quoted string"
-        }
+        | "user" | "password" | "password_file" | "name" => "write the value as a quoted string",
         _ if key.starts_with("routes.") => {
             "write \"host[:port]\" or a table { host = \"...\", port = 25, tls = \"required\" }"
         }

@@ -19,8 +19,9 @@ mod values;
 pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use types::{
-    Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat, OutboundConfig,
-    QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
+    OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User,
+    LOG_LEVELS,
 };
 
 #[cfg(test)]

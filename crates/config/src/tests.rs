@@ -1009,7 +1009,10 @@ fn dkim_keys_with_defaults_and_explicit_headers() {
     assert_eq!(rsa.domain, "example.test");
     assert_eq!(rsa.selector, "s2026");
     assert_eq!(rsa.key_file, key);
-    assert_eq!(rsa.headers, defaults::DKIM_HEADERS.map(String::from).to_vec());
+    assert_eq!(
+        rsa.headers,
+        defaults::DKIM_HEADERS.map(String::from).to_vec()
+    );
     assert!(!rsa.subdomains);
     let ed = &cfg.dkim[1];
     assert_eq!(ed.headers, ["from", "Subject"], "deduplicated, case kept");

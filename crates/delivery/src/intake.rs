@@ -122,12 +122,7 @@ fn store_blocking(
     locals.dedup();
 
     let delivered = local
-        .deliver(
-            locals.iter().copied(),
-            acc.sender.as_deref(),
-            &trace,
-            body,
-        )
+        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, body)
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
     if !remotes.is_empty() {
         let id: QueueId = acc

@@ -148,7 +148,8 @@ impl PrivateKey {
                 let bytes = pkcs8.secret_pkcs8_der();
                 // "maybe_unchecked": PKCS#8 v1 files (OpenSSL's) carry no public key to check.
                 if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes) {
-                    let signing = Ed25519Key::from_pkcs8_maybe_unchecked_der(bytes).map_err(library)?;
+                    let signing =
+                        Ed25519Key::from_pkcs8_maybe_unchecked_der(bytes).map_err(library)?;
                     return Ok(Self {
                         key_type: KeyType::Ed25519,
                         public: pair.public_key().as_ref().to_vec(),
@@ -182,12 +183,11 @@ impl PrivateKey {
             })?
             .as_ref()
             .to_vec();
-        let signing = RsaKey::<Sha256>::from_key_der(der.clone_key()).map_err(|e| {
-            KeyError::Unsupported {
+        let signing =
+            RsaKey::<Sha256>::from_key_der(der.clone_key()).map_err(|e| KeyError::Unsupported {
                 path: None,
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Self {
             key_type: KeyType::Rsa { bits },
             public,
@@ -243,14 +243,14 @@ mod tests {
 
     #[test]
     fn generated_keys_load_back_with_their_type() {
-        let rsa = PrivateKey::from_pem(generate_key(KeyAlgorithm::Rsa2048).unwrap().as_bytes())
-            .unwrap();
+        let rsa =
+            PrivateKey::from_pem(generate_key(KeyAlgorithm::Rsa2048).unwrap().as_bytes()).unwrap();
         assert_eq!(rsa.key_type(), KeyType::Rsa { bits: 2048 });
         // SubjectPublicKeyInfo: a DER SEQUENCE, about 294 bytes for 2048 bits.
         assert_eq!(rsa.public_key()[0], 0x30);
         assert!((290..300).contains(&rsa.public_key().len()));
-        let ed = PrivateKey::from_pem(generate_key(KeyAlgorithm::Ed25519).unwrap().as_bytes())
-            .unwrap();
+        let ed =
+            PrivateKey::from_pem(generate_key(KeyAlgorithm::Ed25519).unwrap().as_bytes()).unwrap();
         assert_eq!(ed.key_type(), KeyType::Ed25519);
         assert_eq!(ed.public_key().len(), 32);
         assert!(format!("{ed:?}").contains("Ed25519"));
@@ -267,7 +267,10 @@ mod tests {
         std::fs::write(&text, "not a key\n").unwrap();
         let e = PrivateKey::load(&text).unwrap_err();
         assert!(matches!(e, KeyError::NotPem { .. }), "{e}");
-        assert!(e.to_string().starts_with(&text.display().to_string()), "{e}");
+        assert!(
+            e.to_string().starts_with(&text.display().to_string()),
+            "{e}"
+        );
 
         // An EC key (what `tern cert self-signed` makes for TLS) is not a DKIM key.
         let ec = rcgen::KeyPair::generate().unwrap().serialize_pem();
@@ -288,10 +291,7 @@ mod tests {
         // Test-only keys made with `openssl genrsa -traditional`.
         let pem = include_str!("../../testdata/rsa-1024.pem");
         let e = PrivateKey::from_pem(pem.as_bytes()).unwrap_err();
-        assert!(
-            matches!(e, KeyError::RsaTooSmall { .. }),
-            "{e}"
-        );
+        assert!(matches!(e, KeyError::RsaTooSmall { .. }), "{e}");
         assert!(e.to_string().contains("at least 2048"), "{e}");
     }
 }

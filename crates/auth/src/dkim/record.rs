@@ -116,9 +116,16 @@ mod tests {
         let rsa = key(KeyAlgorithm::Rsa2048);
         let record = DkimRecord::new("Example.test.", "s1", &rsa);
         assert_eq!(record.name, "s1._domainkey.Example.test");
-        assert!(record.value.starts_with("v=DKIM1; k=rsa; p=MII"), "{}", record.value);
+        assert!(
+            record.value.starts_with("v=DKIM1; k=rsa; p=MII"),
+            "{}",
+            record.value
+        );
         let line = record.zone_line();
-        assert!(line.starts_with("s1._domainkey.Example.test. IN TXT \""), "{line}");
+        assert!(
+            line.starts_with("s1._domainkey.Example.test. IN TXT \""),
+            "{line}"
+        );
         let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
         assert!(strings.len() >= 2, "{line}");
         assert!(strings.iter().all(|s| s.len() <= 255));
@@ -130,11 +137,21 @@ mod tests {
         for algorithm in [KeyAlgorithm::Rsa2048, KeyAlgorithm::Ed25519] {
             let mine = key(algorithm);
             let other = key(algorithm);
-            let good = DkimRecord::new("example.test", "s", &mine).value.into_bytes();
-            let bad = DkimRecord::new("example.test", "s", &other).value.into_bytes();
+            let good = DkimRecord::new("example.test", "s", &mine)
+                .value
+                .into_bytes();
+            let bad = DkimRecord::new("example.test", "s", &other)
+                .value
+                .into_bytes();
             let spf = b"v=spf1 -all".to_vec();
-            assert_eq!(check_record(&mine, &[spf.clone(), good.clone()]), RecordCheck::Matches);
-            assert_eq!(check_record(&mine, &[spf.clone()]), RecordCheck::Missing);
+            assert_eq!(
+                check_record(&mine, &[spf.clone(), good.clone()]),
+                RecordCheck::Matches
+            );
+            assert_eq!(
+                check_record(&mine, std::slice::from_ref(&spf)),
+                RecordCheck::Missing
+            );
             assert_eq!(check_record(&mine, &[]), RecordCheck::Missing);
             match check_record(&mine, &[bad]) {
                 RecordCheck::Mismatch(why) => {

@@ -26,8 +26,9 @@ pub struct SignerError {
     pub domain: String,
     pub selector: String,
     pub key_file: PathBuf,
+    // Boxed: keeps `Result<Signer, _>` small (the error is rare, the Ok path common).
     #[source]
-    pub source: KeyError,
+    pub source: Box<KeyError>,
 }
 
 /// Signing a message failed; the message must not be accepted unsigned.
@@ -67,7 +68,11 @@ pub struct Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.keys.iter().map(|k| format!("{}/{}", k.domain, k.selector)))
+            .entries(
+                self.keys
+                    .iter()
+                    .map(|k| format!("{}/{}", k.domain, k.selector)),
+            )
             .finish()
     }
 }
@@ -81,7 +86,7 @@ impl Signer {
                 domain: config.domain.clone(),
                 selector: config.selector.clone(),
                 key_file: config.key_file.clone(),
-                source,
+                source: Box::new(source),
             })?;
             // From over-signed (RFC 6376 8.15): listed once more than it occurs, so that a
             // From: added in transit (a second one makes DMARC ambiguous) breaks the
@@ -160,7 +165,9 @@ mod tests {
             domain: domain.into(),
             selector: selector.into(),
             key_file,
-            headers: tern_config::defaults::DKIM_HEADERS.map(String::from).to_vec(),
+            headers: tern_config::defaults::DKIM_HEADERS
+                .map(String::from)
+                .to_vec(),
             subdomains: false,
         }
     }
@@ -179,8 +186,14 @@ mod tests {
         .unwrap();
         let fields = String::from_utf8(signer.sign(MESSAGE).unwrap()).unwrap();
         assert_eq!(fields.matches("DKIM-Signature:").count(), 2, "{fields}");
-        assert!(fields.contains("a=rsa-sha256; s=rsa; d=example.test"), "{fields}");
-        assert!(fields.contains("a=ed25519-sha256; s=ed; d=example.test"), "{fields}");
+        assert!(
+            fields.contains("a=rsa-sha256; s=rsa; d=example.test"),
+            "{fields}"
+        );
+        assert!(
+            fields.contains("a=ed25519-sha256; s=ed; d=example.test"),
+            "{fields}"
+        );
         assert!(fields.contains("c=relaxed/relaxed"), "{fields}");
         // From twice in h= (over-signed); the message's To and Subject once each.
         let h = fields
@@ -189,7 +202,13 @@ mod tests {
             .and_then(|rest| rest.split(';').next())
             .unwrap()
             .replace(['\r', '\n', '\t', ' '], "");
-        assert_eq!(h.split(':').filter(|f| f.eq_ignore_ascii_case("from")).count(), 2, "{h}");
+        assert_eq!(
+            h.split(':')
+                .filter(|f| f.eq_ignore_ascii_case("from"))
+                .count(),
+            2,
+            "{h}"
+        );
         assert!(fields.ends_with("\r\n"));
     }
 
@@ -198,7 +217,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exact = config(dir.path(), "test", "s", KeyAlgorithm::Ed25519);
         let signer = Signer::from_config(std::slice::from_ref(&exact)).unwrap();
-        assert!(signer.sign(MESSAGE).unwrap().is_empty(), "example.test is not test");
+        assert!(
+            signer.sign(MESSAGE).unwrap().is_empty(),
+            "example.test is not test"
+        );
         let signer = Signer::from_config(&[DkimConfig {
             subdomains: true,
             ..exact
@@ -207,15 +229,23 @@ mod tests {
         let fields = String::from_utf8(signer.sign(MESSAGE).unwrap()).unwrap();
         assert!(fields.contains("d=test;"), "{fields}");
         // No From: nothing to sign for.
-        assert!(signer.sign(b"Subject: x\r\n\r\nbody\r\n").unwrap().is_empty());
+        assert!(signer
+            .sign(b"Subject: x\r\n\r\nbody\r\n")
+            .unwrap()
+            .is_empty());
         assert!(Signer::default().sign(MESSAGE).unwrap().is_empty());
         // "badexample.test" is not under "example.test".
         let key = SigningKey {
             subdomains: true,
-            ..Signer::from_config(&[config(dir.path(), "example.test", "t", KeyAlgorithm::Ed25519)])
-                .unwrap()
-                .keys
-                .remove(0)
+            ..Signer::from_config(&[config(
+                dir.path(),
+                "example.test",
+                "t",
+                KeyAlgorithm::Ed25519,
+            )])
+            .unwrap()
+            .keys
+            .remove(0)
         };
         assert!(key.covers("mail.example.test"));
         assert!(!key.covers("badexample.test"));
@@ -230,6 +260,9 @@ mod tests {
         assert!(e.contains("dkim key for example.test (selector s1)"), "{e}");
         assert!(e.contains("gone.key"), "{e}");
         assert!(e.contains("fix: "), "{e}");
-        assert!(e.contains("tern dkim keygen --domain example.test --selector s1"), "{e}");
+        assert!(
+            e.contains("tern dkim keygen --domain example.test --selector s1"),
+            "{e}"
+        );
     }
 }

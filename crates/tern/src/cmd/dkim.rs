@@ -161,7 +161,8 @@ fn keygen(domain: &str, selector: &str, algorithm: KeyAlgorithm, out: &Path) -> 
     let selector = name("selector", selector)?;
     let pem = generate_key(algorithm).map_err(|e| Failed(exit::SOFTWARE, e.to_string()))?;
     // Read back through the loader the server uses: what is printed is what will be signed with.
-    let key = PrivateKey::from_pem(pem.as_bytes()).map_err(|e| Failed(exit::SOFTWARE, e.to_string()))?;
+    let key =
+        PrivateKey::from_pem(pem.as_bytes()).map_err(|e| Failed(exit::SOFTWARE, e.to_string()))?;
     write_exclusive(out, pem.as_bytes()).map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
             "it exists; a key is never overwritten (its record may be published): choose another --out or a new selector".to_string()
@@ -233,7 +234,9 @@ fn record(key_file: &Path, named: Option<(String, String)>, arg: &ConfigArg) -> 
         }),
     };
     match named {
-        Some((domain, selector)) => println!("{}", DkimRecord::new(&domain, &selector, &key).zone_line()),
+        Some((domain, selector)) => {
+            println!("{}", DkimRecord::new(&domain, &selector, &key).zone_line())
+        }
         None => {
             eprintln!("(publish at SELECTOR._domainkey.DOMAIN; give --domain and --selector for the full line)");
             println!("{}", DkimRecord::new("DOMAIN", "SELECTOR", &key).value);
@@ -318,7 +321,10 @@ fn lookup(name: &str, nameservers: &[SocketAddr]) -> Result<Vec<Vec<u8>>, Failed
         match setup.resolver.txt(name).await {
             Ok(records) => Ok(records),
             Err(DnsError::NxDomain(_)) => Ok(Vec::new()),
-            Err(e) => Err(Failed(exit::TEMPFAIL, format!("cannot look up {name}: {e}"))),
+            Err(e) => Err(Failed(
+                exit::TEMPFAIL,
+                format!("cannot look up {name}: {e}"),
+            )),
         }
     })
 }
