@@ -5,7 +5,8 @@ Covered: `tern dkim keygen` writes the key 0600 and never over an existing file,
 matches, reports a record of another key and a missing one. Mail from a trusted client (delivered locally)
 and from an authenticated submission user (relayed to an aiosmtpd peer) carries one signature per key of its
 From: domain (RSA and Ed25519), each verified by dkimpy (`dkim.verify`), and the RSA one by OpenDKIM's
-`opendkim-testmsg`; mail from an untrusted port-25 client is not signed; `tern serve` refuses to start on a
+`opendkim-testmsg`; both still verify after a real Postfix received and stored the message; mail from an
+untrusted port-25 client is not signed; `tern serve` refuses to start on a
 missing or too short key."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from relay_helpers import Remote, relay_config, route_to
+from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to
 from sec_helpers import ALICE, ALICE_PW, Client, Ports, tls_config
 from send_helpers.fakedns import FakeDNS
 from ternlib import LOCAL_DOMAIN, Tern, make_message, tern_bin
@@ -276,6 +277,28 @@ def test_authenticated_user_relayed_mail_is_signed_and_opendkim_verifies(tern, t
     # The oracle can fail: a changed Subject is reported.
     bad = opendkim_verify(tmp_path, crlf(got).replace(b"Subject: signed", b"Subject: forged"), rsa)
     assert bad.returncode != 0, bad
+
+
+def test_signatures_still_verify_after_postfix_delivered_the_message(tern, tmp_path):
+    require_postfix()
+    rsa = keygen(tmp_path, "rsa")
+    ed = keygen(tmp_path, "ed", "ed25519")
+    with Postfix(domain="pf.test", users=("bob",)) as pf:
+        srv = tern(**relay_config(routes={"pf.test": route_to(pf.port)}), dkim=[rsa.dkim_config(), ed.dkim_config()])
+        msg = make_message("through postfix", sender=ALICE, to="bob@pf.test",
+                           body=b"Line one\r\n\tindented   \r\n.leading dot\r\n",
+                           extra=b"Date: Tue, 01 Dec 2026 23:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+                                 b"Content-Type: text/plain; charset=utf-8\r\n")
+        srv.deliver(ALICE, "bob@pf.test", msg)
+        stored = pf.wait_delivered("bob")[0]
+    # Postfix added its own Received: and stored the file with LF line ends; both signatures still hold.
+    assert sorted(verify_each(stored, rsa, ed)) == ["ed25519-sha256", "rsa-sha256"]
+    require_opendkim()
+    rsa_only = re.sub(rb"DKIM-Signature: v=1; a=ed25519-sha256;.*?(?=\r\n[^ \t])\r\n", b"", crlf(stored),
+                      count=1, flags=re.S)
+    assert len(signature_fields(rsa_only)) == 1
+    r = opendkim_verify(tmp_path, rsa_only, rsa)
+    assert r.returncode == 0, f"opendkim-testmsg: rc={r.returncode} {r.stdout}{r.stderr}"
 
 
 def test_untrusted_port25_client_is_not_signed(tern, tmp_path):
