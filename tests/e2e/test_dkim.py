@@ -6,8 +6,7 @@ matches, reports a record of another key and a missing one. Mail from a trusted 
 and from an authenticated submission user (relayed to an aiosmtpd peer) carries one signature per key of its
 From: domain (RSA and Ed25519), each verified by dkimpy (`dkim.verify`), and the RSA one by OpenDKIM's
 `opendkim-testmsg`; both still verify after a real Postfix received and stored the message; mail from an
-untrusted port-25 client is not signed; `tern serve` refuses to start on a
-missing or too short key."""
+untrusted port-25 client is not signed; `tern serve` refuses to start on a missing or too short key."""
 
 from __future__ import annotations
 
