@@ -175,3 +175,113 @@ fn trace_fields(signer: &Signer, acc: &Accepted, body: &[u8]) -> Result<String, 
         .map_err(|_| StoreError::new("DKIM-Signature fields are not ASCII"))?;
     Ok(format!("{}{signatures}", acc.received))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use tern_config::{Config, DkimConfig};
+    use tern_queue::FsStore;
+
+    const RECEIVED: &str = "Received: by mx.tern.test (tern) id 1;\r\n\tdate\r\n";
+    const BODY: &[u8] = b"From: <alice@tern.test>\r\nSubject: x\r\n\r\nhi\r\n";
+
+    fn setup(dir: &Path) -> (Intake, Arc<FsStore>) {
+        let text = format!(
+            "hostname = \"mx.tern.test\"\ndata_dir = {:?}\n",
+            dir.display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let key_file = dir.join("ed.key");
+        std::fs::write(
+            &key_file,
+            tern_auth::generate_key(tern_auth::KeyAlgorithm::Ed25519).unwrap(),
+        )
+        .unwrap();
+        let signer = Signer::from_config(&[DkimConfig {
+            domain: "tern.test".into(),
+            selector: "ed".into(),
+            key_file,
+            headers: vec!["From".into(), "Subject".into()],
+            subdomains: false,
+        }])
+        .unwrap();
+        let queue = Arc::new(FsStore::open(dir).unwrap());
+        let intake =
+            Intake::new(queue.clone(), LocalDelivery::unstaged(&cfg)).with_signer(Arc::new(signer));
+        (intake, queue)
+    }
+
+    fn accepted(id: &str, sign: bool) -> Accepted {
+        Accepted {
+            id: id.into(),
+            sender: Some("alice@tern.test".into()),
+            recipients: vec![AcceptedRecipient {
+                address: "bob@remote.test".into(),
+                targets: vec![
+                    Target::Local("dave@tern.test".into()),
+                    Target::Remote("bob@remote.test".into()),
+                ],
+            }],
+            received: RECEIVED.into(),
+            smtputf8: false,
+            eight_bit: false,
+            helo: "client.test".into(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            sign,
+        }
+    }
+
+    fn local_copies(dir: &Path) -> Vec<Vec<u8>> {
+        let new = crate::local::mailbox_of(dir, "dave@tern.test").join("new");
+        let mut files: Vec<_> = std::fs::read_dir(new)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn signed_once_into_the_maildir_copy_and_the_queued_copy_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, queue) = setup(dir.path());
+        let id = QueueId::generate();
+        intake
+            .store_blocking(&accepted(&id.to_string(), true), BODY)
+            .unwrap();
+
+        let queued = queue.read_message(&id).unwrap();
+        let text = String::from_utf8(queued.clone()).unwrap();
+        let after_received = text.strip_prefix(RECEIVED).unwrap();
+        assert!(
+            after_received.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=ed; d=tern.test;"),
+            "{text}"
+        );
+        assert!(queued.ends_with(BODY));
+        // The Maildir copy carries the very same signature after its own trace prefix.
+        let local = &local_copies(dir.path())[0];
+        assert!(
+            local.ends_with(&queued),
+            "{}",
+            String::from_utf8_lossy(local)
+        );
+        assert_eq!(queue.load(&id).unwrap().size, queued.len() as u64);
+    }
+
+    #[test]
+    fn not_ours_not_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, queue) = setup(dir.path());
+        let id = QueueId::generate();
+        intake
+            .store_blocking(&accepted(&id.to_string(), false), BODY)
+            .unwrap();
+        let queued = queue.read_message(&id).unwrap();
+        assert_eq!(queued, [RECEIVED.as_bytes(), BODY].concat());
+        assert!(!String::from_utf8_lossy(&local_copies(dir.path())[0]).contains("DKIM-Signature"));
+    }
+}
