@@ -251,7 +251,7 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(&id.to_string(), true), BODY)
+            .store_blocking(&accepted(id.as_str(), true), BODY)
             .unwrap();
 
         let queued = queue.read_message(&id).unwrap();
@@ -278,7 +278,7 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(&id.to_string(), false), BODY)
+            .store_blocking(&accepted(id.as_str(), false), BODY)
             .unwrap();
         let queued = queue.read_message(&id).unwrap();
         assert_eq!(queued, [RECEIVED.as_bytes(), BODY].concat());
