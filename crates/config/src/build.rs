@@ -12,11 +12,11 @@ use crate::caps;
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
 use crate::password;
-use crate::raw::{OneOrMany, RawConfig, RawRoute, RawTls, Size};
+use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
-    BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
-    OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User,
-    LOG_LEVELS,
+    BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
+    LogFormat, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
+    User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -183,6 +183,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let queue = queue(&mut v, &raw);
     let outbound = outbound(&mut v, &raw, &hostname);
     let log = log(&mut v, &raw);
+    let dkim = dkim(&mut v, &raw);
 
     v.finish()?;
     Ok(Config {
@@ -202,6 +203,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         queue,
         outbound,
         log,
+        dkim,
         source: Some(origin.to_path_buf()),
     })
 }
@@ -366,6 +368,150 @@ fn pem_file(
         }
     }
     path
+}
+
+/// `[[dkim]]`: every key's names checked here, its file readable and PEM-shaped (a missing key
+/// is a start-up error, never a silently unsigned message); the key material itself is parsed
+/// by the signer, which the server builds before it listens.
+fn dkim(v: &mut Issues, raw: &RawConfig) -> Vec<DkimConfig> {
+    let mut keys: Vec<DkimConfig> = Vec::new();
+    for (i, entry) in raw.dkim.iter().enumerate() {
+        let key = format!("dkim[{i}]");
+        if let Some(config) = dkim_key(v, entry.get_ref(), &key) {
+            if keys
+                .iter()
+                .any(|k| k.domain == config.domain && k.selector == config.selector)
+            {
+                v.add(
+                    at(&entry.get_ref().selector),
+                    format!("{key}.selector"),
+                    format!(
+                        "selector \"{}\" of domain \"{}\" is configured twice",
+                        config.selector, config.domain
+                    ),
+                    "give each key of a domain its own selector (one DNS record per selector)",
+                );
+                continue;
+            }
+            keys.push(config);
+        }
+    }
+    keys
+}
+
+fn dkim_key(v: &mut Issues, raw: &RawDkim, key: &str) -> Option<DkimConfig> {
+    let domain = domain_name(v, &raw.domain, &format!("{key}.domain"));
+    // RFC 6376 3.1: a selector is one or more dot-separated DNS labels.
+    let selector = raw.selector.get_ref().trim().to_ascii_lowercase();
+    let selector_ok = is_domain(&selector);
+    if !selector_ok {
+        v.add(
+            at(&raw.selector),
+            format!("{key}.selector"),
+            format!("\"{}\" is not a valid selector", raw.selector.get_ref()),
+            "use DNS labels of letters, digits and hyphens, e.g. \"s2026\"",
+        );
+    }
+    let key_file = dkim_key_file(v, &raw.key_file, key, domain.as_deref(), &selector);
+    let headers = match &raw.headers {
+        None => Some(
+            defaults::DKIM_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        ),
+        Some(list) => dkim_headers(v, list, key),
+    };
+    Some(DkimConfig {
+        domain: domain?,
+        selector: selector_ok.then_some(selector)?,
+        key_file: key_file?,
+        headers: headers?,
+        subdomains: flag(&raw.subdomains, defaults::DKIM_SUBDOMAINS),
+    })
+}
+
+fn dkim_key_file(
+    v: &mut Issues,
+    value: &Spanned<String>,
+    key: &str,
+    domain: Option<&str>,
+    selector: &str,
+) -> Option<PathBuf> {
+    let path = PathBuf::from(value.get_ref());
+    let keygen = format!(
+        "tern dkim keygen --domain {} --selector {} --out {}",
+        domain.unwrap_or("DOMAIN"),
+        if selector.is_empty() {
+            "SELECTOR"
+        } else {
+            selector
+        },
+        if value.get_ref().trim().is_empty() {
+            "FILE".to_string()
+        } else {
+            path.display().to_string()
+        }
+    );
+    let problem = if value.get_ref().trim().is_empty() {
+        "the path is empty".to_string()
+    } else {
+        match std::fs::read(&path) {
+            Err(e) => format!("cannot read DKIM key \"{}\": {e}", path.display()),
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                if text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----") {
+                    return Some(path);
+                }
+                format!(
+                    "\"{}\" is not a PEM private key (no \"PRIVATE KEY-----\" line)",
+                    path.display()
+                )
+            }
+        }
+    };
+    v.add(
+        at(value),
+        format!("{key}.key_file"),
+        problem,
+        format!("point key_file at the PEM key of this selector, or create one with `{keygen}` (and publish the record it prints)"),
+    );
+    None
+}
+
+/// `headers`: field names (RFC 5322 2.2: printable ASCII but colon), each once, From among them
+/// (RFC 6376 5.4: the From field MUST be signed).
+fn dkim_headers(
+    v: &mut Issues,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+) -> Option<Vec<String>> {
+    let mut headers: Vec<String> = Vec::new();
+    let mut ok = true;
+    for (i, h) in list.get_ref().iter().enumerate() {
+        let name = h.get_ref().trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            v.add(
+                at(h),
+                format!("{key}.headers[{i}]"),
+                format!("\"{}\" is not a header field name", h.get_ref()),
+                "write field names without the colon, e.g. \"Subject\"",
+            );
+            ok = false;
+        } else if !headers.iter().any(|seen| seen.eq_ignore_ascii_case(name)) {
+            headers.push(name.to_string());
+        }
+    }
+    if ok && !headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+        v.add(
+            at(list),
+            format!("{key}.headers"),
+            "the list does not contain \"From\", which every DKIM signature must cover (RFC 6376 5.4)",
+            "add \"From\" to headers, or remove headers to use the default list",
+        );
+        ok = false;
+    }
+    ok.then_some(headers)
 }
 
 fn file_fix(error: &std::io::Error) -> &'static str {

@@ -100,6 +100,30 @@ pub const OUTBOUND_DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
 /// Port used for a nameserver given as a bare IP address.
 pub const DNS_PORT: u16 = 53;
 
+/// `[[dkim]] headers`: the fields a DKIM signature covers unless the key says otherwise. RFC
+/// 6376 5.4.1 recommends these (the ones a recipient sees and acts on), plus the list
+/// unsubscribe fields of RFC 2369 / RFC 8058 (which RFC 8058 3.2 says must be signed). The
+/// signer adds one more `From` to `h=` (over-signing, RFC 6376 8.15) so that a second From:
+/// added later breaks the signature.
+pub const DKIM_HEADERS: [&str; 14] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+/// `[[dkim]] subdomains`: a key signs its own domain only.
+pub const DKIM_SUBDOMAINS: bool = false;
+
 pub const LOG_LEVEL: &str = "info";
 pub const LOG_FORMAT: LogFormat = LogFormat::Text;
 
@@ -241,6 +265,7 @@ pub(crate) fn config() -> Config {
         queue: queue(),
         outbound: outbound(&hostname),
         log: log(),
+        dkim: Vec::new(),
         source: None,
         hostname,
     }

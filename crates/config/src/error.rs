@@ -234,6 +234,9 @@ fn type_hint(key: &str) -> String {
             "write true or false"
         }
         "users" => "write each user as a [[users]] table with name = \"user@domain\"",
+        "headers" => "write a list of header field names such as [\"From\", \"Subject\"]",
+        "subdomains" => "write true or false",
+        "selector" | "key_file" => "write the value as a quoted string",
         "tls" if key == "tls" => "write a [tls] table with cert = \"...\" and key = \"...\"",
         "tls" => "write one of \"none\", \"opportunistic\", \"required\"",
         "hostname" | "helo_name" | "data_dir" | "level" | "format" | "cert" | "key" | "host"

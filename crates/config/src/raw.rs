@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
     pub queue: RawQueue,
     pub outbound: RawOutbound,
     pub log: RawLog,
+    pub dkim: Vec<Spanned<RawDkim>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +107,19 @@ pub(crate) struct RawUser {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawRelay {
     pub trusted_networks: TextList,
+}
+
+/// One `[[dkim]]` signing key (RFC 6376).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDkim {
+    pub domain: Spanned<String>,
+    pub selector: Spanned<String>,
+    pub key_file: Spanned<String>,
+    #[serde(default)]
+    pub headers: TextList,
+    #[serde(default)]
+    pub subdomains: Flag,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1151,3 +1151,54 @@ fn load_file_names_the_file_in_errors() {
     let e = Config::load_file(&path).unwrap_err().to_string();
     assert!(e.contains("fix: save the file as UTF-8 text"), "{e}");
 }
+
+#[test]
+fn dkim_keys_with_defaults_and_explicit_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = tls_files(dir.path());
+    let cfg = load(&format!(
+        "[[dkim]]\ndomain = \"Example.TEST.\"\nselector = \"S2026\"\nkey_file = {key:?}\n\
+         [[dkim]]\ndomain = \"example.test\"\nselector = \"ed\"\nkey_file = {key:?}\n\
+         headers = [\"from\", \"Subject\", \"subject\"]\nsubdomains = true\n"
+    ));
+    assert_eq!(cfg.dkim.len(), 2);
+    let rsa = &cfg.dkim[0];
+    assert_eq!(rsa.domain, "example.test");
+    assert_eq!(rsa.selector, "s2026");
+    assert_eq!(rsa.key_file, key);
+    assert_eq!(
+        rsa.headers,
+        defaults::DKIM_HEADERS.map(String::from).to_vec()
+    );
+    assert!(!rsa.subdomains);
+    let ed = &cfg.dkim[1];
+    assert_eq!(ed.headers, ["from", "Subject"], "deduplicated, case kept");
+    assert!(ed.subdomains);
+    assert!(load("").dkim.is_empty());
+    assert!(Config::defaults().dkim.is_empty());
+}
+
+#[test]
+fn dkim_rejects_duplicates_and_non_pem_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_files(dir.path());
+    rejects(
+        &format!(
+            "[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = {key:?}\n\
+             [[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = {key:?}\n"
+        ),
+        &["tern.toml:7:12:", "dkim[1].selector", "configured twice"],
+    );
+    rejects(
+        &format!("[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = {cert:?}\n"),
+        &[
+            "dkim[0].key_file",
+            "is not a PEM private key",
+            "tern dkim keygen --domain example.test --selector s1",
+        ],
+    );
+    rejects(
+        "[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\n",
+        &["required key `key_file` is missing"],
+    );
+}

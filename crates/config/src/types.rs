@@ -34,6 +34,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub outbound: OutboundConfig,
     pub log: LogConfig,
+    /// `[[dkim]]`: signing keys for outbound mail; empty = nothing is signed.
+    pub dkim: Vec<DkimConfig>,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -232,6 +234,23 @@ impl fmt::Display for TlsPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// One DKIM signing key (`[[dkim]]`, RFC 6376 / RFC 8463). The key file was readable and looked
+/// like a PEM private key at load time; the key itself (type, RSA size) is checked by the signer
+/// when the server starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`), lower-case, no trailing dot.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    pub key_file: PathBuf,
+    /// Header fields to sign (`h=`), in this order; always contains `From` (RFC 6376 5.4), which
+    /// the signer also over-signs.
+    pub headers: Vec<String>,
+    /// Also sign mail whose From: domain is a subdomain of `domain`.
+    pub subdomains: bool,
 }
 
 /// Resolver settings.

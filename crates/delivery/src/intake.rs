@@ -1,7 +1,10 @@
 //! Intake: where an accepted message goes before the 250. Local recipients go straight into
 //! their Maildir (the Maildir rename is itself the durable commit, so there is no
 //! spool-then-copy), remote recipients into the durable queue for the relay. Both are fsync'd
-//! before [`MessageStore::store`] returns. The queue tells its subscribers (the relay's
+//! before [`MessageStore::store`] returns. Our own mail is DKIM-signed here, once, before
+//! either copy is written, so that every copy carries the same signature over the bytes that
+//! leave (RFC 6376 5: sign as late as possible, but nothing after tern changes the message).
+//! The queue tells its subscribers (the relay's
 //! scheduler) about the new entry; intake knows nothing of the relay.
 
 use std::collections::BTreeMap;
@@ -10,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tern_auth::Signer;
 use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoreError};
 
 use crate::local::LocalDelivery;
@@ -27,6 +31,9 @@ pub struct Accepted {
     pub eight_bit: bool,
     pub helo: String,
     pub client_ip: IpAddr,
+    /// The message is ours to sign (the client authenticated or is in
+    /// `relay.trusted_networks`): intake adds the DKIM signatures of its From: domain.
+    pub sign: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,19 +60,27 @@ pub trait MessageStore: Send + Sync + 'static {
 pub struct Intake {
     queue: Arc<dyn QueueStore>,
     local: Arc<LocalDelivery>,
+    signer: Arc<Signer>,
 }
 
 impl Intake {
+    /// An intake that signs nothing; see [`Intake::with_signer`].
     pub fn new(queue: Arc<dyn QueueStore>, local: LocalDelivery) -> Self {
         Self {
             queue,
             local: Arc::new(local),
+            signer: Arc::new(Signer::default()),
         }
+    }
+
+    /// Signs the messages marked [`Accepted::sign`] with these `[[dkim]]` keys.
+    pub fn with_signer(self, signer: Arc<Signer>) -> Self {
+        Self { signer, ..self }
     }
 
     /// [`MessageStore::store`] without the async wrapper (blocking I/O).
     pub fn store_blocking(&self, acc: &Accepted, body: &[u8]) -> Result<(), StoreError> {
-        store_blocking(self.queue.as_ref(), &self.local, acc, body)
+        store_blocking(self.queue.as_ref(), &self.local, &self.signer, acc, body)
     }
 }
 
@@ -73,8 +88,9 @@ impl MessageStore for Intake {
     async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
         let queue = self.queue.clone();
         let local = self.local.clone();
+        let signer = self.signer.clone();
         tokio::task::spawn_blocking(move || {
-            store_blocking(queue.as_ref(), &local, &accepted, &body)
+            store_blocking(queue.as_ref(), &local, &signer, &accepted, &body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
@@ -84,9 +100,11 @@ impl MessageStore for Intake {
 fn store_blocking(
     queue: &dyn QueueStore,
     local: &LocalDelivery,
+    signer: &Signer,
     acc: &Accepted,
     body: &[u8],
 ) -> Result<(), StoreError> {
+    let trace = trace_fields(signer, acc, body)?;
     // Each target once, even when several recipients or aliases lead to it.
     let mut locals: Vec<&str> = Vec::new();
     let mut remotes: BTreeMap<&str, &str> = BTreeMap::new();
@@ -104,12 +122,7 @@ fn store_blocking(
     locals.dedup();
 
     let delivered = local
-        .deliver(
-            locals.iter().copied(),
-            acc.sender.as_deref(),
-            &acc.received,
-            body,
-        )
+        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, body)
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
     if !remotes.is_empty() {
         let id: QueueId = acc
@@ -130,7 +143,7 @@ fn store_blocking(
             received_at: SystemTime::now(),
             client_ip: Some(acc.client_ip),
             helo: Some(acc.helo.clone()),
-            size: (acc.received.len() + body.len()) as u64,
+            size: (trace.len() + body.len()) as u64,
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
             held: false,
@@ -140,9 +153,135 @@ fn store_blocking(
         // On failure `delivered` drops here and takes the local copies back: the client gets
         // a 4xx and retries the whole message.
         queue
-            .commit_parts(&envelope, &[acc.received.as_bytes(), body])
+            .commit_parts(&envelope, &[trace.as_bytes(), body])
             .map_err(|e| StoreError::from_io("queue commit", &e))?;
     }
     delivered.keep();
     Ok(())
+}
+
+/// tern's `Received:` and, for our own mail, the DKIM-Signature fields: in that order, so the
+/// signatures sit next to the header fields they cover and the Received is outside them (a
+/// trace field is added by every hop and never signed). A signing failure refuses the message
+/// for now (451) rather than let it leave unsigned.
+fn trace_fields(signer: &Signer, acc: &Accepted, body: &[u8]) -> Result<String, StoreError> {
+    if !acc.sign || signer.is_empty() {
+        return Ok(acc.received.clone());
+    }
+    let signatures = signer
+        .sign(body)
+        .map_err(|e| StoreError::new(e.to_string()))?;
+    let signatures = std::str::from_utf8(&signatures)
+        .map_err(|_| StoreError::new("DKIM-Signature fields are not ASCII"))?;
+    Ok(format!("{}{signatures}", acc.received))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use tern_config::{Config, DkimConfig};
+    use tern_queue::FsStore;
+
+    const RECEIVED: &str = "Received: by mx.tern.test (tern) id 1;\r\n\tdate\r\n";
+    const BODY: &[u8] = b"From: <alice@tern.test>\r\nSubject: x\r\n\r\nhi\r\n";
+
+    fn setup(dir: &Path) -> (Intake, Arc<FsStore>) {
+        let text = format!(
+            "hostname = \"mx.tern.test\"\ndata_dir = {:?}\n",
+            dir.display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let key_file = dir.join("ed.key");
+        std::fs::write(
+            &key_file,
+            tern_auth::generate_key(tern_auth::KeyAlgorithm::Ed25519).unwrap(),
+        )
+        .unwrap();
+        let signer = Signer::from_config(&[DkimConfig {
+            domain: "tern.test".into(),
+            selector: "ed".into(),
+            key_file,
+            headers: vec!["From".into(), "Subject".into()],
+            subdomains: false,
+        }])
+        .unwrap();
+        let queue = Arc::new(FsStore::open(dir).unwrap());
+        let intake =
+            Intake::new(queue.clone(), LocalDelivery::unstaged(&cfg)).with_signer(Arc::new(signer));
+        (intake, queue)
+    }
+
+    fn accepted(id: &str, sign: bool) -> Accepted {
+        Accepted {
+            id: id.into(),
+            sender: Some("alice@tern.test".into()),
+            recipients: vec![AcceptedRecipient {
+                address: "bob@remote.test".into(),
+                targets: vec![
+                    Target::Local("dave@tern.test".into()),
+                    Target::Remote("bob@remote.test".into()),
+                ],
+            }],
+            received: RECEIVED.into(),
+            smtputf8: false,
+            eight_bit: false,
+            helo: "client.test".into(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            sign,
+        }
+    }
+
+    fn local_copies(dir: &Path) -> Vec<Vec<u8>> {
+        let new = crate::local::mailbox_of(dir, "dave@tern.test").join("new");
+        let mut files: Vec<_> = std::fs::read_dir(new)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn signed_once_into_the_maildir_copy_and_the_queued_copy_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, queue) = setup(dir.path());
+        let id = QueueId::generate();
+        intake
+            .store_blocking(&accepted(id.as_str(), true), BODY)
+            .unwrap();
+
+        let queued = queue.read_message(&id).unwrap();
+        let text = String::from_utf8(queued.clone()).unwrap();
+        let after_received = text.strip_prefix(RECEIVED).unwrap();
+        assert!(
+            after_received.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=ed; d=tern.test;"),
+            "{text}"
+        );
+        assert!(queued.ends_with(BODY));
+        // The Maildir copy carries the very same signature after its own trace prefix.
+        let local = &local_copies(dir.path())[0];
+        assert!(
+            local.ends_with(&queued),
+            "{}",
+            String::from_utf8_lossy(local)
+        );
+        assert_eq!(queue.load(&id).unwrap().size, queued.len() as u64);
+    }
+
+    #[test]
+    fn not_ours_not_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, queue) = setup(dir.path());
+        let id = QueueId::generate();
+        intake
+            .store_blocking(&accepted(id.as_str(), false), BODY)
+            .unwrap();
+        let queued = queue.read_message(&id).unwrap();
+        assert_eq!(queued, [RECEIVED.as_bytes(), BODY].concat());
+        assert!(!String::from_utf8_lossy(&local_copies(dir.path())[0]).contains("DKIM-Signature"));
+    }
 }

@@ -118,4 +118,21 @@ impl Resolver for HickoryResolver {
             }
         })
     }
+
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>> {
+        let name = name.trim_end_matches('.').to_string();
+        Box::pin(async move {
+            match self.inner.txt_lookup(fqdn(&name).as_str()).await {
+                Ok(lookup) => Ok(lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(txt.txt_data.concat()),
+                        _ => None,
+                    })
+                    .collect()),
+                Err(e) => classify(&name, e),
+            }
+        })
+    }
 }

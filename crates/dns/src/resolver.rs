@@ -1,4 +1,4 @@
-//! The `Resolver` trait: the two raw lookups mail routing needs. Object-safe (boxed futures) so
+//! The `Resolver` trait: the raw lookups mail routing and authentication need. Object-safe (boxed futures) so
 //! callers can hold an `Arc<dyn Resolver>` and tests can substitute a static table.
 
 use std::future::Future;
@@ -24,4 +24,10 @@ pub trait Resolver: Send + Sync {
 
     /// The A and AAAA addresses of `host`. `Ok(vec![])` means the name exists without addresses.
     fn ips(&self, host: &str) -> DnsFuture<'_, Vec<IpAddr>>;
+
+    /// The TXT records of `name`, each as the concatenation of its character-strings (RFC 6376
+    /// 3.6.2.2 and RFC 7208 3.3 read a multi-string record that way). Bytes are kept as they
+    /// are: a record that is not UTF-8 is the caller's to reject. NXDOMAIN and NODATA as for
+    /// [`Resolver::mx`].
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>>;
 }

@@ -85,6 +85,10 @@ impl Resolver for Unavailable {
     fn ips(&self, host: &str) -> DnsFuture<'_, Vec<IpAddr>> {
         self.fail(host)
     }
+
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>> {
+        self.fail(name)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::resolver::{DnsFuture, MxRecord, Resolver};
 pub struct StaticResolver {
     mx: HashMap<String, Vec<MxRecord>>,
     ips: HashMap<String, Vec<IpAddr>>,
+    txt: HashMap<String, Vec<Vec<u8>>>,
     failing: HashMap<String, String>,
 }
 
@@ -37,6 +38,15 @@ impl StaticResolver {
         self
     }
 
+    /// Adds a TXT record for `name` (its strings already joined).
+    pub fn txt(mut self, name: &str, record: &str) -> Self {
+        self.txt
+            .entry(key(name))
+            .or_default()
+            .push(record.as_bytes().to_vec());
+        self
+    }
+
     /// Makes every lookup of `name` fail temporarily (like SERVFAIL).
     pub fn servfail(mut self, name: &str) -> Self {
         self.failing.insert(key(name), "SERVFAIL".into());
@@ -44,7 +54,7 @@ impl StaticResolver {
     }
 
     fn exists(&self, k: &str) -> bool {
-        self.mx.contains_key(k) || self.ips.contains_key(k)
+        self.mx.contains_key(k) || self.ips.contains_key(k) || self.txt.contains_key(k)
     }
 
     fn check(&self, k: &str) -> Result<(), DnsError> {
@@ -75,6 +85,14 @@ impl Resolver for StaticResolver {
         let result = self
             .check(&k)
             .map(|()| self.ips.get(&k).cloned().unwrap_or_default());
+        Box::pin(async move { result })
+    }
+
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>> {
+        let k = key(name);
+        let result = self
+            .check(&k)
+            .map(|()| self.txt.get(&k).cloned().unwrap_or_default());
         Box::pin(async move { result })
     }
 }

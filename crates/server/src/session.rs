@@ -503,6 +503,8 @@ impl Session {
             eight_bit: !message.is_ascii() || txn.params.body == Some(BodyType::EightBitMime),
             helo: helo.name,
             client_ip: self.conn.peer.ip(),
+            // Ours to DKIM-sign: the mail of our users and of the hosts we relay for.
+            sign: self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip()),
         })
     }
 

@@ -45,6 +45,11 @@ enum Command {
     },
     /// Inspect and manage the mail queue: list, show, flush, hold, release, delete, bounce.
     Queue(cmd::queue::QueueArgs),
+    /// DKIM keys: keygen (new key + DNS record), record (print it again), check (against the DNS).
+    Dkim {
+        #[command(subcommand)]
+        action: cmd::dkim::DkimAction,
+    },
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
         Command::Queue(args) => cmd::queue::run(args),
+        Command::Dkim { action } => cmd::dkim::run(action),
         Command::Cert {
             action:
                 CertAction::SelfSigned {

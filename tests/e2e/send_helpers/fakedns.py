@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
 
 
@@ -24,7 +24,8 @@ def free_port() -> int:
 
 
 class Zone(BaseResolver):
-    """records: {name: {"MX": [(pref, host)], "A": [ip], "AAAA": [ip]}}; names absent -> NXDOMAIN."""
+    """records: {name: {"MX": [(pref, host)], "A": [ip], "AAAA": [ip], "TXT": [text or [strings]]}}; names absent ->
+    NXDOMAIN. A TXT text longer than 255 bytes is split into strings of 255 (RFC 1035 3.3.14)."""
 
     def __init__(self, records: dict):
         self.records = {k.lower().rstrip("."): v for k, v in records.items()}
@@ -49,6 +50,9 @@ class Zone(BaseResolver):
                 rdata = A(value)
             elif qtype == "AAAA":
                 rdata = AAAA(value)
+            elif qtype == "TXT":
+                strings = [value[i:i + 255] for i in range(0, len(value), 255)] if isinstance(value, str) else value
+                rdata = TXT(strings)
             else:
                 continue
             reply.add_answer(RR(q.qname, q.qtype, rdata=rdata, ttl=60))

@@ -290,6 +290,10 @@ impl Resolver for Slow {
         Resolver::mx(&self.table, domain)
     }
 
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>> {
+        Resolver::txt(&self.table, name)
+    }
+
     fn ips(&self, host: &str) -> DnsFuture<'_, Vec<IpAddr>> {
         let delay = self.delays.get(host).copied().unwrap_or_default();
         let answer = Resolver::ips(&self.table, host);

@@ -16,6 +16,12 @@ pub fn run(file: Option<&Path>) -> ExitCode {
                 || "built-in defaults".to_string(),
                 |p| p.display().to_string(),
             );
+            // The [[dkim]] keys are parsed as `serve` parses them, so a key `serve` would
+            // refuse (an RSA key under 2048 bits, an EC key) fails here too.
+            if let Err(e) = tern_auth::Signer::from_config(&cfg.dkim) {
+                eprintln!("{origin}: {e}");
+                return ExitCode::from(78); // EX_CONFIG
+            }
             println!("{origin}: OK");
             ExitCode::SUCCESS
         }

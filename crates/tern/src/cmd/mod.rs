@@ -2,6 +2,7 @@
 
 pub mod cert;
 pub mod check_config;
+pub mod dkim;
 pub mod passwd;
 pub mod queue;
 pub mod send;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use tern_auth::Signer;
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
 use tern_queue::{FsStore, QueueStore};
@@ -19,6 +20,15 @@ use crate::logging;
 pub fn run(config: Option<&Path>) -> ExitCode {
     let cfg = match Config::discover(config) {
         Ok(cfg) => Arc::new(cfg),
+        Err(e) => {
+            eprintln!("tern serve: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    // Every [[dkim]] key loads now or tern does not start: a key that fails later would mean
+    // mail leaving unsigned, which receivers reject under DMARC without telling anyone.
+    let signer = match Signer::from_config(&cfg.dkim) {
+        Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("tern serve: {e}");
             return ExitCode::from(78); // EX_CONFIG
@@ -35,7 +45,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::from(71); // EX_OSERR
         }
     };
-    match runtime.block_on(serve(cfg)) {
+    match runtime.block_on(serve(cfg, signer)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -45,7 +55,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
     }
 }
 
-async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {} (set data_dir in the config to a writable directory)",
@@ -54,7 +64,7 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     })?;
     let queue = open_queue(&cfg).context("cannot open the spool")?;
     let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
-    let store = Arc::new(Intake::new(queue.clone(), local));
+    let store = Arc::new(Intake::new(queue.clone(), local).with_signer(signer));
     let tls = match &cfg.tls {
         Some(t) => Some(Arc::new(
             TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
