@@ -122,3 +122,22 @@ async fn attempt(
     }
     Ok(session)
 }
+
+/// RFC 5321 5.1: tries `targets` (address, host name) in order until one completes banner,
+/// EHLO, STARTTLS and AUTH; a host that cannot be reached or greets with an error is skipped
+/// for the next. Returns the session and the index of the target it reached, or every target's
+/// error in order (empty when there was no target), for the caller to judge
+/// (the relay and `tern send` share that rule too: `tern_relay::status::connect_failure`).
+pub async fn connect_first(
+    targets: &[(SocketAddr, &str)],
+    opts: &ConnectOptions,
+) -> Result<(Session<TcpStream>, usize), Vec<(usize, ClientError)>> {
+    let mut errors = Vec::new();
+    for (i, &(addr, name)) in targets.iter().enumerate() {
+        match connect(addr, name, opts).await {
+            Ok(session) => return Ok((session, i)),
+            Err(e) => errors.push((i, e)),
+        }
+    }
+    Err(errors)
+}

@@ -23,7 +23,7 @@ mod scripted;
 #[cfg(test)]
 mod session_tests;
 
-pub use connect::{connect, connect_tcp, ConnectOptions};
+pub use connect::{connect, connect_first, connect_tcp, ConnectOptions};
 pub use envelope::{Envelope, MessageTraits};
 pub use error::{ClientError, Stage};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};

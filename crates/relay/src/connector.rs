@@ -13,13 +13,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tern_client::{
-    connect, load_ca_file, CaFileError, ConnectOptions, Credentials, Envelope as ClientEnvelope,
-    Session, SessionOptions, Timeouts, TlsMode,
+    connect_first, load_ca_file, CaFileError, ConnectOptions, Credentials,
+    Envelope as ClientEnvelope, Session, SessionOptions, Timeouts, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
 use tern_proto::{Address, ForwardPath, ReversePath};
-use tern_queue::{RcptClass, RcptOutcome, StoredReply, TlsOutcome};
+use tern_queue::{RcptOutcome, StoredReply, TlsOutcome};
 
 use crate::route::{self, Destination, Hop};
 use crate::status::{self, Peer};
@@ -242,39 +242,38 @@ impl Connector {
         let opts = self
             .connect_options(dest)
             .map_err(|reply| (None, RcptOutcome::deferred(reply)))?;
-        let mut last: Option<(String, RcptOutcome)> = None;
-        let mut any_temporary = false;
-        for hop in hops {
-            match connect(hop.addr, &hop.name, &opts).await {
-                Ok(session) => {
-                    if let Some(reason) = session.tls_fallback() {
-                        // RFC 7435: opportunistic TLS falls back to cleartext; the operator
-                        // should know the handshake failed and why.
-                        tracing::warn!(
-                            host = %hop.name,
-                            addr = %hop.addr,
-                            error = %reason,
-                            "relay: TLS handshake failed; delivering in cleartext on a new connection"
-                        );
-                    }
-                    return Ok((session, hop));
+        let addrs: Vec<(std::net::SocketAddr, &str)> =
+            hops.iter().map(|h| (h.addr, h.name.as_str())).collect();
+        let reached = connect_first(&addrs, &opts).await;
+        drop(addrs);
+        match reached {
+            Ok((session, i)) => {
+                let Some(hop) = hops.into_iter().nth(i) else {
+                    return Err((None, RcptOutcome::deferred(status::no_host())));
+                };
+                if let Some(reason) = session.tls_fallback() {
+                    // RFC 7435: opportunistic TLS falls back to cleartext; the operator
+                    // should know the handshake failed and why.
+                    tracing::warn!(
+                        host = %hop.name,
+                        addr = %hop.addr,
+                        error = %reason,
+                        "relay: TLS handshake failed; delivering in cleartext on a new connection"
+                    );
                 }
-                Err(e) => {
-                    tracing::info!(host = %hop.name, addr = %hop.addr, error = %e, "relay: connection failed");
-                    let result = status::session_failure(peer(&hop), e);
-                    any_temporary |= result.class != RcptClass::Failed;
-                    last = Some((hop.name.clone(), result));
-                }
+                Ok((session, hop))
             }
-        }
-        match last {
-            // RFC 5321 5.1: a 5xx from one MX does not stop the others; only when every host
-            // refused permanently is the recipient failed.
-            Some((host, r)) if any_temporary && r.class == RcptClass::Failed => {
-                Err((Some(host), RcptOutcome::deferred(r.reply)))
+            Err(errors) => {
+                let failures = errors
+                    .into_iter()
+                    .filter_map(|(i, e)| {
+                        let hop = hops.get(i)?;
+                        tracing::info!(host = %hop.name, addr = %hop.addr, error = %e, "relay: connection failed");
+                        Some((hop.name.clone(), status::session_failure(peer(hop), e)))
+                    })
+                    .collect();
+                Err(status::connect_failure(failures))
             }
-            Some((host, r)) => Err((Some(host), r)),
-            None => Err((None, RcptOutcome::deferred(status::no_host()))),
         }
     }
 

@@ -305,6 +305,21 @@ pub fn session_failure(peer: Peer<'_>, e: ClientError) -> RcptOutcome {
     }
 }
 
+/// What the recipients get when no host of a destination could be reached, from each host's
+/// failure in the order tried ([`session_failure`]): RFC 5321 5.1, a 5xx from one MX does not
+/// stop the others, so only when every host refused permanently is the recipient failed;
+/// otherwise the last failure is kept as a deferral. `None` when there was no host at all.
+pub fn connect_failure(failures: Vec<(String, RcptOutcome)>) -> (Option<String>, RcptOutcome) {
+    let any_temporary = failures.iter().any(|(_, r)| r.class != RcptClass::Failed);
+    match failures.into_iter().last() {
+        Some((host, r)) if any_temporary && r.class == RcptClass::Failed => {
+            (Some(host), RcptOutcome::deferred(r.reply))
+        }
+        Some((host, r)) => (Some(host), r),
+        None => (None, RcptOutcome::deferred(no_host())),
+    }
+}
+
 fn failure(peer: Peer<'_>, failure: &Failure, permanent: bool) -> RcptOutcome {
     let class = if permanent {
         RcptClass::Failed

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tern_client::{connect, ClientError, ConnectOptions, Envelope, Outcome, Session};
+use tern_client::{connect_first, ConnectOptions, Envelope, Session};
 use tern_dns::{mx_targets, Myself, Resolver, Target};
 use tern_proto::Address;
 use tokio::net::TcpStream;
@@ -102,22 +102,28 @@ async fn try_targets(
     rcpts: &[String],
     message: &[u8],
 ) -> Vec<RcptResult> {
-    let mut last: Option<(&str, ClientError)> = None;
-    for target in targets {
-        match connect(target.addr, &target.name, opts).await {
-            Ok(session) => return send_on(session, &target.name, from, rcpts, message).await,
-            Err(e) => last = Some((&target.name, e)),
+    let addrs: Vec<(std::net::SocketAddr, &str)> =
+        targets.iter().map(|t| (t.addr, t.name.as_str())).collect();
+    match connect_first(&addrs, opts).await {
+        Ok((session, i)) => {
+            let host = targets.get(i).map_or("", |t| t.name.as_str());
+            send_on(session, host, from, rcpts, message).await
         }
-    }
-    match last {
-        Some((host, e)) => {
-            let peer = Peer {
-                name: host,
-                addr: None,
-            };
-            fail_all(rcpts, status::rcpt_outcome(peer, Outcome::from_error(e)))
+        // The relay's rule (RFC 5321 5.1): permanent only when every host refused for good.
+        Err(errors) => {
+            let failures = errors
+                .into_iter()
+                .filter_map(|(i, e)| {
+                    let t = targets.get(i)?;
+                    let peer = Peer {
+                        name: &t.name,
+                        addr: Some(t.addr.ip()),
+                    };
+                    Some((t.name.clone(), status::session_failure(peer, e)))
+                })
+                .collect();
+            fail_all(rcpts, status::connect_failure(failures).1)
         }
-        None => fail_all(rcpts, RcptOutcome::deferred(status::no_host())),
     }
 }
 
