@@ -245,7 +245,7 @@ fn list(cfg: &Config, json: bool) -> Result<(), Fail> {
         rcpts,
         plural(rcpts, "recipient", "recipients")
     );
-    print!("{out}");
+    print!("{}", terminal_safe(&out));
     Ok(())
 }
 
@@ -334,7 +334,7 @@ fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
     for line in headers.lines() {
         let _ = writeln!(out, "  {line}");
     }
-    print!("{out}");
+    print!("{}", terminal_safe(&out));
     Ok(())
 }
 
@@ -642,9 +642,50 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// The text output with every control character that could act on a terminal written as an
+/// escape (`\x1b`, `\u{202e}`): headers, replies and addresses in the queue come from remote
+/// clients and servers, and an administrator's terminal must not interpret them (escape
+/// sequences, a bare CR overwriting a line, bidi overrides reordering it). Newlines between
+/// the lines of the output and tabs stay. `--json` output is escaped by JSON itself.
+fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() || is_bidi_control(c) => {
+                let _ = if (c as u32) < 0x100 {
+                    write!(out, "\\x{:02x}", c as u32)
+                } else {
+                    write!(out, "\\u{{{:x}}}", c as u32)
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Unicode bidirectional formatting characters (they reorder what the terminal shows).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let shown =
+            terminal_safe("Subject: \x1b[2J\x1b]0;owned\x07\r\nX: a\u{202e}b\u{9b}\n\tok\n");
+        assert_eq!(
+            shown,
+            "Subject: \\x1b[2J\\x1b]0;owned\\x07\\x0d\nX: a\\u{202e}b\\x9b\n\tok\n"
+        );
+        assert!(!shown
+            .chars()
+            .any(|c| c != '\n' && c != '\t' && c.is_control()));
+    }
 
     #[test]
     fn durations_read_well() {

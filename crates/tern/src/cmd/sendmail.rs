@@ -367,6 +367,53 @@ pub fn submission_addr(listen: Option<SocketAddr>) -> SocketAddr {
     addr
 }
 
+/// The `-F` full name as an RFC 5322 display name. It comes from whoever runs sendmail (cron
+/// passes a job's owner), so it must never break the header: control characters (CR and LF
+/// above all: a header injection) are dropped, ASCII becomes a quoted-string (RFC 5322 3.2.4,
+/// `"` and `\` escaped), and anything else RFC 2047 encoded-words (UTF-8, base64), each at
+/// most 75 characters (RFC 2047 2), split between characters.
+fn display_name(raw: &str) -> String {
+    use base64::Engine as _;
+    let name: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let name = name.trim();
+    if name.is_empty() {
+        return String::new();
+    }
+    if name.is_ascii() {
+        let mut out = String::with_capacity(name.len() + 2);
+        out.push('"');
+        for c in name.chars() {
+            if matches!(c, '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        return out;
+    }
+    // "=?UTF-8?B?" + "?=" leave 63 characters of base64: 45 bytes of UTF-8 per word.
+    const MAX_BYTES: usize = 45;
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in name.chars() {
+        if chunk.len() + c.len_utf8() > MAX_BYTES {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    words.push(chunk);
+    words
+        .iter()
+        .map(|w| {
+            format!(
+                "=?UTF-8?B?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Header section (Bcc removed when -t; Date, Message-ID, From added when missing) + body.
 pub fn complete_message(p: &Parsed, opts: &Opts, sender: &str, hostname: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(p.body.len() + 512);
@@ -378,9 +425,9 @@ pub fn complete_message(p: &Parsed, opts: &Opts, sender: &str, hostname: &str) -
         } else {
             sender.to_string()
         };
-        let line = match &opts.full_name {
-            Some(name) => format!("From: \"{}\" <{addr}>", name.replace(['"', '\\'], "")),
-            None => format!("From: {addr}"),
+        let line = match opts.full_name.as_deref().map(display_name) {
+            Some(name) if !name.is_empty() => format!("From: {name} <{addr}>"),
+            _ => format!("From: {addr}"),
         };
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -413,6 +460,28 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn full_names_cannot_break_the_from_header() {
+        assert_eq!(display_name("Cron Daemon"), "\"Cron Daemon\"");
+        assert_eq!(display_name("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+        // Header injection: CR/LF (and every other control character) are dropped.
+        assert_eq!(
+            display_name("Evil\r\nBcc: victim@x.test"),
+            "\"EvilBcc: victim@x.test\""
+        );
+        assert_eq!(display_name("\u{7}\u{9b}"), "");
+        // Non-ASCII: encoded-words of at most 75 characters, split between characters.
+        let w = display_name("Jörg Müller");
+        assert_eq!(w, "=?UTF-8?B?SsO2cmcgTcO8bGxlcg==?=");
+        let long = display_name(&"é".repeat(60));
+        assert!(
+            long.split(' ')
+                .all(|w| w.len() <= 75 && w.starts_with("=?UTF-8?B?")),
+            "{long}"
+        );
+        assert_eq!(long.split(' ').count(), 3);
     }
 
     #[test]
