@@ -224,6 +224,52 @@ def test_hung_peer_defers_with_a_timeout(tern, behaviour, outbound):
         assert srv.messages(ALICE) == [], "a timeout is temporary: no bounce"
 
 
+def tarpit(c: PeerConn) -> None:
+    """Answers every command correctly, each after 1.5 s: inside command_timeout (5 s), so no phase
+    ever times out, but the whole attempt crawls (issue 10: tarpits)."""
+    def slow(data: bytes) -> bool:
+        if c.stop.wait(1.5):
+            return False
+        return c.send(data)
+    if not slow(b"220 tarpit.test ESMTP\r\n"):
+        return
+    while (line := c.readline()) is not None:
+        verb = line[:4].upper()
+        if verb in (b"EHLO", b"HELO"):
+            reply = b"250 tarpit.test\r\n"
+        elif verb == b"DATA":
+            if not slow(b"354 go on\r\n"):
+                return
+            while (data := c.readline()) is not None and data != b".":
+                pass
+            reply = b"250 ok\r\n"
+        elif verb == b"QUIT":
+            slow(b"221 bye\r\n")
+            return
+        else:
+            reply = b"250 ok\r\n"
+        if not slow(reply):
+            return
+
+
+def test_a_tarpit_is_cut_off_by_the_attempt_timeout(tern):
+    with RawPeer(tarpit) as peer, Remote() as good:
+        srv = relay_srv(tern, peer.port, routes={"good.test": route_to(good.port)},
+                        outbound={"command_timeout": "5s", "attempt_timeout": "4s"})
+        started = time.monotonic()
+        qid = srv.deliver(ALICE, BOB, make_message("tarpit", sender=ALICE, to=BOB))
+        status = wait_state(srv, qid, BOB, "deferred", timeout=20)
+        took = time.monotonic() - started
+        reply = status["last_reply"]
+        assert reply.startswith("451 4.4.2 delivery to "), reply
+        assert "took longer than 4s (outbound.attempt_timeout)" in reply, reply
+        # Banner, EHLO, MAIL, RCPT, DATA at 1.5 s each would take 7.5 s: the deadline cut it at 4 s.
+        assert took < 7, f"the attempt ran {took:.1f} s"
+        assert "relay: delivery attempt timed out" in srv.log()
+        assert_still_serves(srv, good)
+        assert srv.messages(ALICE) == [], "a timeout is temporary: no bounce"
+
+
 TEN_MB = 10 * 1024 * 1024
 
 

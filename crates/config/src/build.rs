@@ -1283,6 +1283,14 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             false,
             caps::OUTBOUND_DATA_TIMEOUT,
         ),
+        attempt_timeout: duration(
+            v,
+            &o.attempt_timeout,
+            "outbound.attempt_timeout",
+            defaults::OUTBOUND_ATTEMPT_TIMEOUT,
+            false,
+            caps::OUTBOUND_ATTEMPT_TIMEOUT,
+        ),
     }
 }
 

@@ -35,3 +35,5 @@ pub const MAX_SESSION_TIME: Duration = Duration::from_secs(DAY);
 pub const STRESS_COMMAND_TIMEOUT: Duration = Duration::from_secs(HOUR);
 /// `limits.stress_data_timeout`: the shortened DATA deadline under stress.
 pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(DAY);
+/// `outbound.attempt_timeout`: one whole attempt; a day is far beyond any real transfer.
+pub const OUTBOUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(DAY);

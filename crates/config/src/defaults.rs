@@ -96,6 +96,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const OUTBOUND_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * MINUTE);
 /// RFC 5321 4.5.3.2.6: 10 minutes for the reply to the final dot.
 pub const OUTBOUND_DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
+/// `outbound.attempt_timeout`: a whole delivery attempt to one destination (tarpits).
+pub const OUTBOUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30 * MINUTE);
 
 /// Port used for a nameserver given as a bare IP address.
 pub const DNS_PORT: u16 = 53;
@@ -226,6 +228,7 @@ pub fn outbound(hostname: &str) -> OutboundConfig {
         connect_timeout: CONNECT_TIMEOUT,
         command_timeout: OUTBOUND_COMMAND_TIMEOUT,
         data_timeout: OUTBOUND_DATA_TIMEOUT,
+        attempt_timeout: OUTBOUND_ATTEMPT_TIMEOUT,
     }
 }
 

@@ -219,9 +219,8 @@ fn type_hint(key: &str) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
     let last = last.split('[').next().unwrap_or(last);
     let hint = match last {
-        "command_timeout" | "data_timeout" | "connect_timeout" | "max_age" | "delay_warning" => {
-            "write a duration string such as \"30s\", \"5m\" or \"1h\""
-        }
+        "command_timeout" | "data_timeout" | "connect_timeout" | "attempt_timeout" | "max_age"
+        | "delay_warning" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
         "retry_schedule" => "write a list of durations such as [\"5m\", \"10m\", \"1h\"]",
         "max_message_size" | "max_header_size" => {
             "write a number of bytes such as 26214400 (or a string such as \"25MiB\")"

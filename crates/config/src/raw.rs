@@ -148,6 +148,7 @@ pub(crate) struct RawOutbound {
     pub connect_timeout: Text,
     pub command_timeout: Text,
     pub data_timeout: Text,
+    pub attempt_timeout: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

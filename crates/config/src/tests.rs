@@ -670,7 +670,7 @@ fn zero_durations_are_rejected_where_meaningless() {
 
 #[test]
 fn durations_are_capped_per_key() {
-    let keys: [(&str, &str, Duration); 8] = [
+    let keys: [(&str, &str, Duration); 9] = [
         ("limits", "command_timeout", caps::COMMAND_TIMEOUT),
         ("limits", "data_timeout", caps::DATA_TIMEOUT),
         ("queue", "max_age", caps::QUEUE_MAX_AGE),
@@ -682,6 +682,11 @@ fn durations_are_capped_per_key() {
             caps::OUTBOUND_COMMAND_TIMEOUT,
         ),
         ("outbound", "data_timeout", caps::OUTBOUND_DATA_TIMEOUT),
+        (
+            "outbound",
+            "attempt_timeout",
+            caps::OUTBOUND_ATTEMPT_TIMEOUT,
+        ),
         ("queue", "retry_schedule", caps::RETRY_DELAY),
     ];
     for (section, key, cap) in keys {

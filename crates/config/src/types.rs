@@ -289,6 +289,10 @@ pub struct OutboundConfig {
     pub command_timeout: Duration,
     /// RFC 5321 4.5.3.2.6: wait for the reply to the final dot.
     pub data_timeout: Duration,
+    /// A deadline for one whole delivery attempt to one destination (connect, TLS, AUTH, the
+    /// transaction), so a tarpit answering just inside every per-phase timeout cannot hold a
+    /// delivery slot for hours.
+    pub attempt_timeout: Duration,
 }
 
 /// Logging.

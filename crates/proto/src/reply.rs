@@ -184,6 +184,8 @@ pub enum ReplyError {
     LineTooLong(usize),
     #[error("reply has more than {0} lines")]
     TooManyLines(usize),
+    #[error("reply is longer than {0} bytes in all")]
+    TooLong(usize),
     #[error("continuation line has code {got}, expected {expected}")]
     CodeMismatch { expected: u16, got: u16 },
 }
@@ -195,9 +197,16 @@ pub struct ReplyParser {
     buf: Vec<u8>,
     pending_code: Option<u16>,
     pending_lines: Vec<String>,
+    /// Bytes of the lines in `pending_lines`.
+    pending_bytes: usize,
     max_line: usize,
     max_lines: usize,
+    max_total: usize,
 }
+
+/// A whole reply (all its lines) is at most this long: a hostile server's 256 lines of 4 KiB
+/// must not cost a megabyte per reply, stored and logged.
+pub const MAX_REPLY_TOTAL: usize = 64 * 1024;
 
 impl Default for ReplyParser {
     fn default() -> Self {
@@ -217,8 +226,10 @@ impl ReplyParser {
             buf: Vec::new(),
             pending_code: None,
             pending_lines: Vec::new(),
+            pending_bytes: 0,
             max_line,
             max_lines,
+            max_total: MAX_REPLY_TOTAL,
         }
     }
 
@@ -261,12 +272,17 @@ impl ReplyParser {
                 }
             }
             self.pending_code = Some(code);
+            self.pending_bytes += rest.len();
             self.pending_lines.push(rest.to_string());
             if self.pending_lines.len() > self.max_lines {
                 return Err(ReplyError::TooManyLines(self.max_lines));
             }
+            if self.pending_bytes > self.max_total {
+                return Err(ReplyError::TooLong(self.max_total));
+            }
             if last {
                 self.pending_code = None;
+                self.pending_bytes = 0;
                 let lines = std::mem::take(&mut self.pending_lines);
                 return Ok(Some(finish_reply(code, lines)));
             }
@@ -401,6 +417,27 @@ mod tests {
         let mut p = ReplyParser::with_limits(100, 3);
         p.push(b"250-a\r\n250-a\r\n250-a\r\n250-a\r\n").unwrap();
         assert_eq!(p.next_reply(), Err(ReplyError::TooManyLines(3)));
+    }
+
+    #[test]
+    fn bounded_total_length() {
+        // 20 lines of 4,000 bytes: each line and the line count are within the limits, the
+        // whole reply (80 KB) is not.
+        let mut p = ReplyParser::new();
+        let line = format!("250-{}\r\n", "x".repeat(4000));
+        for _ in 0..20 {
+            p.push(line.as_bytes()).unwrap();
+        }
+        p.push(b"250 end\r\n").unwrap();
+        assert_eq!(p.next_reply(), Err(ReplyError::TooLong(MAX_REPLY_TOTAL)));
+        // A long but reasonable reply still parses, and the count starts over for the next.
+        let mut p = ReplyParser::new();
+        for _ in 0..10 {
+            p.push(line.as_bytes()).unwrap();
+        }
+        p.push(b"250 end\r\n250 next\r\n").unwrap();
+        assert!(p.next_reply().unwrap().is_some());
+        assert_eq!(p.next_reply().unwrap().map(|r| r.code()), Some(250));
     }
 
     #[test]

@@ -114,36 +114,56 @@ impl Connector {
         }
         let envelope = ClientEnvelope { from, rcpts };
 
+        // One deadline for the whole attempt (issue 10: a tarpit answering each phase just
+        // inside its own timeout). On expiry the future is dropped, and with it the session.
+        let limit = self.cfg.outbound.attempt_timeout;
+        let attempt = tokio::time::timeout(limit, self.attempt(dest, &envelope, message)).await;
+        let (host, tls, outcomes) = match attempt {
+            Ok(Ok((hop, tls, outcomes))) => (Some(hop.name), Some(tls), outcomes),
+            Ok(Err((host, failure))) => (host, None, vec![failure; sent_index.len()]),
+            Err(_) => {
+                let reply = status::attempt_timed_out(&dest.key, limit);
+                tracing::warn!(destination = %dest.key, limit = ?limit, "relay: delivery attempt timed out");
+                (
+                    None,
+                    None,
+                    vec![RcptOutcome::deferred(reply); sent_index.len()],
+                )
+            }
+        };
+        for (i, outcome) in sent_index.into_iter().zip(outcomes) {
+            results[i] = Some(outcome);
+        }
+        AttemptResult {
+            host,
+            tls,
+            results: results.into_iter().flatten().collect(),
+        }
+    }
+
+    /// Takes a pooled connection or opens one, and runs the transaction: one outcome per
+    /// recipient of `envelope`, in order. The session goes back to the pool when still usable.
+    async fn attempt(
+        &self,
+        dest: &Destination,
+        envelope: &ClientEnvelope,
+        message: &[u8],
+    ) -> Result<(Hop, TlsOutcome, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
         let (mut session, hop) = match self.take_pooled(&dest.key).await {
             Some(p) => (p.session, p.hop),
-            None => match self.open(dest).await {
-                Ok(pair) => pair,
-                Err((host, failure)) => {
-                    for i in sent_index {
-                        results[i] = Some(failure.clone());
-                    }
-                    return AttemptResult {
-                        host,
-                        tls: None,
-                        results: results.into_iter().flatten().collect(),
-                    };
-                }
-            },
+            None => self.open(dest).await?,
         };
-
         let tls = tls_outcome(&session);
-        let delivery = session.send_message(&envelope, message).await;
-        for (i, (_, outcome)) in sent_index.into_iter().zip(delivery.per_recipient) {
-            results[i] = Some(status::rcpt_outcome(peer(&hop), outcome));
-        }
+        let delivery = session.send_message(envelope, message).await;
+        let outcomes = delivery
+            .per_recipient
+            .into_iter()
+            .map(|(_, outcome)| status::rcpt_outcome(peer(&hop), outcome))
+            .collect();
         if session.is_usable() {
             self.put_pooled(&dest.key, session, hop.clone());
         }
-        AttemptResult {
-            host: Some(hop.name),
-            tls: Some(tls),
-            results: results.into_iter().flatten().collect(),
-        }
+        Ok((hop, tls, outcomes))
     }
 
     async fn permits(

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -66,8 +66,12 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         notifier: Notifier::new(cfg.clone(), queue),
         cfg,
     });
+    // A round holds its message in memory: the slot is taken before the message is loaded,
+    // so a flush of a large backlog loads at most `outbound.concurrency` messages at a time.
+    let slots = Arc::new(Semaphore::new(ctx.cfg.outbound.concurrency.max(1)));
     let scheduler = Scheduler {
         ctx,
+        slots,
         index: DueIndex::default(),
         in_flight: HashSet::new(),
         jobs: JoinSet::new(),
@@ -143,6 +147,8 @@ impl DueIndex {
 
 struct Scheduler {
     ctx: Arc<Context>,
+    /// Rounds running at once (each holds one message in memory).
+    slots: Arc<Semaphore>,
     index: DueIndex,
     /// Entries with a round in progress in this process (the queue lock covers other processes).
     in_flight: HashSet<QueueId>,
@@ -223,7 +229,12 @@ impl Scheduler {
             if !self.in_flight.insert(id.clone()) {
                 continue;
             }
-            let handle = self.jobs.spawn(round::run(self.ctx.clone(), id.clone()));
+            let (ctx, slots, round_id) = (self.ctx.clone(), self.slots.clone(), id.clone());
+            let handle = self.jobs.spawn(async move {
+                // Never closed, so acquiring cannot fail; without a permit the round still runs.
+                let _slot = slots.acquire_owned().await.ok();
+                round::run(ctx, round_id).await
+            });
             self.job_ids.insert(handle.id(), id);
         }
     }

@@ -176,6 +176,19 @@ pub fn gave_up(max_age: Duration, last: &StoredReply) -> StoredReply {
     )
 }
 
+/// One attempt to a destination took longer than `outbound.attempt_timeout` (a tarpit, or a
+/// server crawling through every phase just inside its timeout): deferred, 4.4.2.
+pub fn attempt_timed_out(destination: &str, limit: Duration) -> StoredReply {
+    let limit = humantime::format_duration(limit);
+    own(
+        451,
+        4,
+        4,
+        2,
+        format!("delivery to {destination} took longer than {limit} (outbound.attempt_timeout)"),
+    )
+}
+
 /// `host NAME[ADDR]`: how tern's own statuses say which host they are about.
 pub fn at(name: &str, addr: Option<IpAddr>) -> String {
     match addr {
@@ -472,6 +485,7 @@ mod tests {
             every_mx_is_self("x.test"),
             received_loop(31, 30),
             gave_up(Duration::from_secs(5 * 86400), &no_host()),
+            attempt_timed_out("mx remote.test", Duration::from_secs(1800)),
             plaintext_auth(&at, e),
             auth_unavailable(&at, e),
             auth_failed(&at, "535 5.7.8 no"),
