@@ -262,12 +262,13 @@ mod tests {
             "{text}"
         );
         assert!(queued.ends_with(BODY));
-        // The Maildir copy carries the very same signature after its own trace prefix.
-        let local = &local_copies(dir.path())[0];
+        // The Maildir copy carries the very same signature after its own trace prefix (the file
+        // has LF line ends; the message travels with CRLF).
+        let local = crate::maildir::lf_to_crlf(&local_copies(dir.path())[0]);
         assert!(
             local.ends_with(&queued),
             "{}",
-            String::from_utf8_lossy(local)
+            String::from_utf8_lossy(&local)
         );
         assert_eq!(queue.load(&id).unwrap().size, queued.len() as u64);
     }
