@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tern_client::{connect_first, ConnectOptions, Envelope, Session};
+use tern_client::{connect_first, ConnectOptions, Envelope, Outcome, Session};
 use tern_dns::{mx_targets, Myself, Resolver, Target};
 use tern_proto::Address;
 use tokio::net::TcpStream;
@@ -119,7 +119,9 @@ async fn try_targets(
                         name: &t.name,
                         addr: Some(t.addr.ip()),
                     };
-                    Some((t.name.clone(), status::session_failure(peer, e)))
+                    // Not `session_failure`: that defers a route's AUTH trouble for the relay
+                    // to retry, while a wrong password given to `tern send` is final.
+                    Some((t.name.clone(), status::rcpt_outcome(peer, Outcome::from_error(e))))
                 })
                 .collect();
             fail_all(rcpts, status::connect_failure(failures).1)
