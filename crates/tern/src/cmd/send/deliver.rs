@@ -121,7 +121,10 @@ async fn try_targets(
                     };
                     // Not `session_failure`: that defers a route's AUTH trouble for the relay
                     // to retry, while a wrong password given to `tern send` is final.
-                    Some((t.name.clone(), status::rcpt_outcome(peer, Outcome::from_error(e))))
+                    Some((
+                        t.name.clone(),
+                        status::rcpt_outcome(peer, Outcome::from_error(e)),
+                    ))
                 })
                 .collect();
             fail_all(rcpts, status::connect_failure(failures).1)
