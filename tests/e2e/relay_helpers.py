@@ -62,6 +62,18 @@ def wait_for(predicate, timeout: float = WAIT, what: str = "condition", interval
 # ---------------------------------------------------------------- tern configuration
 
 
+def greets(port: int) -> bool:
+    """A peer on 127.0.0.1:port answers with a 220 greeting (then it is sent QUIT)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(5)
+            ok = s.recv(512).startswith(b"220")
+            s.sendall(b"QUIT\r\n")
+            return ok
+    except OSError:
+        return False
+
+
 def relay_config(routes: dict | None = None, queue: dict | None = None, outbound: dict | None = None,
                  dns: dict | None = None, **extra) -> dict:
     """Overrides for the `tern` fixture: explicit hostname, short retries and timeouts, debug log.
@@ -672,18 +684,8 @@ class Postfix:
         assert r.returncode == 0, f"postfix start: {r.stderr.decode(errors='replace')}\n{self.log()}"
         self.started = True
 
-        def greets() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    s.settimeout(5)
-                    ok = s.recv(512).startswith(b"220")
-                    s.sendall(b"QUIT\r\n")
-                    return ok
-            except OSError:
-                return False
-
         try:
-            wait_for(greets, 20, f"Postfix on 127.0.0.1:{self.port}", 0.2)
+            wait_for(lambda: greets(self.port), 20, f"Postfix on 127.0.0.1:{self.port}", 0.2)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.log()}") from None
         return self

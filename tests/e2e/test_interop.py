@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to, wait_for
+from relay_helpers import Postfix, Remote, greets, relay_config, require_postfix, route_to, wait_for
 from send_helpers.run import err, tern_send
 from ternlib import free_port, split_trace
 
@@ -295,18 +295,8 @@ class OpenSMTPD:
             self.proc = subprocess.Popen([str(exe), "-d", "-v", "-f", str(self.conf)], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
-        def greets() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    s.settimeout(5)
-                    ok = s.recv(512).startswith(b"220")
-                    s.sendall(b"QUIT\r\n")
-                    return ok
-            except OSError:
-                return False
-
         try:
-            wait_for(greets, 20, f"OpenSMTPD on 127.0.0.1:{self.port}", 0.2)
+            wait_for(lambda: greets(self.port), 20, f"OpenSMTPD on 127.0.0.1:{self.port}", 0.2)
         except AssertionError as e:
             self.__exit__()
             raise AssertionError(f"{e}\n{self.log()}") from None
