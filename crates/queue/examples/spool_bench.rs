@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                         client_ip: None,
                         helo: None,
                         size: body.len() as u64,
+                        prefix: String::new(),
                         smtputf8: false,
                         eight_bit: false,
                         held: false,

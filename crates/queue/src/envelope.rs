@@ -27,8 +27,15 @@ pub struct Envelope {
     pub client_ip: Option<IpAddr>,
     #[serde(default)]
     pub helo: Option<String>,
-    /// Size of the stored message in bytes (what the message file holds).
+    /// Size of the message in bytes: `prefix` plus what the message file holds.
     pub size: u64,
+    /// Header fields tern put in front of the message file's bytes (its `Received:`, the
+    /// DKIM-Signature fields of our own mail): the message is `prefix` followed by the file.
+    /// A body streamed to disk during DATA becomes the message file by a rename, so what tern
+    /// adds at the end of DATA is kept here; a message stored from memory has it in the file,
+    /// and this is empty (as in every entry written before tern streamed bodies).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
     /// RFC 6531: the client asked for SMTPUTF8; relaying must not downgrade it silently.
     #[serde(default)]
     pub smtputf8: bool,
@@ -223,6 +230,7 @@ pub(crate) mod tests {
             client_ip: Some("192.0.2.7".parse().unwrap()),
             helo: Some("client.example.org".into()),
             size: 1234,
+            prefix: String::new(),
             smtputf8: true,
             eight_bit: false,
             held: false,

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, TryLockError};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::dirsync::GroupCommit;
 use crate::durable::{self, create_dir_all_durable, create_synced, is_temp_name, Staged};
+use crate::spool::{self, SpoolFile, Spooled};
 use crate::envelope::Envelope;
 use crate::fault::{is_injected_crash, FaultPoint, Faults, NoFaults};
 use crate::id::QueueId;
@@ -24,6 +25,8 @@ pub use control::SOCKET_NAME;
 pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// `queue/incoming/`: bodies being received (see [`crate::spool`]).
+    incoming: PathBuf,
     msg: PathBuf,
     env: PathBuf,
     // Held open for the directory fsyncs: saves an open+close per commit.
@@ -130,7 +133,8 @@ impl FsStore {
     pub fn open_with_faults(data_dir: &Path, faults: Arc<dyn Faults>) -> io::Result<FsStore> {
         let root = data_dir.join("queue");
         let (tmp, msg, env) = (root.join("tmp"), root.join("msg"), root.join("env"));
-        for dir in [&tmp, &msg, &env] {
+        let incoming = root.join("incoming");
+        for dir in [&tmp, &msg, &env, &incoming] {
             create_dir_all_durable(dir).map_err(|e| ctx(e, "creating", dir))?;
         }
         let msg_dir = File::open(&msg).map_err(|e| ctx(e, "opening", &msg))?;
@@ -140,6 +144,7 @@ impl FsStore {
             socket: root.join(SOCKET_NAME),
             root,
             tmp,
+            incoming,
             msg,
             env,
             msg_dir,
@@ -175,6 +180,12 @@ impl FsStore {
             control::tell(&self.socket, id);
         }
         self.sinks.emit(event);
+    }
+
+    /// Removes the bodies left in `queue/incoming/` by an earlier run (the server, at start-up,
+    /// before it accepts mail: none of them was acknowledged). Returns how many.
+    pub fn clear_incoming(&self) -> io::Result<usize> {
+        spool::clear(&self.incoming).map_err(|e| ctx(e, "cleaning", &self.incoming))
     }
 
     /// `<data_dir>/queue`.
@@ -263,6 +274,89 @@ impl FsStore {
         Ok(report)
     }
 
+    /// Steps 2-4 of a commit, for entries whose message files are written (`results` says
+    /// which): fsync `msg/`, publish each envelope, fsync `env/`.
+    fn publish_envelopes(
+        &self,
+        envelopes: &[&Envelope],
+        mut results: Vec<io::Result<()>>,
+    ) -> Vec<io::Result<()>> {
+        // 2. One fsync makes every new message name durable.
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.sync_dir(&self.msg_dir, &self.msg_sync, &self.msg) {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                for (i, env) in envelopes.iter().enumerate() {
+                    if results[i].is_ok() {
+                        let _ = fs::remove_file(self.message_path(&env.id));
+                        results[i] = Err(copy_error(&e));
+                    }
+                }
+                return results;
+            }
+        }
+        // 3. Envelopes: each rename commits its entry.
+        for (i, env) in envelopes.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let published = self.stage_envelope(env).and_then(|staged| {
+                let dest = self.envelope_path(&env.id);
+                staged
+                    .publish(&dest)
+                    .map_err(|e| ctx(e, "renaming envelope to", &dest))
+            });
+            if let Err(e) = published {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                // Not committed: the message is an orphan; remove it now rather than at recovery.
+                let _ = fs::remove_file(self.message_path(&env.id));
+                results[i] = Err(e);
+            }
+        }
+        // 4. One fsync makes every commit durable.
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.sync_dir(&self.env_dir, &self.env_sync, &self.env) {
+                if is_injected_crash(&e) {
+                    return all_crashed(results, e);
+                }
+                // The client will get a 4xx and retry: take the entries back so that a later
+                // delivery of these envelopes cannot duplicate the retried message.
+                let committed: Vec<&QueueId> = envelopes
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(env, _)| &env.id)
+                    .collect();
+                for id in &committed {
+                    let _ = fs::remove_file(self.envelope_path(id));
+                }
+                // Messages go only once the envelopes' removal is durable; otherwise they stay
+                // as orphans for recovery (never an envelope without its message).
+                let undone = self.env_dir.sync_all().is_ok();
+                for id in &committed {
+                    if undone {
+                        let _ = fs::remove_file(self.message_path(id));
+                    }
+                }
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(copy_error(&e));
+                }
+            }
+        }
+        for (env, r) in envelopes.iter().zip(&results) {
+            if r.is_ok() {
+                self.changed(StoreEvent::Committed {
+                    id: env.id.clone(),
+                    due: env.next_due(),
+                });
+            }
+        }
+        results
+    }
+
     /// Step 4 of a commit, and of update/remove: make env/ entries durable.
     fn sync_dir(&self, dir: &File, group: &GroupCommit, path: &Path) -> io::Result<()> {
         self.faults.check(FaultPoint::AfterRename, path)?;
@@ -337,80 +431,40 @@ impl QueueStore for FsStore {
             }
             results.push(r);
         }
-        // 2. One fsync makes every new message name durable.
-        if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.sync_dir(&self.msg_dir, &self.msg_sync, &self.msg) {
-                if is_injected_crash(&e) {
-                    return all_crashed(results, e);
-                }
-                for (i, (env, _)) in batch.iter().enumerate() {
-                    if results[i].is_ok() {
-                        let _ = fs::remove_file(self.message_path(&env.id));
-                        results[i] = Err(copy_error(&e));
-                    }
-                }
-                return results;
+        let envelopes: Vec<&Envelope> = batch.iter().map(|(env, _)| *env).collect();
+        self.publish_envelopes(&envelopes, results)
+    }
+
+    /// A body streamed to `queue/incoming/` during DATA becomes the entry's message file by a
+    /// rename (no second copy); `env.prefix` holds the trace fields in front of it. Then the
+    /// same steps 2-4 as [`QueueStore::commit_many`].
+    fn commit_spooled(&self, env: &Envelope, body: Spooled) -> io::Result<()> {
+        let path = self.message_path(&env.id);
+        let r = self
+            .faults
+            .check(FaultPoint::BeforeWrite, &path)
+            .and_then(|()| body.rename_to(&path))
+            .map_err(|e| ctx(e, "renaming spooled message to", &path));
+        if let Err(e) = &r {
+            if is_injected_crash(e) {
+                return Err(copy_error(e));
             }
         }
-        // 3. Envelopes: each rename commits its entry.
-        for (i, (env, _)) in batch.iter().enumerate() {
-            if results[i].is_err() {
-                continue;
-            }
-            let published = self.stage_envelope(env).and_then(|staged| {
-                let dest = self.envelope_path(&env.id);
-                staged
-                    .publish(&dest)
-                    .map_err(|e| ctx(e, "renaming envelope to", &dest))
-            });
-            if let Err(e) = published {
-                if is_injected_crash(&e) {
-                    return all_crashed(results, e);
-                }
-                // Not committed: the message is an orphan; remove it now rather than at recovery.
-                let _ = fs::remove_file(self.message_path(&env.id));
-                results[i] = Err(e);
-            }
-        }
-        // 4. One fsync makes every commit durable.
-        if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.sync_dir(&self.env_dir, &self.env_sync, &self.env) {
-                if is_injected_crash(&e) {
-                    return all_crashed(results, e);
-                }
-                // The client will get a 4xx and retry: take the entries back so that a later
-                // delivery of these envelopes cannot duplicate the retried message.
-                let committed: Vec<&QueueId> = batch
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| r.is_ok())
-                    .map(|((env, _), _)| &env.id)
-                    .collect();
-                for id in &committed {
-                    let _ = fs::remove_file(self.envelope_path(id));
-                }
-                // Messages go only once the envelopes' removal is durable; otherwise they stay
-                // as orphans for recovery (never an envelope without its message).
-                let undone = self.env_dir.sync_all().is_ok();
-                for id in &committed {
-                    if undone {
-                        let _ = fs::remove_file(self.message_path(id));
-                    }
-                }
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(copy_error(&e));
-                }
-            }
-        }
-        for ((env, _), r) in batch.iter().zip(&results) {
-            if r.is_ok() {
-                self.changed(StoreEvent::Committed {
-                    id: env.id.clone(),
-                    due: env.next_due(),
-                });
-            }
-        }
-        results
+        self.publish_envelopes(&[env], vec![r])
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("commit produced no result")))
+    }
+
+    fn spool(&self) -> io::Result<SpoolFile> {
+        SpoolFile::create(&self.incoming)
+            .map_err(|e| ctx(e, "creating a spool file in", &self.incoming))
+    }
+
+    fn message_reader(&self, env: &Envelope) -> io::Result<Box<dyn Read + Send>> {
+        let path = self.message_path(&env.id);
+        let file = File::open(&path).map_err(|e| ctx(e, "reading", &path))?;
+        let prefix = io::Cursor::new(env.prefix.clone().into_bytes());
+        Ok(Box::new(prefix.chain(file)))
     }
 
     fn list(&self) -> io::Result<Vec<QueueId>> {
@@ -441,20 +495,27 @@ impl QueueStore for FsStore {
         Ok(env)
     }
 
+    /// `prefix` (from the envelope) followed by the message file.
     fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
+        let env = self.load(id)?;
         let path = self.message_path(id);
-        fs::read(&path).map_err(|e| ctx(e, "reading", &path))
+        let file = fs::read(&path).map_err(|e| ctx(e, "reading", &path))?;
+        if env.prefix.is_empty() {
+            return Ok(file);
+        }
+        let mut message = env.prefix.into_bytes();
+        message.extend_from_slice(&file);
+        Ok(message)
     }
 
-    /// Reads only the first `max` bytes from the file.
+    /// Reads only the first `max` bytes.
     fn read_prefix(&self, id: &QueueId, max: usize) -> io::Result<Vec<u8>> {
-        use std::io::Read;
-        let path = self.message_path(id);
-        let file = File::open(&path).map_err(|e| ctx(e, "reading", &path))?;
+        let env = self.load(id)?;
         let mut out = Vec::new();
-        file.take(max as u64)
+        self.message_reader(&env)?
+            .take(max as u64)
             .read_to_end(&mut out)
-            .map_err(|e| ctx(e, "reading", &path))?;
+            .map_err(|e| ctx(e, "reading", &self.message_path(id)))?;
         Ok(out)
     }
 

@@ -10,6 +10,7 @@ pub mod fault;
 pub mod fs_store;
 pub mod id;
 pub mod outcome;
+pub mod spool;
 pub mod store;
 pub mod time_format;
 
@@ -19,4 +20,5 @@ pub use fault::{FailAt, FaultPoint, Faults, NoFaults};
 pub use fs_store::FsStore;
 pub use id::{InvalidQueueId, QueueId};
 pub use outcome::{RcptClass, RcptOutcome, Remote, Stage, StoredReply, TlsOutcome};
+pub use spool::{MessageBody, SpoolFile, Spooled};
 pub use store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};

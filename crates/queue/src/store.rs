@@ -5,12 +5,13 @@
 
 use std::any::Any;
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 use crate::id::QueueId;
+use crate::spool::{SpoolFile, Spooled};
 
 pub trait QueueStore: Send + Sync {
     /// Durably stores a new entry whose message is the concatenation of `message` (e.g. the
@@ -33,13 +34,24 @@ pub trait QueueStore: Send + Sync {
             .collect()
     }
 
+    /// A new file to stream a message body into while it arrives (see [`crate::spool`]).
+    fn spool(&self) -> io::Result<SpoolFile>;
+
+    /// Durably stores a new entry whose message is `env.prefix` followed by `body` (a file
+    /// from [`QueueStore::spool`]), moving the file rather than copying it where the backend
+    /// can. Same guarantee as [`QueueStore::commit_parts`]; on `Err` the entry does not exist.
+    fn commit_spooled(&self, env: &Envelope, body: Spooled) -> io::Result<()>;
+
+    /// Reads an entry's message (`env.prefix`, then the stored bytes) without loading it whole.
+    fn message_reader(&self, env: &Envelope) -> io::Result<Box<dyn Read + Send>>;
+
     /// Ids of all committed entries, oldest first.
     fn list(&self) -> io::Result<Vec<QueueId>>;
 
     /// The envelope of a committed entry (`NotFound` if there is none).
     fn load(&self, id: &QueueId) -> io::Result<Envelope>;
 
-    /// The message bytes of a committed entry.
+    /// The message bytes of a committed entry: its envelope's `prefix`, then the stored bytes.
     fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>>;
 
     /// The first `max` bytes of the message (all of it if shorter): enough for its header

@@ -189,6 +189,7 @@ pub fn emit(
             client_ip: None,
             helo: None,
             size: bytes.len() as u64,
+            prefix: String::new(),
             // The To: header and the addresses in the report carry the sender's address.
             smtputf8: !to.is_ascii() || targets.remote.iter().any(|a| !a.is_ascii()),
             eight_bit: !bytes.is_ascii(),
@@ -410,6 +411,7 @@ mod tests {
             client_ip: None,
             helo: None,
             size: MESSAGE.len() as u64,
+            prefix: String::new(),
             smtputf8: false,
             eight_bit: false,
             held: false,

@@ -450,6 +450,7 @@ pub fn envelope(sender: Option<&str>, recipients: &[&str], message: &[u8]) -> En
         client_ip: Some("127.0.0.1".parse().unwrap()),
         helo: Some("client.tern.test".into()),
         size: message.len() as u64,
+        prefix: String::new(),
         smtputf8: false,
         eight_bit: false,
         held: false,

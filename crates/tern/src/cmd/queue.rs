@@ -729,6 +729,7 @@ mod tests {
             client_ip: None,
             helo: None,
             size: 0,
+            prefix: String::new(),
             smtputf8: false,
             eight_bit: false,
             held: false,
