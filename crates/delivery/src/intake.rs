@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tern_auth::Signer;
-use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoreError};
+use tern_queue::{
+    Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
+};
 
 use crate::local::LocalDelivery;
 use crate::router::Target;
@@ -48,12 +50,18 @@ pub struct AcceptedRecipient {
 /// session never touches the disk itself.
 pub trait MessageStore: Send + Sync + 'static {
     /// Makes the message durable (fsync'd) for every recipient; only then may the session
-    /// answer 250. `body` is the client's data, without the trace header in `accepted.received`.
+    /// answer 250. `body` is the client's data, without the trace header in `accepted.received`:
+    /// in memory for a small message, in a spool file for a large one.
     fn store(
         &self,
         accepted: Accepted,
-        body: Vec<u8>,
+        body: MessageBody,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A new file to stream a large body into while it arrives (blocking I/O: call it off
+    /// the async threads). The body handed to [`MessageStore::store`] as
+    /// [`MessageBody::Spooled`] comes from here.
+    fn spool(&self) -> Result<SpoolFile, StoreError>;
 }
 
 /// The server's [`MessageStore`]: Maildir for local targets, the queue for remote ones.
@@ -79,21 +87,27 @@ impl Intake {
     }
 
     /// [`MessageStore::store`] without the async wrapper (blocking I/O).
-    pub fn store_blocking(&self, acc: &Accepted, body: &[u8]) -> Result<(), StoreError> {
+    pub fn store_blocking(&self, acc: &Accepted, body: MessageBody) -> Result<(), StoreError> {
         store_blocking(self.queue.as_ref(), &self.local, &self.signer, acc, body)
     }
 }
 
 impl MessageStore for Intake {
-    async fn store(&self, accepted: Accepted, body: Vec<u8>) -> Result<(), StoreError> {
+    async fn store(&self, accepted: Accepted, body: MessageBody) -> Result<(), StoreError> {
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();
         tokio::task::spawn_blocking(move || {
-            store_blocking(queue.as_ref(), &local, &signer, &accepted, &body)
+            store_blocking(queue.as_ref(), &local, &signer, &accepted, body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
+    }
+
+    fn spool(&self) -> Result<SpoolFile, StoreError> {
+        self.queue
+            .spool()
+            .map_err(|e| StoreError::from_io("spooling", &e))
     }
 }
 
@@ -102,9 +116,9 @@ fn store_blocking(
     local: &LocalDelivery,
     signer: &Signer,
     acc: &Accepted,
-    body: &[u8],
+    body: MessageBody,
 ) -> Result<(), StoreError> {
-    let trace = trace_fields(signer, acc, body)?;
+    let trace = trace_fields(signer, acc, &body)?;
     // Each target once, even when several recipients or aliases lead to it.
     let mut locals: Vec<&str> = Vec::new();
     let mut remotes: BTreeMap<&str, &str> = BTreeMap::new();
@@ -122,7 +136,7 @@ fn store_blocking(
     locals.dedup();
 
     let delivered = local
-        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, body)
+        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, &body)
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
     if !remotes.is_empty() {
         let id: QueueId = acc
@@ -143,7 +157,8 @@ fn store_blocking(
             received_at: SystemTime::now(),
             client_ip: Some(acc.client_ip),
             helo: Some(acc.helo.clone()),
-            size: (trace.len() + body.len()) as u64,
+            size: trace.len() as u64 + body.len(),
+            prefix: String::new(),
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
             held: false,
@@ -152,9 +167,20 @@ fn store_blocking(
         };
         // On failure `delivered` drops here and takes the local copies back: the client gets
         // a 4xx and retries the whole message.
-        queue
-            .commit_parts(&envelope, &[trace.as_bytes(), body])
-            .map_err(|e| StoreError::from_io("queue commit", &e))?;
+        let committed = match body {
+            MessageBody::Memory(bytes) => {
+                queue.commit_parts(&envelope, &[trace.as_bytes(), &bytes])
+            }
+            // The spool file becomes the queue's message file; the trace goes in front of it.
+            MessageBody::Spooled(file) => queue.commit_spooled(
+                &Envelope {
+                    prefix: trace,
+                    ..envelope
+                },
+                file,
+            ),
+        };
+        committed.map_err(|e| StoreError::from_io("queue commit", &e))?;
     }
     delivered.keep();
     Ok(())
@@ -164,12 +190,25 @@ fn store_blocking(
 /// signatures sit next to the header fields they cover and the Received is outside them (a
 /// trace field is added by every hop and never signed). A signing failure refuses the message
 /// for now (451) rather than let it leave unsigned.
-fn trace_fields(signer: &Signer, acc: &Accepted, body: &[u8]) -> Result<String, StoreError> {
+fn trace_fields(signer: &Signer, acc: &Accepted, body: &MessageBody) -> Result<String, StoreError> {
     if !acc.sign || signer.is_empty() {
         return Ok(acc.received.clone());
     }
+    // Signing needs the message as one slice: a spooled one is read back for it. Only our
+    // own users' and trusted hosts' mail is signed, and the store's blocking pool bounds how
+    // many such reads run at once.
+    let read;
+    let bytes = match body {
+        MessageBody::Memory(b) => b.as_slice(),
+        MessageBody::Spooled(s) => {
+            read = s
+                .read_all()
+                .map_err(|e| StoreError::from_io("reading the spooled message", &e))?;
+            read.as_slice()
+        }
+    };
     let signatures = signer
-        .sign(body)
+        .sign(bytes)
         .map_err(|e| StoreError::new(e.to_string()))?;
     let signatures = std::str::from_utf8(&signatures)
         .map_err(|_| StoreError::new("DKIM-Signature fields are not ASCII"))?;
@@ -251,7 +290,7 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(id.as_str(), true), BODY)
+            .store_blocking(&accepted(id.as_str(), true), MessageBody::Memory(BODY.to_vec()))
             .unwrap();
 
         let queued = queue.read_message(&id).unwrap();
@@ -279,10 +318,51 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(id.as_str(), false), BODY)
+            .store_blocking(&accepted(id.as_str(), false), MessageBody::Memory(BODY.to_vec()))
             .unwrap();
         let queued = queue.read_message(&id).unwrap();
         assert_eq!(queued, [RECEIVED.as_bytes(), BODY].concat());
         assert!(!String::from_utf8_lossy(&local_copies(dir.path())[0]).contains("DKIM-Signature"));
+    }
+
+    /// A body streamed to disk lands in the Maildir (LF) and in the queue (by rename, with the
+    /// trace as the envelope's prefix) exactly as the same body from memory does.
+    #[test]
+    fn a_spooled_body_is_stored_like_one_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, queue) = setup(dir.path());
+        let big: Vec<u8> = [BODY, &b"line of text\r\n".repeat(20_000)].concat();
+        let (a, b) = (QueueId::generate(), QueueId::generate());
+        intake
+            .store_blocking(&accepted(a.as_str(), true), MessageBody::Memory(big.clone()))
+            .unwrap();
+        let mut file = intake.spool().unwrap();
+        for piece in big.chunks(4093) {
+            file.append(piece).unwrap();
+        }
+        intake
+            .store_blocking(
+                &accepted(b.as_str(), true),
+                MessageBody::Spooled(file.finish().unwrap()),
+            )
+            .unwrap();
+        let (from_memory, spooled) = (queue.read_message(&a).unwrap(), queue.read_message(&b).unwrap());
+        assert!(spooled.ends_with(&big));
+        // Same signature (same key, same bytes): only the Received field and its id differ.
+        let sig = |m: &[u8]| {
+            let t = String::from_utf8_lossy(m).into_owned();
+            t[t.find("DKIM-Signature").unwrap()..].split("bh=").nth(1).unwrap()[..20].to_string()
+        };
+        assert_eq!(sig(&from_memory), sig(&spooled));
+        let copies = local_copies(dir.path());
+        assert_eq!(copies.len(), 2);
+        let strip = |c: &[u8]| {
+            let c = crate::maildir::lf_to_crlf(c);
+            let at = c.windows(BODY.len()).position(|w| w == BODY).unwrap();
+            c[at..].to_vec()
+        };
+        assert_eq!(strip(&copies[0]), big);
+        assert_eq!(strip(&copies[1]), big);
+        assert!(std::fs::read_dir(dir.path().join("queue/incoming")).unwrap().next().is_none());
     }
 }

@@ -15,7 +15,7 @@ use tern_config::Config;
 use tern_proto::{Address, Domain};
 use tern_queue::dirsync::DirSyncer;
 
-use crate::maildir::{self, MaildirCopy, MaildirError, Staging};
+use crate::maildir::{self, Body, MaildirCopy, MaildirError, Staging};
 
 /// Writes copies into local mailboxes under `<data_dir>/mailboxes`.
 pub struct LocalDelivery {
@@ -54,13 +54,14 @@ impl LocalDelivery {
     /// Delivers `body` to each mailbox named by its router key (`local@domain`), after the
     /// prefix `Return-Path: <return_path>`, `Delivered-To: <the mailbox>` and `received` (a
     /// complete `Received:` field ending in CRLF). Every copy or none is durable on `Ok`.
-    pub fn deliver<'k>(
+    pub fn deliver<'b, 'k>(
         &self,
         keys: impl IntoIterator<Item = &'k str>,
         return_path: Option<&str>,
         received: &str,
-        body: &[u8],
+        body: impl Into<Body<'b>>,
     ) -> Result<Delivered, MaildirError> {
+        let body = body.into();
         let return_path = format!("Return-Path: <{}>\r\n", return_path.unwrap_or(""));
         let copies: Vec<MaildirCopy<'_>> = keys
             .into_iter()

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tern_queue::dirsync::DirSyncer;
 use tern_queue::durable::{create_dir_all_durable, fsync_dir, write_parts, FILE_MODE};
+use tern_queue::{MessageBody, Spooled};
 
 mod eol;
 pub use eol::lf_to_crlf;
@@ -27,12 +28,65 @@ pub struct MaildirCopy<'a> {
     /// Per-recipient header lines written before the body (Return-Path, Delivered-To), CRLF.
     pub prefix: Vec<u8>,
     /// The message as received (CRLF line ends), shared by every copy; stored with LF.
-    pub body: &'a [u8],
+    pub body: Body<'a>,
 }
+
+/// Where a copy's body comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// In memory: converted to LF once for every copy.
+    Bytes(&'a [u8]),
+    /// Streamed to disk during DATA: converted piece by piece while each copy is written, so
+    /// a large message is never in memory.
+    Spooled(&'a Spooled),
+}
+
+impl Body<'_> {
+    /// Whether two copies share the same body (converted once).
+    fn same(&self, other: &Body<'_>) -> bool {
+        match (self, other) {
+            (Body::Bytes(a), Body::Bytes(b)) => std::ptr::eq(*a, *b),
+            (Body::Spooled(a), Body::Spooled(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for Body<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Body::Bytes(bytes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Body<'a> {
+    fn from(bytes: &'a [u8; N]) -> Self {
+        Body::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Body<'a> {
+    fn from(bytes: &'a Vec<u8>) -> Self {
+        Body::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a MessageBody> for Body<'a> {
+    fn from(body: &'a MessageBody) -> Self {
+        match body {
+            MessageBody::Memory(b) => Body::Bytes(b),
+            MessageBody::Spooled(s) => Body::Spooled(s),
+        }
+    }
+}
+
+/// How much of a spooled body is read (and converted) at a time.
+const SPOOL_CHUNK: usize = 64 * 1024;
 
 /// The step that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaildirOp {
+    /// Reading the spooled body.
+    Reading,
     CreatingDir,
     Creating,
     Writing,
@@ -44,6 +98,7 @@ pub enum MaildirOp {
 impl fmt::Display for MaildirOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            MaildirOp::Reading => "reading the message for",
             MaildirOp::CreatingDir => "creating directory",
             MaildirOp::Creating => "creating",
             MaildirOp::Writing => "writing",
@@ -103,17 +158,87 @@ impl MaildirError {
     }
 }
 
-/// The shared body in its file form, converted once for every copy.
-struct FileBody {
-    bytes: Vec<u8>,
-    /// Octets its CRLF form has on top of `bytes.len()`.
-    extra: usize,
+/// The shared body in its file form (LF line ends).
+enum FileBody<'a> {
+    /// Converted once for every copy.
+    Converted {
+        bytes: Vec<u8>,
+        /// Octets its CRLF form has on top of `bytes.len()`.
+        extra: usize,
+    },
+    /// Converted again while each copy is written; its sizes were measured in one pass first
+    /// (the file name carries them, and it is chosen before the write).
+    Streamed {
+        source: &'a Spooled,
+        len: usize,
+        extra: usize,
+    },
+}
+
+impl<'a> FileBody<'a> {
+    fn of(body: Body<'a>) -> io::Result<FileBody<'a>> {
+        match body {
+            Body::Bytes(b) => {
+                let mut bytes = Vec::new();
+                let extra = eol::crlf_to_lf(b, &mut bytes);
+                Ok(FileBody::Converted { bytes, extra })
+            }
+            Body::Spooled(source) => {
+                let mut len = 0;
+                let extra = convert_spooled(source, |piece| {
+                    len += piece.len();
+                    Ok(())
+                })?;
+                Ok(FileBody::Streamed { source, len, extra })
+            }
+        }
+    }
+
+    /// Octets in the file, and octets more with CRLF line ends.
+    fn sizes(&self) -> (usize, usize) {
+        match self {
+            FileBody::Converted { bytes, extra } => (bytes.len(), *extra),
+            FileBody::Streamed { len, extra, .. } => (*len, *extra),
+        }
+    }
+
+    /// Writes the (converted) body after `prefix` to `file`.
+    fn write(&self, file: &mut fs::File, prefix: &[u8]) -> io::Result<()> {
+        match self {
+            FileBody::Converted { bytes, .. } => write_parts(file, &[prefix, bytes]),
+            FileBody::Streamed { source, .. } => {
+                use std::io::Write as _;
+                let mut out = io::BufWriter::with_capacity(SPOOL_CHUNK, file);
+                out.write_all(prefix)?;
+                convert_spooled(source, |piece| out.write_all(piece))?;
+                out.flush()
+            }
+        }
+    }
+}
+
+/// Reads a spooled body and hands its LF form to `sink` piece by piece; returns the CRLF extra.
+fn convert_spooled(
+    source: &Spooled,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<usize> {
+    let mut conv = eol::CrlfToLf::default();
+    let mut out = Vec::with_capacity(SPOOL_CHUNK);
+    source.for_each_chunk(SPOOL_CHUNK, |chunk| {
+        out.clear();
+        conv.feed(chunk, &mut out);
+        sink(&out)
+    })?;
+    out.clear();
+    let extra = conv.finish(&mut out);
+    sink(&out)?;
+    Ok(extra)
 }
 
 /// A copy written to tmp/ (or a staging shard) and fsync'd, waiting for its rename.
 struct Staged<'a> {
     copy: &'a MaildirCopy<'a>,
-    body: &'a FileBody,
+    body: &'a FileBody<'a>,
     mailbox: &'a Path,
     tmp: PathBuf,
     new: PathBuf,
@@ -207,16 +332,17 @@ fn deliver(
 ) -> Result<Vec<PathBuf>, MaildirError> {
     let host = sanitize_hostname(hostname);
     // The callers give every copy the same body: convert each distinct one once.
-    let mut bodies: Vec<(&[u8], FileBody)> = Vec::with_capacity(1);
+    let mut bodies: Vec<(Body<'_>, FileBody<'_>)> = Vec::with_capacity(1);
     let mut body_of: Vec<usize> = Vec::with_capacity(copies.len());
     for copy in copies {
-        match bodies.iter().position(|(b, _)| std::ptr::eq(*b, copy.body)) {
+        match bodies.iter().position(|(b, _)| b.same(&copy.body)) {
             Some(i) => body_of.push(i),
             None => {
-                let mut bytes = Vec::new();
-                let extra = eol::crlf_to_lf(copy.body, &mut bytes);
+                let converted = FileBody::of(copy.body).map_err(|e| {
+                    MaildirError::new(MaildirOp::Reading, copy.mailbox.clone(), e)
+                })?;
                 body_of.push(bodies.len());
-                bodies.push((copy.body, FileBody { bytes, extra }));
+                bodies.push((copy.body, converted));
             }
         }
     }
@@ -278,15 +404,16 @@ fn take_back(published: &[Staged<'_>]) {
 /// delivery, only when the open says they are missing: no extra syscall per message.
 fn stage<'a>(
     copy: &'a MaildirCopy<'a>,
-    body: &'a FileBody,
+    body: &'a FileBody<'a>,
     host: &str,
     staging: Option<&Staging>,
 ) -> Result<Staged<'a>, MaildirError> {
     let mut prefix = Vec::with_capacity(copy.prefix.len());
     let prefix_extra = eol::crlf_to_lf(&copy.prefix, &mut prefix);
     // Maildir++ / Dovecot: S= is the size of the file, W= the size with CRLF line ends.
-    let size = prefix.len() + body.bytes.len();
-    let crlf_size = size + prefix_extra + body.extra;
+    let (body_len, body_extra) = body.sizes();
+    let size = prefix.len() + body_len;
+    let crlf_size = size + prefix_extra + body_extra;
     let tmp_dir = match staging {
         Some(s) => s.pick().to_path_buf(),
         None => copy.mailbox.join("tmp"),
@@ -321,7 +448,8 @@ fn stage<'a>(
             }
             Err(e) => return Err(MaildirError::new(MaildirOp::Creating, tmp, e)),
         };
-        let written = write_parts(&mut file, &[&prefix, &body.bytes])
+        let written = body
+            .write(&mut file, &prefix)
             .map_err(|e| (MaildirOp::Writing, e))
             .and_then(|()| file.sync_data().map_err(|e| (MaildirOp::Syncing, e)));
         drop(file);

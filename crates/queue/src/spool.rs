@@ -128,6 +128,25 @@ impl Spooled {
         Ok(out)
     }
 
+    /// Calls `f` with the body in chunks of at most `chunk` octets, in order.
+    pub fn for_each_chunk(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut file = self.open()?;
+        let mut buf = vec![0u8; chunk.max(1)];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            f(&buf[..n])?;
+        }
+    }
+
     /// Renames the body to `dest` (which must not exist: RENAME_NOREPLACE where the filesystem
     /// has it). On success the file is no longer ours to remove.
     pub(crate) fn rename_to(mut self, dest: &Path) -> io::Result<()> {
@@ -181,19 +200,7 @@ impl MessageBody {
     ) -> io::Result<()> {
         match self {
             MessageBody::Memory(b) => f(b),
-            MessageBody::Spooled(s) => {
-                let mut file = s.open()?;
-                let mut buf = vec![0u8; chunk.max(1)];
-                loop {
-                    let n = match file.read(&mut buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    };
-                    f(&buf[..n])?;
-                }
-            }
+            MessageBody::Spooled(s) => s.for_each_chunk(chunk, f),
         }
     }
 }

@@ -7,6 +7,12 @@
 /// how many octets longer the result would be with CRLF line ends: one per LF that does not
 /// follow a CR in `out`, as Dovecot counts. Works line by line with memchr, not per byte.
 pub(crate) fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) -> usize {
+    crlf_to_lf_after(input, false, out)
+}
+
+/// [`crlf_to_lf`] for input that continues a stream whose last output octet was a CR
+/// (`after_cr`): a CRLF right at the start then follows that CR in the file.
+fn crlf_to_lf_after(input: &[u8], after_cr: bool, out: &mut Vec<u8>) -> usize {
     out.reserve(input.len());
     let mut copied = 0;
     let mut extra = 0;
@@ -16,7 +22,12 @@ pub(crate) fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) -> usize {
             // The LF goes out with the next run. It now follows input[lf - 2]: a CR there (a
             // bare CR before the CRLF) makes the file hold a CRLF that needs nothing added.
             copied = lf;
-            if !(lf >= 2 && input[lf - 2] == b'\r') {
+            let cr_before = if lf >= 2 {
+                input[lf - 2] == b'\r'
+            } else {
+                after_cr
+            };
+            if !cr_before {
                 extra += 1;
             }
         } else {
@@ -25,6 +36,61 @@ pub(crate) fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) -> usize {
     }
     out.extend_from_slice(&input[copied..]);
     extra
+}
+
+/// [`crlf_to_lf`] over a message that arrives in pieces (read from a spool file): the output
+/// and the count are exactly those of converting the whole at once. A CR at the end of a piece
+/// is held back until the next piece says whether a LF follows it.
+#[derive(Debug, Default)]
+pub(crate) struct CrlfToLf {
+    /// The last input octet was a CR, not yet written.
+    held_cr: bool,
+    /// The last octet written was a CR.
+    out_cr: bool,
+    extra: usize,
+}
+
+impl CrlfToLf {
+    /// Converts the next piece, appending to `out`.
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        if input.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.held_cr) {
+            if input[0] == b'\n' {
+                // A CRLF split across pieces.
+                if !self.out_cr {
+                    self.extra += 1;
+                }
+                out.push(b'\n');
+                self.out_cr = false;
+                input = &input[1..];
+            } else {
+                out.push(b'\r');
+                self.out_cr = true;
+            }
+        }
+        if let Some((&b'\r', rest)) = input.split_last() {
+            self.held_cr = true;
+            input = rest;
+        }
+        if input.is_empty() {
+            return;
+        }
+        let start = out.len();
+        self.extra += crlf_to_lf_after(input, self.out_cr, out);
+        if out.len() > start {
+            self.out_cr = out.last() == Some(&b'\r');
+        }
+    }
+
+    /// The end of the message: writes a held CR, and returns the CRLF extra of the whole.
+    pub(crate) fn finish(mut self, out: &mut Vec<u8>) -> usize {
+        if std::mem::take(&mut self.held_cr) {
+            out.push(b'\r');
+        }
+        self.extra
+    }
 }
 
 /// The reverse, for code that reads a Maildir file back to send it or show it over SMTP/IMAP:
@@ -74,6 +140,25 @@ mod tests {
     }
 
     proptest! {
+        /// Converting in pieces of any sizes gives what converting the whole gives.
+        #[test]
+        fn pieces_convert_like_the_whole(msg in proptest::collection::vec(prop_oneof![
+            Just(b'\r'), Just(b'\n'), Just(b'a')], 0..200), cuts in proptest::collection::vec(0usize..200, 0..8)) {
+            let (whole, whole_extra) = lf(&msg);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(msg.len())).collect();
+            cuts.sort_unstable();
+            let mut conv = CrlfToLf::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([msg.len()]) {
+                conv.feed(&msg[at..c], &mut out);
+                at = c;
+            }
+            let extra = conv.finish(&mut out);
+            prop_assert_eq!(out, whole);
+            prop_assert_eq!(extra, whole_extra);
+        }
+
         /// Whatever the input, the virtual size is what the file would be with each of its line
         /// ends as CRLF, and for CRLF-only messages (what the server stores) reading back gives
         /// the original bytes.

@@ -21,7 +21,7 @@ fn copy<'a>(mailbox: PathBuf, who: &str, body: &'a [u8]) -> MaildirCopy<'a> {
     MaildirCopy {
         mailbox,
         prefix: format!("Return-Path: <s@example.org>\r\nDelivered-To: {who}\r\n").into_bytes(),
-        body,
+        body: Body::Bytes(body),
     }
 }
 
@@ -400,7 +400,43 @@ fn copies_with_different_bodies_each_get_their_own() {
     for (c, p) in copies.iter().zip(&paths) {
         assert_eq!(
             fs::read(p).unwrap(),
-            as_file(&[c.prefix.as_slice(), c.body].concat())
+            as_file(&[c.prefix.as_slice(), bytes_of(c.body)].concat())
         );
     }
+}
+
+fn bytes_of(body: Body<'_>) -> &[u8] {
+    match body {
+        Body::Bytes(b) => b,
+        Body::Spooled(_) => panic!("not in memory"),
+    }
+}
+
+/// A spooled body (read and converted in 64 KiB pieces, a CRLF split across two of them)
+/// gives the very file, name sizes included, that the same body from memory gives.
+#[test]
+fn a_spooled_body_writes_the_same_file_as_one_in_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < SPOOL_CHUNK - 1 {
+        big.push(b'x');
+    }
+    // The CR is the last octet of the first piece, its LF the first of the second.
+    big.extend_from_slice(b"\r\n");
+    big.extend_from_slice(&b"more text\r\n".repeat(10_000));
+    assert_eq!(big[SPOOL_CHUNK - 1], b'\r');
+    let mut file = tern_queue::SpoolFile::create(d.path()).unwrap();
+    file.append(&big).unwrap();
+    let spooled = file.finish().unwrap();
+    let copies = [
+        copy(mailbox_path(d.path(), "m", "example.org"), "m@example.org", &big),
+        MaildirCopy {
+            body: Body::Spooled(&spooled),
+            ..copy(mailbox_path(d.path(), "s", "example.org"), "m@example.org", &[])
+        },
+    ];
+    let paths = deliver_all(&copies, "mx.example.org").unwrap();
+    assert_eq!(fs::read(&paths[0]).unwrap(), fs::read(&paths[1]).unwrap());
+    let size = |p: &Path| p.to_str().unwrap().split(",S=").nth(1).unwrap().to_string();
+    assert_eq!(size(&paths[0]), size(&paths[1]));
 }
