@@ -64,6 +64,122 @@ impl<'a> HeaderSection<'a> {
     }
 }
 
+/// What [`HeaderSection`] and [`count_received`] say about a message, worked out while the
+/// message streams past, so that a body written to disk as it arrives never has to be held or
+/// read back for the end-of-data checks. Feeding the message in any pieces gives exactly what
+/// `HeaderSection::find(message)` gives for [`HeaderScanner::end`] and
+/// [`HeaderSection::received_count`] (a property test holds the two together).
+#[derive(Debug, Clone)]
+pub struct HeaderScanner {
+    /// Octets fed so far, while the header section lasts.
+    pos: u64,
+    /// Where the body starts, once the empty line was seen.
+    end: Option<u64>,
+    received: usize,
+    line: LineState,
+}
+
+/// Where the scanner is within the current header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// At the start of a line.
+    Start,
+    /// The line so far is a single CR (it is the empty line if a LF follows).
+    StartCr,
+    /// Matching the field name against `Received`: this many letters matched.
+    Name(u8),
+    /// `Received` matched; white space may follow before the colon.
+    NameDone,
+    /// The rest of this line does not matter.
+    Skip,
+}
+
+const RECEIVED: &[u8] = b"received";
+
+impl Default for HeaderScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeaderScanner {
+    pub fn new() -> Self {
+        Self {
+            pos: 0,
+            end: None,
+            received: 0,
+            line: LineState::Start,
+        }
+    }
+
+    /// The next piece of the message.
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.end.is_some() {
+            return;
+        }
+        for (i, &b) in input.iter().enumerate() {
+            if b == b'\n' {
+                if matches!(self.line, LineState::Start | LineState::StartCr) {
+                    self.end = Some(self.pos + i as u64 + 1);
+                    return;
+                }
+                self.line = LineState::Start;
+                continue;
+            }
+            self.line = match self.line {
+                LineState::Start if b == b'\r' => LineState::StartCr,
+                // A continuation line (folded field) is never a field of its own.
+                LineState::Start if b == b' ' || b == b'\t' => LineState::Skip,
+                // A name that starts with a CR is never `Received`.
+                LineState::StartCr => LineState::Skip,
+                LineState::Start => Self::name(0, b),
+                LineState::Name(n) => Self::name(n, b),
+                // RFC 5322 4.5 (obsolete syntax): white space between the name and the colon.
+                LineState::NameDone if b == b':' => {
+                    self.received += 1;
+                    LineState::Skip
+                }
+                LineState::NameDone if matches!(b, b' ' | b'\t' | b'\r' | 0x0c) => {
+                    LineState::NameDone
+                }
+                LineState::NameDone | LineState::Skip => LineState::Skip,
+            };
+        }
+        self.pos += input.len() as u64;
+    }
+
+    /// The next state after `n` letters of `Received` matched and `b` arrived.
+    fn name(n: u8, b: u8) -> LineState {
+        let n = usize::from(n);
+        if n < RECEIVED.len() && b.eq_ignore_ascii_case(&RECEIVED[n]) {
+            if n + 1 == RECEIVED.len() {
+                LineState::NameDone
+            } else {
+                LineState::Name(n as u8 + 1)
+            }
+        } else {
+            LineState::Skip
+        }
+    }
+
+    /// [`HeaderSection::end`] of the whole message, given its total length (the message is
+    /// all header when no empty line was seen).
+    pub fn end(&self, total: u64) -> u64 {
+        self.end.unwrap_or(total)
+    }
+
+    /// Octets of header seen so far (a lower bound on [`HeaderScanner::end`] while the empty
+    /// line has not arrived): lets a caller refuse an endless header early.
+    pub fn header_len(&self) -> u64 {
+        self.end.unwrap_or(self.pos)
+    }
+
+    /// [`HeaderSection::received_count`].
+    pub fn received_count(&self) -> usize {
+        self.received
+    }
+}
+
 /// `Received:` fields in a header section, matched by field name in any case (RFC 5322 1.2.2),
 /// also with white space before the colon (RFC 5322 4.5 obsolete syntax). Continuation lines of
 /// folded fields start with white space and are never counted. RFC 5321 6.3 counts these to
@@ -169,6 +285,63 @@ mod tests {
         let m = b"Received: a\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
         assert_eq!(HeaderSection::find(m).received_count(), 1);
         assert_eq!(count_received(b""), 0);
+    }
+
+    fn scan(m: &[u8], cuts: &[usize]) -> (u64, usize) {
+        let mut sc = HeaderScanner::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain([m.len()].iter()) {
+            let c = c.clamp(at, m.len());
+            sc.feed(&m[at..c]);
+            at = c;
+        }
+        (sc.end(m.len() as u64), sc.received_count())
+    }
+
+    #[test]
+    fn the_scanner_agrees_on_the_examples() {
+        for m in [
+            &b"A: b\r\n\r\nbody\r\n\r\nmore"[..],
+            b"A: 1\nB: 2\n\nbody\n",
+            b"A: 1\r\n\nx",
+            b"A: 1\n\r\nx",
+            b"A: b\r\nC: d\r\n",
+            b"",
+            b"\r\nbody",
+            b"A: \r\r\nB: c\r\n\r\n",
+            b"Received: a\r\n\tby b\r\nreceived : c\r\nRECEIVED:d\r\n Received: folded\r\nX-Received: no\r\nSubject: Received: no\r\n",
+            b"Received: a\r\nSubject: x\r\n\r\nReceived: in the body\r\n",
+            b"\rReceived: x\r\n",
+            b"Received\x0c\r :x\n",
+        ] {
+            let h = HeaderSection::find(m);
+            let want = (h.end() as u64, h.received_count());
+            assert_eq!(scan(m, &[]), want, "{:?}", String::from_utf8_lossy(m));
+            for cut in 0..m.len() {
+                assert_eq!(scan(m, &[cut]), want, "{:?} cut {cut}", String::from_utf8_lossy(m));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_scanner_agrees_with_header_section(
+            m in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'\n'),
+                proptest::strategy::Just(b' '), proptest::strategy::Just(b':'),
+                proptest::strategy::Just(b'R'), proptest::strategy::Just(b'e'),
+                proptest::strategy::Just(b'c'), proptest::strategy::Just(b'i'),
+                proptest::strategy::Just(b'v'), proptest::strategy::Just(b'd'),
+                proptest::prelude::any::<u8>()], 0..120),
+            prefix_received in proptest::prelude::any::<bool>(),
+            cuts in proptest::collection::vec(0usize..130, 0..6),
+        ) {
+            let m = if prefix_received { [b"Received: x\r\n".as_slice(), &m].concat() } else { m };
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let h = HeaderSection::find(&m);
+            proptest::prop_assert_eq!(scan(&m, &cuts), (h.end() as u64, h.received_count()));
+        }
     }
 
     #[test]
