@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use tern_config::Config;
 use tern_proto::{LineEvent, LineReader, MAX_COMMAND_LINE};
-use tern_server::connection::Effect;
+use tern_server::connection::{DataBody, Effect, SpoolOp};
 use tern_server::{Accepted, ConnInfo, Connection, ListenerKind, Session};
 
 use super::proto_checks::{chunks, reply_wire};
@@ -135,6 +135,7 @@ pub fn session(input: &[u8]) -> Outcome {
         return outcome;
     };
     let cfg = configs()[usize::from(mode & 3)].clone();
+    let max_received = cfg.queue.max_received_headers;
     let kind = match (mode >> 2) & 3 {
         0 | 3 => ListenerKind::Smtp,
         1 => ListenerKind::Submission,
@@ -156,6 +157,13 @@ pub fn session(input: &[u8]) -> Outcome {
     reply_wire(&s.timeout_reply().to_bytes());
     reply_wire(&s.shutdown_reply().to_bytes());
     let mut c = Connection::new(s);
+    // Bit 7: spill every few octets to the spool, as a server whose DATA memory is spent does.
+    if mode & 0x80 != 0 {
+        c.set_spill_threshold(usize::from(*seed % 8));
+    }
+    // What the driver would have in the spool file of the message being received.
+    let mut spool: Vec<u8> = Vec::new();
+    let mut spooling = false;
     let mut seen = Replies::default();
     seen.wrote(&c.greeting());
 
@@ -176,7 +184,24 @@ pub fn session(input: &[u8]) -> Outcome {
         c.feed(chunk);
         while let Some(effect) = c.poll() {
             match effect {
-                Effect::Write(bytes) => seen.wrote(&bytes),
+                Effect::Write(bytes) => {
+                    if bytes.windows(4).any(|w| w == b"354 ") {
+                        // A new message: the last one's spool file was stored or discarded.
+                        assert!(!spooling, "a spool file outlived its message");
+                    }
+                    seen.wrote(&bytes)
+                }
+                Effect::Spool(SpoolOp::Append(bytes)) => {
+                    assert!(seen.in_data, "spooling outside DATA");
+                    assert!(!bytes.is_empty(), "an empty spool write");
+                    spool.extend_from_slice(&bytes);
+                    spooling = true;
+                }
+                Effect::Spool(SpoolOp::Discard) => {
+                    assert!(spooling, "discarding a spool file that does not exist");
+                    spool.clear();
+                    spooling = false;
+                }
                 Effect::Close(bytes, _) => {
                     seen.wrote(&bytes);
                     assert!(c.poll().is_none(), "effects after the close");
@@ -193,8 +218,25 @@ pub fn session(input: &[u8]) -> Outcome {
                     let _ = c.session().auth_delay();
                     c.auth_verified(ticket, ok.then_some(creds.username));
                 }
-                Effect::Store(acc, _body, ticket) => {
+                Effect::Store(acc, body, ticket) => {
                     assert!(seen.in_data, "a message stored without a 354");
+                    let message = match body {
+                        DataBody::Memory(m) => {
+                            assert!(!spooling, "a message in memory with a spool file");
+                            m
+                        }
+                        DataBody::Spooled { tail } => {
+                            assert!(spooling, "a spooled message without a spool file");
+                            [std::mem::take(&mut spool), tail].concat()
+                        }
+                    };
+                    spooling = false;
+                    // Whatever the pieces, the message stored is one that passed the checks.
+                    let header = tern_proto::HeaderSection::find(&message);
+                    assert!(
+                        header.received_count() < max_received,
+                        "a looping message stored"
+                    );
                     check_accepted(&acc);
                     seen.stored_id = Some(acc.id.clone());
                     outcome.stored += 1;

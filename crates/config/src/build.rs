@@ -744,6 +744,12 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             "limits.max_header_size",
             defaults::MAX_HEADER_SIZE,
         ),
+        max_data_memory: size(
+            v,
+            &l.max_data_memory,
+            "limits.max_data_memory",
+            defaults::MAX_DATA_MEMORY,
+        ),
         max_auth_failures: count(
             v,
             &l.max_auth_failures,

@@ -36,6 +36,9 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 100;
 pub const MAX_MESSAGES_PER_IP_PER_MINUTE: usize = 0;
 pub const MAX_ERRORS: usize = 20;
 pub const MAX_HEADER_SIZE: u64 = 1_048_576;
+/// 128 MiB: every session of the default `max_connections` can receive with full buffers
+/// (about 192 KiB each); past it, sessions stream with small buffers instead.
+pub const MAX_DATA_MEMORY: u64 = 128 * 1024 * 1024;
 pub const MAX_AUTH_FAILURES: usize = 5;
 /// RFC 5321 4.5.3.2.7: server timeout of at least 5 minutes while awaiting a command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * MINUTE);
@@ -195,6 +198,7 @@ pub fn limits() -> Limits {
         max_messages_per_ip_per_minute: MAX_MESSAGES_PER_IP_PER_MINUTE,
         max_errors: MAX_ERRORS,
         max_header_size: MAX_HEADER_SIZE,
+        max_data_memory: MAX_DATA_MEMORY,
         max_auth_failures: MAX_AUTH_FAILURES,
         command_timeout: COMMAND_TIMEOUT,
         data_timeout: DATA_TIMEOUT,

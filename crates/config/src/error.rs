@@ -222,7 +222,7 @@ fn type_hint(key: &str) -> String {
         "command_timeout" | "data_timeout" | "connect_timeout" | "attempt_timeout" | "max_age"
         | "delay_warning" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
         "retry_schedule" => "write a list of durations such as [\"5m\", \"10m\", \"1h\"]",
-        "max_message_size" | "max_header_size" => {
+        "max_message_size" | "max_header_size" | "max_data_memory" => {
             "write a number of bytes such as 26214400 (or a string such as \"25MiB\")"
         }
         "listen" => "write a list of addresses such as [\"127.0.0.1:25\", \"[::1]:25\"]",

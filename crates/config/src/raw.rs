@@ -73,6 +73,7 @@ pub(crate) struct RawLimits {
     pub max_messages_per_ip_per_minute: Int,
     pub max_errors: Int,
     pub max_header_size: Option<Spanned<Size>>,
+    pub max_data_memory: Option<Spanned<Size>>,
     pub max_auth_failures: Int,
     pub command_timeout: Text,
     pub data_timeout: Text,

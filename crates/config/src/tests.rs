@@ -93,6 +93,7 @@ fn every_default() {
     assert_eq!(l.max_messages_per_ip_per_minute, 0);
     assert_eq!(l.max_errors, 20);
     assert_eq!(l.max_header_size, 1_048_576);
+    assert_eq!(l.max_data_memory, 128 * 1024 * 1024);
     assert_eq!(l.max_auth_failures, 5);
     assert_eq!(l.command_timeout, secs(5 * MIN));
     assert_eq!(l.data_timeout, secs(10 * MIN));
@@ -394,9 +395,10 @@ format = "json"
 
 #[test]
 fn sizes_accept_integers_and_strings() {
-    let c = load("[limits]\nmax_message_size = \"25MiB\"\nmax_header_size = \"10MB\"\n");
+    let c = load("[limits]\nmax_message_size = \"25MiB\"\nmax_header_size = \"10MB\"\nmax_data_memory = \"16MiB\"\n");
     assert_eq!(c.limits.max_message_size, 25 * 1024 * 1024);
     assert_eq!(c.limits.max_header_size, 10_000_000);
+    assert_eq!(c.limits.max_data_memory, 16 * 1024 * 1024);
     assert_eq!(
         load("[limits]\nmax_message_size = 5_000\n")
             .limits

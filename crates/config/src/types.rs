@@ -108,6 +108,9 @@ pub struct Limits {
     pub max_errors: usize,
     /// Bytes of the header section of one message.
     pub max_header_size: u64,
+    /// Bytes of message data all sessions together hold in memory while messages arrive (the
+    /// rest goes to spool files as it comes in).
+    pub max_data_memory: u64,
     /// Failed AUTH attempts per IP before 421.
     pub max_auth_failures: usize,
     /// RFC 5321 4.5.3.2.7: server timeout waiting for the next command.

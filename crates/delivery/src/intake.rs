@@ -290,7 +290,10 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(id.as_str(), true), MessageBody::Memory(BODY.to_vec()))
+            .store_blocking(
+                &accepted(id.as_str(), true),
+                MessageBody::Memory(BODY.to_vec()),
+            )
             .unwrap();
 
         let queued = queue.read_message(&id).unwrap();
@@ -318,7 +321,10 @@ mod tests {
         let (intake, queue) = setup(dir.path());
         let id = QueueId::generate();
         intake
-            .store_blocking(&accepted(id.as_str(), false), MessageBody::Memory(BODY.to_vec()))
+            .store_blocking(
+                &accepted(id.as_str(), false),
+                MessageBody::Memory(BODY.to_vec()),
+            )
             .unwrap();
         let queued = queue.read_message(&id).unwrap();
         assert_eq!(queued, [RECEIVED.as_bytes(), BODY].concat());
@@ -334,7 +340,10 @@ mod tests {
         let big: Vec<u8> = [BODY, &b"line of text\r\n".repeat(20_000)].concat();
         let (a, b) = (QueueId::generate(), QueueId::generate());
         intake
-            .store_blocking(&accepted(a.as_str(), true), MessageBody::Memory(big.clone()))
+            .store_blocking(
+                &accepted(a.as_str(), true),
+                MessageBody::Memory(big.clone()),
+            )
             .unwrap();
         let mut file = intake.spool().unwrap();
         for piece in big.chunks(4093) {
@@ -346,12 +355,19 @@ mod tests {
                 MessageBody::Spooled(file.finish().unwrap()),
             )
             .unwrap();
-        let (from_memory, spooled) = (queue.read_message(&a).unwrap(), queue.read_message(&b).unwrap());
+        let (from_memory, spooled) = (
+            queue.read_message(&a).unwrap(),
+            queue.read_message(&b).unwrap(),
+        );
         assert!(spooled.ends_with(&big));
         // Same signature (same key, same bytes): only the Received field and its id differ.
         let sig = |m: &[u8]| {
             let t = String::from_utf8_lossy(m).into_owned();
-            t[t.find("DKIM-Signature").unwrap()..].split("bh=").nth(1).unwrap()[..20].to_string()
+            t[t.find("DKIM-Signature").unwrap()..]
+                .split("bh=")
+                .nth(1)
+                .unwrap()[..20]
+                .to_string()
         };
         assert_eq!(sig(&from_memory), sig(&spooled));
         let copies = local_copies(dir.path());
@@ -363,6 +379,9 @@ mod tests {
         };
         assert_eq!(strip(&copies[0]), big);
         assert_eq!(strip(&copies[1]), big);
-        assert!(std::fs::read_dir(dir.path().join("queue/incoming")).unwrap().next().is_none());
+        assert!(std::fs::read_dir(dir.path().join("queue/incoming"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

@@ -338,9 +338,8 @@ fn deliver(
         match bodies.iter().position(|(b, _)| b.same(&copy.body)) {
             Some(i) => body_of.push(i),
             None => {
-                let converted = FileBody::of(copy.body).map_err(|e| {
-                    MaildirError::new(MaildirOp::Reading, copy.mailbox.clone(), e)
-                })?;
+                let converted = FileBody::of(copy.body)
+                    .map_err(|e| MaildirError::new(MaildirOp::Reading, copy.mailbox.clone(), e))?;
                 body_of.push(bodies.len());
                 bodies.push((copy.body, converted));
             }

@@ -18,8 +18,6 @@ pub use command::{Command, CommandError, MAX_COMMAND_LINE};
 pub use data::{BareLineEndings, DataDecoder, DataProgress, DataRejection, DotStuffer};
 pub use ehlo::Capabilities;
 pub use line::{LineEvent, LineReader};
-pub use message::{
-    count_received, rfc5322_date, rfc5322_date_at, HeaderScanner, HeaderSection,
-};
+pub use message::{count_received, rfc5322_date, rfc5322_date_at, HeaderScanner, HeaderSection};
 pub use params::{BodyType, MailParams, RcptParams};
 pub use reply::{ec, EnhancedCode, Reply, ReplyError, ReplyParser, Severity};

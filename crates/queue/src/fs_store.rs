@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::dirsync::GroupCommit;
 use crate::durable::{self, create_dir_all_durable, create_synced, is_temp_name, Staged};
-use crate::spool::{self, SpoolFile, Spooled};
 use crate::envelope::Envelope;
 use crate::fault::{is_injected_crash, FaultPoint, Faults, NoFaults};
 use crate::id::QueueId;
+use crate::spool::{self, SpoolFile, Spooled};
 use crate::store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};
 
 mod control;

@@ -16,11 +16,13 @@ use std::sync::Arc;
 
 use tern_config::Config;
 use tern_proto::sasl::Credentials;
-use tern_proto::{DataDecoder, DataProgress, LineEvent, LineReader, Reply, MAX_COMMAND_LINE};
+use tern_proto::{
+    DataDecoder, DataProgress, HeaderScanner, LineEvent, LineReader, Reply, MAX_COMMAND_LINE,
+};
 use tracing::info;
 
 use crate::replies;
-use crate::session::{Accepted, Action, DataEnd, Session};
+use crate::session::{Accepted, Action, DataEnd, MessageFacts, Session};
 use crate::store::StoreError;
 
 /// What the caller must do next.
@@ -36,10 +38,37 @@ pub enum Effect {
     Verify(Credentials, VerifyTicket),
     /// Make this message durable, then [`Connection::stored`] with the result. The body is the
     /// client's data without the trace header in `accepted.received`.
-    Store(Accepted, Vec<u8>, StoreTicket),
+    Store(Accepted, DataBody, StoreTicket),
+    /// The message being received is large: put these bytes on disk (see [`SpoolOp`]). No
+    /// answer is needed unless the write fails ([`Connection::spool_failed`]).
+    Spool(SpoolOp),
     /// Send these last bytes (best effort: the client may not read) and close the connection.
     Close(Vec<u8>, CloseReason),
 }
+
+/// The message of an [`Effect::Store`].
+#[derive(Debug)]
+pub enum DataBody {
+    /// All of it: it never grew past the spill threshold, so no file was made.
+    Memory(Vec<u8>),
+    /// Its beginning went out in [`SpoolOp::Append`]s; these are its last bytes.
+    Spooled { tail: Vec<u8> },
+}
+
+/// What to do with the spool file of the message being received (one at a time per
+/// connection).
+#[derive(Debug)]
+pub enum SpoolOp {
+    /// Append to it, creating it first if this message has none yet.
+    Append(Vec<u8>),
+    /// The message will be refused (too large, bare line ending) or its data was abandoned:
+    /// remove the file now rather than keep the disk space until the session ends.
+    Discard,
+}
+
+/// Decoded message bytes a connection keeps in memory before they go to the spool file: a
+/// message smaller than this never touches the disk until it is stored.
+pub const SPILL_THRESHOLD: usize = 64 * 1024;
 
 /// Proof that an [`Effect::StartTls`] is outstanding; only the connection makes one.
 #[derive(Debug)]
@@ -96,9 +125,53 @@ impl Wants {
 #[derive(Debug)]
 struct DataPhase {
     decoder: DataDecoder,
+    /// Decoded bytes not yet handed out in an [`SpoolOp::Append`].
     body: Vec<u8>,
+    /// The header-section facts, worked out as the bytes pass (they may be on disk already).
+    header: HeaderScanner,
+    ascii: bool,
+    /// Some bytes went out to the spool file.
+    spilled: bool,
+    /// The spool file is gone (discarded, or a write failed): nothing more is kept.
+    dropped: bool,
+    /// A spool write failed; the message is answered with this once its end is read.
+    failed: Option<StoreError>,
     /// The end-of-data marker was seen; what followed it is back in the line reader.
     done: bool,
+}
+
+impl DataPhase {
+    fn new(decoder: DataDecoder) -> Self {
+        Self {
+            decoder,
+            body: Vec::new(),
+            header: HeaderScanner::new(),
+            ascii: true,
+            spilled: false,
+            dropped: false,
+            failed: None,
+            done: false,
+        }
+    }
+
+    /// Feeds client bytes to the decoder; the header scanner sees what it appends.
+    fn feed(&mut self, input: &[u8]) -> DataProgress {
+        let start = self.body.len();
+        let progress = self.decoder.feed(input, &mut self.body);
+        self.saw(start);
+        progress
+    }
+
+    /// The bytes from `start` on are new in `body`.
+    fn saw(&mut self, start: usize) {
+        let new = &self.body[start..];
+        self.header.feed(new);
+        self.ascii &= new.is_ascii();
+        if self.dropped {
+            // Nothing more is kept: the message can only be refused.
+            self.body.clear();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +204,8 @@ pub struct Connection {
     epoch: u64,
     accepted: u32,
     rejected: u32,
+    /// Decoded bytes kept in memory before they go to the spool file.
+    spill_at: usize,
 }
 
 impl Connection {
@@ -147,7 +222,15 @@ impl Connection {
             epoch: 0,
             accepted: 0,
             rejected: 0,
+            spill_at: SPILL_THRESHOLD,
         }
+    }
+
+    /// How many decoded bytes of a message stay in memory before they go to the spool file
+    /// (the driver lowers it when the server's DATA memory budget is spent; 0 spools every
+    /// piece as it arrives).
+    pub fn set_spill_threshold(&mut self, bytes: usize) {
+        self.spill_at = bytes;
     }
 
     /// The 220 to send before anything else.
@@ -186,7 +269,7 @@ impl Connection {
     pub fn feed(&mut self, input: &[u8]) {
         match &mut self.phase {
             Phase::Data(d) if !d.done => {
-                if let DataProgress::Done { consumed } = d.decoder.feed(input, &mut d.body) {
+                if let DataProgress::Done { consumed } = d.feed(input) {
                     d.done = true;
                     // Bytes after the end marker are the next pipelined commands.
                     self.reader.push(&input[consumed..]);
@@ -216,6 +299,11 @@ impl Connection {
                     self.end_data(d);
                 }
                 continue;
+            }
+            if let Phase::Data(d) = &mut self.phase {
+                if let Some(op) = Self::spill(d, self.spill_at) {
+                    return Some(Effect::Spool(op));
+                }
             }
             match self.phase {
                 Phase::Command => match self.reader.next_line() {
@@ -287,6 +375,16 @@ impl Connection {
         self.phase = Phase::Command;
     }
 
+    /// The spool write of an [`Effect::Spool`] failed (a full disk): the rest of the message is
+    /// read and dropped, and its end is answered with this error (452 4.3.1 for a full disk).
+    pub fn spool_failed(&mut self, error: StoreError) {
+        if let Phase::Data(d) = &mut self.phase {
+            d.failed.get_or_insert(error);
+            d.dropped = true;
+            d.body.clear();
+        }
+    }
+
     /// The deadline of [`wants`](Self::wants) passed: 421 and close.
     pub fn timeout(&mut self) {
         let reply = self.session.timeout_reply();
@@ -349,15 +447,12 @@ impl Connection {
                 // The 354 (with any replies queued before it) goes out before the data is
                 // processed, as the old driver loop did.
                 self.flush = true;
-                let mut decoder = self.data_decoder();
-                let mut body = Vec::new();
+                let mut d = DataPhase::new(self.data_decoder());
                 // Data pipelined right behind the DATA command is already buffered.
-                let progress = self.reader.drain_into(&mut decoder, &mut body);
-                self.phase = Phase::Data(DataPhase {
-                    decoder,
-                    body,
-                    done: matches!(progress, DataProgress::Done { .. }),
-                });
+                let progress = self.reader.drain_into(&mut d.decoder, &mut d.body);
+                d.saw(0);
+                d.done = matches!(progress, DataProgress::Done { .. });
+                self.phase = Phase::Data(d);
                 self.epoch += 1;
             }
             Action::StartTls(r) => {
@@ -378,19 +473,59 @@ impl Connection {
         }
     }
 
-    fn end_data(&mut self, d: DataPhase) {
+    /// The spool operation the message needs now, if any: discard the file once the message
+    /// is sure to be refused, append once enough bytes are buffered.
+    fn spill(d: &mut DataPhase, spill_at: usize) -> Option<SpoolOp> {
+        if d.dropped {
+            return None;
+        }
+        if d.decoder.is_doomed() {
+            d.dropped = true;
+            d.body.clear();
+            return d.spilled.then_some(SpoolOp::Discard);
+        }
+        if d.done || d.body.is_empty() || d.body.len() < spill_at {
+            return None;
+        }
+        d.spilled = true;
+        Some(SpoolOp::Append(std::mem::take(&mut d.body)))
+    }
+
+    fn end_data(&mut self, mut d: DataPhase) {
         let size = d.decoder.size();
-        match self.session.finish_data(d.decoder.verdict(), &d.body) {
+        let facts = MessageFacts {
+            header_end: d.header.end(size as u64),
+            received: d.header.received_count(),
+            ascii: d.ascii,
+        };
+        match self.session.finish_data(d.decoder.verdict(), &facts) {
             DataEnd::Reject(reply) => {
                 self.rejected += 1;
                 info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "rejected",
                     reply = %reply, "message rejected");
                 self.queue(&reply);
+                if d.spilled && !d.dropped {
+                    self.pending = Some(Effect::Spool(SpoolOp::Discard));
+                }
             }
             DataEnd::Store(accepted) => {
+                if let Some(error) = d.failed.take() {
+                    // The spool write failed: nothing was kept, so nothing can be stored.
+                    self.rejected += 1;
+                    let reply = self.session.stored(Err(error));
+                    info!(client_ip = %self.session.conn().peer.ip(), size,
+                        outcome = "store-failed", reply = %reply, "message not stored");
+                    self.queue(&reply);
+                    return;
+                }
+                let body = if d.spilled {
+                    DataBody::Spooled { tail: d.body }
+                } else {
+                    DataBody::Memory(d.body)
+                };
                 self.flush = true;
                 self.phase = Phase::AwaitStore;
-                self.pending = Some(Effect::Store(accepted, d.body, StoreTicket(())));
+                self.pending = Some(Effect::Store(accepted, body, StoreTicket(())));
             }
         }
     }

@@ -17,10 +17,15 @@ use tracing::{info, warn};
 
 use tern_config::Config;
 
+use tern_queue::{MessageBody, SpoolFile};
+
 use crate::checks::PasswordChecks;
-use crate::connection::{CloseReason, Connection, Deadline, Effect, Wants};
+use crate::connection::{
+    CloseReason, Connection, DataBody, Deadline, Effect, SpoolOp, Wants, SPILL_THRESHOLD,
+};
+use crate::memory::{DataMemory, Reservation};
 use crate::session::Session;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, StoreError};
 use crate::tls::TlsProvider;
 
 pub use crate::stream::{BoxStream, Stream};
@@ -29,6 +34,11 @@ pub use crate::stream::{BoxStream, Stream};
 /// connection cheap; DATA gets a larger buffer only while a message streams in.
 const COMMAND_READ_BUF: usize = 1024;
 const DATA_READ_BUF: usize = 64 * 1024;
+/// The read buffer of a session that found the DATA memory budget spent.
+const LEAN_DATA_READ_BUF: usize = 8 * 1024;
+/// A session's share of `limits.max_data_memory` while it receives a message: its read buffer
+/// and the decoded bytes it keeps before spilling (at most the threshold plus one read).
+const DATA_RESERVATION: u64 = (DATA_READ_BUF + SPILL_THRESHOLD + DATA_READ_BUF) as u64;
 
 /// Once shutdown has begun, the last reply (421 4.3.2) and the close get this long each: a
 /// client that does not read must not hold up the exit.
@@ -66,6 +76,8 @@ pub struct Driver<S: MessageStore> {
     pub shutdown: CancellationToken,
     /// Where AUTH password checks run (never on the blocking pool the store uses).
     pub checks: Arc<PasswordChecks>,
+    /// `limits.max_data_memory`, shared by every session.
+    pub memory: Arc<DataMemory>,
     /// True while the server is in stress mode (see [`crate::stress`]).
     pub stress: watch::Receiver<bool>,
 }
@@ -200,6 +212,10 @@ impl<S: MessageStore> Driver<S> {
         // (RFC 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
         let mut wait: Option<(Wants, Instant)> = None;
         let mut stress = Some(self.stress.clone());
+        // The spool file of the message being received, once it outgrew memory.
+        let mut spool = Spool(None);
+        // This session's share of the DATA memory budget while it receives a message.
+        let mut memory: Option<Option<Reservation>> = None;
         loop {
             while let Some(effect) = conn.poll() {
                 match effect {
@@ -245,7 +261,29 @@ impl<S: MessageStore> Driver<S> {
                         }
                         conn.auth_verified(ticket, user);
                     }
+                    Effect::Spool(SpoolOp::Append(bytes)) => {
+                        if let Err(e) = spool.append(self.store.clone(), bytes).await {
+                            warn!(client = %conn.session().conn().peer, error = %e,
+                                "spooling a message failed");
+                            conn.spool_failed(e);
+                        }
+                    }
+                    Effect::Spool(SpoolOp::Discard) => spool.discard(),
                     Effect::Store(accepted, body, ticket) => {
+                        let body = match body {
+                            DataBody::Memory(bytes) => MessageBody::Memory(bytes),
+                            DataBody::Spooled { tail } => {
+                                match spool.finish(self.store.clone(), tail).await {
+                                    Ok(spooled) => MessageBody::Spooled(spooled),
+                                    Err(e) => {
+                                        warn!(queue_id = %accepted.id, error = %e,
+                                            outcome = "store-failed", "message not stored");
+                                        conn.stored(ticket, Err(e));
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
                         let id = accepted.id.clone();
                         let from = accepted.sender.clone().unwrap_or_default();
                         let rcpts: Vec<String> = accepted
@@ -294,8 +332,22 @@ impl<S: MessageStore> Driver<S> {
             };
             let deadline = (began + limit).min(session_end);
             let size = match wants.deadline() {
-                Deadline::Command => COMMAND_READ_BUF,
-                Deadline::Data => DATA_READ_BUF,
+                Deadline::Command => {
+                    memory = None;
+                    COMMAND_READ_BUF
+                }
+                Deadline::Data => {
+                    // Taken once per message; a session that gets no share streams lean.
+                    let share =
+                        memory.get_or_insert_with(|| self.memory.try_reserve(DATA_RESERVATION));
+                    if share.is_some() {
+                        conn.set_spill_threshold(SPILL_THRESHOLD);
+                        DATA_READ_BUF
+                    } else {
+                        conn.set_spill_threshold(0);
+                        LEAN_DATA_READ_BUF
+                    }
+                }
             };
             match io.read(size, deadline, stress.as_mut()).await {
                 ReadResult::Data(n) => conn.feed(&io.buf[..n]),
@@ -337,6 +389,69 @@ impl<S: MessageStore> Driver<S> {
     }
 }
 
+/// The spool file of the message a session is receiving. Its writes run on the blocking pool
+/// (the store's, never the password checks'), one piece at a time, so a session holds at most
+/// one piece in memory and a slow disk slows only this client.
+struct Spool(Option<SpoolFile>);
+
+impl Spool {
+    /// Appends `bytes`, creating the file on the first piece. On error the file is gone.
+    async fn append<S: MessageStore>(
+        &mut self,
+        store: Arc<S>,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let file = self.0.take();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => store.spool()?,
+            };
+            file.append(&bytes)
+                .map_err(|e| StoreError::from_io("spooling the message", &e))?;
+            Ok::<_, StoreError>(file)
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("spool task failed: {e}")))??;
+        self.0 = Some(file);
+        Ok(())
+    }
+
+    /// The last bytes, then fdatasync: the body is ready to store.
+    async fn finish<S: MessageStore>(
+        &mut self,
+        store: Arc<S>,
+        tail: Vec<u8>,
+    ) -> Result<tern_queue::Spooled, StoreError> {
+        if !tail.is_empty() || self.0.is_none() {
+            self.append(store, tail).await?;
+        }
+        let file = self
+            .0
+            .take()
+            .ok_or_else(|| StoreError::new("no spool file for the message"))?;
+        tokio::task::spawn_blocking(move || {
+            file.finish()
+                .map_err(|e| StoreError::from_io("syncing the spooled message", &e))
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("spool task failed: {e}")))?
+    }
+
+    /// Removes the file (off the async threads: unlinking a large file takes a while).
+    fn discard(&mut self) {
+        if let Some(file) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(file));
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -345,14 +460,17 @@ mod tests {
 
     use super::*;
     use crate::session::{Accepted, ConnInfo, ListenerKind};
-    use crate::store::StoreError;
     use crate::tracker::ClientTracker;
 
     struct NullStore;
 
     impl MessageStore for NullStore {
-        async fn store(&self, _: Accepted, _: Vec<u8>) -> Result<(), StoreError> {
+        async fn store(&self, _: Accepted, _: MessageBody) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        fn spool(&self) -> Result<SpoolFile, StoreError> {
+            Err(StoreError::new("no spool in this test"))
         }
     }
 
@@ -360,7 +478,11 @@ mod tests {
     struct FullStore;
 
     impl MessageStore for FullStore {
-        async fn store(&self, _: Accepted, _: Vec<u8>) -> Result<(), StoreError> {
+        async fn store(&self, _: Accepted, _: MessageBody) -> Result<(), StoreError> {
+            Err(StoreError::StorageFull("No space left on device".into()))
+        }
+
+        fn spool(&self) -> Result<SpoolFile, StoreError> {
             Err(StoreError::StorageFull("No space left on device".into()))
         }
     }
@@ -376,6 +498,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let d = Driver {
             checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
+            memory: DataMemory::new(cfg.limits.max_data_memory),
             stress: watch::Sender::new(false).subscribe(),
             cfg,
             store: Arc::new(store),

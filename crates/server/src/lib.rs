@@ -10,6 +10,7 @@ pub mod connection;
 pub mod data;
 pub mod driver;
 pub mod listener;
+pub mod memory;
 pub mod policy;
 pub mod received;
 pub mod replies;

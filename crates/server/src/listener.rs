@@ -18,6 +18,7 @@ use tern_config::Config;
 use crate::checks::PasswordChecks;
 use crate::client::ClientKey;
 use crate::driver::Driver;
+use crate::memory::DataMemory;
 use crate::replies;
 use crate::session::{ConnInfo, ListenerKind, Session};
 use crate::store::MessageStore;
@@ -119,6 +120,7 @@ impl<S: MessageStore> Server<S> {
         Self {
             driver: Arc::new(Driver {
                 checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
+                memory: DataMemory::new(cfg.limits.max_data_memory),
                 stress: stress.subscribe(),
                 cfg: cfg.clone(),
                 store,

@@ -93,6 +93,30 @@ enum AuthExchange {
     LoginPassword(String),
 }
 
+/// What the connection measured of a message while it streamed in, for the end-of-data checks
+/// (see `tern_proto::HeaderScanner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageFacts {
+    /// `HeaderSection::end` of the message: octets up to and including the empty line.
+    pub header_end: u64,
+    /// `Received:` fields in the header section.
+    pub received: usize,
+    /// Every octet is ASCII.
+    pub ascii: bool,
+}
+
+impl MessageFacts {
+    /// The facts of a message held in memory.
+    pub fn of(message: &[u8]) -> Self {
+        let header = HeaderSection::find(message);
+        Self {
+            header_end: header.end() as u64,
+            received: header.received_count(),
+            ascii: message.is_ascii(),
+        }
+    }
+}
+
 pub enum DataEnd {
     Reject(Reply),
     Store(Accepted),
@@ -450,8 +474,13 @@ impl Session {
     }
 
     /// Called by the driver once the end-of-data marker was read, with the decoder's verdict
-    /// and the message as received (unstuffed, CRLF line endings, no trace header yet).
-    pub fn finish_data(&mut self, verdict: Result<(), DataRejection>, message: &[u8]) -> DataEnd {
+    /// and what was measured of the message as it streamed in (unstuffed, CRLF line endings,
+    /// no trace header yet; the bytes themselves may be on disk already).
+    pub fn finish_data(
+        &mut self,
+        verdict: Result<(), DataRejection>,
+        message: &MessageFacts,
+    ) -> DataEnd {
         let State::Data(txn) = std::mem::replace(&mut self.state, State::Idle) else {
             return DataEnd::Reject(replies::need_mail());
         };
@@ -462,9 +491,8 @@ impl Session {
             Err(DataRejection::TooLarge) => return DataEnd::Reject(replies::too_big()),
             Ok(()) => {}
         }
-        let header = HeaderSection::find(message);
         // The limit counts the header section with its closing empty line.
-        if header.end() as u64 > self.cfg.limits.max_header_size {
+        if message.header_end > self.cfg.limits.max_header_size {
             return DataEnd::Reject(replies::header_too_big());
         }
         // RFC 5321 6.3: counting Received headers is how loops are caught; refusing here
@@ -472,7 +500,7 @@ impl Session {
         // The stored copy carries one more, tern's own (below), and the relay refuses a copy
         // with more than the limit: so the session must refuse at the limit already, or a
         // message it accepted with 250 would bounce in the queue.
-        if header.received_count() >= self.cfg.queue.max_received_headers {
+        if message.received >= self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
         let helo = self.helo.clone().unwrap_or(Helo {
@@ -500,7 +528,7 @@ impl Session {
             recipients: txn.recipients,
             received,
             smtputf8: txn.params.smtputf8,
-            eight_bit: !message.is_ascii() || txn.params.body == Some(BodyType::EightBitMime),
+            eight_bit: !message.ascii || txn.params.body == Some(BodyType::EightBitMime),
             helo: helo.name,
             client_ip: self.conn.peer.ip(),
             // Ours to DKIM-sign: the mail of our users and of the hosts we relay for.

@@ -429,10 +429,18 @@ fn a_spooled_body_writes_the_same_file_as_one_in_memory() {
     file.append(&big).unwrap();
     let spooled = file.finish().unwrap();
     let copies = [
-        copy(mailbox_path(d.path(), "m", "example.org"), "m@example.org", &big),
+        copy(
+            mailbox_path(d.path(), "m", "example.org"),
+            "m@example.org",
+            &big,
+        ),
         MaildirCopy {
             body: Body::Spooled(&spooled),
-            ..copy(mailbox_path(d.path(), "s", "example.org"), "m@example.org", &[])
+            ..copy(
+                mailbox_path(d.path(), "s", "example.org"),
+                "m@example.org",
+                &[],
+            )
         },
     ];
     let paths = deliver_all(&copies, "mx.example.org").unwrap();

@@ -84,6 +84,9 @@ fn data_354_alone_then_store_then_the_sessions_reply() {
     let Some(Effect::Store(acc, body, ticket)) = c.poll() else {
         panic!("no store")
     };
+    let DataBody::Memory(body) = body else {
+        panic!("a small message is kept in memory")
+    };
     assert_eq!(body, b"Subject: s\r\n\r\nbody\r\n");
     assert!(
         c.poll().is_none(),
@@ -267,4 +270,110 @@ fn the_session_time_limit_closes_with_421() {
         bytes,
         b"421 4.4.2 mx.tern.test Session time limit exceeded, closing connection\r\n"
     );
+}
+
+/// Runs the effects until the connection waits, keeping what a driver would put in the spool
+/// file; returns the writes and, if a store came, the stored body.
+fn drive(c: &mut Connection, file: &mut Vec<u8>, spooled: &mut bool) -> (String, Option<Vec<u8>>) {
+    let mut out = String::new();
+    let mut stored = None;
+    while let Some(effect) = c.poll() {
+        match effect {
+            Effect::Write(b) => out.push_str(&String::from_utf8(b).unwrap()),
+            Effect::Spool(SpoolOp::Append(b)) => {
+                *spooled = true;
+                file.extend_from_slice(&b);
+            }
+            Effect::Spool(SpoolOp::Discard) => {
+                assert!(*spooled);
+                *spooled = false;
+                file.clear();
+            }
+            Effect::Store(_, body, ticket) => {
+                stored = Some(match body {
+                    DataBody::Memory(m) => m,
+                    DataBody::Spooled { tail } => [std::mem::take(file), tail].concat(),
+                });
+                *spooled = false;
+                c.stored(ticket, Ok(()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (out, stored)
+}
+
+#[test]
+fn a_large_message_goes_to_the_spool_in_pieces_and_is_stored_whole() {
+    let mut c = smtp();
+    c.set_spill_threshold(1000);
+    let (mut file, mut spooled) = (Vec::new(), false);
+    c.feed(b"HELO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\n");
+    drive(&mut c, &mut file, &mut spooled);
+    let line = b"0123456789012345678901234567890123456789\r\n";
+    let mut message = b"Subject: big\r\n\r\n".to_vec();
+    c.feed(&message);
+    for _ in 0..200 {
+        c.feed(line);
+        message.extend_from_slice(line);
+        drive(&mut c, &mut file, &mut spooled);
+        // Memory stays bounded by the threshold (plus one piece).
+        assert!(
+            file.len() + 1000 + 64 >= message.len(),
+            "{} {}",
+            file.len(),
+            message.len()
+        );
+    }
+    assert!(spooled && file.len() > 5000);
+    c.feed(b".\r\n");
+    let (out, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert_eq!(stored.unwrap(), message);
+    assert!(out.starts_with("250 2.0.0 OK: queued as "), "{out}");
+}
+
+#[test]
+fn a_spooled_message_that_turns_too_large_discards_its_file() {
+    let mut c = connection(
+        "[limits]\nmax_message_size = 3000\n",
+        ListenerKind::Smtp,
+        false,
+    );
+    c.set_spill_threshold(500);
+    let (mut file, mut spooled) = (Vec::new(), false);
+    c.feed(b"HELO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\n");
+    drive(&mut c, &mut file, &mut spooled);
+    c.feed(&b"x".repeat(1000));
+    drive(&mut c, &mut file, &mut spooled);
+    assert!(spooled);
+    c.feed(&b"y".repeat(5000));
+    drive(&mut c, &mut file, &mut spooled);
+    assert!(
+        !spooled && file.is_empty(),
+        "discarded as soon as it is too large"
+    );
+    c.feed(b"\r\n.\r\n");
+    let (out, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert!(stored.is_none());
+    assert!(out.starts_with("552 5.3.4 "), "{out}");
+}
+
+#[test]
+fn a_failed_spool_write_answers_452_at_the_end_and_the_session_goes_on() {
+    let mut c = smtp();
+    c.set_spill_threshold(10);
+    c.feed(b"HELO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nDATA\r\n");
+    write(c.poll());
+    c.feed(b"Subject: s\r\n\r\nsome body text\r\n");
+    let Some(Effect::Spool(SpoolOp::Append(_))) = c.poll() else {
+        panic!("no spool write")
+    };
+    c.spool_failed(StoreError::StorageFull("No space left on device".into()));
+    assert!(c.poll().is_none());
+    c.feed(b"more text that is dropped\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        write(c.poll()),
+        "452 4.3.1 Insufficient system storage, try again later\r\n250 2.0.0 OK\r\n"
+    );
+    assert_eq!((c.accepted(), c.rejected()), (0, 1));
 }

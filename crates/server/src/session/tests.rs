@@ -64,7 +64,7 @@ fn the_seed_transaction() {
         "250 2.1.5 Recipient OK"
     );
     assert_eq!(say(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
         panic!()
     };
     assert_eq!(acc.sender.as_deref(), Some("johnboy@walton.net"));
@@ -99,7 +99,7 @@ fn local_users_aliases_and_postmaster() {
     assert_eq!(code(&mut s, "RCPT TO:<postmaster>"), 250);
     assert_eq!(code(&mut s, "RCPT TO:<postmaster@tern.test>"), 250);
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
         panic!()
     };
     assert_eq!(acc.recipients.len(), 4);
@@ -140,7 +140,7 @@ fn relay_policy() {
         assert_eq!(code(&mut s, &format!("RCPT TO:{local}")), 250, "{local}");
     }
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
         panic!()
     };
     assert!(acc
@@ -162,7 +162,7 @@ fn recipient_limit_keeps_the_first() {
         "452 4.5.3 Too many recipients"
     );
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
         panic!()
     };
     assert_eq!(acc.recipients.len(), 2);
@@ -195,7 +195,7 @@ fn mail_loop_is_refused_at_the_end_of_data() {
     // adds its own is a loop, refused with 554 5.4.6: here 5 arrive, the queue would hold 6.
     let mut s = in_data("[queue]\nmax_received_headers = 5\n");
     let msg = format!("{}Subject: loop\r\n\r\nround\r\n", hops(5));
-    let DataEnd::Reject(r) = s.finish_data(Ok(()), msg.as_bytes()) else {
+    let DataEnd::Reject(r) = s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())) else {
         panic!("a looping message was accepted")
     };
     assert_eq!(
@@ -209,7 +209,7 @@ fn mail_loop_is_refused_at_the_end_of_data() {
     // One below the limit is fine: with tern's own the stored copy has exactly the limit.
     let mut s = in_data("[queue]\nmax_received_headers = 5\n");
     let msg = format!("{}Subject: ok\r\n\r\nhi\r\n", hops(4));
-    let DataEnd::Store(accepted) = s.finish_data(Ok(()), msg.as_bytes()) else {
+    let DataEnd::Store(accepted) = s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())) else {
         panic!("a message one hop below the limit was refused")
     };
     // The copy the queue holds is what the relay counts (crates/relay round.rs refuses more
@@ -234,21 +234,21 @@ fn mail_loop_counts_header_fields_only() {
     );
     let mut s = in_data(cfg);
     assert!(matches!(
-        s.finish_data(Ok(()), msg.as_bytes()),
+        s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())),
         DataEnd::Store(_)
     ));
     // Any case, and the obsolete white space before the colon, do count.
     let msg = "received: a\r\nRECEIVED : b\r\nReceived\t: c\r\n\r\nbody\r\n";
     let mut s = in_data(cfg);
     assert!(matches!(
-        s.finish_data(Ok(()), msg.as_bytes()),
+        s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())),
         DataEnd::Reject(r) if r.code() == 554
     ));
     // A message that starts with the blank line has no header section at all.
     let msg = format!("\r\n{}", hops(10));
     let mut s = in_data(cfg);
     assert!(matches!(
-        s.finish_data(Ok(()), msg.as_bytes()),
+        s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())),
         DataEnd::Store(_)
     ));
 }
@@ -257,7 +257,7 @@ fn mail_loop_counts_header_fields_only() {
 fn header_section_size_limit() {
     let mut s = in_data("[limits]\nmax_header_size = 100\n");
     let msg = format!("Subject: {}\r\n\r\nbody\r\n", "x".repeat(100));
-    let DataEnd::Reject(r) = s.finish_data(Ok(()), msg.as_bytes()) else {
+    let DataEnd::Reject(r) = s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())) else {
         panic!()
     };
     assert_eq!(
@@ -268,7 +268,7 @@ fn header_section_size_limit() {
     let mut s = in_data("[limits]\nmax_header_size = 100\n");
     let msg = format!("Subject: x\r\n\r\n{}\r\n", "x".repeat(1000));
     assert!(matches!(
-        s.finish_data(Ok(()), msg.as_bytes()),
+        s.finish_data(Ok(()), &MessageFacts::of(msg.as_bytes())),
         DataEnd::Store(_)
     ));
 }
@@ -276,7 +276,8 @@ fn header_section_size_limit() {
 #[test]
 fn the_reply_after_storage_names_the_stored_message() {
     let mut s = in_data("");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"Subject: s\r\n\r\n") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"Subject: s\r\n\r\n"))
+    else {
         panic!()
     };
     assert_eq!(
@@ -286,7 +287,10 @@ fn the_reply_after_storage_names_the_stored_message() {
     // Nothing handed out, nothing stored: never a 250.
     assert_eq!(s.stored(Ok(())).code(), 451);
     let mut s = in_data("");
-    assert!(matches!(s.finish_data(Ok(()), b""), DataEnd::Store(_)));
+    assert!(matches!(
+        s.finish_data(Ok(()), &MessageFacts::of(b"")),
+        DataEnd::Store(_)
+    ));
     let full = crate::store::StoreError::StorageFull("ENOSPC".into());
     assert_eq!(
         s.stored(Err(full)).to_bytes(),
@@ -297,12 +301,15 @@ fn the_reply_after_storage_names_the_stored_message() {
 #[test]
 fn eight_bit_is_seen_in_the_message() {
     let mut s = in_data("");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), "Subject: é\r\n\r\n".as_bytes()) else {
+    let DataEnd::Store(acc) =
+        s.finish_data(Ok(()), &MessageFacts::of("Subject: é\r\n\r\n".as_bytes()))
+    else {
         panic!()
     };
     assert!(acc.eight_bit);
     let mut s = in_data("");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"Subject: e\r\n\r\n") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"Subject: e\r\n\r\n"))
+    else {
         panic!()
     };
     assert!(!acc.eight_bit);
@@ -386,7 +393,7 @@ fn auth_plain_and_sender_ownership() {
     // An authenticated user may relay anywhere.
     assert_eq!(code(&mut s, "RCPT TO:<x@elsewhere.test>"), 250);
     say(&mut s, "DATA");
-    let DataEnd::Store(acc) = s.finish_data(Ok(()), b"") else {
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
         panic!()
     };
     assert!(acc.received.contains("with ESMTPSA"));

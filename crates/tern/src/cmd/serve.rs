@@ -108,14 +108,18 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the filesystem spool, cleans up after a crash (temp files, orphans: only safe before
+/// Opens the filesystem spool, cleans up after a crash (temp files, orphans, bodies still
+/// arriving in `queue/incoming/`: only safe before
 /// the listeners start, when nothing else writes it) and listens for `tern queue` changes.
 fn open_queue(cfg: &Config) -> std::io::Result<Arc<dyn QueueStore>> {
     let queue = FsStore::open(&cfg.data_dir)?;
     let report = queue.recover()?;
+    // Bodies of messages that were arriving when the last run stopped: none was acknowledged.
+    let incoming = queue.clear_incoming()?;
     info!(
         entries = report.entries,
         temp_files_removed = report.temp_files_removed,
+        unfinished_bodies_removed = incoming,
         orphans_removed = report.orphan_messages_removed,
         quarantined = report.quarantined.len(),
         "spool recovered"
