@@ -15,8 +15,8 @@ use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
     BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
-    User, LOG_LEVELS,
+    LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig,
+    TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,

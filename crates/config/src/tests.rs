@@ -444,7 +444,11 @@ fn dotted_keys_work_too() {
 
 #[test]
 fn min_free_space_takes_a_size_a_percentage_or_zero() {
-    let m = |v: &str| load(&format!("[limits]\nmin_free_space = {v}\n")).limits.min_free_space;
+    let m = |v: &str| {
+        load(&format!("[limits]\nmin_free_space = {v}\n"))
+            .limits
+            .min_free_space
+    };
     assert_eq!(m("\"1GiB\""), MinFreeSpace::Bytes(1 << 30));
     assert_eq!(m("\"500MB\""), MinFreeSpace::Bytes(500_000_000));
     assert_eq!(m("1048576"), MinFreeSpace::Bytes(1 << 20));
@@ -475,7 +479,11 @@ fn mailbox_caps_are_counts_with_zero_unlimited() {
     assert_eq!(c.limits.max_new_mailboxes_per_minute, 5);
     rejects(
         "[limits]\nmax_new_mailboxes_per_minute = -1\n",
-        &["limits.max_new_mailboxes_per_minute", "is negative", "0 means unlimited"],
+        &[
+            "limits.max_new_mailboxes_per_minute",
+            "is negative",
+            "0 means unlimited",
+        ],
     );
     rejects(
         "[limits]\nmax_new_mailboxes_per_message = \"ten\"\n",
