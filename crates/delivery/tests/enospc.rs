@@ -3,6 +3,9 @@
 //! temp file, and no half queue entry. The queue side uses the spool's fault injection; the
 //! Maildir side a real tmpfs that is too small, when the test runs as root (as in CI).
 
+// Test code: a failed unwrap is a failed test (the helpers are not `#[test]` functions).
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
