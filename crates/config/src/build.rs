@@ -15,8 +15,8 @@ use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
     BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
-    User, LOG_LEVELS,
+    LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig,
+    TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -840,6 +840,65 @@ fn limits(v: &mut Issues, raw: &RawConfig) -> Limits {
             false,
             caps::STRESS_DATA_TIMEOUT,
         ),
+        min_free_space: min_free_space(v, &l.min_free_space),
+        max_new_mailboxes_per_message: count(
+            v,
+            &l.max_new_mailboxes_per_message,
+            "limits.max_new_mailboxes_per_message",
+            0,
+            defaults::MAX_NEW_MAILBOXES_PER_MESSAGE,
+            "; 0 means unlimited",
+        ),
+        max_new_mailboxes_per_minute: count(
+            v,
+            &l.max_new_mailboxes_per_minute,
+            "limits.max_new_mailboxes_per_minute",
+            0,
+            defaults::MAX_NEW_MAILBOXES_PER_MINUTE,
+            "; 0 means unlimited",
+        ),
+    }
+}
+
+/// Largest `limits.min_free_space` percentage: beyond half the disk the check would refuse
+/// mail on a disk that is mostly empty, which is surely a typo.
+const MAX_FREE_SPACE_PERCENT: u8 = 50;
+
+/// `limits.min_free_space`: a size (as `max_message_size`), a whole percentage of the
+/// filesystem ("5%", 1 to 50), or 0 for no check.
+fn min_free_space(v: &mut Issues, value: &Option<Spanned<Size>>) -> MinFreeSpace {
+    let Some(value) = value else {
+        return defaults::MIN_FREE_SPACE;
+    };
+    let parsed = match value.get_ref() {
+        Size::Bytes(n) => u64::try_from(*n)
+            .map(MinFreeSpace::Bytes)
+            .map_err(|_| format!("{n} is negative")),
+        Size::Text(t) => match t.trim().strip_suffix('%') {
+            Some(number) => match number.trim().parse::<u8>() {
+                Ok(0) => Ok(MinFreeSpace::Off),
+                Ok(p) if p <= MAX_FREE_SPACE_PERCENT => Ok(MinFreeSpace::Percent(p)),
+                _ => Err(format!(
+                    "invalid percentage \"{t}\" (a whole number from 1 to {MAX_FREE_SPACE_PERCENT} is expected)"
+                )),
+            },
+            None => parse_size(t)
+                .map(MinFreeSpace::Bytes)
+                .map_err(|why| format!("invalid size \"{t}\": {why}")),
+        },
+    };
+    match parsed {
+        Ok(MinFreeSpace::Bytes(0)) => MinFreeSpace::Off,
+        Ok(m) => m,
+        Err(problem) => {
+            v.add(
+                at(value),
+                "limits.min_free_space",
+                problem,
+                "write a size such as \"1GiB\" or \"500MB\", a percentage of the filesystem such as \"5%\", or 0 to turn the check off (the default is the smaller of 1GiB and 5%)",
+            );
+            defaults::MIN_FREE_SPACE
+        }
     }
 }
 

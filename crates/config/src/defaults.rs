@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
     BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
-    OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
+    MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 
@@ -59,6 +59,19 @@ pub const STRESS_THRESHOLD: u8 = 80;
 /// Postfix's stress-mode smtpd_timeout.
 pub const STRESS_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(2 * MINUTE);
+/// `limits.min_free_space`: the smaller of 1 GiB and 5 % of the filesystem. 5 % alone would hold
+/// back 100 GB of a 2 TB disk, far more than the mail in flight and the bounces need; 1 GiB
+/// alone would be a tenth of a 10 GiB VPS disk. The smaller of the two keeps room for the
+/// queue's updates, the DSNs and the messages already past MAIL, on small and large disks alike.
+pub const MIN_FREE_SPACE: MinFreeSpace = MinFreeSpace::SmallerOf {
+    bytes: 1 << 30,
+    percent: 5,
+};
+/// `limits.max_new_mailboxes_per_message`: with catch-all on, one message may create this many
+/// mailbox directories (a real message to a new address creates one; a spray creates many).
+pub const MAX_NEW_MAILBOXES_PER_MESSAGE: usize = 10;
+/// `limits.max_new_mailboxes_per_minute`: mailbox directories created server-wide per minute.
+pub const MAX_NEW_MAILBOXES_PER_MINUTE: usize = 60;
 
 /// Concurrent password checks: about one per core, since argon2 is CPU-bound (and takes 19 MiB
 /// each); more in flight would only queue and cost memory.
@@ -210,6 +223,9 @@ pub fn limits() -> Limits {
         stress_threshold: STRESS_THRESHOLD,
         stress_command_timeout: STRESS_COMMAND_TIMEOUT,
         stress_data_timeout: STRESS_DATA_TIMEOUT,
+        min_free_space: MIN_FREE_SPACE,
+        max_new_mailboxes_per_message: MAX_NEW_MAILBOXES_PER_MESSAGE,
+        max_new_mailboxes_per_minute: MAX_NEW_MAILBOXES_PER_MINUTE,
     }
 }
 

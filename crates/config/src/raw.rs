@@ -85,6 +85,10 @@ pub(crate) struct RawLimits {
     pub stress_threshold: Int,
     pub stress_command_timeout: Text,
     pub stress_data_timeout: Text,
+    /// A size or a percentage ("5%"): both fit [`Size`].
+    pub min_free_space: Option<Spanned<Size>>,
+    pub max_new_mailboxes_per_message: Int,
+    pub max_new_mailboxes_per_minute: Int,
 }
 
 #[derive(Debug, Default, Deserialize)]

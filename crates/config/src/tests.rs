@@ -105,6 +105,15 @@ fn every_default() {
     assert_eq!(l.stress_threshold, 80);
     assert_eq!(l.stress_command_timeout, secs(10));
     assert_eq!(l.stress_data_timeout, secs(2 * MIN));
+    assert_eq!(
+        l.min_free_space,
+        MinFreeSpace::SmallerOf {
+            bytes: 1 << 30,
+            percent: 5
+        }
+    );
+    assert_eq!(l.max_new_mailboxes_per_message, 10);
+    assert_eq!(l.max_new_mailboxes_per_minute, 60);
     assert!(c.local.domains.contains(&"localhost".to_string()));
     assert!(c.local.domains.contains(&host));
     assert!(c.local.catch_all, "no users -> catch-all");
@@ -433,6 +442,55 @@ fn dotted_keys_work_too() {
             "{bad} accepted"
         );
     }
+}
+
+#[test]
+fn min_free_space_takes_a_size_a_percentage_or_zero() {
+    let m = |v: &str| {
+        load(&format!("[limits]\nmin_free_space = {v}\n"))
+            .limits
+            .min_free_space
+    };
+    assert_eq!(m("\"1GiB\""), MinFreeSpace::Bytes(1 << 30));
+    assert_eq!(m("\"500MB\""), MinFreeSpace::Bytes(500_000_000));
+    assert_eq!(m("1048576"), MinFreeSpace::Bytes(1 << 20));
+    assert_eq!(m("\"5%\""), MinFreeSpace::Percent(5));
+    assert_eq!(m("\" 50 % \""), MinFreeSpace::Percent(50));
+    assert_eq!(m("0"), MinFreeSpace::Off);
+    assert_eq!(m("\"0%\""), MinFreeSpace::Off);
+    assert_eq!(m("\"0B\""), MinFreeSpace::Off);
+    for bad in ["\"51%\"", "\"1.5%\"", "\"-1%\"", "\"%\"", "-5", "\"lots\""] {
+        rejects(
+            &format!("[limits]\nmin_free_space = {bad}\n"),
+            &["limits.min_free_space", "\"5%\"", "0 to turn the check off"],
+        );
+    }
+    // The threshold on a given filesystem.
+    let gib = 1u64 << 30;
+    let default = Config::defaults().limits.min_free_space;
+    assert_eq!(default.threshold(10 * gib), gib / 2, "5 % of a small disk");
+    assert_eq!(default.threshold(2000 * gib), gib, "1 GiB of a large one");
+    assert_eq!(MinFreeSpace::Percent(50).threshold(u64::MAX), u64::MAX / 2);
+    assert_eq!(MinFreeSpace::Off.threshold(gib), 0);
+}
+
+#[test]
+fn mailbox_caps_are_counts_with_zero_unlimited() {
+    let c = load("[limits]\nmax_new_mailboxes_per_message = 0\nmax_new_mailboxes_per_minute = 5\n");
+    assert_eq!(c.limits.max_new_mailboxes_per_message, 0);
+    assert_eq!(c.limits.max_new_mailboxes_per_minute, 5);
+    rejects(
+        "[limits]\nmax_new_mailboxes_per_minute = -1\n",
+        &[
+            "limits.max_new_mailboxes_per_minute",
+            "is negative",
+            "0 means unlimited",
+        ],
+    );
+    rejects(
+        "[limits]\nmax_new_mailboxes_per_message = \"ten\"\n",
+        &["limits.max_new_mailboxes_per_message"],
+    );
 }
 
 // ---------------------------------------------------------------- queries

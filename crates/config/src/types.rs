@@ -133,6 +133,56 @@ pub struct Limits {
     pub stress_command_timeout: Duration,
     /// `data_timeout` while in stress mode.
     pub stress_data_timeout: Duration,
+    /// Free space the data directory's filesystems must keep: below it a new MAIL gets
+    /// `452 4.3.1` (RFC 3463 X.3.1) while mail already accepted goes on.
+    pub min_free_space: MinFreeSpace,
+    /// Mailbox directories one message may create (catch-all only); 0 = unlimited.
+    pub max_new_mailboxes_per_message: usize,
+    /// Mailbox directories the server may create per minute (catch-all only); 0 = unlimited.
+    pub max_new_mailboxes_per_minute: usize,
+}
+
+/// `limits.min_free_space`: how much of a filesystem must stay free before new mail is refused.
+/// The percentages are whole numbers from 1 to 50 (checked when the configuration is loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFreeSpace {
+    /// No free-space check (`0`); a write that fails with ENOSPC is still answered `452 4.3.1`.
+    Off,
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage of the filesystem's size.
+    Percent(u8),
+    /// Whichever of the two is smaller on the filesystem at hand (the default).
+    SmallerOf { bytes: u64, percent: u8 },
+}
+
+impl MinFreeSpace {
+    /// The bytes that must stay free on a filesystem of `total` bytes (0 = no limit).
+    pub fn threshold(self, total: u64) -> u64 {
+        let share = |percent: u8| {
+            // u128: `total * percent` cannot overflow for any filesystem size.
+            (u128::from(total) * u128::from(percent) / 100).min(u128::from(u64::MAX)) as u64
+        };
+        match self {
+            MinFreeSpace::Off => 0,
+            MinFreeSpace::Bytes(b) => b,
+            MinFreeSpace::Percent(p) => share(p),
+            MinFreeSpace::SmallerOf { bytes, percent } => bytes.min(share(percent)),
+        }
+    }
+}
+
+impl fmt::Display for MinFreeSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MinFreeSpace::Off => f.write_str("0 (off)"),
+            MinFreeSpace::Bytes(b) => write!(f, "{b} bytes"),
+            MinFreeSpace::Percent(p) => write!(f, "{p}%"),
+            MinFreeSpace::SmallerOf { bytes, percent } => {
+                write!(f, "the smaller of {bytes} bytes and {percent}%")
+            }
+        }
+    }
 }
 
 /// Which domains we deliver locally, and how we answer about local users.

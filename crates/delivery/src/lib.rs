@@ -1,11 +1,13 @@
 //! What happens to a message once it is accepted: the router decides where each recipient's
 //! copy goes ([`router`]), intake stores an accepted message before the 250 ([`intake`]),
-//! local delivery writes Maildir copies with their trace prefix ([`local`], [`maildir`]), and
+//! local delivery writes Maildir copies with their trace prefix ([`local`], [`maildir`]),
+//! [`mailbox_cap`] bounds the mailboxes a catch-all lets clients create, and
 //! [`dsn`] builds RFC 3464 delivery status notifications.
 
 pub mod dsn;
 pub mod intake;
 pub mod local;
+pub mod mailbox_cap;
 pub mod maildir;
 pub mod router;
 

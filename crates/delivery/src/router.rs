@@ -6,6 +6,8 @@
 //! (`user%other@local`, `"user@other"@local`, `other!user@local`) stay local (RFC 5321 3.6.1
 //! leaves source-routing by local part to the receiver, and tern never does it).
 
+use std::collections::HashSet;
+
 use tern_config::Config;
 use tern_proto::{Address, Domain, ForwardPath};
 
@@ -78,6 +80,30 @@ pub fn local_mailbox_exists(cfg: &Config, addr: &Address) -> bool {
         // RFC 5321 4.5.1: postmaster must be accepted for every local domain; the whole local
         // part must be "postmaster" (RFC 5321 4.1.1.3: case-insensitive).
         || addr.local_part().eq_ignore_ascii_case("postmaster")
+}
+
+/// The local mailboxes (router keys) the configuration itself names: every `[[users]]` entry,
+/// every local target of an alias, and `postmaster` at each local domain. Their number is
+/// bounded by the configuration, so they never count against the new-mailbox caps
+/// ([`crate::mailbox_cap`]); only a catch-all recipient can create mailboxes without end.
+pub fn configured_mailboxes(cfg: &Config) -> HashSet<String> {
+    let mut keys: HashSet<String> = cfg.users.iter().map(|u| u.name.to_lowercase()).collect();
+    let mut targets = Vec::new();
+    for alias in cfg.aliases.keys() {
+        if let Ok(a) = Address::parse(alias) {
+            expand_local(cfg, &a, 0, &mut targets);
+        }
+    }
+    keys.extend(targets.into_iter().filter_map(|t| match t {
+        Target::Local(key) => Some(key),
+        Target::Remote(_) => None,
+    }));
+    for domain in &cfg.local.domains {
+        keys.insert(
+            Address::new_unchecked("postmaster", Domain::Name(domain.clone())).lookup_key(),
+        );
+    }
+    keys
 }
 
 /// Expands a local address through the alias table; returns false if it names nobody.
@@ -172,5 +198,27 @@ mod tests {
         ));
         let to = ForwardPath::Mailbox(addr("\"postmaster@a1\"@tern.test"));
         assert_eq!(decide_recipient(&c, &to, true), RcptDecision::NoSuchUser);
+    }
+
+    #[test]
+    fn configured_mailboxes_are_users_alias_targets_and_postmasters() {
+        let c = cfg(concat!(
+            "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\", \"b.test\"]\ncatch_all = true\n",
+            "[[users]]\nname = \"Alice@tern.test\"\n",
+            "[aliases]\n\"team@tern.test\" = [\"bob@tern.test\", \"list@tern.test\", \"far@remote.test\"]\n",
+            "\"list@tern.test\" = \"carol@b.test\"\n",
+        ));
+        let mut got: Vec<String> = configured_mailboxes(&c).into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "alice@tern.test",
+                "bob@tern.test",
+                "carol@b.test",
+                "postmaster@b.test",
+                "postmaster@tern.test"
+            ]
+        );
     }
 }

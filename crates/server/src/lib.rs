@@ -8,6 +8,7 @@ pub mod checks;
 pub mod client;
 pub mod connection;
 pub mod data;
+pub mod disk;
 pub mod driver;
 pub mod listener;
 pub mod memory;

@@ -14,9 +14,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use tern_config::Config;
+use tern_delivery::mailbox_cap::MailboxCap;
 
 use crate::checks::PasswordChecks;
 use crate::client::ClientKey;
+use crate::disk::LowSpace;
 use crate::driver::Driver;
 use crate::memory::DataMemory;
 use crate::replies;
@@ -107,6 +109,11 @@ pub struct Server<S: MessageStore> {
     counters: Arc<Mutex<Counters>>,
     clients: Arc<ClientTracker>,
     tracker: TaskTracker,
+    /// Free disk space ([`crate::disk`]); never low unless [`Server::with_low_space`] is given
+    /// a monitor's flag.
+    low_space: LowSpace,
+    /// The new-mailbox caps, shared so the per-minute count is server-wide.
+    mailbox_cap: Arc<MailboxCap>,
 }
 
 impl<S: MessageStore> Server<S> {
@@ -134,7 +141,15 @@ impl<S: MessageStore> Server<S> {
             })),
             clients: Arc::new(ClientTracker::for_limits(&cfg.limits)),
             tracker: TaskTracker::new(),
+            low_space: LowSpace::default(),
+            mailbox_cap: Arc::new(MailboxCap::new(&cfg)),
         }
+    }
+
+    /// Refuses new MAIL with 452 4.3.1 while this flag (a [`crate::disk::DiskMonitor`]'s) is set.
+    pub fn with_low_space(mut self, low_space: LowSpace) -> Self {
+        self.low_space = low_space;
+        self
     }
 
     /// Serves until the shutdown token fires, then waits for sessions to end.
@@ -242,7 +257,10 @@ impl<S: MessageStore> Server<S> {
                 }
             }
         }
-        let session = Session::new(cfg.clone(), conn).with_tracker(self.clients.clone());
+        let session = Session::new(cfg.clone(), conn)
+            .with_tracker(self.clients.clone())
+            .with_low_space(self.low_space.clone())
+            .with_mailbox_cap(self.mailbox_cap.clone());
         self.driver.run(boxed, session).await;
     }
 }

@@ -124,6 +124,20 @@ pub fn too_many_recipients() -> Reply {
     Reply::new(452, ec(4, 5, 3), "Too many recipients")
 }
 
+/// A catch-all recipient whose mailbox does not exist yet, beyond
+/// `limits.max_new_mailboxes_per_message` or `limits.max_new_mailboxes_per_minute`. 450 (RFC
+/// 5321 4.2.3: "mailbox unavailable ... temporarily blocked for policy reasons") rather than
+/// 452, which a client reads at RCPT as "too many recipients, send the rest now" (RFC 5321
+/// 4.5.3.1.10) and which would defeat the pacing; RFC 3463 X.2.0 (mailbox status) since the
+/// cause is this mailbox, not yet created, rather than X.2.2 "mailbox full", which it is not.
+pub fn mailbox_creation_limited(addr: &str) -> Reply {
+    Reply::new(
+        450,
+        ec(4, 2, 0),
+        format!("<{addr}>: Too many new mailboxes, try again later"),
+    )
+}
+
 pub fn start_data() -> Reply {
     Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")
 }
@@ -444,6 +458,7 @@ mod tests {
             utf8_required(),
             address_control_character(),
             too_many_recipients(),
+            mailbox_creation_limited("addr"),
             start_data(),
             bare_line_ending(),
             local_error(),

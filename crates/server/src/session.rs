@@ -14,8 +14,10 @@ use tern_proto::{
 };
 
 pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
+use tern_delivery::mailbox_cap::{MailboxCap, NewMailboxes};
 
 use crate::client::ClientKey;
+use crate::disk::LowSpace;
 use crate::policy::{self, RcptDecision};
 use crate::received::{self, TraceInfo};
 use crate::replies;
@@ -58,6 +60,8 @@ pub struct Transaction {
     pub params: MailParams,
     pub recipients: Vec<AcceptedRecipient>,
     rejected: usize,
+    /// The mailboxes its recipients would create (`limits.max_new_mailboxes_per_message`).
+    new_mailboxes: NewMailboxes,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +143,11 @@ pub struct Session {
     /// The queue id of the message handed to the store and not yet answered: the reply to the
     /// end of data waits for [`Session::stored`].
     storing: Option<String>,
+    /// Set while free disk space is below `limits.min_free_space` ([`crate::disk`]).
+    low_space: LowSpace,
+    /// The server's new-mailbox caps; `None` until needed when no server shares one (then
+    /// this session gets its own, so the caps are never off).
+    mailbox_cap: Option<Arc<MailboxCap>>,
 }
 
 impl Session {
@@ -155,7 +164,21 @@ impl Session {
             auth_exchange: None,
             tracker: Arc::new(ClientTracker::new()),
             storing: None,
+            low_space: LowSpace::default(),
+            mailbox_cap: None,
         }
+    }
+
+    /// Reads the server's free-space flag: while it is set, MAIL is answered 452 4.3.1.
+    pub fn with_low_space(mut self, low_space: LowSpace) -> Self {
+        self.low_space = low_space;
+        self
+    }
+
+    /// Shares the new-mailbox caps (the per-minute count is server-wide).
+    pub fn with_mailbox_cap(mut self, cap: Arc<MailboxCap>) -> Self {
+        self.mailbox_cap = Some(cap);
+        self
     }
 
     /// Shares per-client counters (message rate, AUTH failures) with the other sessions.
@@ -359,6 +382,12 @@ impl Session {
                 return Action::Reply(replies::sender_not_owned(&addr.to_string()));
             }
         }
+        // RFC 5321 4.2.2 / RFC 3463 X.3.1: below `limits.min_free_space` no new transaction
+        // starts (the client retries later); those already open, the relay and the bounces go
+        // on and free the space. Checked before the rate limit, so a refusal costs no quota.
+        if self.low_space.is_low() {
+            return Action::Reply(replies::storage_full());
+        }
         let ip = self.conn.peer.ip();
         if self.authenticated.is_none()
             && !self.cfg.is_trusted(ip)
@@ -397,6 +426,7 @@ impl Session {
             params,
             recipients: Vec::new(),
             rejected: 0,
+            new_mailboxes: NewMailboxes::default(),
         });
         Action::Reply(replies::sender_ok())
     }
@@ -426,6 +456,15 @@ impl Session {
         };
         match policy::decide_recipient(&self.cfg, &to, relay_allowed) {
             RcptDecision::Accept(targets) => {
+                let cap = self
+                    .mailbox_cap
+                    .get_or_insert_with(|| Arc::new(MailboxCap::new(&self.cfg)));
+                // A catch-all recipient whose mailbox does not exist yet counts against the
+                // new-mailbox caps; beyond them, 450 4.2.0 (the earlier recipients stay). Not an
+                // error: the client did nothing wrong and retries later.
+                if cap.admit(&targets, &mut txn.new_mailboxes).is_err() {
+                    return Action::Reply(replies::mailbox_creation_limited(&display));
+                }
                 txn.recipients.push(AcceptedRecipient {
                     address: display,
                     targets,

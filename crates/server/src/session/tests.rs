@@ -563,3 +563,58 @@ fn a_busy_check_is_454_and_costs_no_failure() {
     assert_eq!(s.tracker.auth_failures(ip), 0);
     assert_eq!(s.tracker.user_failures("alice@tern.test"), 0);
 }
+
+#[test]
+fn low_disk_space_refuses_new_mail_and_lets_an_open_transaction_finish() {
+    let low = crate::disk::LowSpace::default();
+    let mut s = session().with_low_space(low.clone());
+    say(&mut s, "EHLO client.test");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@example.test>"), 250);
+    low.set(true);
+    // Accepted before the disk filled: it goes on (its write still gets 452 on ENOSPC).
+    assert_eq!(code(&mut s, "RCPT TO:<b@tern.test>"), 250);
+    assert_eq!(code(&mut s, "DATA"), 354);
+    assert!(matches!(s.finish_data(Ok(()), b"x\r\n"), DataEnd::Store(_)));
+    assert_eq!(s.stored(Ok(())).code(), 250);
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<a@example.test>"),
+        "452 4.3.1 Insufficient system storage, try again later"
+    );
+    // Not the client's fault: many refusals do not close the session.
+    for _ in 0..30 {
+        assert_eq!(code(&mut s, "MAIL FROM:<a@example.test>"), 452);
+    }
+    low.set(false);
+    assert_eq!(code(&mut s, "MAIL FROM:<a@example.test>"), 250);
+}
+
+#[test]
+fn catch_all_recipients_beyond_the_new_mailbox_cap_get_450() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!(
+        "data_dir = {:?}\n[local]\ndomains = [\"tern.test\"]\n\
+         [limits]\nmax_new_mailboxes_per_message = 3\nmax_new_mailboxes_per_minute = 5\n",
+        dir.path().display().to_string()
+    ));
+    let cap = Arc::new(MailboxCap::new(&cfg));
+    let mut s = session_with(cfg.clone(), "127.0.0.1:40000").with_mailbox_cap(cap.clone());
+    say(&mut s, "EHLO client.test");
+    say(&mut s, "MAIL FROM:<a@example.test>");
+    for i in 0..3 {
+        assert_eq!(code(&mut s, &format!("RCPT TO:<new{i}@tern.test>")), 250);
+    }
+    assert_eq!(
+        say(&mut s, "RCPT TO:<new3@tern.test>"),
+        "450 4.2.0 <new3@tern.test>: Too many new mailboxes, try again later"
+    );
+    // Postmaster is configured, and a recipient already counted counts once.
+    assert_eq!(code(&mut s, "RCPT TO:<postmaster@tern.test>"), 250);
+    assert_eq!(code(&mut s, "RCPT TO:<new0@tern.test>"), 250);
+    // The minute is shared with the next session: 2 more fit, then 450.
+    let mut t = session_with(cfg, "127.0.0.2:40000").with_mailbox_cap(cap);
+    say(&mut t, "EHLO client.test");
+    say(&mut t, "MAIL FROM:<a@example.test>");
+    assert_eq!(code(&mut t, "RCPT TO:<other0@tern.test>"), 250);
+    assert_eq!(code(&mut t, "RCPT TO:<other1@tern.test>"), 250);
+    assert_eq!(code(&mut t, "RCPT TO:<other2@tern.test>"), 450);
+}

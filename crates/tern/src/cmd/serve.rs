@@ -13,6 +13,7 @@ use tern_auth::Signer;
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
 use tern_queue::{FsStore, QueueStore};
+use tern_server::disk::DiskMonitor;
 use tern_server::{bind_all, Server, TlsProvider};
 
 use crate::logging;
@@ -100,9 +101,15 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handlers(shutdown.clone(), cfg.clone(), tls.clone())?;
     let workers = tern_relay::spawn(cfg.clone(), queue, shutdown.clone());
+    // After the spool and the staging area exist: the monitor measures their filesystems.
+    let disk = DiskMonitor::new(&cfg);
+    let low_space = disk.flag();
+    let monitor = disk.spawn(shutdown.clone());
     Server::new(cfg.clone(), store, tls, shutdown.clone())
+        .with_low_space(low_space)
         .run(listeners)
         .await;
+    let _ = monitor.await;
     workers.stop().await;
     info!("tern stopped");
     Ok(())
