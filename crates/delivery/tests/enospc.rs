@@ -74,7 +74,7 @@ fn a_full_spool_takes_back_the_local_copies_and_answers_storage_full() {
             Target::Remote("bob@remote.test".into()),
         ]);
         let e = intake
-            .store_blocking(&acc, b"Subject: x\r\n\r\nbody\r\n")
+            .store_blocking(&acc, mem(b"Subject: x\r\n\r\nbody\r\n"))
             .unwrap_err();
         assert!(fault.fired(), "{point:?}");
         assert!(matches!(e, StoreError::StorageFull(_)), "{point:?}: {e:?}");
@@ -141,7 +141,7 @@ fn a_full_mailbox_filesystem_leaves_no_partial_message() {
         Target::Local("b@tern.test".into()),
     ];
     intake
-        .store_blocking(&accepted(two.clone()), &small)
+        .store_blocking(&accepted(two.clone()), mem(&small))
         .unwrap();
 
     // Two copies of 400 KB do not both fit in what is left of 1 MiB: the second one fails
@@ -153,13 +153,13 @@ fn a_full_mailbox_filesystem_leaves_no_partial_message() {
         .collect();
     let mut many = two.clone();
     many.push(Target::Local("c@tern.test".into()));
-    let e = intake.store_blocking(&accepted(many), &big).unwrap_err();
+    let e = intake.store_blocking(&accepted(many), mem(&big)).unwrap_err();
     assert!(matches!(e, StoreError::StorageFull(_)), "{e:?}");
     // A relayed copy that does not fit fails the same way and leaves no half entry.
     let e = intake
         .store_blocking(
             &accepted(vec![Target::Remote("x@remote.test".into())]),
-            &[big.as_slice(), big.as_slice(), big.as_slice()].concat(),
+            mem(&[big.as_slice(), big.as_slice(), big.as_slice()].concat()),
         )
         .unwrap_err();
     assert!(matches!(e, StoreError::StorageFull(_)), "{e:?}");
@@ -179,6 +179,10 @@ fn a_full_mailbox_filesystem_leaves_no_partial_message() {
     assert!(spool.is_empty(), "{spool:?}");
 
     // Service resumes: the small message fits again.
-    intake.store_blocking(&accepted(two), &small).unwrap();
+    intake.store_blocking(&accepted(two), mem(&small)).unwrap();
     assert_eq!(files_under(&mnt.join("mailboxes")).len(), 4);
+}
+
+fn mem(bytes: &[u8]) -> tern_queue::MessageBody {
+    tern_queue::MessageBody::Memory(bytes.to_vec())
 }
