@@ -16,7 +16,7 @@ mod void;
 
 pub use cache::{CacheSizes, DnsCaches, TtlCache, MAX_TTL};
 pub use outcome::{
-    AuthResult, DkimSignatureResult, DmarcPolicy, DmarcSummary, Disposition, LogFields,
+    AuthResult, Disposition, DkimSignatureResult, DmarcPolicy, DmarcSummary, LogFields,
     MessageVerdict, SmtpReply, SpfIdentity, SpfOutcome, SpfVerdict,
 };
 pub use strip::strip_our_authentication_results;

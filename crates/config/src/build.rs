@@ -14,9 +14,9 @@ use crate::error::{quote_key, Issue, Issues};
 use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
-    BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
-    User, LOG_LEVELS,
+    BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
+    LocalConfig, LogConfig, LogFormat, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth,
+    TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,

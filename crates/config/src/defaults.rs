@@ -7,8 +7,8 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
-    BareLineEndings, ChecksConfig, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
-    OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
+    BareLineEndings, ChecksConfig, Config, DnsConfig, Limits, ListenerConfig, LocalConfig,
+    LogConfig, LogFormat, OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 

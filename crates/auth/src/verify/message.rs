@@ -15,7 +15,7 @@ use mail_auth::{
 use tokio::time::{timeout_at, Instant};
 
 use super::outcome::{
-    AuthResult, DkimSignatureResult, DmarcPolicy, DmarcSummary, Disposition, MessageVerdict,
+    AuthResult, Disposition, DkimSignatureResult, DmarcPolicy, DmarcSummary, MessageVerdict,
     SmtpReply, SpfIdentity, SpfOutcome,
 };
 use super::verifier::Verifier;
@@ -67,10 +67,13 @@ impl Verifier {
                     .with_ipv4_cache(&self.caches.ipv4)
                     .with_ipv6_cache(&self.caches.ipv6)
                     .with_ptr_cache(&self.caches.ptr);
-                Some(match timeout_at(until, self.auth.verify_arc(params)).await {
-                    Ok(out) => out,
-                    Err(_) => ArcOutput::default().with_result(DkimResult::TempError(deadline_error())),
-                })
+                Some(
+                    match timeout_at(until, self.auth.verify_arc(params)).await {
+                        Ok(out) => out,
+                        Err(_) => ArcOutput::default()
+                            .with_result(DkimResult::TempError(deadline_error())),
+                    },
+                )
             }
             (None, true) => Some(ArcOutput::default()),
             _ => None,
@@ -97,12 +100,14 @@ impl Verifier {
                 .with_ipv4_cache(&self.caches.ipv4)
                 .with_ipv6_cache(&self.caches.ipv6)
                 .with_ptr_cache(&self.caches.ptr);
-                Some(match timeout_at(until, self.auth.verify_dmarc(params)).await {
-                    Ok(out) => out,
-                    Err(_) => DmarcOutput::default()
-                        .with_dkim_result(DmarcResult::TempError(deadline_error()))
-                        .with_spf_result(DmarcResult::TempError(deadline_error())),
-                })
+                Some(
+                    match timeout_at(until, self.auth.verify_dmarc(params)).await {
+                        Ok(out) => out,
+                        Err(_) => DmarcOutput::default()
+                            .with_dkim_result(DmarcResult::TempError(deadline_error()))
+                            .with_spf_result(DmarcResult::TempError(deadline_error())),
+                    },
+                )
             }
             (None, true) => Some(DmarcOutput::default()),
             _ => None,
@@ -133,7 +138,9 @@ impl Verifier {
 
         MessageVerdict {
             spf: spf.cloned(),
-            dkim: checks.dkim.then(|| dkim_out.iter().map(signature_result).collect()),
+            dkim: checks
+                .dkim
+                .then(|| dkim_out.iter().map(signature_result).collect()),
             arc: arc_out.as_ref().map(|a| AuthResult::from(a.result())),
             dmarc,
             disposition,

@@ -128,3 +128,19 @@ fn explain(result: AuthResult, domain: &str, ip: IpAddr) -> String {
         ),
     }
 }
+
+impl Verifier {
+    /// An `Authentication-Results:` field (RFC 8601) with this SPF result alone, for
+    /// `tern spf check`.
+    pub fn spf_header(&self, outcome: &SpfOutcome, ip: IpAddr, helo: &str) -> String {
+        use mail_auth::common::headers::HeaderWriter;
+        let ar = mail_auth::AuthenticationResults::new(&self.authserv_id);
+        let ar = match &outcome.identity {
+            SpfIdentity::MailFrom(from) => {
+                ar.with_spf_mailfrom_result(&outcome.output, ip, from, helo)
+            }
+            SpfIdentity::Helo(name) => ar.with_spf_ehlo_result(&outcome.output, ip, name),
+        };
+        ar.to_header()
+    }
+}

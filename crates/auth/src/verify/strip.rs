@@ -52,9 +52,8 @@ fn is_ours(field: &[u8], ours: &str) -> bool {
     {
         return false;
     }
-    authserv_id(&field[colon + 1..]).is_some_and(|id| {
-        id.trim_end_matches('.').eq_ignore_ascii_case(ours)
-    })
+    authserv_id(&field[colon + 1..])
+        .is_some_and(|id| id.trim_end_matches('.').eq_ignore_ascii_case(ours))
 }
 
 /// The authserv-id: the first token of the value after comments and folding whitespace

@@ -63,7 +63,11 @@ fn spf(v: &Verifier, domain: &str, record: &str) {
 
 fn dmarc(v: &Verifier, domain: &str, record: &str) {
     let parsed = Dmarc::parse(record.as_bytes()).unwrap();
-    txt(v, &format!("_dmarc.{domain}."), Txt::Dmarc(Arc::new(parsed)));
+    txt(
+        v,
+        &format!("_dmarc.{domain}."),
+        Txt::Dmarc(Arc::new(parsed)),
+    );
     // The DMARC tree walk also asks the parent names.
     let mut rest = domain;
     while let Some((_, parent)) = rest.split_once('.') {
@@ -83,12 +87,18 @@ fn signer(v: &Verifier, dir: &std::path::Path) -> Signer {
     let key = PrivateKey::load(&key_file).unwrap();
     let record = DkimRecord::new("example.test", "s1", &key);
     let dk = DomainKey::parse(record.value.as_bytes()).unwrap();
-    txt(v, "s1._domainkey.example.test.", Txt::DomainKey(Arc::new(dk)));
+    txt(
+        v,
+        "s1._domainkey.example.test.",
+        Txt::DomainKey(Arc::new(dk)),
+    );
     Signer::from_config(&[DkimConfig {
         domain: "example.test".into(),
         selector: "s1".into(),
         key_file,
-        headers: tern_config::defaults::DKIM_HEADERS.map(String::from).to_vec(),
+        headers: tern_config::defaults::DKIM_HEADERS
+            .map(String::from)
+            .to_vec(),
         subdomains: false,
     }])
     .unwrap()
@@ -111,7 +121,10 @@ fn spf_results_and_the_mail_from_verdict() {
     spf(&v, "soft.test", "v=spf1 ip4:198.51.100.1 ~all");
     spf(&v, "neutral.test", "v=spf1 ?all");
     nx(&v, "none.test.");
-    let check = |from: &str| rt.block_on(v.check_spf_mail(ip(), "client.test", from)).unwrap();
+    let check = |from: &str| {
+        rt.block_on(v.check_spf_mail(ip(), "client.test", from))
+            .unwrap()
+    };
     assert_eq!(check("a@example.test").result, AuthResult::Pass);
     assert_eq!(check("a@soft.test").result, AuthResult::SoftFail);
     assert_eq!(check("a@neutral.test").result, AuthResult::Neutral);
@@ -119,14 +132,22 @@ fn spf_results_and_the_mail_from_verdict() {
     // Not in the cache, and the nameserver is unreachable.
     let temp = check("a@unknown.test");
     assert_eq!(temp.result, AuthResult::TempError);
-    assert_eq!(temp.verdict, SpfVerdict::Accept, "a DNS failure never refuses");
+    assert_eq!(
+        temp.verdict,
+        SpfVerdict::Accept,
+        "a DNS failure never refuses"
+    );
 
     let other: IpAddr = "203.0.113.5".parse().unwrap();
     let fail = rt
         .block_on(v.check_spf_mail(other, "client.test", "a@example.test"))
         .unwrap();
     assert_eq!(fail.result, AuthResult::Fail);
-    assert_eq!(fail.verdict, SpfVerdict::Accept, "spf_fail_reject is off by default");
+    assert_eq!(
+        fail.verdict,
+        SpfVerdict::Accept,
+        "spf_fail_reject is off by default"
+    );
 
     let strict = verifier(ChecksConfig {
         spf_fail_reject: true,
@@ -162,7 +183,10 @@ fn the_null_sender_is_checked_by_helo() {
         .block_on(v.check_spf_mail(ip(), "client.example.test", ""))
         .unwrap();
     assert_eq!(out.result, AuthResult::Pass);
-    assert_eq!(out.identity, SpfIdentity::Helo("client.example.test".into()));
+    assert_eq!(
+        out.identity,
+        SpfIdentity::Helo("client.example.test".into())
+    );
 }
 
 #[test]
@@ -184,9 +208,15 @@ fn signed_and_aligned_mail_passes_dkim_and_dmarc() {
     let sigs = verdict.dkim.clone().unwrap();
     assert_eq!(sigs.len(), 1);
     assert_eq!(sigs[0].result, AuthResult::Pass);
-    assert_eq!((sigs[0].domain.as_str(), sigs[0].selector.as_str()), ("example.test", "s1"));
+    assert_eq!(
+        (sigs[0].domain.as_str(), sigs[0].selector.as_str()),
+        ("example.test", "s1")
+    );
     let d = verdict.dmarc.clone().unwrap();
-    assert_eq!((d.result, d.policy), (AuthResult::Pass, DmarcPolicy::Reject));
+    assert_eq!(
+        (d.result, d.policy),
+        (AuthResult::Pass, DmarcPolicy::Reject)
+    );
     assert_eq!(verdict.disposition, Disposition::Deliver);
     assert_eq!(verdict.arc, Some(AuthResult::None));
     assert_eq!(
@@ -194,9 +224,16 @@ fn signed_and_aligned_mail_passes_dkim_and_dmarc() {
         "spf=pass dkim=pass dmarc=pass arc=none"
     );
     let ar = &verdict.authentication_results;
-    assert!(ar.starts_with(&format!("Authentication-Results: {HOST};")), "{ar}");
+    assert!(
+        ar.starts_with(&format!("Authentication-Results: {HOST};")),
+        "{ar}"
+    );
     assert!(ar.ends_with("\r\n"), "{ar}");
-    for needle in ["spf=pass", "dkim=pass header.d=example.test header.s=s1", "dmarc=pass header.from=example.test"] {
+    for needle in [
+        "spf=pass",
+        "dkim=pass header.d=example.test header.s=s1",
+        "dmarc=pass header.from=example.test",
+    ] {
         assert!(ar.contains(needle), "{needle} in {ar}");
     }
     // Folded: no line longer than RFC 5322's 78 characters recommendation by much, all CRLF.
@@ -215,12 +252,18 @@ fn an_altered_body_fails_and_dmarc_reject_refuses_it() {
     message[n - 4] = b'X';
     let other: IpAddr = "203.0.113.5".parse().unwrap();
     // SPF off here: only DKIM could align.
-    let verdict = rt.block_on(v.check_message(other, "client.test", "a@example.test", None, &message));
+    let verdict =
+        rt.block_on(v.check_message(other, "client.test", "a@example.test", None, &message));
     // mail-auth reports a body hash mismatch as neutral (RFC 6376 6.1.3 PERMFAIL, "body hash
     // did not verify"); either way it is not a pass and cannot align.
     let sig = &verdict.dkim.as_ref().unwrap()[0];
     assert_eq!(sig.result, AuthResult::Neutral, "{sig:?}");
-    assert!(sig.reason.as_deref().is_some_and(|r| r.to_lowercase().contains("body")), "{sig:?}");
+    assert!(
+        sig.reason
+            .as_deref()
+            .is_some_and(|r| r.to_lowercase().contains("body")),
+        "{sig:?}"
+    );
     assert_eq!(verdict.dmarc.as_ref().unwrap().result, AuthResult::Fail);
     match &verdict.disposition {
         Disposition::Reject(reply) => assert_eq!((reply.code, reply.status), (550, "5.7.1")),
@@ -237,7 +280,8 @@ fn an_altered_body_fails_and_dmarc_reject_refuses_it() {
     let mut message = signed(&s);
     let n = message.len();
     message[n - 4] = b'X';
-    let verdict = rt.block_on(lenient.check_message(other, "client.test", "a@example.test", None, &message));
+    let verdict =
+        rt.block_on(lenient.check_message(other, "client.test", "a@example.test", None, &message));
     assert_eq!(verdict.disposition, Disposition::Quarantine);
     assert!(verdict.authentication_results.contains("dmarc=fail"));
 }
@@ -252,16 +296,23 @@ fn quarantine_pct_and_none_policies() {
         dmarc(&v, "example.test", record);
         rt.block_on(v.check_message(other, "client.test", "a@example.test", None, unsigned))
     };
-    assert_eq!(run("v=DMARC1; p=quarantine").disposition, Disposition::Quarantine);
+    assert_eq!(
+        run("v=DMARC1; p=quarantine").disposition,
+        Disposition::Quarantine
+    );
     assert_eq!(run("v=DMARC1; p=none").disposition, Disposition::Deliver);
     // A subdomain's policy comes from sp= of the organizational domain's record.
     let v = verifier(checks());
     dmarc(&v, "example.test", "v=DMARC1; p=none; sp=reject");
     nx(&v, "_dmarc.sub.example.test.");
     let sub = b"From: a@sub.example.test\r\nSubject: x\r\n\r\nbody\r\n";
-    let verdict = rt.block_on(v.check_message(other, "client.test", "a@sub.example.test", None, sub));
+    let verdict =
+        rt.block_on(v.check_message(other, "client.test", "a@sub.example.test", None, sub));
     let d = verdict.dmarc.unwrap();
-    assert_eq!((d.result, d.policy), (AuthResult::Fail, DmarcPolicy::Reject));
+    assert_eq!(
+        (d.result, d.policy),
+        (AuthResult::Fail, DmarcPolicy::Reject)
+    );
 }
 
 #[test]
@@ -274,9 +325,16 @@ fn a_dns_failure_is_a_temporary_refusal_only_under_a_reject_policy() {
     let s = signer(&v, dir.path());
     v.caches().txt.remove("s1._domainkey.example.test.");
     dmarc(&v, "example.test", "v=DMARC1; p=reject");
-    let verdict = rt.block_on(v.check_message(ip(), "client.test", "a@example.test", None, &signed(&s)));
-    assert_eq!(verdict.dkim.as_ref().unwrap()[0].result, AuthResult::TempError);
-    assert_eq!(verdict.dmarc.as_ref().unwrap().result, AuthResult::TempError);
+    let verdict =
+        rt.block_on(v.check_message(ip(), "client.test", "a@example.test", None, &signed(&s)));
+    assert_eq!(
+        verdict.dkim.as_ref().unwrap()[0].result,
+        AuthResult::TempError
+    );
+    assert_eq!(
+        verdict.dmarc.as_ref().unwrap().result,
+        AuthResult::TempError
+    );
     match &verdict.disposition {
         Disposition::TempFail(reply) => {
             assert_eq!((reply.code, reply.status), (451, "4.7.1"));
@@ -286,8 +344,17 @@ fn a_dns_failure_is_a_temporary_refusal_only_under_a_reject_policy() {
     }
     // No DMARC record reachable at all: the policy is unknown, so the message is delivered.
     let v = verifier(checks());
-    let verdict = rt.block_on(v.check_message(ip(), "client.test", "a@unknown.test", None, b"From: a@unknown.test\r\n\r\nx\r\n"));
-    assert_eq!(verdict.dmarc.as_ref().unwrap().result, AuthResult::TempError);
+    let verdict = rt.block_on(v.check_message(
+        ip(),
+        "client.test",
+        "a@unknown.test",
+        None,
+        b"From: a@unknown.test\r\n\r\nx\r\n",
+    ));
+    assert_eq!(
+        verdict.dmarc.as_ref().unwrap().result,
+        AuthResult::TempError
+    );
     assert_eq!(verdict.disposition, Disposition::Deliver);
 }
 
@@ -301,9 +368,13 @@ fn checks_that_are_off_are_not_reported() {
         arc: false,
         ..checks()
     });
-    let verdict = rt.block_on(v.check_message(ip(), "client.test", "a@example.test", None, MESSAGE));
+    let verdict =
+        rt.block_on(v.check_message(ip(), "client.test", "a@example.test", None, MESSAGE));
     assert_eq!(verdict.disposition, Disposition::Deliver);
-    assert_eq!(verdict.log_fields().to_string(), "spf=off dkim=off dmarc=off arc=off");
+    assert_eq!(
+        verdict.log_fields().to_string(),
+        "spf=off dkim=off dmarc=off arc=off"
+    );
     assert_eq!(
         verdict.authentication_results,
         format!("Authentication-Results: {HOST}; none\r\n")

@@ -86,9 +86,7 @@ pub(crate) fn void_lookups<A, B, M>(
         IpAddr::V6(_) => (ipv6.misses(), ipv6.stores(), ipv4.misses()),
     };
     let exists = other_misses;
-    let address = own_misses
-        .saturating_sub(exists)
-        .saturating_sub(own_stores);
+    let address = own_misses.saturating_sub(exists).saturating_sub(own_stores);
     let mx = mx.misses().saturating_sub(mx.stores());
     address + mx
 }
