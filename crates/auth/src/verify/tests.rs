@@ -380,3 +380,42 @@ fn checks_that_are_off_are_not_reported() {
         format!("Authentication-Results: {HOST}; none\r\n")
     );
 }
+
+/// Fixtures signed once by dkimpy (testdata/auth/make_fixtures.py), an independent signer.
+#[test]
+fn dkimpy_signatures_verify_and_an_altered_body_does_not() {
+    let rt = rt();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let key = PrivateKey::load(&root.join("crates/auth/testdata/rsa-2048-pkcs1.pem")).unwrap();
+    let check = |file: &str| {
+        let v = verifier(ChecksConfig {
+            spf: false,
+            dmarc: false,
+            arc: false,
+            ..checks()
+        });
+        let record = DkimRecord::new("signer.test", "s1", &key);
+        let dk = DomainKey::parse(record.value.as_bytes()).unwrap();
+        txt(
+            &v,
+            "s1._domainkey.signer.test.",
+            Txt::DomainKey(Arc::new(dk)),
+        );
+        let message = std::fs::read(root.join("testdata/auth").join(file)).unwrap();
+        let verdict = rt.block_on(v.check_message(ip(), "client.test", "", None, &message));
+        verdict.dkim.unwrap()
+    };
+    let good = check("dkimpy-signed.eml");
+    assert_eq!(good.len(), 1);
+    assert_eq!(good[0].result, AuthResult::Pass, "{good:?}");
+    assert_eq!(good[0].domain, "signer.test");
+    let bad = check("dkimpy-body-altered.eml");
+    assert_ne!(bad[0].result, AuthResult::Pass, "{bad:?}");
+}
+
+#[test]
+fn the_strip_helper_removes_a_forged_verdict_before_ours_is_added() {
+    let header = format!("Authentication-Results: {HOST}; dmarc=pass\r\nFrom: a@example.test\r\n");
+    let out = strip_our_authentication_results(header.as_bytes(), HOST);
+    assert_eq!(out, b"From: a@example.test\r\n".to_vec());
+}
