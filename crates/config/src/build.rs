@@ -14,9 +14,9 @@ use crate::error::{quote_key, Issue, Issues};
 use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
-    BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig,
-    TlsPolicy, User, LOG_LEVELS,
+    BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
+    LocalConfig, LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
+    Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -184,6 +184,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let outbound = outbound(&mut v, &raw, &hostname);
     let log = log(&mut v, &raw);
     let dkim = dkim(&mut v, &raw);
+    let checks = checks(&raw);
 
     v.finish()?;
     Ok(Config {
@@ -204,8 +205,23 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         outbound,
         log,
         dkim,
+        checks,
         source: Some(origin.to_path_buf()),
     })
+}
+
+/// `[checks]`: six booleans; a wrong type is already a TOML error naming the key.
+fn checks(raw: &RawConfig) -> ChecksConfig {
+    let c = &raw.checks;
+    let d = defaults::CHECKS;
+    ChecksConfig {
+        spf: flag(&c.spf, d.spf),
+        dkim: flag(&c.dkim, d.dkim),
+        dmarc: flag(&c.dmarc, d.dmarc),
+        arc: flag(&c.arc, d.arc),
+        dmarc_reject: flag(&c.dmarc_reject, d.dmarc_reject),
+        spf_fail_reject: flag(&c.spf_fail_reject, d.spf_fail_reject),
+    }
 }
 
 fn flag(value: &Option<Spanned<bool>>, default: bool) -> bool {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
-    BareLineEndings, Config, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig, LogFormat,
-    MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
+    BareLineEndings, ChecksConfig, Config, DnsConfig, Limits, ListenerConfig, LocalConfig,
+    LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 
@@ -259,6 +259,21 @@ pub fn log() -> LogConfig {
     }
 }
 
+/// `[checks]`: everything is verified; a DMARC `p=reject` failure is refused (the domain owner
+/// asked for it, RFC 7489 6.3), an SPF fail is only marked (forwarders break SPF; DMARC decides).
+pub const CHECKS: ChecksConfig = ChecksConfig {
+    spf: true,
+    dkim: true,
+    dmarc: true,
+    arc: true,
+    dmarc_reject: true,
+    spf_fail_reject: false,
+};
+
+pub(crate) fn checks() -> ChecksConfig {
+    CHECKS
+}
+
 /// The configuration used when no file is given: see `Config::defaults`.
 pub(crate) fn config() -> Config {
     let hostname = hostname();
@@ -289,6 +304,7 @@ pub(crate) fn config() -> Config {
         outbound: outbound(&hostname),
         log: log(),
         dkim: Vec::new(),
+        checks: checks(),
         source: None,
         hostname,
     }

@@ -21,9 +21,9 @@ mod values;
 pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use types::{
-    BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig,
-    TlsPolicy, User, LOG_LEVELS,
+    BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
+    LocalConfig, LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
+    Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub(crate) struct RawConfig {
     pub outbound: RawOutbound,
     pub log: RawLog,
     pub dkim: Vec<Spanned<RawDkim>>,
+    pub checks: RawChecks,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +126,18 @@ pub(crate) struct RawDkim {
     pub headers: TextList,
     #[serde(default)]
     pub subdomains: Flag,
+}
+
+/// `[checks]`: inbound SPF / DKIM / DMARC / ARC verification on port 25.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawChecks {
+    pub spf: Flag,
+    pub dkim: Flag,
+    pub dmarc: Flag,
+    pub arc: Flag,
+    pub dmarc_reject: Flag,
+    pub spf_fail_reject: Flag,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1267,3 +1267,37 @@ fn dkim_rejects_duplicates_and_non_pem_keys() {
         &["required key `key_file` is missing"],
     );
 }
+
+#[test]
+fn checks_default_to_verify_everything_and_reject_dmarc_only() {
+    let c = load("");
+    assert_eq!(c.checks, defaults::CHECKS);
+    assert!(c.checks.spf && c.checks.dkim && c.checks.dmarc && c.checks.arc);
+    assert!(c.checks.dmarc_reject);
+    assert!(!c.checks.spf_fail_reject);
+    assert_eq!(Config::defaults().checks, defaults::CHECKS);
+}
+
+#[test]
+fn checks_keys_are_read() {
+    let c = load(
+        "[checks]\nspf = false\ndkim = false\ndmarc = false\narc = false\ndmarc_reject = false\nspf_fail_reject = true\n",
+    );
+    assert_eq!(
+        c.checks,
+        ChecksConfig {
+            spf: false,
+            dkim: false,
+            dmarc: false,
+            arc: false,
+            dmarc_reject: false,
+            spf_fail_reject: true,
+        }
+    );
+}
+
+#[test]
+fn checks_reject_wrong_types_and_unknown_keys() {
+    rejects("[checks]\nspf = \"yes\"\n", &["checks.spf", "invalid type"]);
+    rejects("[checks]\ndmarc_quarantine = true\n", &["dmarc_quarantine"]);
+}

@@ -36,6 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[dkim]]`: signing keys for outbound mail; empty = nothing is signed.
     pub dkim: Vec<DkimConfig>,
+    /// `[checks]`: what inbound mail on port 25 is verified for, and which failures are refused.
+    pub checks: ChecksConfig,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -304,6 +306,26 @@ pub struct DkimConfig {
     pub headers: Vec<String>,
     /// Also sign mail whose From: domain is a subdomain of `domain`.
     pub subdomains: bool,
+}
+
+/// `[checks]`: inbound verification of mail received on the port 25 listener (never of
+/// authenticated submission). Each flag is independent; DMARC needs the SPF and DKIM results,
+/// so `dmarc` with both of them off evaluates nothing that can align and reports `dmarc=none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChecksConfig {
+    /// SPF (RFC 7208) of MAIL FROM (of HELO for the null sender).
+    pub spf: bool,
+    /// Every DKIM-Signature (RFC 6376).
+    pub dkim: bool,
+    /// DMARC (RFC 7489): alignment and the published policy.
+    pub dmarc: bool,
+    /// ARC chain validation (RFC 8617).
+    pub arc: bool,
+    /// A DMARC failure under `p=reject` is refused with 550 5.7.1 at the end of DATA; `false`
+    /// delivers it with the result in Authentication-Results.
+    pub dmarc_reject: bool,
+    /// An SPF `fail` (`-all`) is refused with 550 5.7.23 at MAIL FROM.
+    pub spf_fail_reject: bool,
 }
 
 /// Resolver settings.

@@ -153,7 +153,9 @@ fn a_full_mailbox_filesystem_leaves_no_partial_message() {
         .collect();
     let mut many = two.clone();
     many.push(Target::Local("c@tern.test".into()));
-    let e = intake.store_blocking(&accepted(many), mem(&big)).unwrap_err();
+    let e = intake
+        .store_blocking(&accepted(many), mem(&big))
+        .unwrap_err();
     assert!(matches!(e, StoreError::StorageFull(_)), "{e:?}");
     // A relayed copy that does not fit fails the same way and leaves no half entry.
     let e = intake

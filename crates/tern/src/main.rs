@@ -45,10 +45,15 @@ enum Command {
     },
     /// Inspect and manage the mail queue: list, show, flush, hold, release, delete, bounce.
     Queue(cmd::queue::QueueArgs),
-    /// DKIM keys: keygen (new key + DNS record), record (print it again), check (against the DNS).
+    /// DKIM keys: keygen (new key + DNS record), record (print it again), check (against the DNS); verify a message.
     Dkim {
         #[command(subcommand)]
         action: cmd::dkim::DkimAction,
+    },
+    /// SPF: check (evaluate a sender's record for a client address, as port 25 does at MAIL FROM).
+    Spf {
+        #[command(subcommand)]
+        action: cmd::spf::SpfAction,
     },
     /// Certificates for testing TLS.
     Cert {
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
         Command::Queue(args) => cmd::queue::run(args),
         Command::Dkim { action } => cmd::dkim::run(action),
+        Command::Spf { action } => cmd::spf::run(action),
         Command::Cert {
             action:
                 CertAction::SelfSigned {

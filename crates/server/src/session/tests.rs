@@ -574,7 +574,10 @@ fn low_disk_space_refuses_new_mail_and_lets_an_open_transaction_finish() {
     // Accepted before the disk filled: it goes on (its write still gets 452 on ENOSPC).
     assert_eq!(code(&mut s, "RCPT TO:<b@tern.test>"), 250);
     assert_eq!(code(&mut s, "DATA"), 354);
-    assert!(matches!(s.finish_data(Ok(()), &MessageFacts::of(b"x\r\n")), DataEnd::Store(_)));
+    assert!(matches!(
+        s.finish_data(Ok(()), &MessageFacts::of(b"x\r\n")),
+        DataEnd::Store(_)
+    ));
     assert_eq!(s.stored(Ok(())).code(), 250);
     assert_eq!(
         say(&mut s, "MAIL FROM:<a@example.test>"),

@@ -3,8 +3,11 @@
 pub mod cert;
 pub mod check_config;
 pub mod dkim;
+mod dkim_verify;
 pub mod passwd;
 pub mod queue;
 pub mod send;
 pub mod sendmail;
 pub mod serve;
+pub mod spf;
+mod verifier;

@@ -1,0 +1,229 @@
+//! The end-of-DATA checks: every DKIM signature (RFC 6376), the ARC chain (RFC 8617), DMARC
+//! (RFC 7489) from those and the SPF result of MAIL FROM, the disposition that follows from
+//! the policy and `[checks]`, and the Authentication-Results field (RFC 8601) that records it.
+//! ARC is reported only: a valid chain does not override a DMARC failure here.
+
+use std::net::IpAddr;
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::Policy;
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, Error, Parameters, SpfOutput,
+};
+use tokio::time::{timeout_at, Instant};
+
+use super::outcome::{
+    AuthResult, Disposition, DkimSignatureResult, DmarcPolicy, DmarcSummary, MessageVerdict,
+    SmtpReply, SpfIdentity, SpfOutcome,
+};
+use super::verifier::Verifier;
+
+fn deadline_error() -> Error {
+    Error::Dns(mail_auth::DnsError::Resolver(
+        "verification deadline passed".into(),
+    ))
+}
+
+impl Verifier {
+    /// Checks a received message (header section, empty line, body, CRLF line endings) from a
+    /// client at `ip` that said `helo` and `MAIL FROM:<mail_from>`; `spf` is what
+    /// [`Verifier::check_spf_mail`] returned for it. Never fails: DNS trouble becomes
+    /// `temperror`.
+    pub async fn check_message(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        spf: Option<&SpfOutcome>,
+        message: &[u8],
+    ) -> MessageVerdict {
+        let until = Instant::now() + self.deadline;
+        let parsed = AuthenticatedMessage::parse(message);
+        let checks = self.checks;
+
+        let dkim_out: Vec<DkimOutput<'_>> = match (&parsed, checks.dkim) {
+            (Some(msg), true) => {
+                let params = Parameters::new(msg)
+                    .with_txt_cache(&self.caches.txt)
+                    .with_mx_cache(&self.caches.mx)
+                    .with_ipv4_cache(&self.caches.ipv4)
+                    .with_ipv6_cache(&self.caches.ipv6)
+                    .with_ptr_cache(&self.caches.ptr);
+                match timeout_at(until, self.auth.verify_dkim(params)).await {
+                    Ok(out) => out,
+                    Err(_) => vec![DkimOutput::temp_err(deadline_error())],
+                }
+            }
+            _ => Vec::new(),
+        };
+
+        let arc_out: Option<ArcOutput<'_>> = match (&parsed, checks.arc) {
+            (Some(msg), true) => {
+                let params = Parameters::new(msg)
+                    .with_txt_cache(&self.caches.txt)
+                    .with_mx_cache(&self.caches.mx)
+                    .with_ipv4_cache(&self.caches.ipv4)
+                    .with_ipv6_cache(&self.caches.ipv6)
+                    .with_ptr_cache(&self.caches.ptr);
+                Some(
+                    match timeout_at(until, self.auth.verify_arc(params)).await {
+                        Ok(out) => out,
+                        Err(_) => ArcOutput::default()
+                            .with_result(DkimResult::TempError(deadline_error())),
+                    },
+                )
+            }
+            (None, true) => Some(ArcOutput::default()),
+            _ => None,
+        };
+
+        let mail_from_domain = mail_from
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let no_spf = SpfOutput::new(mail_from_domain.clone());
+        let spf_output = spf.map_or(&no_spf, |s| &s.output);
+
+        let dmarc_out: Option<DmarcOutput> = match (&parsed, checks.dmarc) {
+            (Some(msg), true) => {
+                let params = Parameters::new(DmarcParameters::new(
+                    msg,
+                    &dkim_out,
+                    &mail_from_domain,
+                    spf_output,
+                ))
+                .with_txt_cache(&self.caches.txt)
+                .with_mx_cache(&self.caches.mx)
+                .with_ipv4_cache(&self.caches.ipv4)
+                .with_ipv6_cache(&self.caches.ipv6)
+                .with_ptr_cache(&self.caches.ptr);
+                Some(
+                    match timeout_at(until, self.auth.verify_dmarc(params)).await {
+                        Ok(out) => out,
+                        Err(_) => DmarcOutput::default()
+                            .with_dkim_result(DmarcResult::TempError(deadline_error()))
+                            .with_spf_result(DmarcResult::TempError(deadline_error())),
+                    },
+                )
+            }
+            (None, true) => Some(DmarcOutput::default()),
+            _ => None,
+        };
+
+        let dmarc = match &dmarc_out {
+            Some(out) => Some(self.dmarc_summary(out, until).await),
+            None => None,
+        };
+        let disposition = self.disposition(dmarc.as_ref());
+
+        let mut ar = AuthenticationResults::new(&self.authserv_id);
+        if let Some(spf) = spf {
+            ar = match &spf.identity {
+                SpfIdentity::MailFrom(from) => {
+                    ar.with_spf_mailfrom_result(&spf.output, ip, from, helo)
+                }
+                SpfIdentity::Helo(name) => ar.with_spf_ehlo_result(&spf.output, ip, name),
+            };
+        }
+        ar = ar.with_dkim_results(&dkim_out, "");
+        if let Some(arc) = &arc_out {
+            ar = ar.with_arc_result(arc, ip);
+        }
+        if let Some(out) = &dmarc_out {
+            ar = ar.with_dmarc_result(out);
+        }
+
+        MessageVerdict {
+            spf: spf.cloned(),
+            dkim: checks
+                .dkim
+                .then(|| dkim_out.iter().map(signature_result).collect()),
+            arc: arc_out.as_ref().map(|a| AuthResult::from(a.result())),
+            dmarc,
+            disposition,
+            authentication_results: ar.to_header(),
+        }
+    }
+
+    async fn dmarc_summary(&self, out: &DmarcOutput, until: Instant) -> DmarcSummary {
+        let result = AuthResult::from(&out.result());
+        let policy = match out.policy() {
+            Policy::Reject => DmarcPolicy::Reject,
+            Policy::Quarantine => DmarcPolicy::Quarantine,
+            Policy::None | Policy::Unspecified => DmarcPolicy::None,
+        };
+        let mut pct = 100;
+        let mut applied = policy;
+        if result == AuthResult::Fail && policy != DmarcPolicy::None {
+            if let Some(record) = out.dmarc_record() {
+                pct = timeout_at(until, self.dmarc_pct(out.domain(), record))
+                    .await
+                    .unwrap_or(100);
+            }
+            // RFC 7489 6.6.4: apply the policy to pct% of the failing messages.
+            if pct < 100 && rand::random_range(0..100u8) >= pct {
+                applied = policy.relaxed();
+            }
+        }
+        DmarcSummary {
+            result,
+            domain: out.domain().to_string(),
+            policy,
+            applied,
+            pct,
+        }
+    }
+
+    fn disposition(&self, dmarc: Option<&DmarcSummary>) -> Disposition {
+        let Some(d) = dmarc else {
+            return Disposition::Deliver;
+        };
+        match (d.result, d.applied) {
+            (AuthResult::Fail, DmarcPolicy::Reject) if self.checks.dmarc_reject => {
+                Disposition::Reject(SmtpReply {
+                    code: 550,
+                    status: "5.7.1",
+                    text: format!(
+                        "DMARC policy of {} rejects this message: neither SPF nor DKIM is aligned with the From domain (RFC 7489)",
+                        d.domain
+                    ),
+                })
+            }
+            (AuthResult::Fail, DmarcPolicy::Reject | DmarcPolicy::Quarantine) => {
+                Disposition::Quarantine
+            }
+            // RFC 7489 6.6.3 step 3: a DNS failure is a temporary error; refuse temporarily only
+            // when the known policy would have refused the message.
+            (AuthResult::TempError, DmarcPolicy::Reject) if self.checks.dmarc_reject => {
+                Disposition::TempFail(SmtpReply {
+                    code: 451,
+                    status: "4.7.1",
+                    text: format!(
+                        "DMARC evaluation for {} failed temporarily (DNS); try again later",
+                        d.domain
+                    ),
+                })
+            }
+            _ => Disposition::Deliver,
+        }
+    }
+}
+
+fn signature_result(out: &DkimOutput<'_>) -> DkimSignatureResult {
+    let reason = match out.result() {
+        DkimResult::Pass | DkimResult::None => None,
+        DkimResult::Neutral(e)
+        | DkimResult::Fail(e)
+        | DkimResult::PermError(e)
+        | DkimResult::TempError(e) => Some(e.to_string()),
+    };
+    DkimSignatureResult {
+        result: AuthResult::from(out.result()),
+        domain: out.signature().map(|s| s.d.clone()).unwrap_or_default(),
+        selector: out.signature().map(|s| s.s.clone()).unwrap_or_default(),
+        reason,
+    }
+}
