@@ -22,8 +22,8 @@ pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use types::{
     BareLineEndings, Config, DkimConfig, DnsConfig, Limits, ListenerConfig, LocalConfig, LogConfig,
-    LogFormat, OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
-    User, LOG_LEVELS,
+    LogFormat, MinDataRate, OutboundConfig, QueueConfig, Refusal, RelayConfig, Route, RouteAuth,
+    TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 
 #[cfg(test)]
