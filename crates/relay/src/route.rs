@@ -1,7 +1,8 @@
 //! Where mail for a recipient domain goes: a `[routes]` entry (the exact domain, then the `*`
 //! smarthost), else the domain's MX hosts in RFC 5321 5.1 order, each expanded to addresses.
-//! The MX rules themselves (self-MX, own listeners, caps) are `tern_dns::mx_targets_checked`,
-//! shared with `tern send`; the relay adds its address policy (issue 10): an MX-resolved address
+//! The MX rules themselves (self-MX, own listeners, caps) are `tern_dns::mx_targets_checked`
+//! (`tern send` uses the same rules, without a policy); the relay adds its address policy
+//! (issue 10): an MX-resolved address
 //! in loopback, link-local, unspecified or `outbound.deny_networks` is never connected to,
 //! unless `outbound.allow_networks` exempts it. A route is the operator's own choice and is not
 //! checked.
