@@ -1,6 +1,7 @@
 """Relay routing by DNS (RFC 5321 5.1, RFC 7505): a fake DNS server (dnslib, 127.0.0.1:<free port>) is tern's only
 nameserver (`[dns] nameservers`), and every MX host is reached on `[outbound] mx_port`, where an aiosmtpd peer
-listens on 127.0.0.1 only.
+listens on 127.0.0.1 only. MX delivery refuses loopback addresses unless `outbound.allow_networks` exempts them
+(test_relay_bounds.py), so these tests allow 127.0.0.0/8 and ::1.
 
 Covered: MX delivery; preference order with fallback past an MX without address (NXDOMAIN) and one whose
 address refuses connections (::1); implicit MX (no MX, an A record); null MX -> immediate bounce 5.1.10; this
@@ -44,7 +45,8 @@ def remote():
 
 @pytest.fixture
 def srv(tern, dns, remote):
-    return tern(**relay_config(dns={"nameservers": [dns.nameserver]}, outbound={"mx_port": remote.port}))
+    return tern(**relay_config(dns={"nameservers": [dns.nameserver]},
+                               outbound={"mx_port": remote.port, "allow_networks": ["127.0.0.0/8", "::1"]}))
 
 
 def test_mx_record_delivers_to_the_mx_host(srv, remote, dns):

@@ -1,6 +1,8 @@
 //! Test helper: an in-memory SMTP server that follows a script over `tokio::io::duplex`, records
 //! what the client sent, and decodes DATA with the server side's own decoder (tern-proto).
 
+use std::time::Duration;
+
 use tern_proto::{BareLineEndings, DataDecoder, DataProgress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -16,6 +18,10 @@ pub enum Step {
     Expect(&'static str),
     /// Read dot-stuffed data up to the end marker; the decoded message is recorded.
     Data,
+    /// Like `Data`, but reading at most `bytes` at a time with a pause of `every` after each
+    /// read (a server taking the body at a trickle). If the client gives up and closes, the
+    /// script ends there.
+    Trickle { bytes: usize, every: Duration },
     /// Stop answering but keep the connection open (a hung server).
     Hang,
     /// Close the connection.
@@ -29,7 +35,13 @@ pub struct Recorded {
 }
 
 pub fn spawn(script: Vec<Step>) -> (DuplexStream, JoinHandle<Recorded>) {
-    let (client, mut server) = tokio::io::duplex(1 << 20);
+    spawn_buffered(1 << 20, script)
+}
+
+/// [`spawn`] with `buffer` bytes of room in each direction of the in-memory connection (a small
+/// one makes the client wait for the server's reads, like a full TCP window).
+pub fn spawn_buffered(buffer: usize, script: Vec<Step>) -> (DuplexStream, JoinHandle<Recorded>) {
+    let (client, mut server) = tokio::io::duplex(buffer);
     let handle = tokio::spawn(async move {
         let mut rec = Recorded::default();
         let mut buf: Vec<u8> = Vec::new();
@@ -71,6 +83,28 @@ pub fn spawn(script: Vec<Step>) -> (DuplexStream, JoinHandle<Recorded>) {
                         }
                     }
                     assert_eq!(dec.verdict(), Ok(()), "client sent bare CR/LF");
+                    rec.messages.push(out);
+                }
+                Step::Trickle { bytes, every } => {
+                    let mut dec = DataDecoder::new(64 << 20, BareLineEndings::Reject);
+                    let mut out = Vec::new();
+                    let mut pending = std::mem::take(&mut buf);
+                    let mut small = vec![0u8; bytes];
+                    loop {
+                        match dec.feed(&pending, &mut out) {
+                            DataProgress::Done { consumed } => {
+                                buf = pending[consumed..].to_vec();
+                                break;
+                            }
+                            DataProgress::NeedMore => {
+                                tokio::time::sleep(every).await;
+                                match server.read(&mut small).await {
+                                    Ok(n) if n > 0 => pending = small[..n].to_vec(),
+                                    _ => return rec,
+                                }
+                            }
+                        }
+                    }
                     rec.messages.push(out);
                 }
                 Step::Hang => {

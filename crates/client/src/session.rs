@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{ClientError, Stage};
+use crate::rate::MinDataRate;
 use crate::stream::MaybeTls;
 use crate::timeouts::Timeouts;
 use crate::tls::TlsParams;
@@ -73,6 +74,9 @@ pub struct SessionOptions {
     /// RFC 4954 4: credentials go over TLS only, unless this is set explicitly.
     pub allow_plaintext_auth: bool,
     pub transcript: Option<TranscriptHook>,
+    /// The slowest the server may take a message body; `None`: only the per-write
+    /// `timeouts.data_block` applies.
+    pub min_data_rate: Option<MinDataRate>,
 }
 
 impl SessionOptions {
@@ -82,6 +86,7 @@ impl SessionOptions {
             timeouts: Timeouts::default(),
             allow_plaintext_auth: false,
             transcript: None,
+            min_data_rate: None,
         }
     }
 }
@@ -92,6 +97,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("helo_name", &self.helo_name)
             .field("timeouts", &self.timeouts)
             .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .field("min_data_rate", &self.min_data_rate)
             .finish_non_exhaustive()
     }
 }

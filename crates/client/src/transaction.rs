@@ -4,6 +4,7 @@
 
 use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::envelope::{rcpt_key, Envelope, MessageTraits};
 use crate::error::{ClientError, Stage};
@@ -13,6 +14,21 @@ use crate::transcript::Direction;
 
 /// Body bytes handed to one write (each write has its own data-block timeout).
 const CHUNK: usize = 64 * 1024;
+
+/// When the body started and how much of it (dot-stuffed) is written.
+struct BodyClock {
+    start: Instant,
+    written: u64,
+}
+
+impl BodyClock {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            written: 0,
+        }
+    }
+}
 
 /// What happened to the transaction as a whole; recipients refused at RCPT keep their own reply.
 enum Verdict {
@@ -228,10 +244,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut stuffer = DotStuffer::new();
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
         let mut sent = 0u64;
+        let mut body = BodyClock::start();
         for chunk in message.chunks(CHUNK) {
             out.clear();
             stuffer.feed(chunk, &mut out);
-            self.write_raw(Stage::DataBody, &out, t.data_block).await?;
+            self.write_body(&out, &mut body).await?;
             sent += chunk.len() as u64;
             if let Some(p) = self.progress.as_mut() {
                 p(sent, total);
@@ -240,8 +257,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         out.clear();
         stuffer.finish(&mut out);
         self.log(Direction::Client, ".");
-        self.write_raw(Stage::DataBody, &out, t.data_block).await?;
+        self.write_body(&out, &mut body).await?;
         self.read_reply(Stage::DataEnd, t.data_end).await
+    }
+
+    /// Writes one block of the body within the data-block timeout (RFC 5321 4.5.3.2.5) and,
+    /// when a [`crate::MinDataRate`] is set, by the time the rate allows for everything
+    /// written so far plus this block, whichever comes first. Missing the rate's deadline is
+    /// [`ClientError::TooSlow`]; the session is unusable afterwards either way (the server is
+    /// mid-body and there is no way back to a clean state but closing).
+    async fn write_body(&mut self, bytes: &[u8], body: &mut BodyClock) -> Result<(), ClientError> {
+        let block = self.opts.timeouts.data_block;
+        let after = body.written + bytes.len() as u64;
+        let now = Instant::now();
+        let floor = self.opts.min_data_rate.and_then(|rate| {
+            let deadline = rate.deadline(body.start, after)?;
+            // Only when it comes before the data-block timeout does the rate decide.
+            let block_ends = now.checked_add(block)?;
+            (deadline < block_ends).then_some((rate, deadline))
+        });
+        let result = match floor {
+            None => self.write_raw(Stage::DataBody, bytes, block).await,
+            Some((rate, deadline)) => {
+                let left = deadline.saturating_duration_since(now);
+                match self.write_raw(Stage::DataBody, bytes, left).await {
+                    Err(ClientError::Timeout { .. }) => Err(ClientError::TooSlow {
+                        sent: body.written,
+                        after: body.start.elapsed(),
+                        min: rate.bytes_per_sec,
+                    }),
+                    other => other,
+                }
+            }
+        };
+        if result.is_ok() {
+            body.written = after;
+        }
+        result
     }
 
     /// Ends a DATA we must not fill with a lone dot; its reply does not matter.

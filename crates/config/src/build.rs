@@ -15,8 +15,8 @@ use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
-    LocalConfig, LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
-    Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    LocalConfig, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,
+    RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
@@ -1372,7 +1372,117 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             false,
             caps::OUTBOUND_ATTEMPT_TIMEOUT,
         ),
+        deny_networks: outbound_networks(v, &o.deny_networks, "outbound.deny_networks")
+            .into_iter()
+            .map(|(_, _, net)| net)
+            .collect(),
+        allow_networks: allow_networks(v, &o.allow_networks),
+        min_data_rate: min_data_rate(v, o),
     }
+}
+
+/// A list of networks for `[outbound]`, each with its index and position in the file. An
+/// IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is refused: addresses are compared as the
+/// IPv4 address they carry, so it would never match.
+fn outbound_networks(
+    v: &mut Issues,
+    list: &TextList,
+    key: &str,
+) -> Vec<(usize, Option<Range<usize>>, ipnet::IpNet)> {
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    let mapped =
+        ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
+    let mut out = Vec::new();
+    for (i, n) in list.get_ref().iter().enumerate() {
+        match parse_network(n.get_ref()) {
+            None => v.add(
+                at(n),
+                format!("{key}[{i}]"),
+                format!("invalid network \"{}\"", n.get_ref()),
+                "write a CIDR such as \"192.0.2.0/24\" or \"2001:db8::/32\", or a single address such as \"192.0.2.1\"",
+            ),
+            Some(ipnet::IpNet::V6(net)) if mapped.contains(&net) => v.add(
+                at(n),
+                format!("{key}[{i}]"),
+                format!("\"{}\" is an IPv4-mapped IPv6 network", n.get_ref()),
+                "write the IPv4 network instead (\"10.0.0.0/8\" for \"::ffff:10.0.0.0/104\"): IPv4-mapped addresses are checked as IPv4",
+            ),
+            Some(net) => out.push((i, at(n), net.trunc())),
+        }
+    }
+    out
+}
+
+/// `outbound.allow_networks`: only parts of the always-refused ranges mean anything here (every
+/// other address is allowed already), so anything else is a mistake worth reporting.
+fn allow_networks(v: &mut Issues, list: &TextList) -> Vec<ipnet::IpNet> {
+    let key = "outbound.allow_networks";
+    let refused = defaults::always_refused_networks();
+    let mut out = Vec::new();
+    for (i, span, net) in outbound_networks(v, list, key) {
+        if refused.iter().any(|(_, r)| r.contains(&net)) {
+            out.push(net);
+            continue;
+        }
+        let ranges: Vec<String> = refused.iter().map(|(_, r)| r.to_string()).collect();
+        v.add(
+            span,
+            format!("{key}[{i}]"),
+            format!(
+                "{net} is not inside a range tern refuses for MX delivery, so allowing it does nothing"
+            ),
+            format!(
+                "list only parts of {}, or remove it (to refuse addresses, use outbound.deny_networks)",
+                ranges.join(", ")
+            ),
+        );
+    }
+    out
+}
+
+/// `outbound.min_data_rate` (a size per second; 0 = no minimum) and its grace period.
+fn min_data_rate(v: &mut Issues, o: &crate::raw::RawOutbound) -> Option<MinDataRate> {
+    let key = "outbound.min_data_rate";
+    let rate = match &o.min_data_rate {
+        None => defaults::OUTBOUND_MIN_DATA_RATE,
+        Some(value) => {
+            let parsed = match value.get_ref() {
+                Size::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+                Size::Text(t) => {
+                    parse_size(t).map_err(|why| format!("invalid rate \"{t}\": {why}"))
+                }
+            };
+            match parsed {
+                Ok(n) => n,
+                Err(problem) => {
+                    v.add(
+                        at(value),
+                        key,
+                        problem,
+                        format!(
+                            "write bytes per second such as {} or \"1KiB\", or 0 for no minimum",
+                            defaults::OUTBOUND_MIN_DATA_RATE
+                        ),
+                    );
+                    defaults::OUTBOUND_MIN_DATA_RATE
+                }
+            }
+        }
+    };
+    let grace = duration(
+        v,
+        &o.min_data_rate_grace,
+        "outbound.min_data_rate_grace",
+        defaults::OUTBOUND_MIN_DATA_RATE_GRACE,
+        true,
+        caps::OUTBOUND_MIN_DATA_RATE_GRACE,
+    );
+    std::num::NonZeroU64::new(rate).map(|bytes_per_sec| MinDataRate {
+        bytes_per_sec,
+        grace,
+    })
 }
 
 fn log(v: &mut Issues, raw: &RawConfig) -> LogConfig {

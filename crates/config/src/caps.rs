@@ -37,3 +37,5 @@ pub const STRESS_COMMAND_TIMEOUT: Duration = Duration::from_secs(HOUR);
 pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(DAY);
 /// `outbound.attempt_timeout`: one whole attempt; a day is far beyond any real transfer.
 pub const OUTBOUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(DAY);
+/// `outbound.min_data_rate_grace`: longer than this and the rate would hardly be a bound.
+pub const OUTBOUND_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(HOUR);

@@ -8,7 +8,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
     BareLineEndings, ChecksConfig, Config, DnsConfig, Limits, ListenerConfig, LocalConfig,
-    LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig, TlsPolicy,
+    LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
+    TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 
@@ -115,6 +116,13 @@ pub const OUTBOUND_DATA_TIMEOUT: Duration = Duration::from_secs(10 * MINUTE);
 /// `outbound.attempt_timeout`: a whole delivery attempt to one destination (tarpits).
 pub const OUTBOUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30 * MINUTE);
 
+/// `outbound.min_data_rate`: 1 KiB/s, Postfix's `smtpd_min_data_rate` is 500 B/s for the
+/// same purpose on the receiving side; any real link is far faster.
+pub const OUTBOUND_MIN_DATA_RATE: u64 = 1024;
+/// `outbound.min_data_rate_grace`: time for TCP slow start and a receiver's content checks
+/// before the rate counts.
+pub const OUTBOUND_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+
 /// Port used for a nameserver given as a bare IP address.
 pub const DNS_PORT: u16 = 53;
 
@@ -184,6 +192,45 @@ pub fn trusted_networks() -> Vec<IpNet> {
     ]
 }
 
+/// The ranges an MX-resolved address is never in (`outbound.allow_networks` may exempt parts of
+/// them, explicit `[routes]` are not checked): loopback (RFC 1122 3.2.1.3, RFC 4291 2.5.3),
+/// link-local (RFC 3927, RFC 4291 2.5.6), and the unspecified address and "this network"
+/// (RFC 1122 3.2.1.3, RFC 4291 2.5.2), which Linux connects to the local host. A DNS record
+/// pointing there is a parked domain or an attempt to reach services on tern's own host or
+/// network (cloud metadata at 169.254.169.254). IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`)
+/// are checked as the IPv4 address they carry.
+pub fn always_refused_networks() -> [(&'static str, IpNet); 6] {
+    [
+        (
+            "loopback",
+            IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+        ),
+        (
+            "loopback",
+            IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+        ),
+        (
+            "link-local",
+            IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16)),
+        ),
+        (
+            "link-local",
+            IpNet::V6(Ipv6Net::new_assert(
+                Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+                10,
+            )),
+        ),
+        (
+            "unspecified",
+            IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 8)),
+        ),
+        (
+            "unspecified",
+            IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128)),
+        ),
+    ]
+}
+
 pub fn smtp() -> ListenerConfig {
     ListenerConfig {
         listen: vec![SMTP_LISTEN],
@@ -249,6 +296,14 @@ pub fn outbound(hostname: &str) -> OutboundConfig {
         command_timeout: OUTBOUND_COMMAND_TIMEOUT,
         data_timeout: OUTBOUND_DATA_TIMEOUT,
         attempt_timeout: OUTBOUND_ATTEMPT_TIMEOUT,
+        deny_networks: Vec::new(),
+        allow_networks: Vec::new(),
+        min_data_rate: std::num::NonZeroU64::new(OUTBOUND_MIN_DATA_RATE).map(|bytes_per_sec| {
+            MinDataRate {
+                bytes_per_sec,
+                grace: OUTBOUND_MIN_DATA_RATE_GRACE,
+            }
+        }),
     }
 }
 

@@ -219,15 +219,23 @@ fn type_hint(key: &str) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
     let last = last.split('[').next().unwrap_or(last);
     let hint = match last {
-        "command_timeout" | "data_timeout" | "connect_timeout" | "attempt_timeout" | "max_age"
-        | "delay_warning" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
+        "command_timeout"
+        | "data_timeout"
+        | "connect_timeout"
+        | "attempt_timeout"
+        | "max_age"
+        | "delay_warning"
+        | "min_data_rate_grace" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
         "retry_schedule" => "write a list of durations such as [\"5m\", \"10m\", \"1h\"]",
         "max_message_size" | "max_header_size" | "max_data_memory" => {
             "write a number of bytes such as 26214400 (or a string such as \"25MiB\")"
         }
         "listen" => "write a list of addresses such as [\"127.0.0.1:25\", \"[::1]:25\"]",
         "nameservers" => "write a list of addresses such as [\"127.0.0.1:53\"]",
-        "trusted_networks" => "write a list of networks such as [\"127.0.0.0/8\", \"::1/128\"]",
+        "trusted_networks" | "deny_networks" | "allow_networks" => {
+            "write a list of networks such as [\"127.0.0.0/8\", \"::1/128\"]"
+        }
+        "min_data_rate" => "write bytes per second such as 1024 (or a string such as \"1KiB\")",
         "domains" => "write a list of domain names such as [\"example.test\"]",
         "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" => {
             "write true or false"

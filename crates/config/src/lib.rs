@@ -22,8 +22,8 @@ pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
-    LocalConfig, LogConfig, LogFormat, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
-    Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    LocalConfig, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,
+    Refusal, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 
 use std::net::IpAddr;
 
-use crate::types::{Config, Route, User};
+use crate::defaults;
+use crate::types::{Config, OutboundConfig, Refusal, Route, User};
 use crate::values::normalize_domain;
 
 impl Config {
@@ -39,5 +40,29 @@ impl Config {
         self.routes
             .get(&normalize_domain(domain))
             .or_else(|| self.routes.get("*"))
+    }
+}
+
+impl OutboundConfig {
+    /// Why an address found through the recipient domain's DNS (an MX host's address, an
+    /// implicit MX, an address literal) must not be connected to, or `None` when it may be.
+    /// `deny_networks` is checked first and always wins; the always-refused ranges then apply
+    /// unless `allow_networks` covers the address. An IPv4-mapped IPv6 address is checked as
+    /// the IPv4 address it carries, so `::ffff:127.0.0.1` is loopback too.
+    pub fn refusal(&self, ip: IpAddr) -> Option<Refusal> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if let Some(net) = self.deny_networks.iter().find(|n| n.contains(&ip)) {
+            return Some(Refusal::Denied(*net));
+        }
+        let (kind, network) = defaults::always_refused_networks()
+            .into_iter()
+            .find(|(_, n)| n.contains(&ip))?;
+        if self.allow_networks.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        Some(Refusal::Reserved { kind, network })
     }
 }

@@ -167,6 +167,10 @@ pub(crate) struct RawOutbound {
     pub command_timeout: Text,
     pub data_timeout: Text,
     pub attempt_timeout: Text,
+    pub deny_networks: TextList,
+    pub allow_networks: TextList,
+    pub min_data_rate: Option<Spanned<Size>>,
+    pub min_data_rate_grace: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

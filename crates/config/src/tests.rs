@@ -1301,3 +1301,130 @@ fn checks_reject_wrong_types_and_unknown_keys() {
     rejects("[checks]\nspf = \"yes\"\n", &["checks.spf", "invalid type"]);
     rejects("[checks]\ndmarc_quarantine = true\n", &["dmarc_quarantine"]);
 }
+
+#[test]
+fn outbound_address_policy_defaults_and_keys() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let d = load("");
+    assert!(d.outbound.deny_networks.is_empty());
+    assert!(d.outbound.allow_networks.is_empty());
+    // The always-refused ranges, also in their IPv4-mapped form; ordinary addresses pass.
+    for refused in [
+        "127.0.0.1",
+        "127.9.9.9",
+        "::1",
+        "169.254.169.254",
+        "fe80::1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "::",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.1.1",
+    ] {
+        assert!(
+            matches!(
+                d.outbound.refusal(ip(refused)),
+                Some(Refusal::Reserved { .. })
+            ),
+            "{refused}"
+        );
+    }
+    for ok in ["192.0.2.1", "10.1.1.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+        assert_eq!(d.outbound.refusal(ip(ok)), None, "{ok}");
+    }
+    let c = load(
+        "[outbound]\ndeny_networks = [\"10.0.0.0/8\", \"2001:db8::1\", \"127.0.0.2\"]\nallow_networks = [\"127.0.0.0/8\", \"::1\"]\n",
+    );
+    let o = &c.outbound;
+    assert_eq!(o.refusal(ip("127.0.0.1")), None);
+    assert_eq!(o.refusal(ip("::ffff:127.0.0.1")), None);
+    assert_eq!(o.refusal(ip("::1")), None);
+    // deny_networks wins over allow_networks, and catches the mapped form too.
+    assert_eq!(
+        o.refusal(ip("127.0.0.2")),
+        Some(Refusal::Denied("127.0.0.2/32".parse().unwrap()))
+    );
+    assert_eq!(
+        o.refusal(ip("::ffff:10.2.3.4")),
+        Some(Refusal::Denied("10.0.0.0/8".parse().unwrap()))
+    );
+    assert!(o.refusal(ip("2001:db8::1")).is_some());
+    assert_eq!(o.refusal(ip("2001:db8::2")), None);
+    // Link-local is still refused: only loopback was allowed.
+    assert!(o.refusal(ip("169.254.0.1")).is_some());
+    let text = o.refusal(ip("127.0.0.2")).unwrap().to_string();
+    assert_eq!(text, "in outbound.deny_networks (127.0.0.2/32)");
+    let text = d.outbound.refusal(ip("127.0.0.1")).unwrap().to_string();
+    assert!(text.starts_with("loopback (127.0.0.0/8)"), "{text}");
+    assert!(text.contains("outbound.allow_networks"), "{text}");
+}
+
+#[test]
+fn outbound_networks_are_checked() {
+    rejects(
+        "[outbound]\ndeny_networks = [\"10.0.0.0/33\"]\n",
+        &["outbound.deny_networks[0]: invalid network \"10.0.0.0/33\"; fix: write a CIDR"],
+    );
+    rejects(
+        "[outbound]\ndeny_networks = [\"::ffff:10.0.0.0/104\"]\n",
+        &[
+            "outbound.deny_networks[0]: \"::ffff:10.0.0.0/104\" is an IPv4-mapped IPv6 network",
+            "write the IPv4 network instead",
+        ],
+    );
+    rejects(
+        "[outbound]\nallow_networks = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
+        &[
+            "outbound.allow_networks[1]: 10.0.0.0/8 is not inside a range tern refuses",
+            "fix: list only parts of 127.0.0.0/8",
+        ],
+    );
+    // A range wider than the refused one allows more than it can: refused too.
+    rejects(
+        "[outbound]\nallow_networks = [\"127.0.0.0/7\"]\n",
+        &["outbound.allow_networks[0]: 126.0.0.0/7 is not inside"],
+    );
+    rejects(
+        "[outbound]\nallow_networks = \"127.0.0.0/8\"\n",
+        &["outbound.allow_networks", "write a list of networks"],
+    );
+}
+
+#[test]
+fn min_data_rate_defaults_sizes_and_off() {
+    let d = load("");
+    let rate = d.outbound.min_data_rate.expect("on by default");
+    assert_eq!(rate.bytes_per_sec.get(), 1024);
+    assert_eq!(rate.grace, secs(30));
+    let c = load("[outbound]\nmin_data_rate = \"64KiB\"\nmin_data_rate_grace = \"1s\"\n");
+    let rate = c.outbound.min_data_rate.unwrap();
+    assert_eq!((rate.bytes_per_sec.get(), rate.grace), (64 * 1024, secs(1)));
+    let c = load("[outbound]\nmin_data_rate = 500\nmin_data_rate_grace = \"0s\"\n");
+    let rate = c.outbound.min_data_rate.unwrap();
+    assert_eq!((rate.bytes_per_sec.get(), rate.grace), (500, secs(0)));
+    assert_eq!(
+        load("[outbound]\nmin_data_rate = 0\n")
+            .outbound
+            .min_data_rate,
+        None
+    );
+    rejects(
+        "[outbound]\nmin_data_rate = -1\n",
+        &[
+            "outbound.min_data_rate: -1 is negative",
+            "or 0 for no minimum",
+        ],
+    );
+    rejects(
+        "[outbound]\nmin_data_rate = \"fast\"\n",
+        &["outbound.min_data_rate: invalid rate \"fast\""],
+    );
+    rejects(
+        "[outbound]\nmin_data_rate_grace = \"2h\"\n",
+        &["outbound.min_data_rate_grace", "use at most \"1h\""],
+    );
+    rejects(
+        "[outbound]\nmin_data_rate_grace = \"soon\"\n",
+        &["outbound.min_data_rate_grace: invalid duration \"soon\""],
+    );
+}

@@ -368,6 +368,48 @@ pub struct OutboundConfig {
     /// transaction), so a tarpit answering just inside every per-phase timeout cannot hold a
     /// delivery slot for hours.
     pub attempt_timeout: Duration,
+    /// Networks an MX-resolved address may never be in (RFC 5321 5.1 hops chosen by the
+    /// recipient domain's DNS, not by the operator). Explicit `[routes]` are exempt.
+    pub deny_networks: Vec<ipnet::IpNet>,
+    /// Parts of the always-refused ranges ([`crate::defaults::always_refused_networks`]) that MX
+    /// delivery may use after all (a lab, the tests); `deny_networks` still wins.
+    pub allow_networks: Vec<ipnet::IpNet>,
+    /// The slowest the remote may take the message body after the grace period; `None` = no
+    /// minimum (`min_data_rate = 0`).
+    pub min_data_rate: Option<MinDataRate>,
+}
+
+/// `outbound.min_data_rate` with its grace period: after `grace`, the body must have been
+/// written at `bytes_per_sec` on average over the time since the grace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinDataRate {
+    pub bytes_per_sec: std::num::NonZeroU64,
+    pub grace: Duration,
+}
+
+/// Why an MX-resolved address is refused ([`OutboundConfig::refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Inside one of `outbound.deny_networks`.
+    Denied(ipnet::IpNet),
+    /// Inside an always-refused range (loopback, link-local, unspecified) that
+    /// `outbound.allow_networks` does not exempt.
+    Reserved {
+        kind: &'static str,
+        network: ipnet::IpNet,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Denied(net) => write!(f, "in outbound.deny_networks ({net})"),
+            Refusal::Reserved { kind, network } => write!(
+                f,
+                "{kind} ({network}), never used for MX delivery unless in outbound.allow_networks"
+            ),
+        }
+    }
 }
 
 /// Logging.

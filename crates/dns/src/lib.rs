@@ -17,5 +17,6 @@ pub use resolver::{DnsFuture, MxRecord, Resolver};
 pub use setup::{setup_resolver, ResolverSetup, FALLBACK_NAMESERVER};
 pub use static_resolver::StaticResolver;
 pub use targets::{
-    host_targets, mx_targets, Myself, Target, TargetError, MAX_MX_NAMES, MAX_TARGETS,
+    host_targets, mx_targets, mx_targets_checked, AddressCheck, MxTargets, Myself, RefusedTarget,
+    Target, TargetError, MAX_MX_NAMES, MAX_TARGETS,
 };

@@ -10,6 +10,9 @@
 //!   (delivering there would loop); if nothing is left, that is a loop;
 //! - at most [`MAX_MX_NAMES`] names are resolved, concurrently, under one deadline;
 //! - addresses one of our own listeners answers on are dropped (a loop too, if nothing is left);
+//! - addresses the caller's policy refuses ([`mx_targets_checked`]: the relay's loopback,
+//!   link-local and `outbound.deny_networks` rules) are set aside with the reason, and when no
+//!   usable address is left that is a permanent [`TargetError::Refused`];
 //! - at most [`MAX_TARGETS`] addresses are returned, so a domain with dozens of MX records
 //!   cannot keep a worker busy for an hour of connect timeouts.
 
@@ -67,6 +70,36 @@ pub struct Target {
     pub addr: SocketAddr,
 }
 
+/// An address found for a domain that the caller's policy refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedTarget {
+    pub target: Target,
+    /// Says what the address is, e.g. `loopback (127.0.0.0/8)`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for RefusedTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {}[{}] is {}",
+            self.target.name,
+            self.target.addr.ip(),
+            self.reason
+        )
+    }
+}
+
+/// The addresses to try for a domain, and the ones the policy set aside (for the log).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MxTargets {
+    pub usable: Vec<Target>,
+    pub refused: Vec<RefusedTarget>,
+}
+
+/// The policy of [`mx_targets_checked`]: the reason an address must not be used, or `None`.
+pub type AddressCheck<'a> = &'a (dyn Fn(IpAddr) -> Option<String> + Sync);
+
 /// Why a domain has no address to try. The text is what follows a reply code, e.g. the relay
 /// writes `"{code} {enhanced} {error}"` with the codes of [`TargetError::status`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +122,12 @@ pub enum TargetError {
     /// Every address left is one of our own listeners.
     #[error("mail loop: every MX host of {domain} is this server")]
     OwnListener { domain: String },
+    /// Every address found is refused by the caller's policy (never empty).
+    #[error("every address found for {domain} is refused: {}", first_refused(.refused))]
+    Refused {
+        domain: String,
+        refused: Vec<RefusedTarget>,
+    },
     /// SERVFAIL, a timeout, the deadline: try again later.
     #[error("{0}")]
     Temporary(DnsError),
@@ -107,7 +146,9 @@ impl TargetError {
         match self {
             TargetError::NullMx { .. } => (556, "5.1.10"),
             TargetError::NoSuchDomain(_) => (550, "5.1.2"),
-            TargetError::Unroutable(_) | TargetError::NoUsableMx { .. } => (550, "5.4.4"),
+            TargetError::Unroutable(_)
+            | TargetError::NoUsableMx { .. }
+            | TargetError::Refused { .. } => (550, "5.4.4"),
             TargetError::SelfMx { .. } | TargetError::OwnListener { .. } => (554, "5.4.6"),
             TargetError::Temporary(_) => (451, "4.4.3"),
         }
@@ -125,9 +166,16 @@ impl From<DnsError> for TargetError {
     }
 }
 
-/// The addresses to try for mail to `domain` on `port`, most preferred first (rules above).
-/// `deadline` bounds the whole lookup: MX hosts not resolved by then count as temporary
-/// failures, and the ones resolved in time are used.
+fn first_refused(refused: &[RefusedTarget]) -> String {
+    match refused {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+    }
+}
+
+/// The addresses to try for mail to `domain` on `port`, most preferred first (rules above),
+/// with no address policy: [`mx_targets_checked`] with every address allowed.
 pub async fn mx_targets(
     resolver: &dyn Resolver,
     domain: &str,
@@ -135,9 +183,27 @@ pub async fn mx_targets(
     myself: &Myself,
     deadline: Duration,
 ) -> Result<Vec<Target>, TargetError> {
+    mx_targets_checked(resolver, domain, port, myself, &|_| None, deadline)
+        .await
+        .map(|t| t.usable)
+}
+
+/// The addresses to try for mail to `domain` on `port`, most preferred first (rules above).
+/// `refuse` is asked about every address that is not one of our listeners: the refused ones are
+/// returned apart and never count toward [`MAX_TARGETS`]. `deadline` bounds the whole lookup:
+/// MX hosts not resolved by then count as temporary failures, and the ones resolved in time
+/// are used.
+pub async fn mx_targets_checked(
+    resolver: &dyn Resolver,
+    domain: &str,
+    port: u16,
+    myself: &Myself,
+    refuse: AddressCheck<'_>,
+    deadline: Duration,
+) -> Result<MxTargets, TargetError> {
     let until = Instant::now() + deadline;
     if domain.starts_with('[') {
-        return literal_target(domain, port, myself);
+        return literal_target(domain, port, myself, refuse);
     }
     let mx = match tokio::time::timeout_at(until, mx_hosts(resolver, domain)).await {
         Ok(found) => found?,
@@ -152,31 +218,44 @@ pub async fn mx_targets(
         });
     }
     let answers = resolve_all(resolver, &names, until, deadline).await;
-    let mut targets = Vec::new();
+    let mut found = MxTargets::default();
     let mut temporary: Option<DnsError> = None;
     let mut permanent: Option<DnsError> = None;
     for (name, answer) in names.into_iter().zip(answers) {
         match answer {
-            Ok(ips) => targets.extend(
-                ips.into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .filter(|addr| !myself.is_listener(*addr))
-                    .map(|addr| Target {
+            Ok(ips) => {
+                for ip in ips {
+                    let addr = SocketAddr::new(ip, port);
+                    // Our own listener first: that is a loop, whatever the policy says.
+                    if myself.is_listener(addr) {
+                        continue;
+                    }
+                    let target = Target {
                         name: name.clone(),
                         addr,
-                    }),
-            ),
+                    };
+                    match refuse(ip) {
+                        Some(reason) => found.refused.push(RefusedTarget { target, reason }),
+                        None => found.usable.push(target),
+                    }
+                }
+            }
             Err(e) if e.is_temporary() => temporary = Some(e),
             Err(e) => permanent = Some(e),
         }
     }
-    if !targets.is_empty() {
-        targets.truncate(MAX_TARGETS);
-        return Ok(targets);
+    if !found.usable.is_empty() {
+        found.usable.truncate(MAX_TARGETS);
+        return Ok(found);
     }
-    // Only a definite answer for every MX host makes this permanent (RFC 5321 4.5.4.1).
+    // Only a definite answer for every MX host makes this permanent (RFC 5321 4.5.4.1): a host
+    // that could not be resolved now may have a usable address on the next try.
     Err(match (temporary, permanent) {
         (Some(e), _) => TargetError::Temporary(e),
+        (None, _) if !found.refused.is_empty() => TargetError::Refused {
+            domain,
+            refused: found.refused,
+        },
         (None, Some(last)) => TargetError::NoUsableMx { domain, last },
         (None, None) => TargetError::OwnListener { domain },
     })
@@ -200,9 +279,15 @@ pub async fn host_targets(
         .collect())
 }
 
-/// `[192.0.2.1]` or `[IPv6:...]`: that address, unless it is one of ours. A general literal
-/// (`[tag:content]`) names no address tern can reach.
-fn literal_target(domain: &str, port: u16, myself: &Myself) -> Result<Vec<Target>, TargetError> {
+/// `[192.0.2.1]` or `[IPv6:...]`: that address, unless it is one of ours or refused (the
+/// sender chose it, not the operator). A general literal (`[tag:content]`) names no address
+/// tern can reach.
+fn literal_target(
+    domain: &str,
+    port: u16,
+    myself: &Myself,
+    refuse: AddressCheck<'_>,
+) -> Result<MxTargets, TargetError> {
     let ip = match Domain::parse(domain) {
         Ok(Domain::Ipv4(ip)) => IpAddr::V4(ip),
         Ok(Domain::Ipv6(ip)) => IpAddr::V6(ip),
@@ -218,10 +303,20 @@ fn literal_target(domain: &str, port: u16, myself: &Myself) -> Result<Vec<Target
             domain: domain.to_string(),
         });
     }
-    Ok(vec![Target {
+    let target = Target {
         name: ip.to_string(),
         addr,
-    }])
+    };
+    match refuse(ip) {
+        Some(reason) => Err(TargetError::Refused {
+            domain: domain.to_string(),
+            refused: vec![RefusedTarget { target, reason }],
+        }),
+        None => Ok(MxTargets {
+            usable: vec![target],
+            refused: Vec::new(),
+        }),
+    }
 }
 
 /// RFC 5321 5.1: when this host is among the MX hosts, it and every less preferred host are

@@ -311,6 +311,12 @@ impl Connector {
             data_end: o.data_timeout,
             command: o.command_timeout,
         };
+        // Issue 10: a server trickling the body must not hold the attempt for a data-block
+        // timeout per block; routes too (a smarthost crawling is no better).
+        session.min_data_rate = o.min_data_rate.map(|r| tern_client::MinDataRate {
+            bytes_per_sec: r.bytes_per_sec,
+            grace: r.grace,
+        });
         let mut opts = ConnectOptions::new(session);
         // RFC 7435: between MTAs, encryption without authentication beats no encryption; only a
         // route that demands TLS also demands a certificate we can verify.

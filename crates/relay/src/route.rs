@@ -1,13 +1,18 @@
 //! Where mail for a recipient domain goes: a `[routes]` entry (the exact domain, then the `*`
 //! smarthost), else the domain's MX hosts in RFC 5321 5.1 order, each expanded to addresses.
-//! The MX rules themselves (self-MX, own listeners, caps) are `tern_dns::mx_targets`, shared
-//! with `tern send`.
+//! The MX rules themselves (self-MX, own listeners, caps) are `tern_dns::mx_targets_checked`
+//! (`tern send` uses the same rules, without a policy); the relay adds its address policy
+//! (issue 10): an MX-resolved address
+//! in loopback, link-local, unspecified or `outbound.deny_networks` is never connected to,
+//! unless `outbound.allow_networks` exempts it. A route is the operator's own choice and is not
+//! checked.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tern_config::{Config, RouteAuth, TlsPolicy};
-use tern_dns::{host_targets, mx_targets, Myself, Resolver};
+use tern_dns::{host_targets, mx_targets_checked, Myself, RefusedTarget, Resolver, TargetError};
 use tern_queue::RcptOutcome;
 
 use crate::status;
@@ -97,17 +102,39 @@ pub async fn hops(
                 hostname: Some(cfg.hostname.clone()),
                 listeners: cfg.smtp.listen.clone(),
             };
-            mx_targets(
+            let refuse = |ip: IpAddr| cfg.outbound.refusal(ip).map(|r| r.to_string());
+            let found = mx_targets_checked(
                 resolver,
                 domain,
                 cfg.outbound.mx_port,
                 &myself,
+                &refuse,
                 ROUTE_DNS_DEADLINE,
             )
-            .await
+            .await;
+            match &found {
+                Ok(t) => log_refused(domain, &t.refused),
+                Err(TargetError::Refused { refused, .. }) => log_refused(domain, refused),
+                Err(_) => {}
+            }
+            found.map(|t| t.usable)
         }
     };
     found.map_err(|e| status::target_failure(&e))
+}
+
+/// Each refused address, so the operator sees which one and why (the recipient's status names
+/// only the first).
+fn log_refused(domain: &str, refused: &[RefusedTarget]) {
+    for r in refused {
+        tracing::warn!(
+            domain = %domain,
+            host = %r.target.name,
+            addr = %r.target.addr.ip(),
+            reason = %r.reason,
+            "relay: MX address refused"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -174,11 +201,11 @@ mod tests {
         let r = StaticResolver::new()
             .mx("x.test", 20, "b.x.test")
             .mx("x.test", 10, "a.x.test")
-            .ip("a.x.test", "127.0.0.1".parse().unwrap())
-            .ip("b.x.test", "127.0.0.2".parse().unwrap());
+            .ip("a.x.test", "192.0.2.1".parse().unwrap())
+            .ip("b.x.test", "192.0.2.2".parse().unwrap());
         let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
         let addrs: Vec<String> = hops.iter().map(|h| h.addr.to_string()).collect();
-        assert_eq!(addrs, ["127.0.0.1:2626", "127.0.0.2:2626"]);
+        assert_eq!(addrs, ["192.0.2.1:2626", "192.0.2.2:2626"]);
         assert_eq!(hops[0].name, "a.x.test");
     }
 
@@ -188,7 +215,7 @@ mod tests {
         let r = StaticResolver::new()
             .mx("x.test", 10, "gone.x.test")
             .mx("x.test", 20, "b.x.test")
-            .ip("b.x.test", "127.0.0.2".parse().unwrap());
+            .ip("b.x.test", "192.0.2.2".parse().unwrap());
         let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
         assert_eq!(hops.len(), 1);
         assert_eq!(hops[0].name, "b.x.test");
@@ -212,7 +239,7 @@ mod tests {
         let c = cfg("");
         let r = StaticResolver::new()
             .mx("x.test", 10, "MX.self.test")
-            .ip("mx.self.test", "127.0.0.1".parse().unwrap());
+            .ip("mx.self.test", "192.0.2.1".parse().unwrap());
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
         assert_eq!(e.class, RcptClass::Failed);
         assert!(e.reply.to_string().starts_with("554 5.4.6 "), "{}", e.reply);
@@ -225,8 +252,8 @@ mod tests {
             .mx("x.test", 5, "better.x.test")
             .mx("x.test", 10, "mx.self.test")
             .mx("x.test", 20, "backup.x.test")
-            .ip("better.x.test", "127.0.0.3".parse().unwrap())
-            .ip("backup.x.test", "127.0.0.4".parse().unwrap());
+            .ip("better.x.test", "192.0.2.3".parse().unwrap())
+            .ip("backup.x.test", "192.0.2.4".parse().unwrap());
         let hops = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
         assert_eq!(hops.len(), 1);
         assert_eq!(hops[0].name, "better.x.test");
@@ -250,5 +277,67 @@ mod tests {
         let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
         assert_eq!(e.class, RcptClass::Deferred);
         assert!(e.reply.to_string().starts_with("451 4.4.3 "), "{}", e.reply);
+    }
+
+    #[test]
+    fn mx_addresses_in_loopback_are_refused_by_default() {
+        let c = cfg("");
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "lo.x.test")
+            .mx("x.test", 20, "v6.x.test")
+            .ip("lo.x.test", "127.0.0.1".parse().unwrap())
+            .ip("v6.x.test", "::ffff:127.0.0.2".parse().unwrap());
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert_eq!(e.class, RcptClass::Failed);
+        assert_eq!(
+            e.reply.to_string(),
+            "550 5.4.4 every address found for x.test is refused: host lo.x.test[127.0.0.1] is loopback (127.0.0.0/8), never used for MX delivery unless in outbound.allow_networks (and 1 more)"
+        );
+    }
+
+    #[test]
+    fn allow_networks_exempts_and_deny_networks_still_wins() {
+        let c = cfg("allow_networks = [\"127.0.0.0/8\"]\ndeny_networks = [\"127.0.0.2\", \"192.0.2.0/24\"]\n");
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "denied.x.test")
+            .mx("x.test", 20, "lab.x.test")
+            .ip("denied.x.test", "127.0.0.2".parse().unwrap())
+            .ip("denied.x.test", "192.0.2.9".parse().unwrap())
+            .ip("lab.x.test", "127.0.0.3".parse().unwrap());
+        let found = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap();
+        let addrs: Vec<String> = found.iter().map(|h| h.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.3:2626"]);
+
+        let r = StaticResolver::new()
+            .mx("x.test", 10, "denied.x.test")
+            .ip("denied.x.test", "192.0.2.9".parse().unwrap());
+        let e = block_on(hops(&c, &r, &destination(&c, "x.test"))).unwrap_err();
+        assert_eq!(
+            e.reply.to_string(),
+            "550 5.4.4 every address found for x.test is refused: host denied.x.test[192.0.2.9] is in outbound.deny_networks (192.0.2.0/24)"
+        );
+    }
+
+    #[test]
+    fn a_route_to_loopback_is_not_checked() {
+        let c = cfg("deny_networks = [\"127.0.0.0/8\"]\n[routes]\n\"partner.test\" = \"lo.partner.test:2727\"\n\"lit.test\" = \"127.0.0.1:2727\"\n");
+        let r = StaticResolver::new().ip("lo.partner.test", "127.0.0.1".parse().unwrap());
+        for domain in ["partner.test", "lit.test"] {
+            let found = block_on(hops(&c, &r, &destination(&c, domain))).unwrap();
+            assert_eq!(found[0].addr.to_string(), "127.0.0.1:2727", "{domain}");
+        }
+    }
+
+    #[test]
+    fn a_link_local_address_literal_is_refused() {
+        let c = cfg("");
+        let r = StaticResolver::new();
+        let e = block_on(hops(&c, &r, &destination(&c, "[169.254.169.254]"))).unwrap_err();
+        assert_eq!(e.class, RcptClass::Failed);
+        assert!(
+            e.reply.to_string().starts_with("550 5.4.4 every address found for [169.254.169.254] is refused: host 169.254.169.254[169.254.169.254] is link-local (169.254.0.0/16)"),
+            "{}",
+            e.reply
+        );
     }
 }

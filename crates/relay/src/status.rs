@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tern_client::{ClientError, Failure, Outcome, Stage as ClientStage};
-use tern_dns::{DnsError, TargetError};
+use tern_dns::{DnsError, RefusedTarget, TargetError};
 use tern_proto::{EnhancedCode, Reply};
 use tern_queue::{RcptClass, RcptOutcome, Remote, Stage, StoredReply};
 
@@ -122,6 +122,27 @@ pub fn no_address_for_any_mx(domain: &str, error: &str) -> StoredReply {
         4,
         4,
         format!("no usable address for any MX host of {domain}: {error}"),
+    )
+}
+
+/// Every address found for the domain is refused by the outbound address policy (loopback,
+/// link-local, unspecified, `outbound.deny_networks`). RFC 3463 X.4.4 "unable to route": the
+/// directory (DNS) gave no next hop tern may use, and only a DNS or configuration change can
+/// fix that, so permanent like a domain without addresses. Not X.4.6: the address need not be
+/// this host (a mail loop is the listener check, which comes first), and not X.7.x: nothing is
+/// wrong with the sender or the message.
+pub fn addresses_refused(domain: &str, refused: &[RefusedTarget]) -> StoredReply {
+    let detail = match refused {
+        [] => "no address left".to_string(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+    };
+    own(
+        550,
+        5,
+        4,
+        4,
+        format!("every address found for {domain} is refused: {detail}"),
     )
 }
 
@@ -237,8 +258,24 @@ pub fn unexpected_reply(permanent: bool, reply: &str, at: &str, stage: &str) -> 
     }
 }
 
+/// The remote took the message body slower than `outbound.min_data_rate` (after
+/// `outbound.min_data_rate_grace`): the attempt is abandoned and retried, 4.4.2 like any
+/// other timeout (RFC 3463 X.4.2 "bad connection").
+pub fn too_slow(at: &str, error: &str) -> StoredReply {
+    own(
+        451,
+        4,
+        4,
+        2,
+        format!("{at}: {error} (outbound.min_data_rate)"),
+    )
+}
+
 /// A failure that is not a reply (network, timeout, TLS, a message the server cannot take).
 pub fn client_error(at: &str, error: &ClientError, permanent: bool) -> StoredReply {
+    if let ClientError::TooSlow { .. } = error {
+        return too_slow(at, &error.to_string());
+    }
     let (code, class, subject, detail) = match error {
         ClientError::Timeout { .. } => (451, 4, 4, 2),
         ClientError::Io { .. } | ClientError::Closed { .. } => (451, 4, 4, 1),
@@ -278,6 +315,9 @@ pub fn target_failure(e: &TargetError) -> RcptOutcome {
         }
         TargetError::SelfMx { domain, hostname } => RcptOutcome::failed(mx_loop(domain, hostname)),
         TargetError::OwnListener { domain } => RcptOutcome::failed(every_mx_is_self(domain)),
+        TargetError::Refused { domain, refused } => {
+            RcptOutcome::failed(addresses_refused(domain, refused))
+        }
     }
 }
 
@@ -410,6 +450,16 @@ mod tests {
         addr: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
     };
 
+    fn refused(ip: &str) -> RefusedTarget {
+        RefusedTarget {
+            target: tern_dns::Target {
+                name: "mx.remote.test".into(),
+                addr: std::net::SocketAddr::new(ip.parse().unwrap(), 25),
+            },
+            reason: "loopback (127.0.0.0/8), never used for MX delivery unless in outbound.allow_networks".into(),
+        }
+    }
+
     /// The status cells of the docs/queue.md "Statuses tern writes" table.
     fn documented_rows() -> Vec<String> {
         let doc = include_str!("../../../docs/queue.md").replace("\\|", "|");
@@ -483,6 +533,8 @@ mod tests {
             dns_temporary("temporary DNS failure for x.test: SERVFAIL"),
             mx_loop("x.test", "mx.tern.test"),
             every_mx_is_self("x.test"),
+            addresses_refused("x.test", &[refused("127.0.0.1")]),
+            addresses_refused("x.test", &[refused("127.0.0.1"), refused("::1")]),
             received_loop(31, 30),
             gave_up(Duration::from_secs(5 * 86400), &no_host()),
             attempt_timed_out("mx remote.test", Duration::from_secs(1800)),
@@ -505,6 +557,11 @@ mod tests {
             err(ClientError::NeedsSmtpUtf8),
             err(ClientError::Unusable),
             client_error(&at, &ClientError::Unusable, true),
+            err(ClientError::TooSlow {
+                sent: 65536,
+                after: Duration::from_secs(40),
+                min: std::num::NonZeroU64::MIN,
+            }),
         ];
         let mut used = vec![false; rows.len()];
         for s in &statuses {

@@ -279,6 +279,126 @@ fn static_hosts_skip_mx_and_loop_rules() {
     );
 }
 
+/// A policy like the relay's: 127.0.0.0/8 and one documentation address are refused.
+fn no_loopback(ip: IpAddr) -> Option<String> {
+    if ip.is_loopback() {
+        Some("loopback".into())
+    } else if ip == IpAddr::from([192, 0, 2, 66]) {
+        Some("denied".into())
+    } else {
+        None
+    }
+}
+
+fn checked(r: &dyn Resolver, domain: &str, myself: &Myself) -> Result<MxTargets, TargetError> {
+    block_on(mx_targets_checked(
+        r,
+        domain,
+        PORT,
+        myself,
+        &no_loopback,
+        DEADLINE,
+    ))
+}
+
+#[test]
+fn refused_addresses_are_set_aside_and_the_rest_used() {
+    let r = StaticResolver::new()
+        .mx("x.test", 10, "lo.x.test")
+        .mx("x.test", 20, "ok.x.test")
+        .ip("lo.x.test", ip("127.0.0.1"))
+        .ip("ok.x.test", ip("192.0.2.66"))
+        .ip("ok.x.test", ip("192.0.2.7"));
+    let t = checked(&r, "x.test", &Myself::default()).unwrap();
+    assert_eq!(addrs(&t.usable), ["192.0.2.7:2626"]);
+    let refused: Vec<String> = t.refused.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        refused,
+        [
+            "host lo.x.test[127.0.0.1] is loopback",
+            "host ok.x.test[192.0.2.66] is denied"
+        ]
+    );
+}
+
+#[test]
+fn refused_addresses_do_not_use_up_the_ten_targets() {
+    let mut r = StaticResolver::new().mx("x.test", 1, "lo.x.test");
+    for j in 1..=12 {
+        r = r.ip("lo.x.test", ip(&format!("127.0.0.{j}")));
+    }
+    r = r
+        .mx("x.test", 2, "ok.x.test")
+        .ip("ok.x.test", ip("192.0.2.1"));
+    let t = checked(&r, "x.test", &Myself::default()).unwrap();
+    assert_eq!(addrs(&t.usable), ["192.0.2.1:2626"]);
+    assert_eq!(t.refused.len(), 12);
+}
+
+#[test]
+fn every_address_refused_is_a_permanent_5_4_4() {
+    let r = StaticResolver::new()
+        .mx("x.test", 10, "a.x.test")
+        .mx("x.test", 20, "b.x.test")
+        .ip("a.x.test", ip("127.0.0.1"))
+        .ip("b.x.test", ip("::1"));
+    let e = checked(&r, "x.test", &Myself::default()).unwrap_err();
+    assert!(e.is_permanent());
+    assert_eq!(
+        reply(&e),
+        "550 5.4.4 every address found for x.test is refused: host a.x.test[127.0.0.1] is loopback (and 1 more)"
+    );
+    // An MX host without an address beside them changes nothing: still refused.
+    let r = StaticResolver::new()
+        .mx("x.test", 10, "a.x.test")
+        .mx("x.test", 20, "gone.x.test")
+        .ip("a.x.test", ip("127.0.0.1"));
+    let e = checked(&r, "x.test", &Myself::default()).unwrap_err();
+    assert!(matches!(e, TargetError::Refused { .. }), "{e}");
+    // An implicit MX is checked like any other.
+    let r = StaticResolver::new().ip("x.test", ip("127.0.0.1"));
+    let e = checked(&r, "x.test", &Myself::default()).unwrap_err();
+    assert!(matches!(e, TargetError::Refused { .. }), "{e}");
+}
+
+#[test]
+fn a_refused_address_beside_dns_trouble_is_retried() {
+    let r = StaticResolver::new()
+        .mx("x.test", 10, "a.x.test")
+        .mx("x.test", 20, "b.x.test")
+        .ip("a.x.test", ip("127.0.0.1"))
+        .servfail("b.x.test");
+    let e = checked(&r, "x.test", &Myself::default()).unwrap_err();
+    assert!(!e.is_permanent(), "{e}");
+}
+
+#[test]
+fn our_own_listener_stays_a_loop_under_a_policy() {
+    let mine = Myself {
+        hostname: None,
+        listeners: vec!["127.0.0.1:2626".parse().unwrap()],
+    };
+    let r = StaticResolver::new()
+        .mx("x.test", 10, "a.x.test")
+        .ip("a.x.test", ip("127.0.0.1"));
+    let e = checked(&r, "x.test", &mine).unwrap_err();
+    assert!(matches!(e, TargetError::OwnListener { .. }), "{e}");
+    let e = checked(&r, "[127.0.0.1]", &mine).unwrap_err();
+    assert!(matches!(e, TargetError::OwnListener { .. }), "{e}");
+}
+
+#[test]
+fn address_literals_are_checked_too() {
+    let r = StaticResolver::new();
+    let e = checked(&r, "[127.0.0.1]", &Myself::default()).unwrap_err();
+    assert_eq!(
+        reply(&e),
+        "550 5.4.4 every address found for [127.0.0.1] is refused: host 127.0.0.1[127.0.0.1] is loopback"
+    );
+    let t = checked(&r, "[192.0.2.1]", &Myself::default()).unwrap();
+    assert_eq!(addrs(&t.usable), ["192.0.2.1:2626"]);
+}
+
 /// Answers like the static table, after a fixed delay per host name.
 struct Slow {
     table: StaticResolver,
