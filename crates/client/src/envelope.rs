@@ -1,7 +1,7 @@
 //! The envelope (RFC 5321 MAIL FROM / RCPT TO) and what a message needs from the server:
 //! 8BITMIME for 8-bit bytes (RFC 6152), SMTPUTF8 for non-ASCII addresses (RFC 6531).
 
-use tern_proto::{Address, AddressError, ForwardPath, HeaderSection, ReversePath};
+use tern_proto::{Address, AddressError, ForwardPath, HeaderScanner, ReversePath};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -64,21 +64,55 @@ pub struct MessageTraits {
 
 impl MessageTraits {
     pub fn scan(message: &[u8]) -> Self {
-        let header = HeaderSection::find(message);
-        let eight_bit_headers = header.fields().iter().any(|b| *b >= 0x80);
-        let eight_bit = eight_bit_headers || header.body().iter().any(|b| *b >= 0x80);
-        let mut bare_lf = 0u64;
-        let mut prev = 0u8;
-        for &b in message {
-            if b == b'\n' && prev != b'\r' {
-                bare_lf += 1;
-            }
-            prev = b;
+        let mut scanner = TraitsScanner::default();
+        scanner.feed(message);
+        scanner.finish()
+    }
+}
+
+/// [`MessageTraits::scan`] over a message read in pieces (from a spool file): the same result
+/// for any split.
+#[derive(Debug, Default)]
+pub struct TraitsScanner {
+    header: HeaderScanner,
+    len: u64,
+    eight_bit_headers: bool,
+    eight_bit: bool,
+    bare_lf: u64,
+    prev: u8,
+}
+
+impl TraitsScanner {
+    pub fn feed(&mut self, piece: &[u8]) {
+        let start = self.len;
+        self.header.feed(piece);
+        self.len += piece.len() as u64;
+        // The part of this piece inside the header section (the empty line that ends it holds
+        // no 8-bit octet, so counting it changes nothing).
+        let in_header = usize::try_from(self.header.header_len().saturating_sub(start))
+            .map_or(piece.len(), |n| n.min(piece.len()));
+        if !self.eight_bit_headers && piece[..in_header].iter().any(|b| *b >= 0x80) {
+            self.eight_bit_headers = true;
         }
-        Self {
-            eight_bit,
-            eight_bit_headers,
-            wire_size: message.len() as u64 + bare_lf,
+        if !self.eight_bit && piece.iter().any(|b| *b >= 0x80) {
+            self.eight_bit = true;
+        }
+        for lf in memchr::memchr_iter(b'\n', piece) {
+            let before = if lf == 0 { self.prev } else { piece[lf - 1] };
+            if before != b'\r' {
+                self.bare_lf += 1;
+            }
+        }
+        if let Some(&last) = piece.last() {
+            self.prev = last;
+        }
+    }
+
+    pub fn finish(self) -> MessageTraits {
+        MessageTraits {
+            eight_bit: self.eight_bit,
+            eight_bit_headers: self.eight_bit_headers,
+            wire_size: self.len + self.bare_lf,
         }
     }
 }
@@ -86,6 +120,25 @@ impl MessageTraits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traits_in_pieces_match_the_whole() {
+        let messages: [&[u8]; 4] = [
+            b"Subject: caf\xc3\xa9\r\n\r\nbody\nbare\r\n",
+            b"Subject: x\r\n\r\nbody \xff\r\n",
+            b"no header end\n",
+            b"",
+        ];
+        for m in messages {
+            let whole = MessageTraits::scan(m);
+            for cut in 0..=m.len() {
+                let mut s = TraitsScanner::default();
+                s.feed(&m[..cut]);
+                s.feed(&m[cut..]);
+                assert_eq!(s.finish(), whole, "{m:?} cut at {cut}");
+            }
+        }
+    }
 
     #[test]
     fn parse_and_utf8() {

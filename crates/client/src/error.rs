@@ -82,6 +82,9 @@ pub enum ClientError {
     TooBig { size: u64, limit: u64 },
     #[error("the connection is no longer usable")]
     Unusable,
+    /// The message could not be read from where it is kept (the spool file); temporary.
+    #[error("reading the message: {0}")]
+    Source(Arc<io::Error>),
     /// The server took the message body slower than [`crate::MinDataRate`] allows: `sent`
     /// bytes (dot-stuffed, whole blocks written) in `after`.
     #[error("the server took {sent} bytes of the message in {}s, slower than the minimum of {min} bytes/s", after.as_secs())]

@@ -25,7 +25,7 @@ mod scripted;
 mod session_tests;
 
 pub use connect::{connect, connect_first, connect_tcp, ConnectOptions};
-pub use envelope::{Envelope, MessageTraits};
+pub use envelope::{Envelope, MessageTraits, TraitsScanner};
 pub use error::{ClientError, Stage};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
 pub use rate::MinDataRate;
@@ -33,4 +33,5 @@ pub use session::{address_literal, HeloName, NegotiatedTls, Session, SessionOpti
 pub use tern_proto::sasl::Credentials;
 pub use timeouts::Timeouts;
 pub use tls::{load_ca_file, CaFileError, TlsMode, TlsParams};
+pub use transaction::{BodySource, SliceBody, CHUNK};
 pub use transcript::{Direction, TranscriptHook};

@@ -13,7 +13,54 @@ use crate::session::Session;
 use crate::transcript::Direction;
 
 /// Body bytes handed to one write (each write has its own data-block timeout).
-const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
+
+/// Where the bytes of a message come from while it is sent: memory ([`SliceBody`]) or a file
+/// read a piece at a time (the relay's spool), so that sending a large message never needs it
+/// whole in memory.
+pub trait BodySource: Send {
+    /// Octets in the whole message (for progress reports).
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next piece of the message, at most [`CHUNK`] octets; `None` at the end.
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<Option<Vec<u8>>>> + Send;
+}
+
+/// A message in memory as a [`BodySource`].
+pub struct SliceBody<'a> {
+    rest: &'a [u8],
+    len: u64,
+}
+
+impl<'a> SliceBody<'a> {
+    pub fn new(message: &'a [u8]) -> Self {
+        Self {
+            rest: message,
+            len: message.len() as u64,
+        }
+    }
+}
+
+impl BodySource for SliceBody<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let (chunk, rest) = self.rest.split_at(self.rest.len().min(CHUNK));
+        self.rest = rest;
+        Ok(Some(chunk.to_vec()))
+    }
+}
 
 /// When the body started and how much of it (dot-stuffed) is written.
 struct BodyClock {
@@ -45,6 +92,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// its own outcome (network errors and timeouts are temporary failures). Afterwards the
     /// session is ready for the next message if [`Session::is_usable`].
     pub async fn send_message(&mut self, envelope: &Envelope, message: &[u8]) -> Delivery {
+        let traits = MessageTraits::scan(message);
+        self.send_message_from(envelope, traits, &mut SliceBody::new(message))
+            .await
+    }
+
+    /// [`Session::send_message`] for a message read in pieces from `body`, whose `traits` the
+    /// caller measured beforehand (MAIL's SIZE and BODY parameters come before the body).
+    pub async fn send_message_from<B: BodySource>(
+        &mut self,
+        envelope: &Envelope,
+        traits: MessageTraits,
+        body: &mut B,
+    ) -> Delivery {
         let keys: Vec<String> = envelope.rcpts.iter().map(rcpt_key).collect();
         let mut delivery = Delivery {
             per_recipient: Vec::with_capacity(keys.len()),
@@ -53,12 +113,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if keys.is_empty() {
             return delivery;
         }
-        let (rejected, verdict) = match self.prepare(envelope, message) {
+        let (rejected, verdict) = match self.prepare(envelope, traits) {
             Err(e) => (
                 vec![None; keys.len()],
                 Verdict::Failed(Outcome::from_error(e)),
             ),
-            Ok(mail) => self.transact(envelope, mail, message).await,
+            Ok(mail) => self.transact(envelope, mail, body).await,
         };
         if let Verdict::Final(r) = &verdict {
             delivery.data_reply = Some(r.clone());
@@ -76,12 +136,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Decides the MAIL parameters, refusing early what the server can never take.
-    fn prepare(&self, envelope: &Envelope, message: &[u8]) -> Result<Command, ClientError> {
+    fn prepare(&self, envelope: &Envelope, traits: MessageTraits) -> Result<Command, ClientError> {
         if !self.is_usable() {
             return Err(ClientError::Unusable);
         }
         let caps = self.capabilities().cloned().unwrap_or_default();
-        let traits = MessageTraits::scan(message);
         let needs_utf8 = envelope.needs_smtputf8();
         // RFC 6531 3.4: non-ASCII addresses can't be sent to a server without SMTPUTF8.
         if needs_utf8 && !caps.smtputf8 {
@@ -114,11 +173,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         })
     }
 
-    async fn transact(
+    async fn transact<B: BodySource>(
         &mut self,
         envelope: &Envelope,
         mail: Command,
-        message: &[u8],
+        body: &mut B,
     ) -> (Vec<Option<Outcome>>, Verdict) {
         let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
         let n = envelope.rcpts.len();
@@ -227,16 +286,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Verdict::Failed(Outcome::from_reply(Stage::Data, data_reply)),
             );
         }
-        match self.send_body(message).await {
+        match self.send_body(body).await {
             Ok(r) => (rejected, Verdict::Final(r)),
             Err(e) => (rejected, Verdict::Failed(Outcome::from_error(e))),
         }
     }
 
     /// Streams the dot-stuffed message and reads the reply to the final dot.
-    async fn send_body(&mut self, message: &[u8]) -> Result<Reply, ClientError> {
+    async fn send_body<B: BodySource>(&mut self, message: &mut B) -> Result<Reply, ClientError> {
         let t = self.opts.timeouts;
-        let total = message.len() as u64;
+        let total = message.len();
         self.log(
             Direction::Client,
             &format!("<message, {total} octets, dot-stuffed>"),
@@ -245,9 +304,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
         let mut sent = 0u64;
         let mut body = BodyClock::start();
-        for chunk in message.chunks(CHUNK) {
+        loop {
+            let chunk = match message.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // Mid-body: the server cannot be brought back to a clean state but by closing.
+                Err(e) => {
+                    self.broken = true;
+                    return Err(ClientError::Source(std::sync::Arc::new(e)));
+                }
+            };
             out.clear();
-            stuffer.feed(chunk, &mut out);
+            stuffer.feed(&chunk, &mut out);
             self.write_body(&out, &mut body).await?;
             sent += chunk.len() as u64;
             if let Some(p) = self.progress.as_mut() {

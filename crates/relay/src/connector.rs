@@ -21,6 +21,7 @@ use tern_dns::Resolver;
 use tern_proto::{Address, ForwardPath, ReversePath};
 use tern_queue::{RcptOutcome, StoredReply, TlsOutcome};
 
+use crate::message::QueuedMessage;
 use crate::route::{self, Destination, Hop};
 use crate::status::{self, Peer};
 
@@ -64,13 +65,14 @@ impl Connector {
         }
     }
 
-    /// Delivers `message` from `sender` (None = `<>`) to `recipients` at `dest`.
+    /// Delivers `message` (read from the queue as it is sent) from `sender` (None = `<>`) to
+    /// `recipients` at `dest`.
     pub async fn deliver(
         &self,
         dest: &Destination,
         sender: Option<&str>,
         recipients: &[String],
-        message: &[u8],
+        message: &QueuedMessage,
     ) -> AttemptResult {
         let _permits = self.permits(&dest.key).await;
         let mut results: Vec<Option<RcptOutcome>> = vec![None; recipients.len()];
@@ -147,14 +149,17 @@ impl Connector {
         &self,
         dest: &Destination,
         envelope: &ClientEnvelope,
-        message: &[u8],
+        message: &QueuedMessage,
     ) -> Result<(Hop, TlsOutcome, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
         let (mut session, hop) = match self.take_pooled(&dest.key).await {
             Some(p) => (p.session, p.hop),
             None => self.open(dest).await?,
         };
         let tls = tls_outcome(&session);
-        let delivery = session.send_message(envelope, message).await;
+        // Read from the spool a piece at a time, afresh for each attempt.
+        let delivery = session
+            .send_message_from(envelope, message.traits, &mut message.body())
+            .await;
         let outcomes = delivery
             .per_recipient
             .into_iter()

@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod connector;
+pub mod message;
 pub mod notify;
 pub mod round;
 pub mod route;

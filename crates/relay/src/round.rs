@@ -17,6 +17,7 @@ use tern_queue::{
 
 use crate::backoff;
 use crate::connector::Connector;
+use crate::message::QueuedMessage;
 use crate::notify::{DsnKind, Notifier};
 use crate::route;
 use crate::status;
@@ -61,7 +62,8 @@ impl After {
 pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
     let queue = ctx.queue.clone();
     let load_id = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(queue.as_ref(), &load_id)).await;
+    let head_max = head_max(&ctx.cfg);
+    let loaded = tokio::task::spawn_blocking(move || load(queue, &load_id, head_max)).await;
     let (lock, mut env, message) = match loaded {
         Ok(Ok(Loaded::Entry(lock, env, message))) => (lock, *env, message),
         Ok(Ok(Loaded::Busy)) => return After::soon(BUSY_RETRY),
@@ -93,7 +95,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
     // (recipient index, host talked to, TLS outcome of the session, outcome)
     type RoundRow = (usize, Option<String>, Option<TlsOutcome>, RcptOutcome);
     let mut results: Vec<RoundRow> = Vec::with_capacity(due.len());
-    let received = tern_proto::message::HeaderSection::find(&message).received_count();
+    let received = tern_proto::message::HeaderSection::find(&message.head).received_count();
     if received > ctx.cfg.queue.max_received_headers {
         // RFC 5321 6.3: a message that has passed this many hosts is looping.
         let reply = status::received_loop(received, ctx.cfg.queue.max_received_headers);
@@ -218,7 +220,7 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
 
     let ctx2 = ctx.clone();
     let done = tokio::task::spawn_blocking(move || {
-        record(&ctx2, lock, env, &failed_now, warn_delay, &message)
+        record(&ctx2, lock, env, &failed_now, warn_delay, &message.head)
     })
     .await;
     match done {
@@ -294,14 +296,22 @@ fn record(
 }
 
 enum Loaded {
-    Entry(QueueLock, Box<Envelope>, Vec<u8>),
+    Entry(QueueLock, Box<Envelope>, QueuedMessage),
     /// Locked by someone else (a `tern queue` command).
     Busy,
     /// Removed meanwhile.
     Gone,
 }
 
-fn load(queue: &dyn QueueStore, id: &QueueId) -> io::Result<Loaded> {
+/// How much of the message a round keeps: enough for any header section the server accepts
+/// (the loop check and the bounce read it), never the body of a large message.
+fn head_max(cfg: &Config) -> usize {
+    usize::try_from(cfg.limits.max_header_size)
+        .unwrap_or(usize::MAX)
+        .saturating_add(4096)
+}
+
+fn load(queue: Arc<dyn QueueStore>, id: &QueueId, head_max: usize) -> io::Result<Loaded> {
     let lock = match queue.lock(id) {
         Ok(Some(l)) => l,
         Ok(None) => return Ok(Loaded::Busy),
@@ -310,7 +320,7 @@ fn load(queue: &dyn QueueStore, id: &QueueId) -> io::Result<Loaded> {
     };
     // Loaded after locking: an envelope read before could be stale (a flush, a finished round).
     let env = queue.load(id)?;
-    let message = queue.read_message(id)?;
+    let message = QueuedMessage::scan(queue.clone(), &env, head_max)?;
     Ok(Loaded::Entry(lock, Box::new(env), message))
 }
 
