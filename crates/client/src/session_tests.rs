@@ -473,7 +473,7 @@ async fn auth_plain_and_login_are_redacted_in_transcript() {
         steps.extend(script);
         let (io, server) = spawn(steps);
         let mut s = session(io);
-        s.opts.allow_plaintext_auth = true;
+        s.opts.auth_channel = crate::session::AuthChannel::Any;
         let sink = log.clone();
         s.opts.transcript = Some(Arc::new(move |d: Direction, l: &str| {
             sink.lock().unwrap().push(format!("{d} {l}"));
@@ -503,7 +503,7 @@ async fn auth_failure_quotes_reply() {
         Hang,
     ]);
     let mut s = session(io);
-    s.opts.allow_plaintext_auth = true;
+    s.opts.auth_channel = crate::session::AuthChannel::Any;
     s.banner().await.unwrap();
     s.ehlo().await.unwrap();
     let e = s.auth(&creds()).await.unwrap_err();
@@ -524,7 +524,14 @@ async fn starttls_refuses_injected_bytes() {
     let mut s = session(io);
     s.banner().await.unwrap();
     s.ehlo().await.unwrap();
-    let p = crate::tls::TlsParams::new("mx.test", true, &[]).unwrap();
+    let p = crate::tls::TlsParams::new(
+        "mx.test",
+        &crate::tls::CertCheck::WebPki {
+            extra_roots: Vec::new(),
+            unverified: crate::tls::Unverified::Fail,
+        },
+    )
+    .unwrap();
     let e = s.starttls(&p).await.unwrap_err();
     assert!(matches!(e, ClientError::Tls(_)), "{e}");
 }
