@@ -31,7 +31,10 @@ pub use envelope::{Envelope, MessageTraits};
 pub use error::{ClientError, Stage, TlsFailure};
 pub use fingerprint::{CertFingerprint, FingerprintError};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
-pub use session::{address_literal, AuthChannel, HeloName, NegotiatedTls, Session, SessionOptions};
+pub use session::{
+    address_literal, AuthChannel, HeloName, NegotiatedTls, Session, SessionOptions,
+    MAX_BUFFERED_REPLY_BYTES,
+};
 pub use tern_proto::sasl::Credentials;
 pub use timeouts::Timeouts;
 pub use tls::{load_ca_file, CaFileError, CertCheck, CertStatus, TlsMode, TlsParams, Unverified};

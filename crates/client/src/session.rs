@@ -122,6 +122,14 @@ fn tls_note(t: &NegotiatedTls) -> String {
     format!("<TLS {} {}: {cert}>", t.version, t.cipher)
 }
 
+/// How much one read asks the stream for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// The most octets a session ever holds that are not yet a complete reply: the parser refuses an
+/// unterminated line past its 4 KiB line limit, so at most one read more than that is buffered
+/// (the lines of one multi-line reply are capped apart, at `tern_proto::reply::MAX_REPLY_TOTAL`).
+pub const MAX_BUFFERED_REPLY_BYTES: usize = 4096 + READ_SIZE;
+
 /// Called as the message body is written: (bytes of the message sent, total bytes).
 pub type ProgressHook = Box<dyn FnMut(u64, u64) + Send>;
 
@@ -169,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             broken: false,
             progress: None,
             local_addr: None,
-            buf: vec![0; 16 * 1024],
+            buf: vec![0; READ_SIZE],
             tls: None,
             tls_fallback: None,
         }
@@ -207,6 +215,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// cleartext retry that followed it (RFC 7435: deliver in the clear rather than not at all).
     pub fn tls_fallback(&self) -> Option<&str> {
         self.tls_fallback.as_deref()
+    }
+
+    /// Octets received from the server and not yet consumed as a reply; never more than
+    /// [`MAX_BUFFERED_REPLY_BYTES`] (the fuzz target `client_reply` checks it).
+    pub fn buffered_reply_bytes(&self) -> usize {
+        self.parser.buffered()
     }
 
     /// False once the connection can carry no more commands (error, timeout, 421).
