@@ -3,7 +3,9 @@
 
 Layouts: command and address take the raw text; reply and data take one mode byte first
 (limits / max_size and chunking, see fuzz/checks/proto.rs); session takes a mode byte (config,
-listener, TLS, peer) and a chunking byte first (fuzz/checks/session.rs).
+listener, TLS, peer) and a chunking byte first (fuzz/checks/session.rs). client_reply takes a
+mode byte (chunking, AUTH, 8-bit body, UTF-8 recipient, third recipient; fuzz/checks/client.rs)
+and then what the server says; config takes the TOML text (fuzz/checks/config.rs).
 """
 import base64
 import os
@@ -147,6 +149,105 @@ SEEDS = {
         "mail-loop": b"\x00\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@tern.test>\r\nDATA\r\n" + b"Received: x\r\n" * 51 + b"\r\nloop\r\n.\r\nQUIT\r\n",
         "obsolete": b"\x01\x01SEND FROM:<a@b>\r\nTURN\r\nBDAT 1 LAST\r\nHELO\r\nDATA\r\nRCPT TO:<a@tern.test>\r\n",
     },
+}
+
+GREET = b"220 mx.test ESMTP\r\n"
+EHLO_FULL = (b"250-mx.test hello\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+             b"250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n")
+OK = b"250 2.0.0 ok\r\n"
+SEEDS["client_reply"] = {
+    "lockstep-delivered": b"\x00" + GREET + b"250 mx.test\r\n" + OK * 3 + b"354 go\r\n" + OK + b"250 reset\r\n221 bye\r\n",
+    "pipelined-delivered": b"\x01" + GREET + EHLO_FULL + OK * 3 + b"354 go\r\n" + OK + OK + b"221 bye\r\n",
+    "auth-plain": b"\x02" + GREET + EHLO_FULL + b"235 2.7.0 ok\r\n" + OK * 3 + b"354 go\r\n" + OK,
+    "auth-plain-334": b"\x03" + GREET + EHLO_FULL + b"334 \r\n235 ok\r\n" + OK * 3 + b"354 go\r\n" + OK,
+    "auth-login": b"\x02" + GREET + b"250-mx\r\n250 AUTH LOGIN\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 no\r\n",
+    "one-rcpt-rejected": b"\x11" + GREET + EHLO_FULL + OK + b"550 5.1.1 no such user\r\n" + OK + OK + b"354 go\r\n" + OK,
+    "all-rcpts-rejected": b"\x01" + GREET + EHLO_FULL + OK + b"550 5.1.1 a\r\n550 5.1.1 b\r\n554 5.5.1 no valid recipients\r\n",
+    "helo-fallback": b"\x00" + GREET + b"502 5.5.2 what\r\n250 mx.test\r\n" + OK * 3 + b"354 go\r\n" + OK,
+    "banner-554": b"\x00554 5.3.2 go away\r\n221 bye\r\n",
+    "banner-421": b"\x00421 4.3.2 busy\r\n",
+    "421-mid-transaction": b"\x01" + GREET + EHLO_FULL + OK + b"421 4.3.0 shutting down\r\n",
+    "multiline-mismatch": b"\x00" + GREET + b"250-mx\r\n251 other code\r\n",
+    "continuation-forever": b"\x00" + GREET + b"250-" + b"x" * 100 + b"\r\n" + (b"250-" + b"y" * 4000 + b"\r\n") * 20,
+    "too-many-lines": b"\x01" + GREET + b"250-a\r\n" * 300 + b"250 b\r\n",
+    "line-too-long": b"\x00" + GREET + b"250 " + b"z" * 5000 + b"\r\n",
+    "bare-lf-and-garbage": b"\x01220 hi\n250-mx\n250 SIZE\n250 ok\n\x00\xff\r\n",
+    "size-too-small": b"\x00" + GREET + b"250-mx\r\n250 SIZE 10\r\n250 reset\r\n221 bye\r\n",
+    "no-8bitmime": b"\x04" + GREET + b"250 mx\r\n250 reset\r\n",
+    "no-smtputf8": b"\x08" + GREET + b"250-mx\r\n250 8BITMIME\r\n",
+    "data-refused-then-temp": b"\x00" + GREET + b"250 mx\r\n" + OK * 3 + b"451 4.3.0 later\r\n",
+    "final-dot-552": b"\x01" + GREET + EHLO_FULL + OK * 3 + b"354 go\r\n552 5.3.4 too big\r\n",
+    "eof-after-354": b"\x00" + GREET + b"250 mx\r\n" + OK * 3 + b"354 go\r\n",
+    "code-out-of-range": b"\x00" + GREET + b"199 what\r\n650 what\r\n",
+    "empty-ehlo-lines": b"\x01" + GREET + b"250-\r\n250-\r\n250 \r\n" + OK * 3 + b"354 \r\n250\r\n",
+}
+
+SEEDS["config"] = {
+    "empty": b"",
+    "minimal": b'hostname = "mx.example.test"\n',
+    "full": b"""hostname = "mx.example.test"
+data_dir = "/var/lib/tern"
+
+[smtp]
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+bare_line_endings = "reject"
+
+[submission]
+listen = ["127.0.0.1:2587"]
+require_tls_for_auth = true
+enforce_sender = true
+
+[limits]
+max_message_size = "25MiB"
+max_recipients = 100
+command_timeout = "5m"
+data_timeout = "10m"
+max_session_time = "1h"
+
+[local]
+domains = ["example.test", "other.test"]
+qualify_domain = "example.test"
+
+[aliases]
+"postmaster@example.test" = ["root@example.test"]
+"team@example.test" = ["a@example.test", "b@example.test"]
+
+[relay]
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+[routes."partner.test"]
+host = "mx.partner.test"
+port = 2525
+tls = "required"
+
+[queue]
+max_age = "5d"
+retry_schedule = ["1m", "5m", "30m", "2h"]
+delay_warning = "4h"
+
+[outbound]
+mx_port = 25
+concurrency = 10
+tls = "opportunistic"
+connect_timeout = "30s"
+command_timeout = "5m"
+data_timeout = "10m"
+
+[dns]
+nameservers = ["127.0.0.1:53"]
+
+[log]
+level = "info"
+format = "json"
+""",
+    "huge-duration": b'[queue]\nmax_age = "100000000years"\nretry_schedule = ["1000000d"]\n',
+    "zero-port": b'[routes."*"]\nhost = "smarthost.test"\nport = 0\n',
+    "negative-and-types": b"[limits]\nmax_recipients = -1\nmax_message_size = 0\ncommand_timeout = 5\n",
+    "unknown-key": b'hostnam = "typo.test"\n[limts]\nx = 1\n',
+    "bad-syntax": b'hostname = "unterminated\n[smtp\nlisten = [1, 2\n',
+    "auth-route-no-tls": b'[routes."*"]\nhost = "smarthost.test"\nuser = "u"\npassword_file = "/nonexistent/pw"\n',
+    "multibyte-spans": "hostname = \"δοκιμή.test\"\n[limits]\nmax_recipients = \"ωω\"\n".encode(),
+    "users": b'[[users]]\nname = "alice@example.test"\npassword = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"\n',
 }
 
 for target, seeds in SEEDS.items():

@@ -7,9 +7,10 @@ use rustls_pki_types::CertificateDer;
 use tern_proto::sasl::Credentials;
 use tokio::net::TcpStream;
 
-use crate::error::{ClientError, Stage};
+use crate::error::{ClientError, Stage, TlsFailure};
+use crate::fingerprint::CertFingerprint;
 use crate::session::{Session, SessionOptions};
-use crate::tls::{TlsMode, TlsParams};
+use crate::tls::{CertCheck, TlsMode, TlsParams, Unverified};
 use crate::transcript::Direction;
 
 /// Everything `connect` needs besides the address.
@@ -18,10 +19,16 @@ pub struct ConnectOptions {
     pub session: SessionOptions,
     pub tls: TlsMode,
     /// Verify the server certificate (chain and name). The relay turns this off for
-    /// opportunistic STARTTLS to MX hosts (RFC 7435); `tern send` keeps it on.
+    /// opportunistic STARTTLS to MX hosts (RFC 7435); `tern send` keeps it on. Under
+    /// `TlsMode::Opportunistic` a certificate that does not verify leaves the session encrypted
+    /// but unverified (no cleartext retry, no credentials); the other modes fail the handshake.
     pub verify_tls: bool,
     /// CA certificates trusted in addition to the webpki roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Accept exactly the certificate with this SHA-256 fingerprint instead of verifying chain
+    /// and name (`verify_tls` and `extra_roots` are then unused); a mismatch fails the
+    /// handshake in every mode.
+    pub pin: Option<CertFingerprint>,
     pub credentials: Option<Credentials>,
 }
 
@@ -32,7 +39,26 @@ impl ConnectOptions {
             tls: TlsMode::Opportunistic,
             verify_tls: true,
             extra_roots: Vec::new(),
+            pin: None,
             credentials: None,
+        }
+    }
+
+    /// How the server certificate is judged, from `pin`, `verify_tls`, `extra_roots` and `tls`.
+    pub fn cert_check(&self) -> CertCheck {
+        match (self.pin, self.verify_tls) {
+            (Some(pin), _) => CertCheck::Pinned(pin),
+            (None, false) => CertCheck::Any,
+            (None, true) => CertCheck::WebPki {
+                extra_roots: self.extra_roots.clone(),
+                // RFC 7435 (and issue 10): opportunistic TLS never falls back to cleartext over
+                // a certificate; it encrypts without authenticating instead.
+                unverified: if self.tls == TlsMode::Opportunistic {
+                    Unverified::Continue
+                } else {
+                    Unverified::Fail
+                },
+            },
         }
     }
 }
@@ -65,16 +91,16 @@ pub async fn connect(
 ) -> Result<Session<TcpStream>, ClientError> {
     let params = match opts.tls {
         TlsMode::None => None,
-        _ => Some(TlsParams::new(
-            server_name,
-            opts.verify_tls,
-            &opts.extra_roots,
-        )?),
+        _ => Some(TlsParams::new(server_name, &opts.cert_check())?),
     };
     match attempt(addr, opts, params.as_ref(), opts.tls).await {
         // RFC 7435 / RFC 3207 4.1: a failed opportunistic handshake leaves a dead connection;
-        // deliver in the clear on a fresh one rather than not at all.
-        Err(ClientError::Tls(reason)) if opts.tls == TlsMode::Opportunistic => {
+        // deliver in the clear on a fresh one rather than not at all. Only a handshake that
+        // could not be completed: a certificate problem (a pin mismatch; an unverified
+        // certificate only stops a session that has credentials to send) never buys cleartext.
+        Err(ClientError::Tls(TlsFailure::Handshake(reason)))
+            if opts.tls == TlsMode::Opportunistic =>
+        {
             if let Some(t) = &opts.session.transcript {
                 t(
                     Direction::Client,

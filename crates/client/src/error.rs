@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tern_proto::{Reply, ReplyError};
 
+use crate::fingerprint::CertFingerprint;
+
 /// The protocol phase an error or reply belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -67,7 +69,7 @@ pub enum ClientError {
     #[error("{stage} rejected: {reply}")]
     Rejected { stage: Stage, reply: Reply },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(TlsFailure),
     #[error("TLS is required but the server does not offer STARTTLS")]
     TlsUnavailable,
     #[error("refusing to send credentials over an unencrypted connection")]
@@ -93,6 +95,51 @@ pub enum ClientError {
         after: Duration,
         min: std::num::NonZeroU64,
     },
+}
+
+/// What went wrong with TLS. Every kind is temporary (the relay's `451 4.7.5`, `tern send`'s 75:
+/// a certificate gets renewed, a pin gets updated); they differ in what the caller may do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsFailure {
+    /// The handshake could not be completed (no common version or suite, an alert, the
+    /// connection dropped), or was not attempted (bytes injected after the STARTTLS reply).
+    /// Only this kind lets opportunistic TLS retry in cleartext (RFC 7435).
+    #[error("{0}")]
+    Handshake(String),
+    /// The certificate failed verification (chain, name or dates) where it had to pass; in
+    /// rustls's words (`invalid peer certificate: UnknownIssuer`).
+    #[error("{0}")]
+    Certificate(String),
+    /// The certificate is not the pinned one.
+    #[error("the server certificate's SHA-256 fingerprint is {seen}, not the pinned {expected}")]
+    FingerprintMismatch {
+        expected: CertFingerprint,
+        seen: CertFingerprint,
+    },
+    /// Credentials were to be sent over TLS whose certificate did not verify (RFC 7435 allows
+    /// encrypting without authenticating, never handing a password to whoever answered).
+    #[error("the server certificate is not verified ({reason}): refusing to send credentials")]
+    UnverifiedCredentials { reason: String },
+}
+
+impl From<String> for TlsFailure {
+    fn from(s: String) -> Self {
+        TlsFailure::Handshake(s)
+    }
+}
+
+impl From<&str> for TlsFailure {
+    fn from(s: &str) -> Self {
+        TlsFailure::Handshake(s.to_string())
+    }
+}
+
+impl TlsFailure {
+    /// True when the server's certificate (not the handshake) is the problem: trusting its CA
+    /// or pinning it is the fix.
+    pub fn is_certificate(&self) -> bool {
+        !matches!(self, TlsFailure::Handshake(_))
+    }
 }
 
 impl ClientError {

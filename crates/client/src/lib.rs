@@ -8,6 +8,7 @@
 pub mod connect;
 pub mod envelope;
 pub mod error;
+pub mod fingerprint;
 pub mod outcome;
 pub mod rate;
 pub mod session;
@@ -23,15 +24,21 @@ mod proptests;
 mod scripted;
 #[cfg(test)]
 mod session_tests;
+#[cfg(test)]
+mod tls_tests;
 
 pub use connect::{connect, connect_first, connect_tcp, ConnectOptions};
 pub use envelope::{Envelope, MessageTraits, TraitsScanner};
-pub use error::{ClientError, Stage};
+pub use error::{ClientError, Stage, TlsFailure};
+pub use fingerprint::{CertFingerprint, FingerprintError};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};
 pub use rate::MinDataRate;
-pub use session::{address_literal, HeloName, NegotiatedTls, Session, SessionOptions};
+pub use session::{
+    address_literal, AuthChannel, HeloName, NegotiatedTls, Session, SessionOptions,
+    MAX_BUFFERED_REPLY_BYTES,
+};
 pub use tern_proto::sasl::Credentials;
 pub use timeouts::Timeouts;
-pub use tls::{load_ca_file, CaFileError, TlsMode, TlsParams};
+pub use tls::{load_ca_file, CaFileError, CertCheck, CertStatus, TlsMode, TlsParams, Unverified};
 pub use transaction::{BodySource, SliceBody, CHUNK};
 pub use transcript::{Direction, TranscriptHook};

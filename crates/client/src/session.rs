@@ -10,11 +10,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::error::{ClientError, Stage};
+use crate::error::{ClientError, Stage, TlsFailure};
 use crate::rate::MinDataRate;
 use crate::stream::MaybeTls;
 use crate::timeouts::Timeouts;
-use crate::tls::TlsParams;
+use crate::tls::{handshake_failure, CertStatus, TlsParams};
 use crate::transcript::{Direction, TranscriptHook};
 
 /// The name a session gives in EHLO/HELO (RFC 5321 4.1.1.1: a FQDN, or an address literal
@@ -65,14 +65,26 @@ pub fn address_literal(ip: IpAddr) -> String {
     }
 }
 
+/// Which connections may carry credentials. RFC 4954 4 leaves it to the client to require a
+/// protected channel for AUTH; RFC 8314 4.1 and RFC 7817 3 want the server certificate
+/// verified before a password is sent, since encryption alone does not say who is listening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthChannel {
+    /// TLS whose certificate verified (chain and name, or the pinned fingerprint).
+    #[default]
+    VerifiedTls,
+    /// Any connection, cleartext included (an explicit opt-in: `--allow-plaintext-auth`).
+    Any,
+}
+
 /// What every session needs to know, independent of the server.
 #[derive(Clone)]
 pub struct SessionOptions {
     /// Our name in EHLO/HELO.
     pub helo_name: HeloName,
     pub timeouts: Timeouts,
-    /// RFC 4954 4: credentials go over TLS only, unless this is set explicitly.
-    pub allow_plaintext_auth: bool,
+    /// Where credentials may go (default: only over verified TLS).
+    pub auth_channel: AuthChannel,
     pub transcript: Option<TranscriptHook>,
     /// The slowest the server may take a message body; `None`: only the per-write
     /// `timeouts.data_block` applies.
@@ -84,7 +96,7 @@ impl SessionOptions {
         Self {
             helo_name: helo_name.into(),
             timeouts: Timeouts::default(),
-            allow_plaintext_auth: false,
+            auth_channel: AuthChannel::default(),
             transcript: None,
             min_data_rate: None,
         }
@@ -96,11 +108,33 @@ impl std::fmt::Debug for SessionOptions {
         f.debug_struct("SessionOptions")
             .field("helo_name", &self.helo_name)
             .field("timeouts", &self.timeouts)
-            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .field("auth_channel", &self.auth_channel)
             .field("min_data_rate", &self.min_data_rate)
             .finish_non_exhaustive()
     }
 }
+
+/// The transcript's note on a completed handshake: what was negotiated and what is known about
+/// the certificate (`-v` shows whether the password, if any, may follow).
+fn tls_note(t: &NegotiatedTls) -> String {
+    let cert = match &t.certificate {
+        CertStatus::Verified => "certificate verified".to_string(),
+        CertStatus::Pinned => "certificate matches the pinned fingerprint".to_string(),
+        CertStatus::Unverified(reason) => format!(
+            "certificate NOT verified ({reason}); continuing encrypted but unauthenticated (RFC 7435)"
+        ),
+        CertStatus::NotChecked => "certificate not checked".to_string(),
+    };
+    format!("<TLS {} {}: {cert}>", t.version, t.cipher)
+}
+
+/// How much one read asks the stream for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// The most octets a session ever holds that are not yet a complete reply: the parser refuses an
+/// unterminated line past its 4 KiB line limit, so at most one read more than that is buffered
+/// (the lines of one multi-line reply are capped apart, at `tern_proto::reply::MAX_REPLY_TOTAL`).
+pub const MAX_BUFFERED_REPLY_BYTES: usize = 4096 + READ_SIZE;
 
 /// Called as the message body is written: (bytes of the message sent, total bytes).
 pub type ProgressHook = Box<dyn FnMut(u64, u64) + Send>;
@@ -131,9 +165,11 @@ pub struct NegotiatedTls {
     pub version: String,
     /// `TLS13_AES_256_GCM_SHA384`, ...
     pub cipher: String,
-    /// The server certificate's chain and name were verified (false under opportunistic
-    /// TLS, RFC 7435, where any certificate is accepted).
+    /// The server certificate was verified or matched the pin: `certificate.is_verified()`
+    /// (false under opportunistic TLS, RFC 7435, when it did not verify or was not checked).
     pub verified: bool,
+    /// What is known about the server certificate, and why it does not count as verified.
+    pub certificate: CertStatus,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -147,7 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             broken: false,
             progress: None,
             local_addr: None,
-            buf: vec![0; 16 * 1024],
+            buf: vec![0; READ_SIZE],
             tls: None,
             tls_fallback: None,
         }
@@ -185,6 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// cleartext retry that followed it (RFC 7435: deliver in the clear rather than not at all).
     pub fn tls_fallback(&self) -> Option<&str> {
         self.tls_fallback.as_deref()
+    }
+
+    /// Octets received from the server and not yet consumed as a reply; never more than
+    /// [`MAX_BUFFERED_REPLY_BYTES`] (the fuzz target `client_reply` checks it).
+    pub fn buffered_reply_bytes(&self) -> usize {
+        self.parser.buffered()
     }
 
     /// False once the connection can carry no more commands (error, timeout, 421).
@@ -369,21 +411,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match tokio::time::timeout(self.opts.timeouts.connect, handshake).await {
             Ok(Ok(tls)) => {
                 let conn = tls.get_ref().1;
-                self.tls = Some(NegotiatedTls {
+                let certificate = params.judge(conn.peer_certificates());
+                let negotiated = NegotiatedTls {
                     version: conn
                         .protocol_version()
                         .map_or_else(|| "unknown".to_string(), |v| format!("{v:?}")),
                     cipher: conn
                         .negotiated_cipher_suite()
                         .map_or_else(|| "unknown".to_string(), |c| format!("{:?}", c.suite())),
-                    verified: params.verify,
-                });
+                    verified: certificate.is_verified(),
+                    certificate,
+                };
+                self.log(Direction::Client, &tls_note(&negotiated));
+                self.tls = Some(negotiated);
                 self.stream = MaybeTls::Tls(Box::new(tls));
                 Ok(())
             }
             Ok(Err(e)) => {
                 self.broken = true;
-                Err(ClientError::Tls(e.to_string()))
+                Err(ClientError::Tls(handshake_failure(&e)))
             }
             Err(_) => {
                 self.broken = true;
@@ -426,8 +472,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// AUTH PLAIN (preferred) or LOGIN, whichever the server offers (RFC 4954, RFC 4616).
     pub async fn auth(&mut self, creds: &Credentials) -> Result<Reply, ClientError> {
-        if !self.is_tls() && !self.opts.allow_plaintext_auth {
-            return Err(ClientError::PlaintextAuth);
+        if self.opts.auth_channel == AuthChannel::VerifiedTls {
+            match self.tls().map(|t| t.certificate.unverified_reason()) {
+                None => return Err(ClientError::PlaintextAuth),
+                Some(Some(reason)) => {
+                    return Err(ClientError::Tls(TlsFailure::UnverifiedCredentials {
+                        reason: reason.to_string(),
+                    }))
+                }
+                Some(None) => {}
+            }
         }
         let caps = self.caps.clone().unwrap_or_default();
         let t = self.opts.timeouts.command;

@@ -119,6 +119,36 @@ async fn helo_fallback_and_lockstep() {
     assert_eq!(d.worst(), OutcomeClass::Temporary);
 }
 
+/// Fuzz finding (client_reply): a DATA answered with 250 instead of 354 counted every recipient
+/// as delivered although no byte of the message was sent. Now it is a temporary failure, and
+/// the session resets instead of sending the body.
+#[tokio::test]
+async fn data_answered_250_is_no_delivery() {
+    let (io, server) = spawn(vec![
+        Send("220 mx\r\n"),
+        Expect("EHLO"),
+        Send("250 mx\r\n"),
+        Expect("MAIL"),
+        Send("250 ok\r\n"),
+        Expect("RCPT"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("250 2.0.0 sure\r\n"),
+        Expect("RSET"),
+        Send("250 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    let rec = server.await.unwrap();
+    assert_eq!(d.per_recipient[0].1.class(), OutcomeClass::Temporary);
+    assert_eq!(d.per_recipient[0].1.reply().unwrap().code(), 250);
+    assert!(d.data_reply.is_none());
+    assert!(rec.messages.is_empty());
+    assert!(s.is_usable());
+}
+
 #[tokio::test]
 async fn mail_rejected_fails_every_recipient_and_resets() {
     let (io, server) = spawn(vec![
@@ -473,7 +503,7 @@ async fn auth_plain_and_login_are_redacted_in_transcript() {
         steps.extend(script);
         let (io, server) = spawn(steps);
         let mut s = session(io);
-        s.opts.allow_plaintext_auth = true;
+        s.opts.auth_channel = crate::session::AuthChannel::Any;
         let sink = log.clone();
         s.opts.transcript = Some(Arc::new(move |d: Direction, l: &str| {
             sink.lock().unwrap().push(format!("{d} {l}"));
@@ -503,7 +533,7 @@ async fn auth_failure_quotes_reply() {
         Hang,
     ]);
     let mut s = session(io);
-    s.opts.allow_plaintext_auth = true;
+    s.opts.auth_channel = crate::session::AuthChannel::Any;
     s.banner().await.unwrap();
     s.ehlo().await.unwrap();
     let e = s.auth(&creds()).await.unwrap_err();
@@ -524,7 +554,14 @@ async fn starttls_refuses_injected_bytes() {
     let mut s = session(io);
     s.banner().await.unwrap();
     s.ehlo().await.unwrap();
-    let p = crate::tls::TlsParams::new("mx.test", true, &[]).unwrap();
+    let p = crate::tls::TlsParams::new(
+        "mx.test",
+        &crate::tls::CertCheck::WebPki {
+            extra_roots: Vec::new(),
+            unverified: crate::tls::Unverified::Fail,
+        },
+    )
+    .unwrap();
     let e = s.starttls(&p).await.unwrap_err();
     assert!(matches!(e, ClientError::Tls(_)), "{e}");
 }

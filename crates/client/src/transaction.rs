@@ -2,13 +2,13 @@
 //! offers, then MAIL / RCPT... / DATA (one RFC 2920 group when PIPELINING is offered, lock-step
 //! otherwise), the dot-stuffed body, and one outcome per recipient.
 
-use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply};
+use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply, Severity};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::envelope::{rcpt_key, Envelope, MessageTraits};
 use crate::error::{ClientError, Stage};
-use crate::outcome::{Delivery, Outcome};
+use crate::outcome::{Delivery, Failure, Outcome};
 use crate::session::Session;
 use crate::transcript::Direction;
 
@@ -281,10 +281,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if data_reply.code() != 354 {
             self.reset_after_failure().await;
-            return (
-                rejected,
-                Verdict::Failed(Outcome::from_reply(Stage::Data, data_reply)),
-            );
+            // RFC 5321 4.3.2: DATA succeeds only with 354. A 2xx here is no acceptance: no
+            // byte of the message was sent (found by the `client_reply` fuzz target; taken as
+            // a 250, the message counted as delivered and was lost). Any other non-5xx reply
+            // is temporary, as `from_reply` has it.
+            let outcome = match data_reply.severity() {
+                Severity::Positive => Outcome::TemporaryFailure(Failure::Reply {
+                    stage: Stage::Data,
+                    reply: data_reply,
+                }),
+                _ => Outcome::from_reply(Stage::Data, data_reply),
+            };
+            return (rejected, Verdict::Failed(outcome));
         }
         match self.send_body(body).await {
             Ok(r) => (rejected, Verdict::Final(r)),

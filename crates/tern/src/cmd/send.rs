@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tern_client::{
-    load_ca_file, ConnectOptions, Credentials, Direction, HeloName, SessionOptions, Timeouts,
-    TlsMode,
+    load_ca_file, AuthChannel, CertFingerprint, ConnectOptions, Credentials, Direction, HeloName,
+    SessionOptions, Timeouts, TlsMode,
 };
 use tern_dns::{setup_resolver, Resolver};
 use tern_proto::Address;
@@ -81,16 +81,23 @@ pub struct SendArgs {
     /// Trust this CA certificate (PEM) in addition to the system roots.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Accept exactly the server certificate with this SHA-256 fingerprint (hex, colons
+    /// optional, e.g. from `openssl x509 -noout -fingerprint -sha256`), for a self-signed server;
+    /// chain and name are then not checked.
+    #[arg(long, value_name = "SHA256")]
+    pub tls_fingerprint: Option<String>,
     /// Do not verify the server certificate (encryption without authentication).
     #[arg(long)]
     pub insecure: bool,
-    /// AUTH user name (PLAIN or LOGIN; only over TLS unless --allow-plaintext-auth).
+    /// AUTH user name (PLAIN or LOGIN; only over TLS whose certificate verifies, unless
+    /// --allow-plaintext-auth).
     #[arg(long, requires = "password_file")]
     pub user: Option<String>,
     /// File holding the AUTH password (first line).
     #[arg(long, value_name = "FILE", requires = "user")]
     pub password_file: Option<PathBuf>,
-    /// Allow AUTH over an unencrypted connection.
+    /// Allow AUTH where the password is not protected: without TLS, or over TLS whose
+    /// certificate does not verify.
     #[arg(long)]
     pub allow_plaintext_auth: bool,
     /// Cap every SMTP timeout (connect, greeting, each command, data) at this, e.g. 30s.
@@ -197,13 +204,7 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
         .map(|h| message::parse_header_arg(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Early(exit::USAGE, e))?;
-    if args.tls == TlsArg::None && args.user.is_some() && !args.allow_plaintext_auth {
-        return Err(Early(
-            exit::USAGE,
-            "--user with --tls none would send the password in the clear; add --allow-plaintext-auth"
-                .into(),
-        ));
-    }
+    let pin = tls_policy(args)?;
 
     // Every input file before any network traffic: nothing is half-sent for a missing file.
     let mut attachments = Vec::new();
@@ -312,19 +313,24 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
     };
     let mut session = SessionOptions::new(helo);
     session.timeouts = args.timeout.map(Timeouts::capped).unwrap_or_default();
-    session.allow_plaintext_auth = args.allow_plaintext_auth;
+    session.auth_channel = if args.allow_plaintext_auth {
+        AuthChannel::Any
+    } else {
+        AuthChannel::VerifiedTls
+    };
     if args.verbose {
         session.transcript = Some(Arc::new(|d: Direction, line: &str| eprintln!("{d} {line}")));
     }
     let mut opts = ConnectOptions::new(session);
     opts.tls = tls;
     opts.extra_roots = extra_roots;
+    opts.pin = pin;
     opts.credentials = credentials;
-    // RFC 7435: opportunistic STARTTLS straight to MX hosts encrypts without authenticating
-    // (MX certificates are often self-signed); a chosen server, required or implicit TLS verify.
-    let mx_opportunistic =
-        args.server.is_none() && tls == TlsMode::Opportunistic && args.tls_ca.is_none();
-    opts.verify_tls = !(args.insecure || mx_opportunistic);
+    // The certificate is always checked unless --insecure. Under opportunistic STARTTLS one
+    // that does not verify leaves the session encrypted but unauthenticated (RFC 7435; MX
+    // certificates are often self-signed), never cleartext, and carries no password;
+    // required and implicit TLS fail instead (tern_client::ConnectOptions::cert_check).
+    opts.verify_tls = !args.insecure;
     Ok(Job {
         route,
         opts,
@@ -334,6 +340,54 @@ fn prepare(args: &SendArgs) -> Result<Job, Early> {
         dry_run: args.dry_run,
     })
 }
+
+/// Checks the TLS flags against each other before anything is read or sent, and parses
+/// `--tls-fingerprint`. Credentials go only where the certificate can be verified (issue 10,
+/// RFC 8314 4.1): with `--tls none` or `--insecure` nothing could verify it, so `--user` is a
+/// usage error there unless `--allow-plaintext-auth` says the password may go unprotected.
+fn tls_policy(args: &SendArgs) -> Result<Option<CertFingerprint>, Early> {
+    let usage = |msg: String| Err(Early(exit::USAGE, msg));
+    if args.user.is_some() && !args.allow_plaintext_auth {
+        if args.tls == TlsArg::None {
+            return usage(
+                "--user with --tls none would send the password in the clear; use --tls required \
+                 (or implicit) so the server is verified, or add --allow-plaintext-auth"
+                    .into(),
+            );
+        }
+        if args.insecure {
+            return usage(format!(
+                "--user with --insecure would send the password to a server whose certificate is \
+                 not verified; drop --insecure and {VERIFY_HINT}, or add --allow-plaintext-auth"
+            ));
+        }
+    }
+    let Some(text) = &args.tls_fingerprint else {
+        return Ok(None);
+    };
+    for (given, flag) in [
+        (args.tls_ca.is_some(), "--tls-ca"),
+        (args.insecure, "--insecure"),
+        (args.tls == TlsArg::None, "--tls none"),
+    ] {
+        if given {
+            return usage(format!(
+                "--tls-fingerprint and {flag} do not go together: a pinned certificate is \
+                 accepted by its fingerprint alone; give one of them"
+            ));
+        }
+    }
+    CertFingerprint::parse(text).map(Some).map_err(|e| {
+        Early(
+            exit::USAGE,
+            format!("invalid --tls-fingerprint {text:?}: {e}"),
+        )
+    })
+}
+
+/// How to make a server's certificate verify, for the messages that refuse an unverified one.
+pub(crate) const VERIFY_HINT: &str = "trust its CA with --tls-ca FILE or pin its certificate \
+    with --tls-fingerprint SHA256 (openssl x509 -noout -fingerprint -sha256 -in CERT)";
 
 /// The resolver for MX delivery: `$TERN_NAMESERVER` or the system configuration.
 fn resolver() -> Result<Arc<dyn Resolver>, Early> {

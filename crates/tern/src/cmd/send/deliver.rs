@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tern_client::{connect_first, ConnectOptions, Envelope, Outcome, Session};
+use tern_client::{
+    connect_first, ClientError, ConnectOptions, Envelope, Outcome, Session, TlsFailure,
+};
 use tern_dns::{mx_targets, Myself, Resolver, Target};
 use tern_proto::Address;
 use tokio::net::TcpStream;
@@ -119,16 +121,38 @@ async fn try_targets(
                         name: &t.name,
                         addr: Some(t.addr.ip()),
                     };
+                    let fix = fix_for(&e);
                     // Not `session_failure`: that defers a route's AUTH trouble for the relay
                     // to retry, while a wrong password given to `tern send` is final.
-                    Some((
-                        t.name.clone(),
-                        status::rcpt_outcome(peer, Outcome::from_error(e)),
-                    ))
+                    let mut outcome = status::rcpt_outcome(peer, Outcome::from_error(e));
+                    if let Some(fix) = fix {
+                        let text = format!("{}; {fix}", outcome.reply.text());
+                        outcome.reply = outcome.reply.with_text(text);
+                    }
+                    Some((t.name.clone(), outcome))
                 })
                 .collect();
             fail_all(rcpts, status::connect_failure(failures).1)
         }
+    }
+}
+
+/// What the user can do about a failure that is `tern send`'s own policy rather than the
+/// server's answer: a certificate that did not verify (or would carry a password unverified)
+/// names the flags that make it verify.
+fn fix_for(e: &ClientError) -> Option<String> {
+    match e {
+        ClientError::Tls(t)
+            if t.is_certificate() && !matches!(t, TlsFailure::FingerprintMismatch { .. }) =>
+        {
+            Some(format!("to verify this server, {}", super::VERIFY_HINT))
+        }
+        ClientError::PlaintextAuth => Some(
+            "the server offered no usable STARTTLS; use --tls implicit if it listens for TLS \
+             (port 465), or add --allow-plaintext-auth to send the password in the clear"
+                .into(),
+        ),
+        _ => None,
     }
 }
 

@@ -37,7 +37,9 @@ Exit codes:
   65  input that cannot be sent (body not UTF-8)
   66  a body, HTML or attachment file is missing or unreadable
   69  permanent failure for at least one recipient (5xx reply, no such domain, null MX, too big)
-  75  temporary failure for at least one recipient (4xx reply, network error, timeout, DNS failure)
+  75  temporary failure for at least one recipient (4xx reply, network error, timeout, DNS failure,
+      TLS failure: a certificate that does not verify, a --tls-fingerprint mismatch, or --user
+      refused because the certificate did not verify)
 When some recipients are accepted and others not, one line per recipient is printed and the exit
 code is that of the worst outcome (69 over 75 over 0).
 
