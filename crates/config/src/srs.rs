@@ -71,7 +71,11 @@ impl SrsSecrets {
 // Hand-written so a stray `{:?}` of the configuration never logs a secret.
 impl fmt::Debug for SrsSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SrsSecrets({} keys, redacted)", 1 + self.verify_only.len())
+        write!(
+            f,
+            "SrsSecrets({} keys, redacted)",
+            1 + self.verify_only.len()
+        )
     }
 }
 
@@ -239,7 +243,10 @@ mod tests {
         ))
         .unwrap();
         let srs = cfg.srs.unwrap();
-        assert_eq!(srs.domain, "mx.tern.test", "the domain defaults to the hostname");
+        assert_eq!(
+            srs.domain, "mx.tern.test",
+            "the domain defaults to the hostname"
+        );
         assert_eq!(srs.max_age_days, 21);
         assert_eq!(srs.secrets.signing(), b"first-secret-0123456789");
         let all: Vec<&[u8]> = srs.secrets.all().collect();
@@ -259,7 +266,10 @@ mod tests {
         ))
         .unwrap();
         let srs = cfg.srs.unwrap();
-        assert_eq!((srs.domain.as_str(), srs.max_age_days), ("fwd.tern.test", 7));
+        assert_eq!(
+            (srs.domain.as_str(), srs.max_age_days),
+            ("fwd.tern.test", 7)
+        );
     }
 
     #[test]
@@ -272,7 +282,11 @@ mod tests {
         );
         rejects(
             "[srs]\nsecret_file = \"/nonexistent/srs.secret\"\n",
-            &["srs.secret_file", "cannot read", "tern srs keygen --out /nonexistent/srs.secret"],
+            &[
+                "srs.secret_file",
+                "cannot read",
+                "tern srs keygen --out /nonexistent/srs.secret",
+            ],
         );
         let short = dir.path().join("short");
         std::fs::write(&short, "long-enough-secret-123\nshort\n").unwrap();
