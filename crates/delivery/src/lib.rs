@@ -6,6 +6,7 @@
 //! [`dsn`] builds RFC 3464 delivery status notifications.
 
 pub mod dsn;
+mod forward;
 pub mod intake;
 pub mod local;
 pub mod mailbox_cap;

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{constant_time, hmac};
 use base64::Engine;
-use tern_config::SrsConfig;
+use tern_config::{Config, SrsConfig};
 use tern_proto::{Address, Domain};
 
 /// Characters of the base64 hash kept in an address (libsrs2's default hash length).
@@ -210,6 +210,21 @@ impl<'a> Srs<'a> {
             Err(Invalid::BadHash)
         }
     }
+}
+
+/// The envelope sender for the copies a local alias forwards off-host, when it changes: the
+/// SRS address of `sender`. `None` keeps the sender as it is: SRS is off (no `srs.secret_file`),
+/// the sender is null (RFC 5321 4.5.5: a bounce has none, and none is made up for it), it is in
+/// one of our local domains or the SRS domain (their SPF records already name us), or it cannot
+/// be rewritten ([`Srs::forward`]).
+pub fn forwarded_sender(cfg: &Config, sender: Option<&str>, day: Day) -> Option<String> {
+    let srs = Srs::new(cfg.srs.as_ref()?);
+    let sender = Address::parse(sender?).ok()?;
+    let domain = sender.domain().normalized();
+    if cfg.is_local_domain(&domain) || domain == srs.domain() {
+        return None;
+    }
+    srs.forward(&sender, day).map(|a| a.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
