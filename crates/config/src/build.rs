@@ -185,6 +185,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let log = log(&mut v, &raw);
     let dkim = dkim(&mut v, &raw);
     let checks = checks(&raw);
+    let srs = crate::srs::srs(&mut v, &raw, &hostname);
 
     v.finish()?;
     Ok(Config {
@@ -206,6 +207,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         log,
         dkim,
         checks,
+        srs,
         source: Some(origin.to_path_buf()),
     })
 }
@@ -229,7 +231,7 @@ fn flag(value: &Option<Spanned<bool>>, default: bool) -> bool {
 }
 
 /// A domain name, normalized (lower-case, no trailing dot); `None` (and an issue) when invalid.
-fn domain_name(v: &mut Issues, value: &Spanned<String>, key: &str) -> Option<String> {
+pub(crate) fn domain_name(v: &mut Issues, value: &Spanned<String>, key: &str) -> Option<String> {
     let name = normalize_domain(value.get_ref().trim());
     if is_domain(&name) {
         return Some(name);
@@ -530,7 +532,7 @@ fn dkim_headers(
     ok.then_some(headers)
 }
 
-fn file_fix(error: &std::io::Error) -> &'static str {
+pub(crate) fn file_fix(error: &std::io::Error) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::NotFound => {
             "correct the path or create the file (relative paths are relative to the current directory)"

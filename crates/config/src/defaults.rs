@@ -329,6 +329,10 @@ pub(crate) fn checks() -> ChecksConfig {
     CHECKS
 }
 
+/// `srs.max_age`: 21 days, as libsrs2 and postsrsd: long past any queue's lifetime (RFC 5321
+/// 4.5.4.1 suggests 4-5 days), so a bounce that arrives at all still finds its way back.
+pub const SRS_MAX_AGE_DAYS: u16 = 21;
+
 /// The configuration used when no file is given: see `Config::defaults`.
 pub(crate) fn config() -> Config {
     let hostname = hostname();
@@ -360,6 +364,7 @@ pub(crate) fn config() -> Config {
         log: log(),
         dkim: Vec::new(),
         checks: checks(),
+        srs: None,
         source: None,
         hostname,
     }

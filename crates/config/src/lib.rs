@@ -15,11 +15,13 @@ mod load;
 mod password;
 mod query;
 mod raw;
+mod srs;
 mod types;
 mod values;
 
 pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
+pub use srs::{SrsConfig, SrsSecrets, MAX_AGE_DAYS_CAP, MIN_SECRET_LEN};
 pub use types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
     LocalConfig, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,

@@ -34,6 +34,7 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     pub dkim: Vec<Spanned<RawDkim>>,
     pub checks: RawChecks,
+    pub srs: RawSrs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +139,15 @@ pub(crate) struct RawChecks {
     pub arc: Flag,
     pub dmarc_reject: Flag,
     pub spf_fail_reject: Flag,
+}
+
+/// `[srs]`: the Sender Rewriting Scheme for forwarded mail.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSrs {
+    pub secret_file: Text,
+    pub domain: Text,
+    pub max_age: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,6 +38,8 @@ pub struct Config {
     pub dkim: Vec<DkimConfig>,
     /// `[checks]`: what inbound mail on port 25 is verified for, and which failures are refused.
     pub checks: ChecksConfig,
+    /// `[srs]`: the Sender Rewriting Scheme for mail forwarded off-host; `None` = off (no secret).
+    pub srs: Option<crate::SrsConfig>,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tern_config::{Config, LogFormat, TlsPolicy};
 
-/// Writes stand-in PEM files and a password file, and points the example's paths at them.
+/// Writes stand-in PEM files, a password file and an SRS secret, and points the example's paths at them.
 fn with_files(text: &str, dir: &Path) -> anyhow::Result<String> {
     let cert = dir.join("fullchain.pem");
     let key = dir.join("key.pem");
@@ -20,7 +20,10 @@ fn with_files(text: &str, dir: &Path) -> anyhow::Result<String> {
         "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
     )?;
     std::fs::write(&pw, "relay-secret\n")?;
+    let srs = dir.join("srs.secret");
+    std::fs::write(&srs, "an-srs-secret-of-enough-length\n")?;
     Ok(text
+        .replace("/etc/tern/srs.secret", &srs.display().to_string())
         .replace("/etc/tern/fullchain.pem", &cert.display().to_string())
         .replace("/etc/tern/key.pem", &key.display().to_string())
         .replace("/etc/tern/relay-password", &pw.display().to_string()))

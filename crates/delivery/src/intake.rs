@@ -18,6 +18,9 @@ use tern_queue::{
     Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
 };
 
+use tern_config::Config;
+
+use crate::forward;
 use crate::local::LocalDelivery;
 use crate::router::Target;
 
@@ -69,6 +72,9 @@ pub struct Intake {
     queue: Arc<dyn QueueStore>,
     local: Arc<LocalDelivery>,
     signer: Arc<Signer>,
+    /// The configuration whose `[srs]` rewrites the sender of forwarded copies
+    /// ([`crate::forward`]); `None` keeps every sender.
+    srs: Option<Arc<Config>>,
 }
 
 impl Intake {
@@ -78,6 +84,7 @@ impl Intake {
             queue,
             local: Arc::new(local),
             signer: Arc::new(Signer::default()),
+            srs: None,
         }
     }
 
@@ -86,9 +93,25 @@ impl Intake {
         Self { signer, ..self }
     }
 
+    /// Gives copies that local aliases forward off-host the SRS sender of `cfg.srs`.
+    pub fn with_srs(self, cfg: Arc<Config>) -> Self {
+        Self {
+            srs: Some(cfg),
+            ..self
+        }
+    }
+
     /// [`MessageStore::store`] without the async wrapper (blocking I/O).
     pub fn store_blocking(&self, acc: &Accepted, body: MessageBody) -> Result<(), StoreError> {
-        store_blocking(self.queue.as_ref(), &self.local, &self.signer, acc, body)
+        let srs = self.srs.as_deref();
+        store_blocking(
+            self.queue.as_ref(),
+            &self.local,
+            &self.signer,
+            srs,
+            acc,
+            body,
+        )
     }
 }
 
@@ -97,8 +120,10 @@ impl MessageStore for Intake {
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();
+        let srs = self.srs.clone();
         tokio::task::spawn_blocking(move || {
-            store_blocking(queue.as_ref(), &local, &signer, &accepted, body)
+            let srs = srs.as_deref();
+            store_blocking(queue.as_ref(), &local, &signer, srs, &accepted, body)
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
@@ -115,6 +140,7 @@ fn store_blocking(
     queue: &dyn QueueStore,
     local: &LocalDelivery,
     signer: &Signer,
+    srs: Option<&Config>,
     acc: &Accepted,
     body: MessageBody,
 ) -> Result<(), StoreError> {
@@ -143,7 +169,7 @@ fn store_blocking(
             .id
             .parse()
             .map_err(|_| StoreError::Permanent(format!("invalid queue id {}", acc.id)))?;
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             id,
             sender: acc.sender.clone(),
             recipients: remotes
@@ -165,8 +191,11 @@ fn store_blocking(
             delay_warned: false,
             attempts_log: Vec::new(),
         };
-        // On failure `delivered` drops here and takes the local copies back: the client gets
-        // a 4xx and retries the whole message.
+        // Forwarded copies with an SRS sender become an entry of their own, committed first.
+        let forwarded = forward::split_off(srs, &mut envelope);
+        let forwarded = forward::commit_extra(queue, forwarded, &trace, &body)?;
+        // On failure `delivered` (and `forwarded`) drop here and take the local copies back:
+        // the client gets a 4xx and retries the whole message.
         let committed = match body {
             MessageBody::Memory(bytes) => {
                 queue.commit_parts(&envelope, &[trace.as_bytes(), &bytes])
@@ -181,6 +210,7 @@ fn store_blocking(
             ),
         };
         committed.map_err(|e| StoreError::from_io("queue commit", &e))?;
+        forwarded.keep();
     }
     delivered.keep();
     Ok(())

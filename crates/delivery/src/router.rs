@@ -5,11 +5,15 @@
 //! The domain of the parsed address alone decides routing; decorations in the local part
 //! (`user%other@local`, `"user@other"@local`, `other!user@local`) stay local (RFC 5321 3.6.1
 //! leaves source-routing by local part to the receiver, and tern never does it).
+//! The one exception is our own SRS addresses (`[srs]`, [`crate::srs`]): they are routed to the
+//! address they encode once their hash and age check out.
 
 use std::collections::HashSet;
 
 use tern_config::Config;
 use tern_proto::{Address, Domain, ForwardPath};
+
+use crate::srs::{Day, Srs};
 
 /// Where one accepted recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +57,30 @@ pub fn decide_recipient(cfg: &Config, to: &ForwardPath, relay_allowed: bool) -> 
         ForwardPath::Postmaster => postmaster_address(cfg),
         ForwardPath::Mailbox(a) => a.clone(),
     };
+    decide(cfg, addr, relay_allowed, 0)
+}
+
+/// SRS addresses reversed in a row at most: an SRS1 whose first forwarder is also us reverses
+/// to one of our SRS0 addresses, which reverses to a plain one; more means a forged chain.
+const MAX_SRS_DEPTH: usize = 2;
+
+fn decide(cfg: &Config, addr: Address, relay_allowed: bool, srs_depth: usize) -> RcptDecision {
+    if let Some(srs) = cfg.srs.as_ref().map(Srs::new) {
+        if srs.is_ours(&addr) {
+            return match srs.reverse(&addr, Day::today()) {
+                // A bounce (or a reply) to a sender we rewrote goes where that sender was, even
+                // to a remote domain without relay rights: the hash, which only our secret
+                // makes, is the authorization, and it expires after srs.max_age.
+                Ok(original) if srs_depth < MAX_SRS_DEPTH => {
+                    decide(cfg, original, true, srs_depth + 1)
+                }
+                // RFC 3463 X.1.1 (bad destination mailbox): a forged, altered or expired SRS
+                // address names no mailbox, as postsrsd answers it too; X.7.x would suggest
+                // that some authorization could make it deliverable, and none can.
+                _ => RcptDecision::NoSuchUser,
+            };
+        }
+    }
     if !is_local_domain(cfg, addr.domain()) {
         return if relay_allowed {
             RcptDecision::Accept(vec![Target::Remote(addr.to_string())])
@@ -68,6 +96,20 @@ pub fn decide_recipient(cfg: &Config, to: &ForwardPath, relay_allowed: bool) -> 
     } else {
         RcptDecision::NoSuchUser
     }
+}
+
+/// Whether `addr` is one of our SRS addresses (`[srs]` on, in `srs.domain`, tagged SRS0/SRS1):
+/// [`decide_recipient`] routes it to the address it encodes, whatever its domain.
+pub fn is_srs_address(cfg: &Config, addr: &Address) -> bool {
+    cfg.srs.as_ref().is_some_and(|c| Srs::new(c).is_ours(addr))
+}
+
+/// Whether some alias sends copies to a remote address (forwarding, where SRS matters).
+pub fn forwards_off_host(cfg: &Config) -> bool {
+    cfg.aliases
+        .values()
+        .flatten()
+        .any(|target| Address::parse(target).is_ok_and(|a| !is_local_domain(cfg, a.domain())))
 }
 
 /// Whether a local address names a mailbox of its own (not through an alias).
@@ -220,5 +262,72 @@ mod tests {
                 "postmaster@tern.test"
             ]
         );
+    }
+
+    fn srs_cfg(dir: &std::path::Path) -> Config {
+        let secret = dir.join("srs.secret");
+        std::fs::write(&secret, "a-secret-of-enough-length\n").unwrap();
+        cfg(&format!(
+            concat!(
+                "hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\ncatch_all = false\n",
+                "[[users]]\nname = \"alice@tern.test\"\n",
+                "[aliases]\n\"fwd@tern.test\" = \"someone@remote.test\"\n",
+                "[srs]\nsecret_file = {:?}\n"
+            ),
+            secret.display().to_string()
+        ))
+    }
+
+    fn srs_of(c: &Config, sender: &str) -> Address {
+        let s = crate::srs::Srs::new(c.srs.as_ref().unwrap());
+        s.forward(&addr(sender), Day::today()).unwrap()
+    }
+
+    #[test]
+    fn srs_addresses_route_to_what_they_encode() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = srs_cfg(dir.path());
+        assert!(forwards_off_host(&c));
+        // A remote original sender: relayed, even for a client without relay rights.
+        let remote = ForwardPath::Mailbox(srs_of(&c, "carol@far.test"));
+        assert_eq!(
+            decide_recipient(&c, &remote, false),
+            RcptDecision::Accept(vec![Target::Remote("carol@far.test".into())])
+        );
+        // A local one (a sender in a local domain is never rewritten by tern, but another
+        // forwarder's bounce may be for it): delivered locally, and only if it exists.
+        let local = ForwardPath::Mailbox(srs_of(&c, "alice@tern.test"));
+        assert_eq!(
+            decide_recipient(&c, &local, false),
+            RcptDecision::Accept(vec![Target::Local("alice@tern.test".into())])
+        );
+        let nobody = ForwardPath::Mailbox(srs_of(&c, "nobody@tern.test"));
+        assert_eq!(
+            decide_recipient(&c, &nobody, false),
+            RcptDecision::NoSuchUser
+        );
+        // Tampered: no such user (550 5.1.1), never relay-denied or relayed.
+        let forged = srs_of(&c, "carol@far.test")
+            .to_string()
+            .replace("=carol@", "=mallory@");
+        let forged = ForwardPath::Mailbox(addr(&forged));
+        assert_eq!(
+            decide_recipient(&c, &forged, true),
+            RcptDecision::NoSuchUser
+        );
+        assert!(is_srs_address(
+            &c,
+            &addr("SRS0=xxxx=AA=far.test=carol@mx.tern.test")
+        ));
+        // Without [srs] the same address is just a remote one.
+        let off = cfg("hostname = \"mx.tern.test\"\n[local]\ndomains = [\"tern.test\"]\n");
+        assert_eq!(
+            decide_recipient(&off, &remote, false),
+            RcptDecision::RelayDenied
+        );
+        assert!(!is_srs_address(
+            &off,
+            &addr("SRS0=xxxx=AA=far.test=carol@mx.tern.test")
+        ));
     }
 }

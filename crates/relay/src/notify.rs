@@ -276,7 +276,12 @@ struct Targets {
 fn destination(cfg: &Config, env: &Envelope) -> (String, Targets) {
     if let Some(sender) = &env.sender {
         match Address::parse(sender) {
-            Ok(addr) if !router::is_local_domain(cfg, addr.domain()) => {
+            // Our own SRS address (the sender of a forwarded copy) is not sent out to come
+            // back: the router turns it into the original sender right here.
+            Ok(addr)
+                if !router::is_local_domain(cfg, addr.domain())
+                    && !router::is_srs_address(cfg, &addr) =>
+            {
                 return (
                     sender.clone(),
                     Targets {

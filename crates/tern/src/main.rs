@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: cmd::spf::SpfAction,
     },
+    /// SRS for forwarded mail: keygen (a new secret file), forward / reverse (what tern makes of an address).
+    Srs {
+        #[command(subcommand)]
+        action: cmd::srs::SrsAction,
+    },
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => cmd::queue::run(args),
         Command::Dkim { action } => cmd::dkim::run(action),
         Command::Spf { action } => cmd::spf::run(action),
+        Command::Srs { action } => cmd::srs::run(action),
         Command::Cert {
             action:
                 CertAction::SelfSigned {

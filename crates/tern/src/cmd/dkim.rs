@@ -203,7 +203,7 @@ fn keygen(domain: &str, selector: &str, algorithm: KeyAlgorithm, out: &Path) -> 
 }
 
 /// Created only if absent, readable by the owner only, on disk before we say it is written.
-fn write_exclusive(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_exclusive(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -10,4 +10,5 @@ pub mod send;
 pub mod sendmail;
 pub mod serve;
 pub mod spf;
+pub mod srs;
 mod verifier;

@@ -65,7 +65,14 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     })?;
     let queue = open_queue(&cfg).context("cannot open the spool")?;
     let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
-    let store = Arc::new(Intake::new(queue.clone(), local).with_signer(signer));
+    let store = Arc::new(
+        Intake::new(queue.clone(), local)
+            .with_signer(signer)
+            .with_srs(cfg.clone()),
+    );
+    if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
+        warn!("aliases forward to remote addresses but [srs] has no secret_file: forwarded mail keeps its original sender, which fails SPF at the next hop (see docs/configuration.md, [srs])");
+    }
     let tls = match &cfg.tls {
         Some(t) => Some(Arc::new(
             TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
