@@ -63,9 +63,9 @@ impl Drop for Extra<'_> {
 }
 
 /// Commits the entry [`split_off`] made, if any, with the same message as the first entry: the
-/// trace fields, then the body. A spooled body is read into memory for it (the first entry takes
-/// the spool file itself by rename); only messages with both kinds of remote recipient pay that,
-/// and the store's blocking pool bounds how many do at once.
+/// trace fields, then the body. A spooled body is copied to a second spool file for it, a piece
+/// at a time (the first entry takes the original by rename; a hard link would share an inode
+/// that the queue truncates when it recycles a removed entry's file).
 pub(crate) fn commit_extra<'a>(
     queue: &'a dyn QueueStore,
     extra: Option<Envelope>,
@@ -77,9 +77,20 @@ pub(crate) fn commit_extra<'a>(
     };
     let committed = match body {
         MessageBody::Memory(bytes) => queue.commit_parts(&env, &[trace.as_bytes(), bytes]),
-        MessageBody::Spooled(file) => file
-            .read_all()
-            .and_then(|bytes| queue.commit_parts(&env, &[trace.as_bytes(), &bytes])),
+        // A second spool file, copied a piece at a time: the message is never in memory.
+        MessageBody::Spooled(file) => {
+            let copy = queue.spool().and_then(|mut copy| {
+                file.for_each_chunk(64 * 1024, |piece| copy.append(piece))?;
+                copy.finish()
+            });
+            copy.and_then(|copy| {
+                let env = Envelope {
+                    prefix: trace.to_string(),
+                    ..env.clone()
+                };
+                queue.commit_spooled(&env, copy)
+            })
+        }
     };
     committed.map_err(|e| StoreError::from_io("queue commit (forwarded copies)", &e))?;
     Ok(Extra {
