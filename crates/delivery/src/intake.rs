@@ -13,12 +13,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tern_auth::Signer;
+use tern_auth::{Signer, Verifier};
 use tern_queue::{
     Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
 };
 
+use crate::checks::{Checked, Inbound, InboundChecks, NotStored, Stored};
 use crate::local::LocalDelivery;
+use crate::maildir::Folder;
 use crate::router::Target;
 
 /// A message that passed every check of the session and must be stored before the 250.
@@ -36,6 +38,9 @@ pub struct Accepted {
     /// The message is ours to sign (the client authenticated or is in
     /// `relay.trusted_networks`): intake adds the DKIM signatures of its From: domain.
     pub sign: bool,
+    /// Whether to verify it (SPF, DKIM, ARC, DMARC) before storing: port-25 mail from
+    /// outside only (see [`crate::checks`]).
+    pub inbound: Inbound,
 }
 
 #[derive(Debug, Clone)]
@@ -51,12 +56,13 @@ pub struct AcceptedRecipient {
 pub trait MessageStore: Send + Sync + 'static {
     /// Makes the message durable (fsync'd) for every recipient; only then may the session
     /// answer 250. `body` is the client's data, without the trace header in `accepted.received`:
-    /// in memory for a small message, in a spool file for a large one.
+    /// in memory for a small message, in a spool file for a large one. A message marked
+    /// [`Inbound::Verify`] is verified first and may be refused ([`NotStored::Refused`]).
     fn store(
         &self,
         accepted: Accepted,
         body: MessageBody,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Stored, NotStored>> + Send;
 
     /// A new file to stream a large body into while it arrives (blocking I/O: call it off
     /// the async threads). The body handed to [`MessageStore::store`] as
@@ -69,6 +75,8 @@ pub struct Intake {
     queue: Arc<dyn QueueStore>,
     local: Arc<LocalDelivery>,
     signer: Arc<Signer>,
+    /// Inbound verification; `None` verifies nothing (tools, tests).
+    checks: Option<Arc<InboundChecks>>,
 }
 
 impl Intake {
@@ -78,6 +86,16 @@ impl Intake {
             queue,
             local: Arc::new(local),
             signer: Arc::new(Signer::default()),
+            checks: None,
+        }
+    }
+
+    /// Verifies the messages marked [`Inbound::Verify`] with this verifier (shared with the
+    /// SPF check at MAIL FROM); a spooled body is read back for it up to `max_message_size`.
+    pub fn with_verifier(self, verifier: Arc<Verifier>, max_message_size: u64) -> Self {
+        Self {
+            checks: Some(Arc::new(InboundChecks::new(verifier, max_message_size))),
+            ..self
         }
     }
 
@@ -88,20 +106,52 @@ impl Intake {
 
     /// [`MessageStore::store`] without the async wrapper (blocking I/O).
     pub fn store_blocking(&self, acc: &Accepted, body: MessageBody) -> Result<(), StoreError> {
-        store_blocking(self.queue.as_ref(), &self.local, &self.signer, acc, body)
+        store_blocking(
+            self.queue.as_ref(),
+            &self.local,
+            &self.signer,
+            acc,
+            body,
+            Folder::Inbox,
+        )
+    }
+
+    /// The verification step before the blocking store (port-25 mail from outside): refuses
+    /// the message, or adds our Authentication-Results after tern's Received (in the trace
+    /// every copy carries) and says where local copies go.
+    async fn verify_inbound(
+        &self,
+        accepted: &mut Accepted,
+        body: MessageBody,
+    ) -> Result<(MessageBody, Folder, Stored), NotStored> {
+        let (Inbound::Verify { spf }, Some(checks)) = (&accepted.inbound, &self.checks) else {
+            return Ok((body, Folder::Inbox, Stored::default()));
+        };
+        let Checked {
+            authentication_results,
+            body,
+            folder,
+            stored,
+        } = checks
+            .run(accepted, spf.as_ref(), body, &self.queue)
+            .await?;
+        accepted.received.push_str(&authentication_results);
+        Ok((body, folder, stored))
     }
 }
 
 impl MessageStore for Intake {
-    async fn store(&self, accepted: Accepted, body: MessageBody) -> Result<(), StoreError> {
+    async fn store(&self, mut accepted: Accepted, body: MessageBody) -> Result<Stored, NotStored> {
+        let (body, folder, stored) = self.verify_inbound(&mut accepted, body).await?;
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();
         tokio::task::spawn_blocking(move || {
-            store_blocking(queue.as_ref(), &local, &signer, &accepted, body)
+            store_blocking(queue.as_ref(), &local, &signer, &accepted, body, folder)
         })
         .await
-        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
+        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))??;
+        Ok(stored)
     }
 
     fn spool(&self) -> Result<SpoolFile, StoreError> {
@@ -117,6 +167,7 @@ fn store_blocking(
     signer: &Signer,
     acc: &Accepted,
     body: MessageBody,
+    folder: Folder,
 ) -> Result<(), StoreError> {
     let trace = trace_fields(signer, acc, &body)?;
     // Each target once, even when several recipients or aliases lead to it.
@@ -136,7 +187,13 @@ fn store_blocking(
     locals.dedup();
 
     let delivered = local
-        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, &body)
+        .deliver_in(
+            folder,
+            locals.iter().copied(),
+            acc.sender.as_deref(),
+            &trace,
+            &body,
+        )
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
     if !remotes.is_empty() {
         let id: QueueId = acc
@@ -268,6 +325,7 @@ mod tests {
             helo: "client.test".into(),
             client_ip: "127.0.0.1".parse().unwrap(),
             sign,
+            inbound: Inbound::Skip,
         }
     }
 

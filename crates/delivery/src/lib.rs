@@ -2,8 +2,10 @@
 //! copy goes ([`router`]), intake stores an accepted message before the 250 ([`intake`]),
 //! local delivery writes Maildir copies with their trace prefix ([`local`], [`maildir`]),
 //! [`mailbox_cap`] bounds the mailboxes a catch-all lets clients create, and
-//! [`dsn`] builds RFC 3464 delivery status notifications.
+//! [`dsn`] builds RFC 3464 delivery status notifications; [`checks`] verifies inbound port-25
+//! mail (SPF, DKIM, ARC, DMARC) before intake stores it.
 
+pub mod checks;
 pub mod dsn;
 pub mod intake;
 pub mod local;
@@ -11,6 +13,7 @@ pub mod mailbox_cap;
 pub mod maildir;
 pub mod router;
 
+pub use checks::{Inbound, NotStored, Refusal, Stored};
 pub use intake::{Accepted, AcceptedRecipient, Intake, MessageStore};
 pub use local::{Delivered, LocalDelivery};
 pub use router::{RcptDecision, Target};

@@ -126,7 +126,7 @@ fn store_errors_choose_the_reply() {
         let Some(Effect::Store(_, _, ticket)) = c.poll() else {
             panic!("no store")
         };
-        c.stored(ticket, Err(err));
+        c.stored(ticket, Err(err.into()));
         assert_eq!(write(c.poll()), want);
         assert_eq!((c.accepted(), c.rejected()), (0, 1));
         // The transaction is over either way.

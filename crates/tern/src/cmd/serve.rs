@@ -9,7 +9,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use tern_auth::Signer;
+use tern_auth::verify::ResolverSettings;
+use tern_auth::{Signer, Verifier};
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
 use tern_queue::{FsStore, QueueStore};
@@ -65,7 +66,12 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     })?;
     let queue = open_queue(&cfg).context("cannot open the spool")?;
     let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
-    let store = Arc::new(Intake::new(queue.clone(), local).with_signer(signer));
+    let verifier = inbound_verifier(&cfg)?;
+    let mut intake = Intake::new(queue.clone(), local).with_signer(signer);
+    if let Some(v) = &verifier {
+        intake = intake.with_verifier(v.clone(), cfg.limits.max_message_size);
+    }
+    let store = Arc::new(intake);
     let tls = match &cfg.tls {
         Some(t) => Some(Arc::new(
             TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
@@ -105,14 +111,31 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     let disk = DiskMonitor::new(&cfg);
     let low_space = disk.flag();
     let monitor = disk.spawn(shutdown.clone());
-    Server::new(cfg.clone(), store, tls, shutdown.clone())
-        .with_low_space(low_space)
-        .run(listeners)
-        .await;
+    let mut server =
+        Server::new(cfg.clone(), store, tls, shutdown.clone()).with_low_space(low_space);
+    if let Some(v) = verifier {
+        server = server.with_verifier(v);
+    }
+    server.run(listeners).await;
     let _ = monitor.await;
     workers.stop().await;
     info!("tern stopped");
     Ok(())
+}
+
+/// The one verifier of inbound port-25 mail, shared by the sessions (SPF at MAIL FROM) and
+/// intake (the end-of-DATA checks), so its DNS caches serve them all: `[dns] nameservers` (else
+/// the system resolver), `hostname` as the authserv-id. `None` when every `[checks]` switch is
+/// off: nothing is checked and no Authentication-Results is added.
+fn inbound_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<Verifier>>> {
+    let c = cfg.checks;
+    if !(c.spf || c.dkim || c.dmarc || c.arc) {
+        return Ok(None);
+    }
+    let settings = ResolverSettings::new(cfg.dns.nameservers.clone());
+    let verifier = Verifier::new(&settings, c, &cfg.hostname)
+        .context("cannot set up inbound verification ([checks], [dns])")?;
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Opens the filesystem spool, cleans up after a crash (temp files, orphans, bodies still
