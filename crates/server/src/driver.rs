@@ -325,13 +325,15 @@ impl<S: MessageStore> Driver<S> {
                                     });
                                 info!(queue_id = %id, client_ip = %client_ip, helo = %helo,
                                     from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
-                                    spf, dkim, dmarc, arc, quarantined = *quarantined,
+                                    spf = %spf, dkim = %dkim, dmarc = %dmarc, arc = %arc,
+                                    quarantined = *quarantined,
                                     outcome = "accepted", "message accepted")
                             }
                             Err(NotStored::Refused(r)) => info!(queue_id = %id,
                                 client_ip = %client_ip, helo = %helo, from = %format!("<{from}>"),
-                                size, spf = r.auth.spf, dkim = r.auth.dkim, dmarc = r.auth.dmarc,
-                                arc = r.auth.arc, reply = %r.reply, outcome = "rejected",
+                                size, spf = %r.auth.spf, dkim = %r.auth.dkim,
+                                dmarc = %r.auth.dmarc, arc = %r.auth.arc, reply = %r.reply,
+                                outcome = "rejected",
                                 "message refused by verification"),
                             Err(e) => warn!(queue_id = %id, client_ip = %client_ip, error = %e,
                                 outcome = "store-failed", "message not stored"),

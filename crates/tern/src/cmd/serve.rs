@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tern_auth::verify::ResolverSettings;
-use tern_auth::{Signer, Verifier};
+use tern_auth::{Signer, Verifier, VerifierError};
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
+use tern_dns::FALLBACK_NAMESERVER;
 use tern_queue::{FsStore, QueueStore};
 use tern_server::disk::DiskMonitor;
 use tern_server::{bind_all, Server, TlsProvider};
@@ -133,8 +134,22 @@ fn inbound_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<Verifier>>> {
         return Ok(None);
     }
     let settings = ResolverSettings::new(cfg.dns.nameservers.clone());
-    let verifier = Verifier::new(&settings, c, &cfg.hostname)
-        .context("cannot set up inbound verification ([checks], [dns])")?;
+    let verifier = match Verifier::new(&settings, c, &cfg.hostname) {
+        Ok(v) => v,
+        // As the relay does (tern_dns::setup_resolver): without /etc/resolv.conf, ask a local
+        // caching resolver. If there is none, every lookup fails and the results are
+        // `temperror` (451 only where the policy would refuse, never a 5xx).
+        Err(e @ VerifierError::SystemConf(_)) => {
+            error!(error = %e, fallback = %FALLBACK_NAMESERVER,
+                "inbound verification: no system resolver configuration, asking the fallback nameserver");
+            let fallback = ResolverSettings::new(vec![FALLBACK_NAMESERVER]);
+            Verifier::new(&fallback, c, &cfg.hostname)
+                .context("cannot set up inbound verification ([checks], [dns])")?
+        }
+        Err(e) => {
+            return Err(e).context("cannot set up inbound verification ([checks], [dns])");
+        }
+    };
     Ok(Some(Arc::new(verifier)))
 }
 
