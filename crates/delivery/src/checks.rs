@@ -48,7 +48,8 @@ pub enum Inbound {
     Skip,
     /// Verified at the end of DATA. `spf` is the result of MAIL FROM when SPF ran there
     /// (`checks.spf_fail_reject = true`); `None` has it run now, so it is never looked up twice.
-    Verify { spf: Option<SpfOutcome> },
+    /// (Boxed: the result is large and most messages get `Skip`.)
+    Verify { spf: Option<Box<SpfOutcome>> },
 }
 
 /// What intake did with a message it stored, for the log line.
@@ -233,4 +234,174 @@ fn rewrite_spooled(
         new.append(&buf[..n])?;
     }
     Ok(MessageBody::Spooled(new.finish()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use tern_auth::verify::ResolverSettings;
+    use tern_config::Config;
+    use tern_queue::FsStore;
+
+    use super::*;
+    use crate::intake::{AcceptedRecipient, Intake, MessageStore};
+    use crate::local::{mailbox_of, LocalDelivery};
+    use crate::router::Target;
+
+    const HOST: &str = "mx.tern.test";
+    const FORGED: &[u8] = b"Authentication-Results: mx.tern.test; dmarc=pass\r\n";
+    const MESSAGE: &[u8] = b"From: <a@sender.test>\r\nAuthentication-Results: other.test; spf=pass\r\nSubject: x\r\n\r\nbody\r\n";
+
+    fn config(dir: &Path) -> Config {
+        let text = format!(
+            "hostname = \"{HOST}\"\ndata_dir = {:?}\n",
+            dir.display().to_string()
+        );
+        Config::from_toml_str(&text, Path::new("t.toml")).unwrap()
+    }
+
+    /// A verifier whose nameserver does not answer (nothing listens on loopback port 9): every
+    /// lookup is `temperror`, no policy is known, so every message is delivered.
+    fn verifier() -> Arc<Verifier> {
+        let mut settings = ResolverSettings::new(vec!["127.0.0.1:9".parse().unwrap()]);
+        settings.query_timeout = Duration::from_secs(1);
+        settings.deadline = Duration::from_secs(3);
+        Arc::new(Verifier::new(&settings, tern_config::defaults::CHECKS, HOST).unwrap())
+    }
+
+    fn accepted(id: &str) -> Accepted {
+        Accepted {
+            id: id.into(),
+            sender: Some("a@sender.test".into()),
+            recipients: vec![AcceptedRecipient {
+                address: "dave@tern.test".into(),
+                targets: vec![
+                    Target::Local("dave@tern.test".into()),
+                    Target::Remote("bob@remote.test".into()),
+                ],
+            }],
+            received: format!("Received: by {HOST} (tern) id 1;\r\n\tdate\r\n"),
+            smtputf8: false,
+            eight_bit: false,
+            helo: "client.test".into(),
+            client_ip: "192.0.2.1".parse().unwrap(),
+            sign: false,
+            inbound: Inbound::Verify { spf: None },
+        }
+    }
+
+    fn local_copy(dir: &Path) -> Vec<u8> {
+        let new = mailbox_of(dir, "dave@tern.test").join("new");
+        let file = std::fs::read_dir(new)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        crate::maildir::lf_to_crlf(&std::fs::read(file).unwrap())
+    }
+
+    /// Our field goes in after the Received of every copy, the forged one is gone, the other
+    /// authserv-id's field stays, the rest is byte for byte the same: in memory and spooled.
+    #[tokio::test]
+    async fn the_forged_field_goes_ours_comes_after_received_in_memory_and_spooled() {
+        for spooled in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let queue = Arc::new(FsStore::open(dir.path()).unwrap());
+            let intake = Intake::new(queue.clone(), LocalDelivery::unstaged(&config(dir.path())))
+                .with_verifier(verifier(), 1 << 20);
+            let message = [FORGED, MESSAGE].concat();
+            let body = if spooled {
+                let mut f = intake.spool().unwrap();
+                f.append(&message).unwrap();
+                MessageBody::Spooled(f.finish().unwrap())
+            } else {
+                MessageBody::Memory(message)
+            };
+            let id = tern_queue::QueueId::generate();
+            let stored = intake.store(accepted(id.as_str()), body).await.unwrap();
+            assert_eq!(
+                stored.auth.map(|f| f.dkim),
+                Some("none"),
+                "spooled={spooled}"
+            );
+            assert!(!stored.quarantined);
+            let queued = String::from_utf8(queue.read_message(&id).unwrap()).unwrap();
+            let after_received = queued.split_once("\tdate\r\n").unwrap().1;
+            assert!(
+                after_received.starts_with(&format!("Authentication-Results: {HOST};")),
+                "{queued}"
+            );
+            assert!(
+                queued.ends_with(std::str::from_utf8(MESSAGE).unwrap()),
+                "{queued}"
+            );
+            assert_eq!(
+                queued
+                    .matches("Authentication-Results: mx.tern.test")
+                    .count(),
+                1
+            );
+            let local = local_copy(dir.path());
+            assert!(local.ends_with(queued.as_bytes()), "spooled={spooled}");
+            // Nothing left behind in incoming/: the old spool file went with the rewrite.
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("queue/incoming"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_not_marked_for_checks_is_stored_as_it_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(FsStore::open(dir.path()).unwrap());
+        let intake = Intake::new(queue.clone(), LocalDelivery::unstaged(&config(dir.path())))
+            .with_verifier(verifier(), 1 << 20);
+        let id = tern_queue::QueueId::generate();
+        let acc = Accepted {
+            inbound: Inbound::Skip,
+            ..accepted(id.as_str())
+        };
+        let message = [FORGED, MESSAGE].concat();
+        let stored = intake
+            .store(acc.clone(), MessageBody::Memory(message.clone()))
+            .await
+            .unwrap();
+        assert_eq!(stored, Stored::default());
+        assert_eq!(
+            queue.read_message(&id).unwrap(),
+            [acc.received.as_bytes(), &message].concat()
+        );
+    }
+
+    /// `.Junk/` is a Maildir++ folder inside a Maildir: both made on demand, with the marker,
+    /// with and without the server's staging area.
+    #[test]
+    fn quarantined_copies_go_into_the_junk_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        for (local, key) in [
+            (LocalDelivery::unstaged(&cfg), "a@tern.test"),
+            (LocalDelivery::open_staged(&cfg).unwrap(), "b@tern.test"),
+        ] {
+            let d = local
+                .deliver_in(Folder::Junk, [key], None, "Received: x\r\n", MESSAGE)
+                .unwrap();
+            let root = mailbox_of(dir.path(), key);
+            let junk = root.join(".Junk");
+            assert_eq!(d.paths()[0].parent().unwrap(), junk.join("new"));
+            d.keep();
+            for sub in ["tmp", "new", "cur"] {
+                assert!(junk.join(sub).is_dir(), "{key}: .Junk/{sub}");
+                assert!(root.join(sub).is_dir(), "{key}: {sub}");
+            }
+            assert!(junk.join("maildirfolder").is_file());
+            assert_eq!(std::fs::read_dir(root.join("new")).unwrap().count(), 0);
+        }
+    }
 }

@@ -133,7 +133,7 @@ impl Intake {
             folder,
             stored,
         } = checks
-            .run(accepted, spf.as_ref(), body, &self.queue)
+            .run(accepted, spf.as_deref(), body, &self.queue)
             .await?;
         accepted.received.push_str(&authentication_results);
         Ok((body, folder, stored))

@@ -66,7 +66,7 @@ pub struct Transaction {
     new_mailboxes: NewMailboxes,
     /// The SPF result of MAIL FROM, when SPF ran there (`checks.spf_fail_reject`); reused at
     /// the end of DATA.
-    spf: Option<SpfOutcome>,
+    spf: Option<Box<SpfOutcome>>,
 }
 
 #[derive(Debug, Clone)]
@@ -479,7 +479,7 @@ impl Session {
         if let Some(SpfVerdict::Reject(reply)) = outcome.as_ref().map(|o| &o.verdict) {
             return Action::Reply(replies::auth_refused(reply));
         }
-        txn.spf = outcome;
+        txn.spf = outcome.map(Box::new);
         self.state = State::Mail(txn);
         Action::Reply(replies::sender_ok())
     }
