@@ -231,6 +231,7 @@ mod tests {
             helo: "client.test".into(),
             client_ip: "127.0.0.1".parse().unwrap(),
             sign: false,
+            inbound: crate::checks::Inbound::Skip,
         }
     }
 

@@ -13,15 +13,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tern_auth::Signer;
+use tern_auth::{Signer, Verifier};
 use tern_queue::{
     Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
 };
 
 use tern_config::Config;
 
+use crate::checks::{Checked, Inbound, InboundChecks, NotStored, Stored};
 use crate::forward;
 use crate::local::LocalDelivery;
+use crate::maildir::Folder;
 use crate::router::Target;
 
 /// A message that passed every check of the session and must be stored before the 250.
@@ -39,6 +41,9 @@ pub struct Accepted {
     /// The message is ours to sign (the client authenticated or is in
     /// `relay.trusted_networks`): intake adds the DKIM signatures of its From: domain.
     pub sign: bool,
+    /// Whether to verify it (SPF, DKIM, ARC, DMARC) before storing: port-25 mail from
+    /// outside only (see [`crate::checks`]).
+    pub inbound: Inbound,
 }
 
 #[derive(Debug, Clone)]
@@ -54,12 +59,13 @@ pub struct AcceptedRecipient {
 pub trait MessageStore: Send + Sync + 'static {
     /// Makes the message durable (fsync'd) for every recipient; only then may the session
     /// answer 250. `body` is the client's data, without the trace header in `accepted.received`:
-    /// in memory for a small message, in a spool file for a large one.
+    /// in memory for a small message, in a spool file for a large one. A message marked
+    /// [`Inbound::Verify`] is verified first and may be refused ([`NotStored::Refused`]).
     fn store(
         &self,
         accepted: Accepted,
         body: MessageBody,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Stored, NotStored>> + Send;
 
     /// A new file to stream a large body into while it arrives (blocking I/O: call it off
     /// the async threads). The body handed to [`MessageStore::store`] as
@@ -75,6 +81,8 @@ pub struct Intake {
     /// The configuration whose `[srs]` rewrites the sender of forwarded copies
     /// ([`crate::forward`]); `None` keeps every sender.
     srs: Option<Arc<Config>>,
+    /// Inbound verification; `None` verifies nothing (tools, tests).
+    checks: Option<Arc<InboundChecks>>,
 }
 
 impl Intake {
@@ -85,6 +93,16 @@ impl Intake {
             local: Arc::new(local),
             signer: Arc::new(Signer::default()),
             srs: None,
+            checks: None,
+        }
+    }
+
+    /// Verifies the messages marked [`Inbound::Verify`] with this verifier (shared with the
+    /// SPF check at MAIL FROM); a spooled body is read back for it up to `max_message_size`.
+    pub fn with_verifier(self, verifier: Arc<Verifier>, max_message_size: u64) -> Self {
+        Self {
+            checks: Some(Arc::new(InboundChecks::new(verifier, max_message_size))),
+            ..self
         }
     }
 
@@ -111,22 +129,56 @@ impl Intake {
             srs,
             acc,
             body,
+            Folder::Inbox,
         )
+    }
+
+    /// The verification step before the blocking store (port-25 mail from outside): refuses
+    /// the message, or adds our Authentication-Results after tern's Received (in the trace
+    /// every copy carries) and says where local copies go.
+    async fn verify_inbound(
+        &self,
+        accepted: &mut Accepted,
+        body: MessageBody,
+    ) -> Result<(MessageBody, Folder, Stored), NotStored> {
+        let (Inbound::Verify { spf }, Some(checks)) = (&accepted.inbound, &self.checks) else {
+            return Ok((body, Folder::Inbox, Stored::default()));
+        };
+        let Checked {
+            authentication_results,
+            body,
+            folder,
+            stored,
+        } = checks
+            .run(accepted, spf.as_deref(), body, &self.queue)
+            .await?;
+        accepted.received.push_str(&authentication_results);
+        Ok((body, folder, stored))
     }
 }
 
 impl MessageStore for Intake {
-    async fn store(&self, accepted: Accepted, body: MessageBody) -> Result<(), StoreError> {
+    async fn store(&self, mut accepted: Accepted, body: MessageBody) -> Result<Stored, NotStored> {
+        let (body, folder, stored) = self.verify_inbound(&mut accepted, body).await?;
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();
         let srs = self.srs.clone();
         tokio::task::spawn_blocking(move || {
             let srs = srs.as_deref();
-            store_blocking(queue.as_ref(), &local, &signer, srs, &accepted, body)
+            store_blocking(
+                queue.as_ref(),
+                &local,
+                &signer,
+                srs,
+                &accepted,
+                body,
+                folder,
+            )
         })
         .await
-        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))?
+        .map_err(|e| StoreError::new(format!("storage task failed: {e}")))??;
+        Ok(stored)
     }
 
     fn spool(&self) -> Result<SpoolFile, StoreError> {
@@ -143,6 +195,7 @@ fn store_blocking(
     srs: Option<&Config>,
     acc: &Accepted,
     body: MessageBody,
+    folder: Folder,
 ) -> Result<(), StoreError> {
     let trace = trace_fields(signer, acc, &body)?;
     // Each target once, even when several recipients or aliases lead to it.
@@ -162,7 +215,13 @@ fn store_blocking(
     locals.dedup();
 
     let delivered = local
-        .deliver(locals.iter().copied(), acc.sender.as_deref(), &trace, &body)
+        .deliver_in(
+            folder,
+            locals.iter().copied(),
+            acc.sender.as_deref(),
+            &trace,
+            &body,
+        )
         .map_err(|e| StoreError::from_io("local delivery", e.io_error()))?;
     if !remotes.is_empty() {
         let id: QueueId = acc
@@ -298,6 +357,7 @@ mod tests {
             helo: "client.test".into(),
             client_ip: "127.0.0.1".parse().unwrap(),
             sign,
+            inbound: Inbound::Skip,
         }
     }
 

@@ -3,8 +3,10 @@
 //! local delivery writes Maildir copies with their trace prefix ([`local`], [`maildir`]),
 //! [`mailbox_cap`] bounds the mailboxes a catch-all lets clients create, [`srs`] rewrites the
 //! sender of forwarded mail (and routes its bounces back), and
-//! [`dsn`] builds RFC 3464 delivery status notifications.
+//! [`dsn`] builds RFC 3464 delivery status notifications; [`checks`] verifies inbound port-25
+//! mail (SPF, DKIM, ARC, DMARC) before intake stores it.
 
+pub mod checks;
 pub mod dsn;
 mod forward;
 pub mod intake;
@@ -14,6 +16,7 @@ pub mod maildir;
 pub mod router;
 pub mod srs;
 
+pub use checks::{Inbound, NotStored, Refusal, Stored};
 pub use intake::{Accepted, AcceptedRecipient, Intake, MessageStore};
 pub use local::{Delivered, LocalDelivery};
 pub use router::{RcptDecision, Target};

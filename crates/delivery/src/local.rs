@@ -15,7 +15,7 @@ use tern_config::Config;
 use tern_proto::{Address, Domain};
 use tern_queue::dirsync::DirSyncer;
 
-use crate::maildir::{self, Body, MaildirCopy, MaildirError, Staging};
+use crate::maildir::{self, Body, Folder, MaildirCopy, MaildirError, Staging};
 
 /// Writes copies into local mailboxes under `<data_dir>/mailboxes`.
 pub struct LocalDelivery {
@@ -61,6 +61,19 @@ impl LocalDelivery {
         received: &str,
         body: impl Into<Body<'b>>,
     ) -> Result<Delivered, MaildirError> {
+        self.deliver_in(Folder::Inbox, keys, return_path, received, body)
+    }
+
+    /// [`LocalDelivery::deliver`] into a Maildir++ folder of each mailbox (`.Junk/` for mail
+    /// DMARC says to quarantine), created on demand.
+    pub fn deliver_in<'b, 'k>(
+        &self,
+        folder: Folder,
+        keys: impl IntoIterator<Item = &'k str>,
+        return_path: Option<&str>,
+        received: &str,
+        body: impl Into<Body<'b>>,
+    ) -> Result<Delivered, MaildirError> {
         let body = body.into();
         let return_path = format!("Return-Path: <{}>\r\n", return_path.unwrap_or(""));
         let copies: Vec<MaildirCopy<'_>> = keys
@@ -77,7 +90,7 @@ impl LocalDelivery {
                 prefix.push_str("\r\n");
                 prefix.push_str(received);
                 MaildirCopy {
-                    mailbox: maildir::mailbox_path(&self.data_dir, local, domain),
+                    mailbox: folder.path(&maildir::mailbox_path(&self.data_dir, local, domain)),
                     prefix: prefix.into_bytes(),
                     body,
                 }

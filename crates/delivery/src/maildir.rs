@@ -31,6 +31,32 @@ pub struct MaildirCopy<'a> {
     pub body: Body<'a>,
 }
 
+/// A Maildir++ folder of a mailbox (Courier's layout, which Dovecot reads): the inbox is the
+/// mailbox root itself, a folder `.Name` is a Maildir inside it marked by an empty
+/// `maildirfolder` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Folder {
+    #[default]
+    Inbox,
+    /// `.Junk/`: where mail that its sender's DMARC policy says to quarantine goes (RFC 7489
+    /// 6.3 `p=quarantine`: "treated as suspicious").
+    Junk,
+}
+
+impl Folder {
+    /// The Maildir that holds this folder's tmp/, new/ and cur/.
+    pub fn path(self, mailbox: &Path) -> PathBuf {
+        match self {
+            Folder::Inbox => mailbox.to_path_buf(),
+            Folder::Junk => mailbox.join(JUNK_FOLDER),
+        }
+    }
+}
+
+/// The directory name of [`Folder::Junk`]. A mailbox directory never starts with a dot
+/// ([`mailbox_path`] escapes one), so a Maildir named like this is always a folder.
+pub const JUNK_FOLDER: &str = ".Junk";
+
 /// Where a copy's body comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Body<'a> {
@@ -496,7 +522,34 @@ fn publish(s: &mut Staged<'_>, host: &str) -> Result<(), MaildirError> {
 }
 
 /// Creates `mailbox/{tmp,new,cur}` (0700) and their parents, each new directory made durable.
+/// For a Maildir++ folder (`<mailbox>/.Junk`) the mailbox itself is made a Maildir too, and
+/// the folder gets its `maildirfolder` marker.
 fn ensure_maildir(mailbox: &Path) -> Result<(), MaildirError> {
+    let folder_of = mailbox
+        .file_name()
+        .filter(|n| n.as_encoded_bytes().starts_with(b"."))
+        .and(mailbox.parent());
+    if let Some(root) = folder_of {
+        ensure_dirs(root)?;
+    }
+    ensure_dirs(mailbox)?;
+    if folder_of.is_some() {
+        let marker = mailbox.join("maildirfolder");
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&marker)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(MaildirError::new(MaildirOp::Creating, marker, e)),
+        }
+    }
+    Ok(())
+}
+
+fn ensure_dirs(mailbox: &Path) -> Result<(), MaildirError> {
     for sub in ["tmp", "new", "cur"] {
         let dir = mailbox.join(sub);
         create_dir_all_durable(&dir)

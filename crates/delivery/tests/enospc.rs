@@ -41,6 +41,7 @@ fn accepted(targets: Vec<Target>) -> Accepted {
         helo: "client.test".into(),
         client_ip: "127.0.0.1".parse().unwrap(),
         sign: false,
+        inbound: tern_delivery::Inbound::Skip,
     }
 }
 

@@ -14,7 +14,9 @@
 
 use std::sync::Arc;
 
+use tern_auth::SpfOutcome;
 use tern_config::Config;
+use tern_delivery::NotStored;
 use tern_proto::sasl::Credentials;
 use tern_proto::{
     DataDecoder, DataProgress, HeaderScanner, LineEvent, LineReader, Reply, MAX_COMMAND_LINE,
@@ -22,7 +24,7 @@ use tern_proto::{
 use tracing::info;
 
 use crate::replies;
-use crate::session::{Accepted, Action, DataEnd, MessageFacts, Session};
+use crate::session::{Accepted, Action, DataEnd, MessageFacts, Session, SpfQuery};
 use crate::store::StoreError;
 
 /// What the caller must do next.
@@ -36,6 +38,9 @@ pub enum Effect {
     StartTls(TlsTicket),
     /// Check these credentials, then [`Connection::auth_verified`].
     Verify(Credentials, VerifyTicket),
+    /// Check SPF for this MAIL FROM (with the server's verifier, RFC 7208), then
+    /// [`Connection::spf_checked`].
+    CheckSpf(SpfQuery, SpfTicket),
     /// Make this message durable, then [`Connection::stored`] with the result. The body is the
     /// client's data without the trace header in `accepted.received`.
     Store(Accepted, DataBody, StoreTicket),
@@ -77,6 +82,10 @@ pub struct TlsTicket(());
 /// Proof that an [`Effect::Verify`] is outstanding.
 #[derive(Debug)]
 pub struct VerifyTicket(());
+
+/// Proof that an [`Effect::CheckSpf`] is outstanding.
+#[derive(Debug)]
+pub struct SpfTicket(());
 
 /// Proof that an [`Effect::Store`] is outstanding.
 #[derive(Debug)]
@@ -184,6 +193,8 @@ enum Phase {
     AwaitTls,
     /// An [`Effect::Verify`] is out.
     AwaitVerify,
+    /// An [`Effect::CheckSpf`] is out.
+    AwaitSpf,
     /// An [`Effect::Store`] is out.
     AwaitStore,
     /// The [`Effect::Close`] was emitted (or is about to be); nothing more happens.
@@ -275,9 +286,11 @@ impl Connection {
                     self.reader.push(&input[consumed..]);
                 }
             }
-            Phase::Command | Phase::Data(_) | Phase::AwaitVerify | Phase::AwaitStore => {
-                self.reader.push(input)
-            }
+            Phase::Command
+            | Phase::Data(_)
+            | Phase::AwaitVerify
+            | Phase::AwaitSpf
+            | Phase::AwaitStore => self.reader.push(input),
             // RFC 3207 5: plaintext sent before the handshake completes is never executed.
             Phase::AwaitTls | Phase::Closed => {}
         }
@@ -319,9 +332,11 @@ impl Connection {
                     None => return self.write_queued(),
                 },
                 Phase::Data(_) => return self.write_queued(),
-                Phase::AwaitTls | Phase::AwaitVerify | Phase::AwaitStore | Phase::Closed => {
-                    return None
-                }
+                Phase::AwaitTls
+                | Phase::AwaitVerify
+                | Phase::AwaitSpf
+                | Phase::AwaitStore
+                | Phase::Closed => return None,
             }
         }
     }
@@ -360,8 +375,21 @@ impl Connection {
         self.act(action);
     }
 
+    /// The outcome of [`Effect::CheckSpf`] (`None` when no SPF check was made).
+    pub fn spf_checked(&mut self, _ticket: SpfTicket, outcome: Option<SpfOutcome>) {
+        if !matches!(self.phase, Phase::AwaitSpf) {
+            return;
+        }
+        self.phase = Phase::Command;
+        match self.session.spf_checked(outcome) {
+            // The session asks once per MAIL; answering is all that is left to do.
+            Action::CheckSpf(_) => self.queue(&replies::local_error()),
+            action => self.act(action),
+        }
+    }
+
     /// The outcome of [`Effect::Store`]; the session chooses the reply.
-    pub fn stored(&mut self, _ticket: StoreTicket, result: Result<(), StoreError>) {
+    pub fn stored(&mut self, _ticket: StoreTicket, result: Result<(), NotStored>) {
         if !matches!(self.phase, Phase::AwaitStore) {
             return;
         }
@@ -470,6 +498,12 @@ impl Connection {
                 self.phase = Phase::AwaitVerify;
                 self.pending = Some(Effect::Verify(creds, VerifyTicket(())));
             }
+            Action::CheckSpf(query) => {
+                // The replies so far go out before the DNS lookups.
+                self.flush = true;
+                self.phase = Phase::AwaitSpf;
+                self.pending = Some(Effect::CheckSpf(query, SpfTicket(())));
+            }
         }
     }
 
@@ -512,7 +546,7 @@ impl Connection {
                 if let Some(error) = d.failed.take() {
                     // The spool write failed: nothing was kept, so nothing can be stored.
                     self.rejected += 1;
-                    let reply = self.session.stored(Err(error));
+                    let reply = self.session.stored(Err(error.into()));
                     info!(client_ip = %self.session.conn().peer.ip(), size,
                         outcome = "store-failed", reply = %reply, "message not stored");
                     self.queue(&reply);

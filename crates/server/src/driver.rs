@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use tern_auth::Verifier;
 use tern_config::Config;
+use tern_delivery::{NotStored, Stored};
 
 use tern_queue::{MessageBody, SpoolFile};
 
@@ -80,6 +82,9 @@ pub struct Driver<S: MessageStore> {
     pub memory: Arc<DataMemory>,
     /// True while the server is in stress mode (see [`crate::stress`]).
     pub stress: watch::Receiver<bool>,
+    /// Inbound verification: SPF at MAIL FROM ([`Effect::CheckSpf`]) runs on it; the store
+    /// shares it for the end-of-DATA checks. `None` checks nothing.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 struct Io {
@@ -261,6 +266,21 @@ impl<S: MessageStore> Driver<S> {
                         }
                         conn.auth_verified(ticket, user);
                     }
+                    Effect::CheckSpf(query, ticket) => {
+                        let outcome = match &self.verifier {
+                            // DNS lookups, bounded by the verifier's deadline; a shutdown does
+                            // not wait for them.
+                            Some(v) => tokio::select! {
+                                o = v.check_spf_mail(query.ip, &query.helo, &query.mail_from) => o,
+                                _ = self.shutdown.cancelled() => {
+                                    conn.shutdown();
+                                    continue;
+                                }
+                            },
+                            None => None,
+                        };
+                        conn.spf_checked(ticket, outcome);
+                    }
                     Effect::Spool(SpoolOp::Append(bytes)) => {
                         if let Err(e) = spool.append(self.store.clone(), bytes).await {
                             warn!(client = %conn.session().conn().peer, error = %e,
@@ -278,7 +298,7 @@ impl<S: MessageStore> Driver<S> {
                                     Err(e) => {
                                         warn!(queue_id = %accepted.id, error = %e,
                                             outcome = "store-failed", "message not stored");
-                                        conn.stored(ticket, Err(e));
+                                        conn.stored(ticket, Err(e.into()));
                                         continue;
                                     }
                                 }
@@ -296,13 +316,29 @@ impl<S: MessageStore> Driver<S> {
                         let client_ip = accepted.client_ip;
                         let result = self.store.store(accepted, body).await;
                         match &result {
-                            Ok(()) => info!(queue_id = %id, client_ip = %client_ip, helo = %helo,
-                                from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
-                                outcome = "accepted", "message accepted"),
+                            Ok(Stored { auth, quarantined }) => {
+                                // `-` for mail not verified (ours, or not port 25); `off` for a
+                                // check switched off in [checks].
+                                let (spf, dkim, dmarc, arc) = auth
+                                    .map_or(("-", "-", "-", "-"), |f| {
+                                        (f.spf, f.dkim, f.dmarc, f.arc)
+                                    });
+                                info!(queue_id = %id, client_ip = %client_ip, helo = %helo,
+                                    from = %format!("<{from}>"), rcpts = %rcpts.join(","), size,
+                                    spf = %spf, dkim = %dkim, dmarc = %dmarc, arc = %arc,
+                                    quarantined = *quarantined,
+                                    outcome = "accepted", "message accepted")
+                            }
+                            Err(NotStored::Refused(r)) => info!(queue_id = %id,
+                                client_ip = %client_ip, helo = %helo, from = %format!("<{from}>"),
+                                size, spf = %r.auth.spf, dkim = %r.auth.dkim,
+                                dmarc = %r.auth.dmarc, arc = %r.auth.arc, reply = %r.reply,
+                                outcome = "rejected",
+                                "message refused by verification"),
                             Err(e) => warn!(queue_id = %id, client_ip = %client_ip, error = %e,
                                 outcome = "store-failed", "message not stored"),
                         }
-                        conn.stored(ticket, result);
+                        conn.stored(ticket, result.map(|_| ()));
                     }
                 }
             }
@@ -465,8 +501,8 @@ mod tests {
     struct NullStore;
 
     impl MessageStore for NullStore {
-        async fn store(&self, _: Accepted, _: MessageBody) -> Result<(), StoreError> {
-            Ok(())
+        async fn store(&self, _: Accepted, _: MessageBody) -> Result<Stored, NotStored> {
+            Ok(Stored::default())
         }
 
         fn spool(&self) -> Result<SpoolFile, StoreError> {
@@ -478,8 +514,8 @@ mod tests {
     struct FullStore;
 
     impl MessageStore for FullStore {
-        async fn store(&self, _: Accepted, _: MessageBody) -> Result<(), StoreError> {
-            Err(StoreError::StorageFull("No space left on device".into()))
+        async fn store(&self, _: Accepted, _: MessageBody) -> Result<Stored, NotStored> {
+            Err(StoreError::StorageFull("No space left on device".into()).into())
         }
 
         fn spool(&self) -> Result<SpoolFile, StoreError> {
@@ -500,6 +536,7 @@ mod tests {
             checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
             memory: DataMemory::new(cfg.limits.max_data_memory),
             stress: watch::Sender::new(false).subscribe(),
+            verifier: None,
             cfg,
             store: Arc::new(store),
             tls: None,

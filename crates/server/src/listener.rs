@@ -105,7 +105,7 @@ impl Drop for Slot {
 }
 
 pub struct Server<S: MessageStore> {
-    driver: Arc<Driver<S>>,
+    driver: Driver<S>,
     counters: Arc<Mutex<Counters>>,
     clients: Arc<ClientTracker>,
     tracker: TaskTracker,
@@ -125,15 +125,16 @@ impl<S: MessageStore> Server<S> {
     ) -> Self {
         let stress = StressMonitor::new(&cfg.limits);
         Self {
-            driver: Arc::new(Driver {
+            driver: Driver {
                 checks: Arc::new(PasswordChecks::new(cfg.limits.max_auth_checks)),
                 memory: DataMemory::new(cfg.limits.max_data_memory),
                 stress: stress.subscribe(),
+                verifier: None,
                 cfg: cfg.clone(),
                 store,
                 tls,
                 shutdown,
-            }),
+            },
             counters: Arc::new(Mutex::new(Counters {
                 total: 0,
                 per_client: HashMap::new(),
@@ -144,6 +145,13 @@ impl<S: MessageStore> Server<S> {
             low_space: LowSpace::default(),
             mailbox_cap: Arc::new(MailboxCap::new(&cfg)),
         }
+    }
+
+    /// Checks SPF at MAIL FROM on port 25 with this verifier (when `checks.spf_fail_reject`);
+    /// the store gets the same one for the end-of-DATA checks.
+    pub fn with_verifier(mut self, verifier: Arc<tern_auth::Verifier>) -> Self {
+        self.driver.verifier = Some(verifier);
+        self
     }
 
     /// Refuses new MAIL with 452 4.3.1 while this flag (a [`crate::disk::DiskMonitor`]'s) is set.

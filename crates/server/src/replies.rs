@@ -1,7 +1,8 @@
 //! Every reply the server sends, in one place (docs/smtp-replies.md is this table in prose).
 //! Enhanced codes per RFC 3463; RFC 2034 3 exempts the greeting and HELO/EHLO replies.
 
-use tern_proto::{ec, Reply};
+use tern_auth::verify::SmtpReply;
+use tern_proto::{ec, EnhancedCode, Reply};
 
 pub fn greeting(host: &str) -> Reply {
     Reply::new(220, None, format!("{host} ESMTP tern"))
@@ -175,6 +176,27 @@ pub fn storage_full() -> Reply {
 /// RFC 3463 X.3.0: the mail system cannot take this message, and retrying it cannot help.
 pub fn store_refused() -> Reply {
     Reply::new(554, ec(5, 3, 0), "Message cannot be stored, do not retry")
+}
+
+/// A refusal decided by inbound verification (`tern_auth`): SPF `fail` at MAIL FROM with
+/// `checks.spf_fail_reject` (550 5.7.23, RFC 7372 3.2); a DMARC `p=reject` failure with
+/// `checks.dmarc_reject` (550 5.7.1) or a DNS failure under `p=reject` (451 4.7.1, RFC 7489
+/// 6.6.3) at the end of DATA. Code, enhanced code and text are the engine's; the text names
+/// domains from the client's message, so anything but printable ASCII in it is replaced.
+pub fn auth_refused(r: &SmtpReply) -> Reply {
+    let enhanced = EnhancedCode::parse_prefix(r.status).map(|(code, _)| code);
+    let text: String = r
+        .text
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    Reply::new(r.code, enhanced, text)
 }
 
 pub fn header_too_big() -> Reply {

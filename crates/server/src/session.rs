@@ -2,7 +2,7 @@
 //! [`Action`] for the driver. No I/O happens here, so every command and error can be tested
 //! without a socket, and the driver stays a thin loop around it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,8 +13,10 @@ use tern_proto::{
     HeaderSection, MailParams, Reply, ReversePath,
 };
 
+use tern_auth::{SpfOutcome, SpfVerdict};
 pub use tern_delivery::intake::{Accepted, AcceptedRecipient};
 use tern_delivery::mailbox_cap::{MailboxCap, NewMailboxes};
+use tern_delivery::{Inbound, NotStored};
 
 use crate::client::ClientKey;
 use crate::disk::LowSpace;
@@ -62,12 +64,17 @@ pub struct Transaction {
     rejected: usize,
     /// The mailboxes its recipients would create (`limits.max_new_mailboxes_per_message`).
     new_mailboxes: NewMailboxes,
+    /// The SPF result of MAIL FROM, when SPF ran there (`checks.spf_fail_reject`); reused at
+    /// the end of DATA.
+    spf: Option<Box<SpfOutcome>>,
 }
 
 #[derive(Debug, Clone)]
 enum State {
     /// No transaction open (before MAIL, or after RSET / end of DATA).
     Idle,
+    /// MAIL is being answered: its SPF check ([`Action::CheckSpf`]) is out.
+    CheckingSpf(Transaction),
     /// MAIL accepted, collecting recipients.
     Mail(Transaction),
     /// DATA accepted (354 sent); the driver feeds the message.
@@ -86,6 +93,17 @@ pub enum Action {
     Close(Reply),
     /// Check these credentials off the async threads, then call [`Session::auth_verified`].
     Verify(Credentials),
+    /// Check SPF for this MAIL FROM (RFC 7208), then call [`Session::spf_checked`].
+    CheckSpf(SpfQuery),
+}
+
+/// What SPF at MAIL FROM checks: the client address, its HELO name and the reverse-path
+/// (without brackets, empty for `<>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfQuery {
+    pub ip: IpAddr,
+    pub helo: String,
+    pub mail_from: String,
 }
 
 /// A multi-step AUTH exchange waiting for the client's next line (RFC 4954 4).
@@ -210,7 +228,7 @@ impl Session {
     /// The open transaction, if any (for logging an aborted one).
     pub fn transaction(&self) -> Option<&Transaction> {
         match &self.state {
-            State::Mail(t) | State::Data(t) => Some(t),
+            State::CheckingSpf(t) | State::Mail(t) | State::Data(t) => Some(t),
             State::Idle => None,
         }
     }
@@ -420,15 +438,58 @@ impl Session {
                 "BODY"
             }));
         }
-        self.state = State::Mail(Transaction {
+        let helo_name = helo.name.clone();
+        let txn = Transaction {
             id: new_queue_id(),
             from,
             params,
             recipients: Vec::new(),
             rejected: 0,
             new_mailboxes: NewMailboxes::default(),
-        });
+            spf: None,
+        };
+        // SPF at MAIL FROM only when its fail is refused here (RFC 7372 3.2: 550 5.7.23);
+        // otherwise it runs with the other checks at the end of DATA, once.
+        let checks = self.cfg.checks;
+        if self.verifies_inbound() && checks.spf && checks.spf_fail_reject {
+            let query = SpfQuery {
+                ip,
+                helo: helo_name,
+                mail_from: txn
+                    .from
+                    .address()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            };
+            self.state = State::CheckingSpf(txn);
+            return Action::CheckSpf(query);
+        }
+        self.state = State::Mail(txn);
         Action::Reply(replies::sender_ok())
+    }
+
+    /// The outcome of [`Action::CheckSpf`] (`None`: no verifier, or SPF off): a `fail` refused
+    /// by `checks.spf_fail_reject` is 550 5.7.23 and no transaction opens; anything else opens
+    /// it with the result kept for the end of DATA. Not counted as an error: the client made
+    /// no protocol mistake.
+    pub fn spf_checked(&mut self, outcome: Option<SpfOutcome>) -> Action {
+        let State::CheckingSpf(mut txn) = std::mem::replace(&mut self.state, State::Idle) else {
+            return Action::Reply(replies::local_error());
+        };
+        if let Some(SpfVerdict::Reject(reply)) = outcome.as_ref().map(|o| &o.verdict) {
+            return Action::Reply(replies::auth_refused(reply));
+        }
+        txn.spf = outcome.map(Box::new);
+        self.state = State::Mail(txn);
+        Action::Reply(replies::sender_ok())
+    }
+
+    /// Inbound verification applies: port 25, a client that neither authenticated nor is in
+    /// `relay.trusted_networks` (their mail is ours, and signed, not checked).
+    fn verifies_inbound(&self) -> bool {
+        self.conn.kind == ListenerKind::Smtp
+            && self.authenticated.is_none()
+            && !self.cfg.is_trusted(self.conn.peer.ip())
     }
 
     fn rcpt(&mut self, to: ForwardPath) -> Action {
@@ -561,6 +622,11 @@ impl Session {
             date: &date,
         });
         self.storing = Some(txn.id.clone());
+        let inbound = if self.verifies_inbound() {
+            Inbound::Verify { spf: txn.spf }
+        } else {
+            Inbound::Skip
+        };
         DataEnd::Store(Accepted {
             id: txn.id,
             sender: txn.from.address().map(|a| a.to_string()),
@@ -572,23 +638,26 @@ impl Session {
             client_ip: self.conn.peer.ip(),
             // Ours to DKIM-sign: the mail of our users and of the hosts we relay for.
             sign: self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip()),
+            inbound,
         })
     }
 
     /// The reply to the end of data once the store has answered for the message
     /// [`Session::finish_data`] handed out (RFC 5321 4.2.5: the 250 only once the message is
     /// safe). A full disk is 452 4.3.1 and other temporary trouble 451 4.3.0, both of which the
-    /// client retries; a message the store can never take is 554 5.3.0 (RFC 3463).
-    pub fn stored(&mut self, result: Result<(), StoreError>) -> Reply {
+    /// client retries; a message the store can never take is 554 5.3.0 (RFC 3463). A message
+    /// verification refused gets the engine's reply (550 5.7.1 or 451 4.7.1, RFC 7489 6.6.3).
+    pub fn stored(&mut self, result: Result<(), NotStored>) -> Reply {
         let Some(id) = self.storing.take() else {
             // No message was handed out: nothing can have been stored.
             return replies::local_error();
         };
         match result {
             Ok(()) => replies::queued(&id),
-            Err(StoreError::StorageFull(_)) => replies::storage_full(),
-            Err(StoreError::Temporary(_)) => replies::local_error(),
-            Err(StoreError::Permanent(_)) => replies::store_refused(),
+            Err(NotStored::Store(StoreError::StorageFull(_))) => replies::storage_full(),
+            Err(NotStored::Store(StoreError::Temporary(_))) => replies::local_error(),
+            Err(NotStored::Store(StoreError::Permanent(_))) => replies::store_refused(),
+            Err(NotStored::Refused(r)) => replies::auth_refused(&r.reply),
         }
     }
 

@@ -232,6 +232,8 @@ impl Client {
                     self.conn.auth_verified(ticket, user);
                 }
                 Effect::Store(_, _, ticket) => self.conn.stored(ticket, Ok(())),
+                // Transcripts run without a resolver.
+                Effect::CheckSpf(_, ticket) => self.conn.spf_checked(ticket, None),
                 // Messages in transcripts are small; a spooled one needs no file here.
                 Effect::Spool(_) => {}
                 Effect::StartTls(_) => return Err("STARTTLS: transcripts run without TLS".into()),

@@ -128,7 +128,27 @@ impl Verifier {
                 SpfIdentity::Helo(name) => ar.with_spf_ehlo_result(&spf.output, ip, name),
             };
         }
-        ar = ar.with_dkim_results(&dkim_out, "");
+        // header.d= (the signing domain, what DMARC aligns, RFC 8601 2.7.1) rather than the
+        // header.i= mail-auth writes whenever the signature has an i= tag: the reports
+        // receivers read and the DMARC outcome next to it are about d=.
+        let by_domain: Vec<mail_auth::dkim::Signature> = dkim_out
+            .iter()
+            .filter_map(|o| o.signature())
+            .map(|sig| mail_auth::dkim::Signature {
+                i: String::new(),
+                ..sig.clone()
+            })
+            .collect();
+        // One entry per output that has a signature, in order.
+        let mut by_domain = by_domain.iter();
+        let reported: Vec<DkimOutput<'_>> = dkim_out
+            .iter()
+            .map(|o| match o.signature().and_then(|_| by_domain.next()) {
+                Some(sig) => o.clone().with_signature(sig),
+                None => o.clone(),
+            })
+            .collect();
+        ar = ar.with_dkim_results(&reported, "");
         if let Some(arc) = &arc_out {
             ar = ar.with_arc_result(arc, ip);
         }

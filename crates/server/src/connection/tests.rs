@@ -126,7 +126,7 @@ fn store_errors_choose_the_reply() {
         let Some(Effect::Store(_, _, ticket)) = c.poll() else {
             panic!("no store")
         };
-        c.stored(ticket, Err(err));
+        c.stored(ticket, Err(err.into()));
         assert_eq!(write(c.poll()), want);
         assert_eq!((c.accepted(), c.rejected()), (0, 1));
         // The transaction is over either way.
@@ -376,4 +376,38 @@ fn a_failed_spool_write_answers_452_at_the_end_and_the_session_goes_on() {
         "452 4.3.1 Insufficient system storage, try again later\r\n250 2.0.0 OK\r\n"
     );
     assert_eq!((c.accepted(), c.rejected()), (0, 1));
+}
+
+/// With `checks.spf_fail_reject`, MAIL on port 25 from an untrusted client waits for the SPF
+/// check: what was pipelined after it is processed only once the result is in.
+#[test]
+fn pipelined_commands_wait_for_the_spf_check_of_mail() {
+    let mut c = connection(
+        "[relay]\ntrusted_networks = []\n[checks]\nspf_fail_reject = true\n",
+        ListenerKind::Smtp,
+        false,
+    );
+    c.feed(b"EHLO a\r\nMAIL FROM:<x@sender.test>\r\nRCPT TO:<bob@tern.test>\r\nNOOP\r\n");
+    assert!(write(c.poll()).contains("PIPELINING"));
+    let Some(Effect::CheckSpf(query, ticket)) = c.poll() else {
+        panic!("no SPF check")
+    };
+    assert_eq!(
+        (query.mail_from.as_str(), query.helo.as_str()),
+        ("x@sender.test", "a")
+    );
+    assert!(
+        c.poll().is_none(),
+        "nothing more until the check is answered"
+    );
+    assert_eq!(c.wants(), None);
+    c.spf_checked(ticket, None);
+    assert_eq!(
+        replies(&write(c.poll())),
+        [
+            "250 2.1.0 Sender OK",
+            "250 2.1.5 Recipient OK",
+            "250 2.0.0 OK"
+        ]
+    );
 }

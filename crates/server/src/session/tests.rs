@@ -41,6 +41,7 @@ fn say(s: &mut Session, line: &str) -> String {
     let reply = match s.handle_line(line.as_bytes()) {
         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) | Action::Close(r) => r,
         Action::Verify(_) => panic!("unexpected credential check"),
+        Action::CheckSpf(_) => panic!("unexpected SPF check"),
     };
     let wire = String::from_utf8(reply.to_bytes()).unwrap();
     wire.lines().last().unwrap().to_string()
@@ -293,7 +294,7 @@ fn the_reply_after_storage_names_the_stored_message() {
     ));
     let full = crate::store::StoreError::StorageFull("ENOSPC".into());
     assert_eq!(
-        s.stored(Err(full)).to_bytes(),
+        s.stored(Err(full.into())).to_bytes(),
         b"452 4.3.1 Insufficient system storage, try again later\r\n"
     );
 }
@@ -620,4 +621,70 @@ fn catch_all_recipients_beyond_the_new_mailbox_cap_get_450() {
     assert_eq!(code(&mut t, "RCPT TO:<other0@tern.test>"), 250);
     assert_eq!(code(&mut t, "RCPT TO:<other1@tern.test>"), 250);
     assert_eq!(code(&mut t, "RCPT TO:<other2@tern.test>"), 450);
+}
+
+/// Port 25 mail from a host outside `relay.trusted_networks` is verified at the end of DATA;
+/// with `checks.spf_fail_reject` its SPF is checked at MAIL FROM first (the transaction opens
+/// only once the result is in), and the result rides along to the end of DATA.
+#[test]
+fn port_25_mail_from_outside_is_verified_and_spf_runs_at_mail_when_it_may_refuse() {
+    let cfg = config("[relay]\ntrusted_networks = []\n[checks]\nspf_fail_reject = true\n");
+    let mut s = session_with(cfg, "192.0.2.7:40000");
+    say(&mut s, "EHLO client.test");
+    let Action::CheckSpf(query) = s.handle_line(b"MAIL FROM:<a@sender.test>") else {
+        panic!("MAIL should ask for the SPF check");
+    };
+    assert_eq!(
+        query,
+        SpfQuery {
+            ip: "192.0.2.7".parse().unwrap(),
+            helo: "client.test".into(),
+            mail_from: "a@sender.test".into(),
+        }
+    );
+    assert!(s.transaction().is_some());
+    assert_eq!(
+        s.spf_checked(None),
+        Action::Reply(replies::sender_ok()),
+        "no result: the transaction opens"
+    );
+    assert_eq!(code(&mut s, "RCPT TO:<bob@tern.test>"), 250);
+    assert_eq!(code(&mut s, "DATA"), 354);
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
+        panic!("stored");
+    };
+    assert!(
+        matches!(acc.inbound, Inbound::Verify { spf: None }),
+        "{:?}",
+        acc.inbound
+    );
+    assert!(!acc.sign);
+
+    // Without spf_fail_reject, MAIL answers at once and SPF waits for the end of DATA.
+    let cfg = config("[relay]\ntrusted_networks = []\n");
+    let mut s = session_with(cfg, "192.0.2.7:40000");
+    say(&mut s, "EHLO client.test");
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<a@sender.test>"),
+        "250 2.1.0 Sender OK"
+    );
+}
+
+/// Our own mail (a trusted host here) is signed, never verified.
+#[test]
+fn mail_from_a_trusted_host_is_not_verified() {
+    let cfg = config("[checks]\nspf_fail_reject = true\n");
+    let mut s = session_with(cfg, "127.0.0.1:40000");
+    say(&mut s, "EHLO client.test");
+    assert_eq!(
+        say(&mut s, "MAIL FROM:<a@tern.test>"),
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(code(&mut s, "RCPT TO:<bob@tern.test>"), 250);
+    assert_eq!(code(&mut s, "DATA"), 354);
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
+        panic!("stored");
+    };
+    assert!(matches!(acc.inbound, Inbound::Skip));
+    assert!(acc.sign);
 }

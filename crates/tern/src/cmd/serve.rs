@@ -9,9 +9,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use tern_auth::Signer;
+use tern_auth::verify::ResolverSettings;
+use tern_auth::{Signer, Verifier, VerifierError};
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
+use tern_dns::FALLBACK_NAMESERVER;
 use tern_queue::{FsStore, QueueStore};
 use tern_server::disk::DiskMonitor;
 use tern_server::{bind_all, Server, TlsProvider};
@@ -65,11 +67,14 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     })?;
     let queue = open_queue(&cfg).context("cannot open the spool")?;
     let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
-    let store = Arc::new(
-        Intake::new(queue.clone(), local)
-            .with_signer(signer)
-            .with_srs(cfg.clone()),
-    );
+    let verifier = inbound_verifier(&cfg)?;
+    let mut intake = Intake::new(queue.clone(), local)
+        .with_signer(signer)
+        .with_srs(cfg.clone());
+    if let Some(v) = &verifier {
+        intake = intake.with_verifier(v.clone(), cfg.limits.max_message_size);
+    }
+    let store = Arc::new(intake);
     if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
         warn!("aliases forward to remote addresses but [srs] has no secret_file: forwarded mail keeps its original sender, which fails SPF at the next hop (see docs/configuration.md, [srs])");
     }
@@ -112,14 +117,45 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
     let disk = DiskMonitor::new(&cfg);
     let low_space = disk.flag();
     let monitor = disk.spawn(shutdown.clone());
-    Server::new(cfg.clone(), store, tls, shutdown.clone())
-        .with_low_space(low_space)
-        .run(listeners)
-        .await;
+    let mut server =
+        Server::new(cfg.clone(), store, tls, shutdown.clone()).with_low_space(low_space);
+    if let Some(v) = verifier {
+        server = server.with_verifier(v);
+    }
+    server.run(listeners).await;
     let _ = monitor.await;
     workers.stop().await;
     info!("tern stopped");
     Ok(())
+}
+
+/// The one verifier of inbound port-25 mail, shared by the sessions (SPF at MAIL FROM) and
+/// intake (the end-of-DATA checks), so its DNS caches serve them all: `[dns] nameservers` (else
+/// the system resolver), `hostname` as the authserv-id. `None` when every `[checks]` switch is
+/// off: nothing is checked and no Authentication-Results is added.
+fn inbound_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<Verifier>>> {
+    let c = cfg.checks;
+    if !(c.spf || c.dkim || c.dmarc || c.arc) {
+        return Ok(None);
+    }
+    let settings = ResolverSettings::new(cfg.dns.nameservers.clone());
+    let verifier = match Verifier::new(&settings, c, &cfg.hostname) {
+        Ok(v) => v,
+        // As the relay does (tern_dns::setup_resolver): without /etc/resolv.conf, ask a local
+        // caching resolver. If there is none, every lookup fails and the results are
+        // `temperror` (451 only where the policy would refuse, never a 5xx).
+        Err(e @ VerifierError::SystemConf(_)) => {
+            error!(error = %e, fallback = %FALLBACK_NAMESERVER,
+                "inbound verification: no system resolver configuration, asking the fallback nameserver");
+            let fallback = ResolverSettings::new(vec![FALLBACK_NAMESERVER]);
+            Verifier::new(&fallback, c, &cfg.hostname)
+                .context("cannot set up inbound verification ([checks], [dns])")?
+        }
+        Err(e) => {
+            return Err(e).context("cannot set up inbound verification ([checks], [dns])");
+        }
+    };
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Opens the filesystem spool, cleans up after a crash (temp files, orphans, bodies still
