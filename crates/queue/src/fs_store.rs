@@ -443,6 +443,8 @@ impl QueueStore for FsStore {
         let r = self
             .faults
             .check(FaultPoint::BeforeWrite, &path)
+            .and_then(|()| body.sync())
+            .and_then(|()| self.faults.check(FaultPoint::AfterFsync, &path))
             .and_then(|()| body.rename_to(&path))
             .map_err(|e| ctx(e, "renaming spooled message to", &path));
         if let Err(e) = &r {

@@ -73,19 +73,20 @@ impl SpoolFile {
         self.len == 0
     }
 
-    /// The body is complete: fdatasync it (its bytes, and the size needed to read them back)
-    /// and hand it on. The directory entry is not synced: only the rename into `msg/`, whose
-    /// directory the commit fsyncs, has to survive a crash.
+    /// The body is complete: hand it on. It is not synced here: a message delivered only to
+    /// local mailboxes is made durable in its Maildir copies, and this file is removed before
+    /// the kernel would write it out; only the queue commit, which keeps the file as the
+    /// entry's message, fdatasyncs it ([`Spooled::sync`]).
     pub fn finish(mut self) -> io::Result<Spooled> {
         let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("spool file already finished"))?;
-        file.sync_data()?;
         let path = std::mem::take(&mut self.path);
         Ok(Spooled {
             path,
             len: self.len,
+            file,
         })
     }
 }
@@ -104,6 +105,8 @@ impl Drop for SpoolFile {
 pub struct Spooled {
     path: PathBuf,
     len: u64,
+    /// Kept open for [`Spooled::sync`].
+    file: File,
 }
 
 impl Spooled {
@@ -145,6 +148,13 @@ impl Spooled {
             };
             f(&buf[..n])?;
         }
+    }
+
+    /// fdatasync: the bytes, and the size needed to read them back, are on disk. The directory
+    /// entry is not synced: only the rename into `msg/`, whose directory the commit fsyncs, has
+    /// to survive a crash.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Renames the body to `dest` (which must not exist: RENAME_NOREPLACE where the filesystem

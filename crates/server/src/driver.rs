@@ -453,7 +453,7 @@ impl Spool {
         Ok(())
     }
 
-    /// The last bytes, then fdatasync: the body is ready to store.
+    /// The last bytes: the body is ready to store (the queue commit syncs it if it keeps it).
     async fn finish<S: MessageStore>(
         &mut self,
         store: Arc<S>,
@@ -468,7 +468,7 @@ impl Spool {
             .ok_or_else(|| StoreError::new("no spool file for the message"))?;
         tokio::task::spawn_blocking(move || {
             file.finish()
-                .map_err(|e| StoreError::from_io("syncing the spooled message", &e))
+                .map_err(|e| StoreError::from_io("finishing the spooled message", &e))
         })
         .await
         .map_err(|e| StoreError::new(format!("spool task failed: {e}")))?
