@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from relay_helpers import LoggingDNS, Remote
 from ternlib import RawSMTP, Tern  # noqa: F401  (re-exported for tests that import from conftest)
 
 
@@ -33,3 +34,17 @@ def tern(tmp_path):
 def srv(tern):
     """A server with the default config (loopback trusted, catch-all for tern.test)."""
     return tern()
+
+
+@pytest.fixture
+def remote():
+    """An aiosmtpd peer on a free loopback port that records what it receives (relay tests)."""
+    with Remote() as r:
+        yield r
+
+
+@pytest.fixture
+def dns(request):
+    """A fake DNS server answering the test module's RECORDS (relay tests); a module may define its own."""
+    with LoggingDNS(request.module.RECORDS) as d:
+        yield d

@@ -14,19 +14,13 @@ import time
 
 import pytest
 
-from relay_helpers import (ALICE, WAIT, RawPeer, Remote, banner, check_failed, closed_port, ehlo_reply, envelope,
+from relay_helpers import (ALICE, WAIT, PeerConn, RawPeer, Remote, banner, check_failed, closed_port, ehlo_reply, envelope,
                            log_tail, no_reply_after_dot, parse_dsn, queue_ids, queue_show, recipient, relay_config,
                            return_path, route_to, silent, tern_queue, wait_bounce, wait_for, wait_gone, wait_state)
 from ternlib import HOSTNAME, make_message, split_trace
 
 BOB = "bob@remote.test"
 CAROL = "carol@remote.test"
-
-
-@pytest.fixture
-def remote():
-    with Remote() as r:
-        yield r
 
 
 def relay_srv(tern, port: int, **kw):

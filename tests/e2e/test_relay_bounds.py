@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
-from relay_helpers import (ALICE, LoggingDNS, PeerConn, RawPeer, Remote, check_failed, log_tail, relay_config,
+from relay_helpers import (ALICE, PeerConn, RawPeer, check_failed, log_tail, relay_config,
                            route_to, wait_bounce, wait_for, wait_gone, wait_state)
 from ternlib import make_message
 
@@ -29,18 +27,6 @@ RECORDS = {
     "ok.two.test": {"A": ["127.0.0.1"]},
     "denied.test": {"MX": [(10, "denied.two.test")]},
 }
-
-
-@pytest.fixture
-def dns():
-    with LoggingDNS(RECORDS) as d:
-        yield d
-
-
-@pytest.fixture
-def remote():
-    with Remote() as r:
-        yield r
 
 
 def _text(s: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay_helpers import (ALICE, LoggingDNS, Remote, check_failed, relay_config, wait_bounce, wait_gone,
+from relay_helpers import (ALICE, check_failed, relay_config, wait_bounce, wait_gone,
                            wait_state)
 from ternlib import HOSTNAME, make_message
 
@@ -29,18 +29,6 @@ RECORDS = {
     HOSTNAME: {"A": ["127.0.0.1"]},
     "broken.test": "SERVFAIL",
 }
-
-
-@pytest.fixture
-def dns():
-    with LoggingDNS(RECORDS) as d:
-        yield d
-
-
-@pytest.fixture
-def remote():
-    with Remote() as r:
-        yield r
 
 
 @pytest.fixture

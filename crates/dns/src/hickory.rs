@@ -11,6 +11,22 @@ use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
 use crate::error::DnsError;
+
+/// A resolver config that asks exactly these nameservers (UDP and TCP each, on their own
+/// ports): `[dns] nameservers`, shared by the relay's resolver and the mail-auth verifier.
+pub fn nameservers_config(addrs: &[SocketAddr]) -> ResolverConfig {
+    let servers = addrs
+        .iter()
+        .map(|addr| {
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            for c in &mut ns.connections {
+                c.port = addr.port();
+            }
+            ns
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
 use crate::resolver::{DnsFuture, MxRecord, Resolver};
 
 pub struct HickoryResolver {
@@ -45,17 +61,7 @@ impl HickoryResolver {
     /// Queries these nameservers only (UDP and TCP each), with a per-query timeout; `[dns]
     /// nameservers` in the config.
     pub fn with_nameservers(addrs: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
-        let servers = addrs
-            .iter()
-            .map(|addr| {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                ns
-            })
-            .collect();
-        let config = ResolverConfig::from_name_servers(servers);
+        let config = nameservers_config(addrs);
         let mut builder =
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
         builder.options_mut().timeout = timeout;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::ResolverOpts;
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::MessageAuthenticator;
 use tern_config::ChecksConfig;
@@ -83,20 +83,12 @@ impl Verifier {
         let (config, mut opts) = if settings.nameservers.is_empty() {
             read_system_conf().map_err(|e| VerifierError::SystemConf(e.to_string()))?
         } else {
-            let servers = settings
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for c in &mut ns.connections {
-                        c.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
             let mut opts = ResolverOpts::default();
             opts.attempts = 1;
-            (ResolverConfig::from_name_servers(servers), opts)
+            (
+                tern_dns::hickory::nameservers_config(&settings.nameservers),
+                opts,
+            )
         };
         opts.timeout = settings.query_timeout;
         opts.cache_size = RESOLVER_CACHE_SIZE;
