@@ -4,9 +4,11 @@
 //! aws-lc-rs, tern's one crypto backend); this crate decides which key signs what and checks
 //! keys and records so that mistakes show at start-up, not at the receiver.
 
+pub mod arc;
 pub mod dkim;
 pub mod verify;
 
+pub use arc::{ArcSeal, ArcSealer, NotSealed, SealedChain};
 pub use dkim::{
     check_record, generate_key, DkimRecord, KeyAlgorithm, KeyError, KeyType, PrivateKey,
     RecordCheck, SignError, Signer, SignerError, MIN_RSA_BITS,
