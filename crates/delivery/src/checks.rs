@@ -425,7 +425,9 @@ mod tests {
             key_file.display().to_string()
         );
         let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
-        let sealer = tern_auth::ArcSealer::from_config(&cfg).unwrap().map(Arc::new);
+        let sealer = tern_auth::ArcSealer::from_config(&cfg)
+            .unwrap()
+            .map(Arc::new);
         assert!(sealer.is_some());
         let queue = Arc::new(FsStore::open(dir.path()).unwrap());
         let intake = Intake::new(queue.clone(), LocalDelivery::unstaged(&cfg))
@@ -463,7 +465,9 @@ mod tests {
         assert!(arc.contains("cv=none"), "{forwarded}");
         assert!(arc.contains("ARC-Message-Signature: i=1;"), "{forwarded}");
         assert!(
-            arc.contains(&format!("ARC-Authentication-Results: i=1; {HOST}; dkim=none;")),
+            arc.contains(&format!(
+                "ARC-Authentication-Results: i=1; {HOST}; dkim=none;"
+            )),
             "{forwarded}"
         );
         assert!(forwarded.ends_with(std::str::from_utf8(MESSAGE).unwrap()));

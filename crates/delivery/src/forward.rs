@@ -27,9 +27,8 @@ pub(crate) enum Split {
 /// sender (RFC 5321 3.3: one sender per transaction), or for the ARC set (`sealed`) that the
 /// other copies must not carry. Without SRS for this sender they keep the client's sender.
 pub(crate) fn split_off(cfg: Option<&Config>, env: &mut Envelope, sealed: bool) -> Split {
-    let srs = cfg.and_then(|c| {
-        srs::forwarded_sender(c, env.sender.as_deref(), Day::of(SystemTime::now()))
-    });
+    let srs = cfg
+        .and_then(|c| srs::forwarded_sender(c, env.sender.as_deref(), Day::of(SystemTime::now())));
     if srs.is_none() && !sealed {
         return Split::Mixed;
     }
