@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use tern_auth::verify::LogFields;
 use tern_auth::verify::SmtpReply;
-use tern_auth::{strip_our_authentication_results, Disposition, SpfOutcome, Verifier};
+use tern_auth::{
+    strip_our_authentication_results, ArcSealer, Disposition, NotSealed, SpfOutcome, Verifier,
+};
 use tern_proto::HeaderSection;
 use tern_queue::{MessageBody, QueueStore, Spooled, StoreError};
 use tokio::sync::Semaphore;
@@ -85,6 +87,9 @@ pub struct Refusal {
 pub(crate) struct Checked {
     /// Our `Authentication-Results:` field, folded, ending in CRLF.
     pub authentication_results: String,
+    /// The ARC set (RFC 8617) for the forwarded copies, when a sealer was given and the
+    /// message could be sealed: three fields, each ending in CRLF.
+    pub arc_seal: Option<String>,
     /// The body, without any field that claimed our authserv-id.
     pub body: MessageBody,
     /// Where local copies go.
@@ -108,7 +113,8 @@ impl InboundChecks {
         }
     }
 
-    /// Verifies the message of `acc` (whose [`Accepted::inbound`] said `Verify` with `spf`).
+    /// Verifies the message of `acc` (whose [`Accepted::inbound`] said `Verify` with `spf`),
+    /// and with a `sealer` (the message has forwarded copies) makes their ARC set.
     /// DNS trouble never fails this (the engine makes it `temperror`); reading or rewriting a
     /// spooled body can, as a temporary storage error.
     pub(crate) async fn run(
@@ -117,6 +123,7 @@ impl InboundChecks {
         spf: Option<&SpfOutcome>,
         body: MessageBody,
         queue: &Arc<dyn QueueStore>,
+        sealer: Option<&ArcSealer>,
     ) -> Result<Checked, NotStored> {
         let v = &self.verifier;
         let mail_from = acc.sender.as_deref().unwrap_or("");
@@ -135,9 +142,28 @@ impl InboundChecks {
             (MessageBody::Spooled(_), None) => &[],
         };
         let verdict = v
-            .check_message(acc.client_ip, &acc.helo, mail_from, spf, message)
+            .check_message_sealed(acc.client_ip, &acc.helo, mail_from, spf, message, sealer)
             .await;
         let auth = verdict.log_fields();
+        let arc_seal = match verdict.arc_seal {
+            Some(Ok(seal)) => {
+                tracing::debug!(id = %acc.id, instance = seal.instance, cv = seal.cv.as_str(), "ARC sealed");
+                Some(seal.fields)
+            }
+            Some(Err(why)) => {
+                // The copies leave unsealed: the message is not refused for it.
+                match &why {
+                    NotSealed::Failed(reason) => {
+                        tracing::warn!(id = %acc.id, reason = %reason, "ARC sealing failed; forwarded copies leave unsealed")
+                    }
+                    other => {
+                        tracing::debug!(id = %acc.id, why = ?other, "forwarded copies not ARC-sealed")
+                    }
+                }
+                None
+            }
+            None => None,
+        };
         let folder = match verdict.disposition {
             Disposition::Deliver => Folder::Inbox,
             Disposition::Quarantine => Folder::Junk,
@@ -172,6 +198,7 @@ impl InboundChecks {
         };
         Ok(Checked {
             authentication_results: verdict.authentication_results,
+            arc_seal,
             body,
             folder,
             stored: Stored {
@@ -377,6 +404,74 @@ mod tests {
             queue.read_message(&id).unwrap(),
             [acc.received.as_bytes(), &message].concat()
         );
+    }
+
+    /// A verified message with a local, a direct remote and an alias-forwarded remote copy: the
+    /// ARC set (cv=none: no chain before; unsigned, so no DNS is needed) goes after our
+    /// Authentication-Results in the forwarded copy's entry only.
+    #[tokio::test]
+    async fn only_the_forwarded_entry_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("arc.pem");
+        std::fs::write(
+            &key_file,
+            tern_auth::generate_key(tern_auth::KeyAlgorithm::Rsa2048).unwrap(),
+        )
+        .unwrap();
+        let text = format!(
+            "hostname = \"{HOST}\"\ndata_dir = {:?}\n[[dkim]]\ndomain = \"tern.test\"\n\
+             selector = \"arc\"\nkey_file = {:?}\n",
+            dir.path().display().to_string(),
+            key_file.display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let sealer = tern_auth::ArcSealer::from_config(&cfg)
+            .unwrap()
+            .map(Arc::new);
+        assert!(sealer.is_some());
+        let queue = Arc::new(FsStore::open(dir.path()).unwrap());
+        let intake = Intake::new(queue.clone(), LocalDelivery::unstaged(&cfg))
+            .with_verifier(verifier(), 1 << 20)
+            .with_arc_sealer(sealer);
+        let id = tern_queue::QueueId::generate();
+        let mut acc = accepted(id.as_str());
+        let to = |address: &str, target: Target| AcceptedRecipient {
+            address: address.into(),
+            targets: vec![target],
+        };
+        acc.recipients = vec![
+            to("dave@tern.test", Target::Local("dave@tern.test".into())),
+            to("bob@remote.test", Target::Remote("bob@remote.test".into())),
+            to("fwd@tern.test", Target::Remote("far@remote.test".into())),
+        ];
+        intake
+            .store(acc, MessageBody::Memory(MESSAGE.to_vec()))
+            .await
+            .unwrap();
+        let ids = queue.list().unwrap();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        let direct = String::from_utf8(queue.read_message(&id).unwrap()).unwrap();
+        assert!(!direct.contains("ARC-"), "{direct}");
+        let other = ids.iter().find(|i| **i != id).unwrap();
+        let forwarded = String::from_utf8(queue.read_message(other).unwrap()).unwrap();
+        let env = queue.load(other).unwrap();
+        assert_eq!(env.size, forwarded.len() as u64);
+        assert_eq!(env.recipients[0].address, "far@remote.test");
+        let after_ar = forwarded
+            .split_once(&format!("Authentication-Results: {HOST}; dkim=none;"))
+            .unwrap()
+            .1;
+        let arc = &after_ar[after_ar.find("ARC-Seal: i=1;").unwrap()..];
+        assert!(arc.contains("cv=none"), "{forwarded}");
+        assert!(arc.contains("ARC-Message-Signature: i=1;"), "{forwarded}");
+        assert!(
+            arc.contains(&format!(
+                "ARC-Authentication-Results: i=1; {HOST}; dkim=none;"
+            )),
+            "{forwarded}"
+        );
+        assert!(forwarded.ends_with(std::str::from_utf8(MESSAGE).unwrap()));
+        assert!(!String::from_utf8_lossy(&local_copy(dir.path())).contains("ARC-"));
     }
 
     /// `.Junk/` is a Maildir++ folder inside a Maildir: both made on demand, with the marker,

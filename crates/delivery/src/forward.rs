@@ -12,25 +12,42 @@ use tern_queue::{Envelope, MessageBody, QueueId, QueueStore, StoreError};
 
 use crate::srs::{self, Day};
 
-/// Gives `env`'s forwarded recipients their SRS sender: in `env` itself when every recipient is
-/// forwarded, else in a second envelope (returned) that takes them out of `env`.
-pub(crate) fn split_off(cfg: Option<&Config>, env: &mut Envelope) -> Option<Envelope> {
-    let sender = srs::forwarded_sender(cfg?, env.sender.as_deref(), Day::of(SystemTime::now()))?;
+/// Where [`split_off`] put the forwarded recipients.
+#[derive(Debug)]
+pub(crate) enum Split {
+    /// Not apart: no forwarded recipient, or neither SRS nor a seal applies to them.
+    Mixed,
+    /// Every recipient of `env` is forwarded: `env` itself is the forwarded entry.
+    Whole,
+    /// A second envelope with the forwarded recipients, taken out of `env`.
+    Extra(Envelope),
+}
+
+/// Gives `env`'s forwarded recipients an entry of their own when they need one: for their SRS
+/// sender (RFC 5321 3.3: one sender per transaction), or for the ARC set (`sealed`) that the
+/// other copies must not carry. Without SRS for this sender they keep the client's sender.
+pub(crate) fn split_off(cfg: Option<&Config>, env: &mut Envelope, sealed: bool) -> Split {
+    let srs = cfg
+        .and_then(|c| srs::forwarded_sender(c, env.sender.as_deref(), Day::of(SystemTime::now())));
+    if srs.is_none() && !sealed {
+        return Split::Mixed;
+    }
+    let sender = srs.or_else(|| env.sender.clone());
     let (forwarded, direct): (Vec<_>, Vec<_>) = std::mem::take(&mut env.recipients)
         .into_iter()
         .partition(|r| r.original.is_some());
     if direct.is_empty() {
         env.recipients = forwarded;
-        env.sender = Some(sender);
-        return None;
+        env.sender = sender;
+        return Split::Whole;
     }
     env.recipients = direct;
     if forwarded.is_empty() {
-        return None;
+        return Split::Mixed;
     }
-    Some(Envelope {
+    Split::Extra(Envelope {
         id: QueueId::generate(),
-        sender: Some(sender),
+        sender,
         recipients: forwarded,
         ..env.clone()
     })
@@ -72,9 +89,11 @@ pub(crate) fn commit_extra<'a>(
     trace: &str,
     body: &MessageBody,
 ) -> Result<Extra<'a>, StoreError> {
-    let Some(env) = extra else {
+    let Some(mut env) = extra else {
         return Ok(Extra { queue, id: None });
     };
+    // Its trace may be longer than the first entry's (the ARC set).
+    env.size = trace.len() as u64 + body.len();
     let committed = match body {
         MessageBody::Memory(bytes) => queue.commit_parts(&env, &[trace.as_bytes(), bytes]),
         // A second spool file, copied a piece at a time: the message is never in memory.
@@ -167,7 +186,9 @@ mod tests {
                 rcpt("someone@remote.test", Some("fwd@tern.test")),
             ],
         );
-        let extra = split_off(Some(&c), &mut env).unwrap();
+        let Split::Extra(extra) = split_off(Some(&c), &mut env, false) else {
+            panic!("not split")
+        };
         assert_eq!(env.sender.as_deref(), Some("carol@far.test"));
         assert_eq!(env.recipients, [rcpt("bob@remote.test", None)]);
         let sender = extra.sender.clone().unwrap();
@@ -186,7 +207,10 @@ mod tests {
             Some("carol@far.test"),
             vec![rcpt("someone@remote.test", Some("fwd@tern.test"))],
         );
-        assert!(split_off(Some(&c), &mut only).is_none());
+        assert!(matches!(
+            split_off(Some(&c), &mut only, false),
+            Split::Whole
+        ));
         assert_eq!(only.sender, Some(sender));
     }
 
@@ -203,12 +227,36 @@ mod tests {
             (&off, Some("carol@far.test")), // SRS off
         ] {
             let mut env = envelope(sender, forwarded());
-            assert!(split_off(Some(c), &mut env).is_none());
+            assert!(matches!(split_off(Some(c), &mut env, false), Split::Mixed));
             assert_eq!(env.sender.as_deref(), sender);
         }
         let mut env = envelope(Some("carol@far.test"), forwarded());
-        assert!(split_off(None, &mut env).is_none());
+        assert!(matches!(split_off(None, &mut env, false), Split::Mixed));
         assert_eq!(env.sender.as_deref(), Some("carol@far.test"));
+    }
+
+    /// A sealed message's forwarded copies get their own entry even without SRS, with the
+    /// client's sender.
+    #[test]
+    fn a_seal_splits_without_srs() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = cfg(dir.path(), false);
+        let mut env = envelope(
+            Some("carol@far.test"),
+            vec![
+                rcpt("bob@remote.test", None),
+                rcpt("someone@remote.test", Some("fwd@tern.test")),
+            ],
+        );
+        let Split::Extra(extra) = split_off(Some(&off), &mut env, true) else {
+            panic!("not split")
+        };
+        assert_eq!(extra.sender.as_deref(), Some("carol@far.test"));
+        assert_eq!(env.recipients, [rcpt("bob@remote.test", None)]);
+        assert_eq!(
+            extra.recipients,
+            [rcpt("someone@remote.test", Some("fwd@tern.test"))]
+        );
     }
 
     fn accepted(id: &QueueId) -> Accepted {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tern_auth::{Signer, Verifier};
+use tern_auth::{ArcSealer, Signer, Verifier};
 use tern_queue::{
     Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
 };
@@ -83,6 +83,9 @@ pub struct Intake {
     srs: Option<Arc<Config>>,
     /// Inbound verification; `None` verifies nothing (tools, tests).
     checks: Option<Arc<InboundChecks>>,
+    /// ARC-seals the forwarded copies of verified mail ([`crate::forward`]); `None` seals
+    /// nothing.
+    sealer: Option<Arc<ArcSealer>>,
 }
 
 impl Intake {
@@ -94,6 +97,7 @@ impl Intake {
             signer: Arc::new(Signer::default()),
             srs: None,
             checks: None,
+            sealer: None,
         }
     }
 
@@ -109,6 +113,12 @@ impl Intake {
     /// Signs the messages marked [`Accepted::sign`] with these `[[dkim]]` keys.
     pub fn with_signer(self, signer: Arc<Signer>) -> Self {
         Self { signer, ..self }
+    }
+
+    /// ARC-seals (RFC 8617) the copies that local aliases forward off-host, for mail that was
+    /// verified ([`Inbound::Verify`]); they get a queue entry of their own for it.
+    pub fn with_arc_sealer(self, sealer: Option<Arc<ArcSealer>>) -> Self {
+        Self { sealer, ..self }
     }
 
     /// Gives copies that local aliases forward off-host the SRS sender of `cfg.srs`.
@@ -130,36 +140,75 @@ impl Intake {
             acc,
             body,
             Folder::Inbox,
+            None,
         )
     }
 
     /// The verification step before the blocking store (port-25 mail from outside): refuses
     /// the message, or adds our Authentication-Results after tern's Received (in the trace
-    /// every copy carries) and says where local copies go.
+    /// every copy carries), says where local copies go, and makes the ARC set for the
+    /// forwarded copies if there are any.
     async fn verify_inbound(
         &self,
         accepted: &mut Accepted,
         body: MessageBody,
-    ) -> Result<(MessageBody, Folder, Stored), NotStored> {
+    ) -> Result<Verified, NotStored> {
         let (Inbound::Verify { spf }, Some(checks)) = (&accepted.inbound, &self.checks) else {
-            return Ok((body, Folder::Inbox, Stored::default()));
+            return Ok(Verified {
+                body,
+                folder: Folder::Inbox,
+                stored: Stored::default(),
+                arc_seal: None,
+            });
         };
+        // Sealing costs an RSA signature: only for messages with a forwarded copy.
+        let sealer = self.sealer.as_deref().filter(|_| has_forwarded(accepted));
         let Checked {
             authentication_results,
+            arc_seal,
             body,
             folder,
             stored,
         } = checks
-            .run(accepted, spf.as_deref(), body, &self.queue)
+            .run(accepted, spf.as_deref(), body, &self.queue, sealer)
             .await?;
         accepted.received.push_str(&authentication_results);
-        Ok((body, folder, stored))
+        Ok(Verified {
+            body,
+            folder,
+            stored,
+            arc_seal,
+        })
     }
+}
+
+/// What [`Intake::verify_inbound`] hands to the blocking store.
+struct Verified {
+    body: MessageBody,
+    folder: Folder,
+    stored: Stored,
+    /// The ARC set for the forwarded copies' entry only.
+    arc_seal: Option<String>,
+}
+
+/// A copy goes off-host because of an alias: a remote target that is not the address the
+/// client gave (what becomes [`Recipient::original`]).
+fn has_forwarded(acc: &Accepted) -> bool {
+    acc.recipients.iter().any(|r| {
+        r.targets
+            .iter()
+            .any(|t| matches!(t, Target::Remote(addr) if *addr != r.address))
+    })
 }
 
 impl MessageStore for Intake {
     async fn store(&self, mut accepted: Accepted, body: MessageBody) -> Result<Stored, NotStored> {
-        let (body, folder, stored) = self.verify_inbound(&mut accepted, body).await?;
+        let Verified {
+            body,
+            folder,
+            stored,
+            arc_seal,
+        } = self.verify_inbound(&mut accepted, body).await?;
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();
@@ -174,6 +223,7 @@ impl MessageStore for Intake {
                 &accepted,
                 body,
                 folder,
+                arc_seal.as_deref(),
             )
         })
         .await
@@ -188,6 +238,9 @@ impl MessageStore for Intake {
     }
 }
 
+/// `arc_seal`: the ARC set for the forwarded copies, which then get an entry of their own with
+/// it after the trace fields (local copies and the other remote copies never carry it).
+#[allow(clippy::too_many_arguments)]
 fn store_blocking(
     queue: &dyn QueueStore,
     local: &LocalDelivery,
@@ -196,6 +249,7 @@ fn store_blocking(
     acc: &Accepted,
     body: MessageBody,
     folder: Folder,
+    arc_seal: Option<&str>,
 ) -> Result<(), StoreError> {
     let trace = trace_fields(signer, acc, &body)?;
     // Each target once, even when several recipients or aliases lead to it.
@@ -250,9 +304,19 @@ fn store_blocking(
             delay_warned: false,
             attempts_log: Vec::new(),
         };
-        // Forwarded copies with an SRS sender become an entry of their own, committed first.
-        let forwarded = forward::split_off(srs, &mut envelope);
-        let forwarded = forward::commit_extra(queue, forwarded, &trace, &body)?;
+        // Forwarded copies with an SRS sender or an ARC seal become an entry of their own,
+        // committed first; the seal goes after the trace fields of that entry only.
+        let forwarded_trace = match arc_seal {
+            Some(seal) => format!("{trace}{seal}"),
+            None => trace.clone(),
+        };
+        let (extra, trace) = match forward::split_off(srs, &mut envelope, arc_seal.is_some()) {
+            forward::Split::Extra(extra) => (Some(extra), trace),
+            forward::Split::Whole => (None, forwarded_trace.clone()),
+            forward::Split::Mixed => (None, trace),
+        };
+        envelope.size = trace.len() as u64 + body.len();
+        let forwarded = forward::commit_extra(queue, extra, &forwarded_trace, &body)?;
         // On failure `delivered` (and `forwarded`) drop here and take the local copies back:
         // the client gets a 4xx and retries the whole message.
         let committed = match body {

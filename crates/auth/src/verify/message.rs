@@ -19,6 +19,7 @@ use super::outcome::{
     SmtpReply, SpfIdentity, SpfOutcome,
 };
 use super::verifier::Verifier;
+use crate::arc::{ArcSealer, NotSealed};
 
 fn deadline_error() -> Error {
     Error::Dns(mail_auth::DnsError::Resolver(
@@ -38,6 +39,24 @@ impl Verifier {
         mail_from: &str,
         spf: Option<&SpfOutcome>,
         message: &[u8],
+    ) -> MessageVerdict {
+        self.check_message_sealed(ip, helo, mail_from, spf, message, None)
+            .await
+    }
+
+    /// [`Verifier::check_message`], and with a `sealer` also the ARC set (RFC 8617) to put in
+    /// front of the copies that are forwarded ([`MessageVerdict::arc_seal`]): sealed over the
+    /// chain as validated here, with our Authentication-Results as its
+    /// ARC-Authentication-Results. A refused message (see [`MessageVerdict::disposition`]) is
+    /// not sealed.
+    pub async fn check_message_sealed(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        spf: Option<&SpfOutcome>,
+        message: &[u8],
+        sealer: Option<&ArcSealer>,
     ) -> MessageVerdict {
         let until = Instant::now() + self.deadline;
         let parsed = AuthenticatedMessage::parse(message);
@@ -119,7 +138,18 @@ impl Verifier {
         };
         let disposition = self.disposition(dmarc.as_ref());
 
-        let mut ar = AuthenticationResults::new(&self.authserv_id);
+        // RFC 8601 2.7.1: a message without a signature is `dkim=none`. mail-auth writes one
+        // entry per signature and has no public way to write this one, so it goes in right after
+        // the authserv-id, with a plain space (no folding): mail-auth writes that part of the
+        // ARC-Authentication-Results verbatim into what the seal signs, and a validator sees it
+        // relaxed-canonicalized, which leaves a single space as it is (RFC 6376 3.4.2).
+        let unsigned = checks.dkim && dkim_out.is_empty();
+        let head = if unsigned {
+            format!("{}; dkim=none", self.authserv_id)
+        } else {
+            self.authserv_id.clone()
+        };
+        let mut ar = AuthenticationResults::new(&head);
         if let Some(spf) = spf {
             ar = match &spf.identity {
                 SpfIdentity::MailFrom(from) => {
@@ -156,6 +186,25 @@ impl Verifier {
             ar = ar.with_dmarc_result(out);
         }
 
+        let arc_seal = match (sealer, &parsed, &arc_out) {
+            _ if matches!(
+                disposition,
+                Disposition::Reject(_) | Disposition::TempFail(_)
+            ) =>
+            {
+                None
+            }
+            (None, _, _) | (Some(_), None, _) => None,
+            (Some(_), Some(_), None) => Some(Err(NotSealed::ArcNotChecked)),
+            (Some(sealer), Some(msg), Some(arc)) => Some(sealer.seal(msg, &ar, arc)),
+        };
+        // With only `dkim=none` to say, mail-auth would add "; none" after it.
+        let authentication_results = if unsigned && ar.to_string() == head {
+            format!("Authentication-Results: {head}\r\n")
+        } else {
+            ar.to_header()
+        };
+
         MessageVerdict {
             spf: spf.cloned(),
             dkim: checks
@@ -164,7 +213,8 @@ impl Verifier {
             arc: arc_out.as_ref().map(|a| AuthResult::from(a.result())),
             dmarc,
             disposition,
-            authentication_results: ar.to_header(),
+            authentication_results,
+            arc_seal,
         }
     }
 

@@ -211,6 +211,9 @@ pub struct MessageVerdict {
     /// The whole `Authentication-Results:` field (RFC 8601), folded, ending in CRLF; prepend
     /// it to the message after [`crate::strip_our_authentication_results`].
     pub authentication_results: String,
+    /// The ARC set for forwarded copies: `None` when no sealer was given (or the message is
+    /// refused, or could not be parsed), else the set or why there is none.
+    pub arc_seal: Option<Result<crate::arc::ArcSeal, crate::arc::NotSealed>>,
 }
 
 /// The short results for the per-transaction log line (`spf=`, `dkim=`, `dmarc=`, `arc=`).

@@ -419,3 +419,171 @@ fn the_strip_helper_removes_a_forged_verdict_before_ours_is_added() {
     let out = strip_our_authentication_results(header.as_bytes(), HOST);
     assert_eq!(out, b"From: a@example.test\r\n".to_vec());
 }
+
+/// RFC 8601 2.7.1: a message without any DKIM-Signature is `dkim=none`, in the same field as
+/// the other results, and alone when it is the only check.
+#[test]
+fn an_unsigned_message_is_dkim_none() {
+    let rt = rt();
+    let v = verifier(checks());
+    dmarc(&v, "example.test", "v=DMARC1; p=none");
+    let verdict =
+        rt.block_on(v.check_message(ip(), "client.test", "a@example.test", None, MESSAGE));
+    let ar = &verdict.authentication_results;
+    assert!(
+        ar.starts_with(&format!("Authentication-Results: {HOST}; dkim=none;\r\n\t")),
+        "{ar}"
+    );
+    assert!(ar.contains("dmarc=fail"), "{ar}");
+    assert_eq!(verdict.log_fields().dkim, "none");
+    assert_eq!(ar.matches("dkim=").count(), 1, "{ar}");
+
+    let only_dkim = verifier(ChecksConfig {
+        spf: false,
+        dmarc: false,
+        arc: false,
+        ..checks()
+    });
+    let verdict = rt.block_on(only_dkim.check_message(ip(), "client.test", "", None, MESSAGE));
+    assert_eq!(
+        verdict.authentication_results,
+        format!("Authentication-Results: {HOST}; dkim=none\r\n")
+    );
+    // A signed message has its signature's entry and no `none`.
+    let dir = tempfile::tempdir().unwrap();
+    let s = signer(&v, dir.path());
+    let verdict = rt.block_on(v.check_message(ip(), "client.test", "", None, &signed(&s)));
+    assert!(!verdict.authentication_results.contains("dkim=none"));
+}
+
+/// A sealer for receiver.test (the parent of HOST) whose RSA key is in `v`'s cache.
+fn arc_sealer(v: &Verifier, dir: &std::path::Path) -> crate::ArcSealer {
+    let key_file = dir.join("arc.pem");
+    std::fs::write(&key_file, generate_key(KeyAlgorithm::Rsa2048).unwrap()).unwrap();
+    let key = PrivateKey::load(&key_file).unwrap();
+    let record = DkimRecord::new("receiver.test", "arc", &key);
+    let dk = DomainKey::parse(record.value.as_bytes()).unwrap();
+    txt(
+        v,
+        "arc._domainkey.receiver.test.",
+        Txt::DomainKey(Arc::new(dk)),
+    );
+    let text = format!(
+        "hostname = \"{HOST}\"\ndata_dir = {:?}\n[[dkim]]\ndomain = \"receiver.test\"\n\
+         selector = \"arc\"\nkey_file = {:?}\n",
+        dir.display().to_string(),
+        key_file.display().to_string()
+    );
+    let cfg = tern_config::Config::from_toml_str(&text, std::path::Path::new("t.toml")).unwrap();
+    crate::ArcSealer::from_config(&cfg).unwrap().unwrap()
+}
+
+/// Our seal validates (mail-auth's own ARC validator, the same keys in its cache), the next one
+/// continues the chain with cv=pass, a changed body makes the next seal cv=fail, and after a
+/// cv=fail nobody seals (RFC 8617 5.1 step 1).
+#[test]
+fn arc_seals_chain_pass_then_fail() {
+    use crate::{NotSealed, SealedChain};
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(ChecksConfig {
+        spf: false,
+        ..checks()
+    });
+    let s = signer(&v, dir.path());
+    let sealer = arc_sealer(&v, dir.path());
+    dmarc(&v, "example.test", "v=DMARC1; p=reject");
+    // Each hop: verify and seal, then forward (our fields in front of the message).
+    let hop = |message: &[u8]| {
+        let verdict = rt.block_on(v.check_message_sealed(
+            ip(),
+            "client.test",
+            "",
+            None,
+            message,
+            Some(&sealer),
+        ));
+        let seal = verdict.arc_seal.clone();
+        (verdict, seal)
+    };
+    let first = signed(&s);
+    let (verdict, seal) = hop(&first);
+    assert_eq!(verdict.arc, Some(AuthResult::None));
+    let seal = seal.unwrap().unwrap();
+    assert_eq!((seal.instance, seal.cv), (1, SealedChain::None));
+    let f = &seal.fields;
+    assert!(f.starts_with("ARC-Seal: i=1;"), "{f}");
+    assert!(f.contains("cv=none"), "{f}");
+    assert!(f.contains("d=receiver.test") && f.contains("s=arc"), "{f}");
+    // The AAR carries our Authentication-Results, results and all.
+    let aar = f.split("ARC-Authentication-Results: ").nth(1).unwrap();
+    let ours = verdict
+        .authentication_results
+        .strip_prefix("Authentication-Results: ")
+        .unwrap();
+    assert_eq!(aar, format!("i=1; {ours}"), "{f}");
+
+    let second: Vec<u8> = [
+        seal.fields.as_bytes(),
+        verdict.authentication_results.as_bytes(),
+        &first,
+    ]
+    .concat();
+    let (verdict, seal) = hop(&second);
+    assert_eq!(verdict.arc, Some(AuthResult::Pass), "{verdict:?}");
+    let seal = seal.unwrap().unwrap();
+    assert_eq!((seal.instance, seal.cv), (2, SealedChain::Pass));
+
+    let mut third: Vec<u8> = [seal.fields.as_bytes(), &second].concat();
+    let n = third.len();
+    third[n - 4] = b'X';
+    let (verdict, seal) = hop(&third);
+    assert_ne!(verdict.arc, Some(AuthResult::Pass));
+    // The altered body fails DKIM, so DMARC p=reject refuses it: a refused message is not
+    // sealed. Delivered (DMARC off) it is sealed with cv=fail.
+    assert!(matches!(verdict.disposition, Disposition::Reject(_)));
+    assert_eq!(seal, None);
+    let lenient = verifier(ChecksConfig {
+        spf: false,
+        dmarc: false,
+        ..checks()
+    });
+    // The same keys as `v` knows.
+    for name in [
+        "arc._domainkey.receiver.test.",
+        "s1._domainkey.example.test.",
+    ] {
+        let key: Box<str> = name.into();
+        txt(&lenient, name, v.caches().txt.get(&key).unwrap());
+    }
+    let seal_with = |message: &[u8]| {
+        rt.block_on(lenient.check_message_sealed(
+            ip(),
+            "client.test",
+            "",
+            None,
+            message,
+            Some(&sealer),
+        ))
+        .arc_seal
+        .unwrap()
+    };
+    let failed = seal_with(&third).unwrap();
+    assert_eq!((failed.instance, failed.cv), (3, SealedChain::Fail));
+    let fourth: Vec<u8> = [failed.fields.as_bytes(), &third].concat();
+    assert_eq!(seal_with(&fourth), Err(NotSealed::AlreadyFailed));
+    // ARC off: nothing says what cv= would be.
+    let no_arc = verifier(ChecksConfig {
+        arc: false,
+        ..checks()
+    });
+    let verdict = rt.block_on(no_arc.check_message_sealed(
+        ip(),
+        "client.test",
+        "",
+        None,
+        MESSAGE,
+        Some(&sealer),
+    ));
+    assert_eq!(verdict.arc_seal, Some(Err(NotSealed::ArcNotChecked)));
+}

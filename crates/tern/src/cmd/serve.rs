@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tern_auth::verify::ResolverSettings;
-use tern_auth::{Signer, Verifier, VerifierError};
+use tern_auth::{ArcSealer, Signer, Verifier, VerifierError};
 use tern_config::Config;
 use tern_delivery::{Intake, LocalDelivery};
 use tern_dns::FALLBACK_NAMESERVER;
@@ -37,6 +37,14 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    // The ARC sealer for forwarded mail: one of the keys just loaded (docs/authentication.md).
+    let sealer = match ArcSealer::from_config(&cfg) {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => {
+            eprintln!("tern serve: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
     logging::init(&cfg.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,7 +56,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::from(71); // EX_OSERR
         }
     };
-    match runtime.block_on(serve(cfg, signer)) {
+    match runtime.block_on(serve(cfg, signer, sealer)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -58,7 +66,11 @@ pub fn run(config: Option<&Path>) -> ExitCode {
     }
 }
 
-async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Arc<Config>,
+    signer: Arc<Signer>,
+    sealer: Option<Arc<ArcSealer>>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {} (set data_dir in the config to a writable directory)",
@@ -73,6 +85,10 @@ async fn serve(cfg: Arc<Config>, signer: Arc<Signer>) -> anyhow::Result<()> {
         .with_srs(cfg.clone());
     if let Some(v) = &verifier {
         intake = intake.with_verifier(v.clone(), cfg.limits.max_message_size);
+        if let Some(s) = &sealer {
+            info!(domain = %s.domain(), selector = %s.selector(), "ARC-sealing forwarded mail");
+        }
+        intake = intake.with_arc_sealer(sealer);
     }
     let store = Arc::new(intake);
     if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
