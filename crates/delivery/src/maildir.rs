@@ -192,13 +192,10 @@ enum FileBody<'a> {
         /// Octets its CRLF form has on top of `bytes.len()`.
         extra: usize,
     },
-    /// Converted again while each copy is written; its sizes were measured in one pass first
-    /// (the file name carries them, and it is chosen before the write).
-    Streamed {
-        source: &'a Spooled,
-        len: usize,
-        extra: usize,
-    },
+    /// Converted again while each copy is written, its sizes counted on the way: the copy is
+    /// written under a name without them and gets its `,S=`/`,W=` name at the rename into
+    /// `new/` (so the spool file is read once per copy, not measured first).
+    Streamed { source: &'a Spooled },
 }
 
 impl<'a> FileBody<'a> {
@@ -209,35 +206,37 @@ impl<'a> FileBody<'a> {
                 let extra = eol::crlf_to_lf(b, &mut bytes);
                 Ok(FileBody::Converted { bytes, extra })
             }
-            Body::Spooled(source) => {
-                let mut len = 0;
-                let extra = convert_spooled(source, |piece| {
-                    len += piece.len();
-                    Ok(())
-                })?;
-                Ok(FileBody::Streamed { source, len, extra })
+            Body::Spooled(source) => Ok(FileBody::Streamed { source }),
+        }
+    }
+
+    /// Octets in the file and octets more with CRLF line ends, when known before the write.
+    fn sizes(&self) -> Option<(usize, usize)> {
+        match self {
+            FileBody::Converted { bytes, extra } => Some((bytes.len(), *extra)),
+            FileBody::Streamed { .. } => None,
+        }
+    }
+
+    /// Writes the (converted) body after `prefix` to `file`; returns the body's sizes as
+    /// [`FileBody::sizes`] counts them.
+    fn write(&self, file: &mut fs::File, prefix: &[u8]) -> io::Result<(usize, usize)> {
+        match self {
+            FileBody::Converted { bytes, extra } => {
+                write_parts(file, &[prefix, bytes])?;
+                Ok((bytes.len(), *extra))
             }
-        }
-    }
-
-    /// Octets in the file, and octets more with CRLF line ends.
-    fn sizes(&self) -> (usize, usize) {
-        match self {
-            FileBody::Converted { bytes, extra } => (bytes.len(), *extra),
-            FileBody::Streamed { len, extra, .. } => (*len, *extra),
-        }
-    }
-
-    /// Writes the (converted) body after `prefix` to `file`.
-    fn write(&self, file: &mut fs::File, prefix: &[u8]) -> io::Result<()> {
-        match self {
-            FileBody::Converted { bytes, .. } => write_parts(file, &[prefix, bytes]),
-            FileBody::Streamed { source, .. } => {
+            FileBody::Streamed { source } => {
                 use std::io::Write as _;
                 let mut out = io::BufWriter::with_capacity(SPOOL_CHUNK, file);
                 out.write_all(prefix)?;
-                convert_spooled(source, |piece| out.write_all(piece))?;
-                out.flush()
+                let mut len = 0;
+                let extra = convert_spooled(source, |piece| {
+                    len += piece.len();
+                    out.write_all(piece)
+                })?;
+                out.flush()?;
+                Ok((len, extra))
             }
         }
     }
@@ -436,9 +435,11 @@ fn stage<'a>(
     let mut prefix = Vec::with_capacity(copy.prefix.len());
     let prefix_extra = eol::crlf_to_lf(&copy.prefix, &mut prefix);
     // Maildir++ / Dovecot: S= is the size of the file, W= the size with CRLF line ends.
-    let (body_len, body_extra) = body.sizes();
-    let size = prefix.len() + body_len;
-    let crlf_size = size + prefix_extra + body_extra;
+    let sizes = |(body_len, body_extra): (usize, usize)| {
+        let size = prefix.len() + body_len;
+        (size, size + prefix_extra + body_extra)
+    };
+    let known = body.sizes().map(sizes);
     let tmp_dir = match staging {
         Some(s) => s.pick().to_path_buf(),
         None => copy.mailbox.join("tmp"),
@@ -448,7 +449,13 @@ fn stage<'a>(
     // Bounded: a name collision needs the same second, microsecond, pid, counter and 64
     // random bits; the directory creation is tried once.
     for _ in 0..8 {
-        let name = unique_name(host, size, crlf_size);
+        let base = unique_base(host);
+        // A streamed body's sizes are known only once it is written: its temp file goes
+        // without them, and the name in new/ (the one mail readers see) has them.
+        let name = match known {
+            Some((size, crlf_size)) => with_sizes(&base, size, crlf_size),
+            None => base.clone(),
+        };
         let tmp = tmp_dir.join(&name);
         let opened = OpenOptions::new()
             .write(true)
@@ -476,12 +483,25 @@ fn stage<'a>(
         let written = body
             .write(&mut file, &prefix)
             .map_err(|e| (MaildirOp::Writing, e))
-            .and_then(|()| file.sync_data().map_err(|e| (MaildirOp::Syncing, e)));
+            .and_then(|body_sizes| {
+                file.sync_data().map_err(|e| (MaildirOp::Syncing, e))?;
+                Ok(body_sizes)
+            });
         drop(file);
-        if let Err((op, e)) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(MaildirError::new(op, tmp, e));
-        }
+        let body_sizes = match written {
+            Ok(s) => s,
+            Err((op, e)) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(MaildirError::new(op, tmp, e));
+            }
+        };
+        let name = match known {
+            Some(_) => name,
+            None => {
+                let (size, crlf_size) = sizes(body_sizes);
+                with_sizes(&base, size, crlf_size)
+            }
+        };
         let new = copy.mailbox.join("new").join(&name);
         return Ok(Staged {
             copy,
@@ -560,22 +580,27 @@ fn ensure_dirs(mailbox: &Path) -> Result<(), MaildirError> {
 
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
-/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>,S=<size>,W=<crlf size>`: the Maildir
-/// spec's unique name (time, process, per-process delivery counter, 64 random bits so that
-/// containers sharing a pid and a volume still differ) plus Dovecot's `,S=` (file size, spares
-/// it a stat) and `,W=` (size with CRLF line ends, what IMAP reports as RFC822.SIZE).
-fn unique_name(host: &str, size: usize, crlf_size: usize) -> String {
+/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>`: the Maildir spec's unique name (time,
+/// process, per-process delivery counter, 64 random bits so that containers sharing a pid and a
+/// volume still differ). [`with_sizes`] adds Dovecot's `,S=<size>` (file size, spares it a stat)
+/// and `,W=<crlf size>` (size with CRLF line ends, what IMAP reports as RFC822.SIZE).
+fn unique_base(host: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     format!(
-        "{}.M{}P{}Q{}R{:016x}.{host},S={size},W={crlf_size}",
+        "{}.M{}P{}Q{}R{:016x}.{host}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
         DELIVERIES.fetch_add(1, Ordering::Relaxed),
         rand::random::<u64>(),
     )
+}
+
+/// A unique base with Dovecot's sizes: the name a copy has in `new/`.
+fn with_sizes(base: &str, size: usize, crlf_size: usize) -> String {
+    format!("{base},S={size},W={crlf_size}")
 }
 
 /// The host name as a file-name part. The Maildir spec replaces `/` with `\057` and `:` with

@@ -218,7 +218,7 @@ impl<S: MessageStore> Driver<S> {
         let mut wait: Option<(Wants, Instant)> = None;
         let mut stress = Some(self.stress.clone());
         // The spool file of the message being received, once it outgrew memory.
-        let mut spool = Spool(None);
+        let mut spool = Spool::new();
         // This session's share of the DATA memory budget while it receives a message.
         let mut memory: Option<Option<Reservation>> = None;
         loop {
@@ -428,28 +428,44 @@ impl<S: MessageStore> Driver<S> {
 /// The spool file of the message a session is receiving. Its writes run on the blocking pool
 /// (the store's, never the password checks'), one piece at a time, so a session holds at most
 /// one piece in memory and a slow disk slows only this client.
-struct Spool(Option<SpoolFile>);
+struct Spool(SpoolState);
+
+enum SpoolState {
+    /// No file for the message being received (it is small so far, or there is none).
+    None,
+    /// A piece is being written; the connection reads on meanwhile, so the network and the
+    /// disk overlap (with one write at a time, a single session's large message took twice
+    /// as long). At most one piece is in flight.
+    Writing(tokio::task::JoinHandle<Result<SpoolFile, StoreError>>),
+}
 
 impl Spool {
-    /// Appends `bytes`, creating the file on the first piece. On error the file is gone.
+    fn new() -> Self {
+        Spool(SpoolState::None)
+    }
+
+    /// Waits for the write in flight: the file, or `None` when this message has none yet.
+    async fn settle(&mut self) -> Result<Option<SpoolFile>, StoreError> {
+        match std::mem::replace(&mut self.0, SpoolState::None) {
+            SpoolState::None => Ok(None),
+            SpoolState::Writing(write) => write
+                .await
+                .map_err(|e| StoreError::new(format!("spool task failed: {e}")))?
+                .map(Some),
+        }
+    }
+
+    /// Starts appending `bytes` (creating the file on the first piece) once the previous piece
+    /// is written. An error, this piece's or the previous one's, leaves no file.
     async fn append<S: MessageStore>(
         &mut self,
         store: Arc<S>,
         bytes: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let file = self.0.take();
-        let file = tokio::task::spawn_blocking(move || {
-            let mut file = match file {
-                Some(f) => f,
-                None => store.spool()?,
-            };
-            file.append(&bytes)
-                .map_err(|e| StoreError::from_io("spooling the message", &e))?;
-            Ok::<_, StoreError>(file)
-        })
-        .await
-        .map_err(|e| StoreError::new(format!("spool task failed: {e}")))??;
-        self.0 = Some(file);
+        let file = self.settle().await?;
+        self.0 = SpoolState::Writing(tokio::task::spawn_blocking(move || {
+            write_piece(store.as_ref(), file, &bytes)
+        }));
         Ok(())
     }
 
@@ -459,27 +475,47 @@ impl Spool {
         store: Arc<S>,
         tail: Vec<u8>,
     ) -> Result<tern_queue::Spooled, StoreError> {
-        if !tail.is_empty() || self.0.is_none() {
-            self.append(store, tail).await?;
-        }
-        let file = self
-            .0
-            .take()
-            .ok_or_else(|| StoreError::new("no spool file for the message"))?;
+        let file = self.settle().await?;
         tokio::task::spawn_blocking(move || {
-            file.finish()
+            write_piece(store.as_ref(), file, &tail)?
+                .finish()
                 .map_err(|e| StoreError::from_io("finishing the spooled message", &e))
         })
         .await
         .map_err(|e| StoreError::new(format!("spool task failed: {e}")))?
     }
 
-    /// Removes the file (off the async threads: unlinking a large file takes a while).
+    /// Removes the file (off the async threads: unlinking a large file takes a while), once a
+    /// write in flight is over.
     fn discard(&mut self) {
-        if let Some(file) = self.0.take() {
-            tokio::task::spawn_blocking(move || drop(file));
+        match std::mem::replace(&mut self.0, SpoolState::None) {
+            SpoolState::None => {}
+            SpoolState::Writing(write) => {
+                tokio::spawn(async move {
+                    if let Ok(Ok(file)) = write.await {
+                        tokio::task::spawn_blocking(move || drop(file));
+                    }
+                });
+            }
         }
     }
+}
+
+/// Appends one piece to the message's spool file, creating it first if there is none.
+fn write_piece<S: MessageStore>(
+    store: &S,
+    file: Option<SpoolFile>,
+    bytes: &[u8],
+) -> Result<SpoolFile, StoreError> {
+    let mut file = match file {
+        Some(f) => f,
+        None => store.spool()?,
+    };
+    if !bytes.is_empty() {
+        file.append(bytes)
+            .map_err(|e| StoreError::from_io("spooling the message", &e))?;
+    }
+    Ok(file)
 }
 
 impl Drop for Spool {
