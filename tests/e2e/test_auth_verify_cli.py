@@ -4,7 +4,8 @@ against a fake DNS (dnslib) and messages signed by an independent signer (dkimpy
 Covered: SPF pass / fail / softfail / neutral / none, permerror for more than 10 DNS lookups and for more than 2
 void lookups (RFC 7208 4.6.4), temperror for a SERVFAIL, each with its exit code and an Authentication-Results field
 that Python `authres` parses; `tern dkim verify` on a dkimpy-signed message (pass), with the body altered, with a
-signed header altered, and with the key in DNS not the signing key (each fails, exit 1)."""
+signed header altered, with the key in DNS not the signing key, with text appended past an `l=` body length, and
+with an `x=` expiry in the past (none passes, exit 1)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,27 @@ def dkimpy_signed(key: Path, selector: str = "s1") -> bytes:
     return sig + MESSAGE
 
 
+def dkimpy_signed_with_length(key: Path) -> bytes:
+    """Signed with `l=` (the body length), so text appended later is outside the signature."""
+    sig = dkim.sign(MESSAGE, b"s1", DOMAIN.encode(), key.read_bytes(),
+                    include_headers=[b"From", b"To", b"Subject", b"Date", b"Message-ID"], length=True)
+    return sig + MESSAGE
+
+
+class _Expired(dkim.DKIM):
+    """dkimpy's signer with t= and x= (RFC 6376 3.5) in 2020: a good signature, long expired."""
+
+    def gen_header(self, fields, *args, **kwargs):
+        fields = [(n, v) for n, v in fields if n != b"t"] + [(b"t", b"1600000000"), (b"x", b"1600003600")]
+        return super().gen_header(fields, *args, **kwargs)
+
+
+def dkimpy_signed_expired(key: Path) -> bytes:
+    sig = _Expired(MESSAGE).sign(b"s1", DOMAIN.encode(), key.read_bytes(),
+                                 include_headers=[b"From", b"To", b"Subject", b"Date", b"Message-ID"])
+    return sig + MESSAGE
+
+
 def verify(tmp: Path, dns: FakeDNS, message: bytes, name: str) -> subprocess.CompletedProcess:
     path = tmp / name
     path.write_bytes(message)
@@ -156,6 +178,9 @@ def test_dkim_verify_passes_a_dkimpy_signature_and_fails_each_tampering(tmp_path
             "body": signed.replace(b"The numbers are in.", b"The numbers are out."),
             "header": signed.replace(b"Subject: quarterly report", b"Subject: quarterly refund"),
             "wrong-key": dkimpy_signed(key, "s2"),
+            # The l= trick: a signed message with text appended after the signed length.
+            "appended-after-l": dkimpy_signed_with_length(key) + b"Click here: http://evil.test/\r\n",
+            "expired": dkimpy_signed_expired(key),
         }
         for name, message in cases.items():
             r = verify(tmp_path, dns, message, f"{name}.eml")
