@@ -272,7 +272,9 @@ def test_bruteforce_throttled_then_421_other_ip_unaffected(tern, tmp_path):
     assert delays[-1] > delays[0] + 1.5, delays
     # The honest client from another IP authenticated at the same time, without the attacker's delay.
     assert honest and honest[0][0] == 235, honest
-    assert honest[0][2] < 3.0, f"honest client waited {honest[0][2]:.2f}s"
+    # Compared with the attacker's own last answer (its penalty of 2 s or more plus the same
+    # argon2 cost), not with a fixed number of seconds: a loaded machine slows both alike.
+    assert honest[0][2] < delays[-1], f"honest client waited {honest[0][2]:.2f}s; attacker delays {delays}"
 
 
 def test_bruteforce_lockout_holds_on_reconnect(tern, tmp_path):
