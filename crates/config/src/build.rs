@@ -366,7 +366,7 @@ fn pem_file(
         );
         return path;
     }
-    match std::fs::read(&path) {
+    match crate::files::read_bounded(&path, crate::files::MAX_SMALL_FILE) {
         Err(e) => v.add(
             at(value),
             key,
@@ -474,7 +474,7 @@ fn dkim_key_file(
     let problem = if value.get_ref().trim().is_empty() {
         "the path is empty".to_string()
     } else {
-        match std::fs::read(&path) {
+        match crate::files::read_bounded(&path, crate::files::MAX_SMALL_FILE) {
             Err(e) => format!("cannot read DKIM key \"{}\": {e}", path.display()),
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);

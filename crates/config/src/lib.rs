@@ -11,6 +11,7 @@ mod build;
 pub mod caps;
 pub mod defaults;
 mod error;
+pub mod files;
 mod load;
 mod password;
 mod query;

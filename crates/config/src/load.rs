@@ -41,11 +41,13 @@ impl Config {
 }
 
 fn load_via(path: &Path, via: &'static str) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        via,
-        source,
-    })?;
+    let text = crate::files::read_bounded_string(path, crate::files::MAX_CONFIG_FILE).map_err(
+        |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            via,
+            source,
+        },
+    )?;
     Config::from_toml_str(&text, path)
 }
 

@@ -128,7 +128,7 @@ fn secrets(v: &mut Issues, file: &Spanned<String>) -> Option<SrsSecrets> {
     if file.get_ref().trim().is_empty() {
         return problem(v, "the path is empty".into(), keygen);
     }
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::files::read_bounded(&path, crate::files::MAX_SMALL_FILE) {
         Ok(b) => b,
         Err(e) => {
             return problem(

@@ -254,7 +254,8 @@ pub struct RouteAuth {
 impl RouteAuth {
     /// Reads the password from `password_file`, without its trailing line ending.
     pub fn read_password(&self) -> std::io::Result<String> {
-        let text = std::fs::read_to_string(&self.password_file)?;
+        let text =
+            crate::files::read_bounded_string(&self.password_file, crate::files::MAX_SMALL_FILE)?;
         Ok(text.trim_end_matches(['\r', '\n']).to_string())
     }
 }
