@@ -32,7 +32,8 @@ use tern_proto::HeaderSection;
 use tern_queue::{MessageBody, QueueStore, Spooled, StoreError};
 use tokio::sync::Semaphore;
 
-use crate::intake::Accepted;
+use crate::accepted::Accepted;
+pub use crate::accepted::Inbound;
 use crate::maildir::Folder;
 
 /// Spooled (large) messages read back into memory for verification at the same time.
@@ -40,19 +41,6 @@ pub const MAX_SPOOLED_READS: usize = 4;
 
 /// Chunk size of the streamed copy when a spooled header is rewritten.
 const COPY_CHUNK: usize = 64 * 1024;
-
-/// Whether intake verifies a message, decided by the session.
-#[derive(Debug, Clone, Default)]
-pub enum Inbound {
-    /// Not verified, and no Authentication-Results added: our own mail (an authenticated
-    /// client, a host in `relay.trusted_networks`) or a listener other than port 25.
-    #[default]
-    Skip,
-    /// Verified at the end of DATA. `spf` is the result of MAIL FROM when SPF ran there
-    /// (`checks.spf_fail_reject = true`); `None` has it run now, so it is never looked up twice.
-    /// (Boxed: the result is large and most messages get `Skip`.)
-    Verify { spf: Option<Box<SpfOutcome>> },
-}
 
 /// What intake did with a message it stored, for the log line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

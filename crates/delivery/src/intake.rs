@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,39 +19,13 @@ use tern_queue::{
 
 use tern_config::Config;
 
-use crate::checks::{Checked, Inbound, InboundChecks, NotStored, Stored};
+use crate::accepted::Inbound;
+pub use crate::accepted::{Accepted, AcceptedRecipient};
+use crate::checks::{Checked, InboundChecks, NotStored, Stored};
 use crate::forward;
 use crate::local::LocalDelivery;
 use crate::maildir::Folder;
 use crate::router::Target;
-
-/// A message that passed every check of the session and must be stored before the 250.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    pub id: String,
-    pub sender: Option<String>,
-    pub recipients: Vec<AcceptedRecipient>,
-    /// Trace header to prepend to the client's data.
-    pub received: String,
-    pub smtputf8: bool,
-    pub eight_bit: bool,
-    pub helo: String,
-    pub client_ip: IpAddr,
-    /// The message is ours to sign (the client authenticated or is in
-    /// `relay.trusted_networks`): intake adds the DKIM signatures of its From: domain.
-    pub sign: bool,
-    /// Whether to verify it (SPF, DKIM, ARC, DMARC) before storing: port-25 mail from
-    /// outside only (see [`crate::checks`]).
-    pub inbound: Inbound,
-}
-
-#[derive(Debug, Clone)]
-pub struct AcceptedRecipient {
-    /// As the client gave it (after normalizing `<postmaster>`).
-    pub address: String,
-    /// Where its copies go, as the router decided at RCPT time.
-    pub targets: Vec<Target>,
-}
 
 /// The session's port to durable storage (OpenSMTPD's separation of smtpd and queue): the
 /// session never touches the disk itself.

@@ -6,6 +6,7 @@
 //! [`dsn`] builds RFC 3464 delivery status notifications; [`checks`] verifies inbound port-25
 //! mail (SPF, DKIM, ARC, DMARC) before intake stores it.
 
+mod accepted;
 pub mod checks;
 pub mod dsn;
 mod forward;
