@@ -6,6 +6,7 @@ Layouts: command and address take the raw text; reply and data take one mode byt
 listener, TLS, peer) and a chunking byte first (fuzz/checks/session.rs). client_reply takes a
 mode byte (chunking, AUTH, 8-bit body, UTF-8 recipient, third recipient; fuzz/checks/client.rs)
 and then what the server says; config takes the TOML text (fuzz/checks/config.rs).
+milter_response takes a chunking byte, then the milter's framed packets (fuzz/checks/milter.rs).
 """
 import base64
 import os
@@ -248,6 +249,46 @@ format = "json"
     "auth-route-no-tls": b'[routes."*"]\nhost = "smarthost.test"\nuser = "u"\npassword_file = "/nonexistent/pw"\n',
     "multibyte-spans": "hostname = \"δοκιμή.test\"\n[limits]\nmax_recipients = \"ωω\"\n".encode(),
     "users": b'[[users]]\nname = "alice@example.test"\npassword = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"\n',
+}
+
+def mpkt(cmd, payload=b""):
+    """One milter packet: 4-octet big-endian length (command octet included), command, payload."""
+    return (len(payload) + 1).to_bytes(4, "big") + cmd + payload
+
+def u32(n):
+    return n.to_bytes(4, "big")
+
+SEEDS["milter_response"] = {
+    "optneg-v6": b"\x00" + mpkt(b"O", u32(6) + u32(0x1FF) + u32(0x000FF7FF)),
+    "optneg-v2-extra-bits": b"\x05" + mpkt(b"O", u32(2) + u32(0xFFFFFFFF) + u32(0x30000000)),
+    "optneg-v7": b"\x00" + mpkt(b"O", u32(7) + u32(0) + u32(0)),
+    "verdicts": b"\x03" + b"".join(mpkt(c) for c in [b"c", b"a", b"d", b"r", b"t", b"p", b"s"]),
+    "replycode": b"\x07" + mpkt(b"y", b"550 5.7.1 Spam message rejected\x00"),
+    "replycode-temp": b"\x01" + mpkt(b"y", b"451 4.7.1 Try again later\x00"),
+    "replycode-crlf": b"\x02" + mpkt(b"y", b"550 5.7.1 a\r\n250 2.0.0 injected\x00"),
+    "replycode-class-mismatch": b"\x02" + mpkt(b"y", b"550 4.7.1 no\x00"),
+    "replycode-2xx": b"\x02" + mpkt(b"y", b"250 ok\x00"),
+    "eom-modifications": b"\x09" + b"".join([
+        mpkt(b"h", b"X-Spam\x00Yes\x00"),
+        mpkt(b"i", u32(0) + b"Authentication-Results\x00mx; spf=pass\x00"),
+        mpkt(b"m", u32(1) + b"Subject\x00[SPAM] hi\x00"),
+        mpkt(b"m", u32(1) + b"X-Old\x00\x00"),
+        mpkt(b"e", b"<new@example.test>\x00SIZE=10\x00"),
+        mpkt(b"+", b"<c@example.test>\x00"),
+        mpkt(b"2", b"<d@example.test>\x00NOTIFY=NEVER\x00"),
+        mpkt(b"-", b"<b@example.test>\x00"),
+        mpkt(b"b", b"new body\r\n"),
+        mpkt(b"q", b"held for review\x00"),
+        mpkt(b"a"),
+    ]),
+    "setsymlist": b"\x04" + mpkt(b"l", u32(2) + b"{auth_authen} i  {client_addr}\x00"),
+    "bad-header-name": b"\x00" + mpkt(b"h", b"X Bad:\x00v\x00"),
+    "truncated-insheader": b"\x00" + mpkt(b"i", b"\x00\x00"),
+    "unknown-command": b"\x00" + mpkt(b"Z") + mpkt(b"c"),
+    "zero-length": b"\x00" + mpkt(b"c") + u32(0) + mpkt(b"c"),
+    "oversize": b"\x11" + u32(0x00010401) + b"b" + b"x" * 64,
+    "full-body-chunk": b"\x13" + mpkt(b"b", b"x" * 65535) + mpkt(b"c"),
+    "split-length": b"\x21" + mpkt(b"c") + u32(3)[:2],
 }
 
 for target, seeds in SEEDS.items():
