@@ -2,7 +2,7 @@
 //! `fuzz/fuzz_targets/milter_response.rs` and the corpus replay in
 //! `crates/milter/tests/fuzz_corpus.rs`: the function panics on a violation.
 //!
-//! Invariants (not yet in docs/fuzzing.md's table, which this task does not own): the
+//! Invariants (docs/fuzzing.md, "Targets and invariants"): the
 //! `PacketReader` never panics and never buffers more than `LEN_BYTES + MAX_PACKET_LEN`; the
 //! packets and errors are the same however the bytes arrive; `Response::decode` never panics;
 //! a decoded response re-encodes to a packet with the same command that decodes equal; a reply
