@@ -120,10 +120,25 @@ def test_parallel_guesses_are_counted_before_any_is_checked(tern):
     srv = auth_server(tern, max_auth_failures=3, max_auth_checks=16, max_auth_failures_per_user=1000)
     guessers = sessions(srv, 9)
     last = sessions(srv, 1)[0]
+    replies: list = [None] * len(guessers)
+    first = threading.Event()
+
+    def collect(i: int, c: Client) -> None:
+        replies[i] = answer(c)
+        first.set()
+
+    readers = [threading.Thread(target=collect, args=(i, c)) for i, c in enumerate(guessers)]
     try:
+        for r in readers:
+            r.start()
         send_all(guessers, [plain(ALICE, f"guess-{i}") for i in range(9)])
+        # The right password goes once tern has answered one guess (a quick 421, or a 535 after
+        # its check): by then it has read all nine, which arrived together. Sent right after
+        # the nine without waiting, it could be read before them and rightly succeed.
+        assert first.wait(60), "no guess was answered"
         code, text = last.cmd(plain(ALICE, ALICE_PW))
-        replies = [answer(c) for c in guessers]
+        for r in readers:
+            r.join(60)
     finally:
         for c in guessers + [last]:
             c.close()
