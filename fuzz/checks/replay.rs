@@ -1,4 +1,4 @@
-//! The corpus replay the `fuzz_corpus` tests share (crates/client, crates/config): every file
+//! The corpus replay the `fuzz_corpus` tests share (crates/proto, client, config, milter): every file
 //! of fuzz/seeds/<target> and fuzz/corpus/<target> through the target's check.
 #![allow(dead_code)]
 

@@ -42,28 +42,6 @@ impl Actions {
     pub const SET_SYMLIST: Self = Self(0x100);
     /// Every action protocol version 6 defines.
     pub const ALL: Self = Self(0x1ff);
-
-    pub const fn from_bits(bits: u32) -> Self {
-        Self(bits)
-    }
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-    pub const fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub const fn intersection(self, other: Self) -> Self {
-        Self(self.0 & other.0)
-    }
-    pub const fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-    pub const fn difference(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
-    }
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
 
 /// Protocol flags (SMFIP_*).
@@ -100,29 +78,39 @@ impl ProtocolFlags {
     /// SMFIP_MDS_256K / SMFIP_MDS_1M: larger packets.
     pub const MDS_256K: Self = Self(0x1000_0000);
     pub const MDS_1M: Self = Self(0x2000_0000);
-
-    pub const fn from_bits(bits: u32) -> Self {
-        Self(bits)
-    }
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-    pub const fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub const fn intersection(self, other: Self) -> Self {
-        Self(self.0 & other.0)
-    }
-    pub const fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-    pub const fn difference(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
-    }
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
+
+/// The set operations both flag words of OPTNEG share (bit masks of libmilter's `mfdef.h`).
+macro_rules! flag_set {
+    ($t:ty) => {
+        impl $t {
+            pub const fn from_bits(bits: u32) -> Self {
+                Self(bits)
+            }
+            pub const fn bits(self) -> u32 {
+                self.0
+            }
+            pub const fn contains(self, other: Self) -> bool {
+                self.0 & other.0 == other.0
+            }
+            pub const fn intersection(self, other: Self) -> Self {
+                Self(self.0 & other.0)
+            }
+            pub const fn union(self, other: Self) -> Self {
+                Self(self.0 | other.0)
+            }
+            pub const fn difference(self, other: Self) -> Self {
+                Self(self.0 & !other.0)
+            }
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+        }
+    };
+}
+
+flag_set!(Actions);
+flag_set!(ProtocolFlags);
 
 /// The three fields of an SMFIC_OPTNEG packet, in either direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
