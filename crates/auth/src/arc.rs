@@ -17,14 +17,24 @@ use crate::dkim::key::{KeyType, PrivateKey};
 use crate::dkim::signer::SignerError;
 
 /// The header fields the ARC-Message-Signature covers (RFC 8617 4.1.2: like a DKIM signature,
-/// but never ARC-Seal and, by its SHOULD NOT, no Authentication-Results): the default DKIM list
-/// (`tern_config::defaults::DKIM_HEADERS`), with DKIM-Signature so that a later hop can tell the
-/// signatures it saw are the ones we saw.
-fn ams_headers() -> Vec<&'static str> {
-    let mut headers = tern_config::defaults::DKIM_HEADERS.to_vec();
-    headers.push("DKIM-Signature");
-    headers
-}
+/// but never ARC-Seal and, by its SHOULD NOT, no Authentication-Results). DKIM-Signature is in
+/// it so that a later hop can tell the signatures it saw are the ones we saw.
+const AMS_HEADERS: [&str; 14] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "DKIM-Signature",
+];
 
 /// The chain validation state our seal records (`cv=`, RFC 8617 4.1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +149,7 @@ impl ArcSealer {
         let sealer = MailAuthSealer::from_key(key.into_signing_key())
             .domain(entry.domain.clone())
             .selector(entry.selector.clone())
-            .headers(ams_headers())
+            .headers(AMS_HEADERS)
             // relaxed/relaxed, as our DKIM signatures: survives refolding by later hops.
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
