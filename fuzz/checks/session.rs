@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use tern_config::Config;
 use tern_proto::{LineEvent, LineReader, MAX_COMMAND_LINE};
 use tern_server::connection::{DataBody, Effect, SpoolOp};
+use tern_server::session::FilterVerdict;
 use tern_server::{Accepted, ConnInfo, Connection, ListenerKind, Session};
 
 use super::proto_checks::{chunks, reply_wire};
@@ -46,7 +47,9 @@ pub fn configs() -> &'static [Arc<Config>] {
             format!(
                 "hostname = \"mx.tern.test\"\n[smtp]\nbare_line_endings = \"reject\"\n\
                  [local]\ndomains = [\"tern.test\"]\ncatch_all = true\n\
-                 [relay]\ntrusted_networks = []\n[limits]\nmax_errors = 1000\n{users}"
+                 [relay]\ntrusted_networks = []\n[limits]\nmax_errors = 1000\n{users}\
+                 [[milters]]\nname = \"f\"\naddress = \"inet:127.0.0.1:9\"\n\
+                 apply_to = [\"smtp\", \"submission\"]\n"
             ),
         ]
         .iter()
@@ -220,6 +223,9 @@ pub fn session(input: &[u8]) -> Outcome {
                 }
                 // No resolver under the fuzzer: SPF at MAIL FROM finds nothing to say.
                 Effect::CheckSpf(_, ticket) => c.spf_checked(ticket, None),
+                // The milter of the fourth configuration lets everything through, so the
+                // filtered steps keep every other invariant (and the corpus its outcomes).
+                Effect::Filter(_, ticket) => c.filtered(ticket, FilterVerdict::Continue),
                 Effect::Store(acc, body, ticket) => {
                     assert!(seen.in_data, "a message stored without a 354");
                     let message = match body {

@@ -186,6 +186,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let dkim = dkim(&mut v, &raw);
     let checks = checks(&raw);
     let srs = crate::srs::srs(&mut v, &raw, &hostname);
+    let milters = crate::milters::milters(&mut v, &raw);
 
     v.finish()?;
     Ok(Config {
@@ -208,6 +209,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         dkim,
         checks,
         srs,
+        milters,
         source: Some(origin.to_path_buf()),
     })
 }
@@ -544,7 +546,7 @@ pub(crate) fn file_fix(error: &std::io::Error) -> &'static str {
 
 /// A duration in `0..=max` (`1ns..=max` unless `zero_allowed`); `default` when absent or
 /// invalid (with an issue). `max` comes from [`crate::caps`].
-fn duration(
+pub(crate) fn duration(
     v: &mut Issues,
     value: &Text,
     key: &str,

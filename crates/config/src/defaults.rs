@@ -329,6 +329,13 @@ pub(crate) fn checks() -> ChecksConfig {
     CHECKS
 }
 
+/// `milters[].timeout`: 30 seconds per reply, as the example; Postfix waits 30s to
+/// connect and 60s per command, rspamd answers in milliseconds when it is well.
+pub const MILTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `milters[].message_timeout`: 5 minutes for the whole end of message, Postfix's
+/// `milter_content_timeout` (300s).
+pub const MILTER_MESSAGE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// `srs.max_age`: 21 days, as libsrs2 and postsrsd: long past any queue's lifetime (RFC 5321
 /// 4.5.4.1 suggests 4-5 days), so a bounce that arrives at all still finds its way back.
 pub const SRS_MAX_AGE_DAYS: u16 = 21;
@@ -365,6 +372,7 @@ pub(crate) fn config() -> Config {
         dkim: Vec::new(),
         checks: checks(),
         srs: None,
+        milters: Vec::new(),
         source: None,
         hostname,
     }

@@ -13,6 +13,7 @@ pub mod defaults;
 mod error;
 pub mod files;
 mod load;
+mod milters;
 mod password;
 mod query;
 mod raw;
@@ -22,6 +23,7 @@ mod values;
 
 pub use error::{ConfigError, Issue};
 pub use load::{ENV_VAR, SYSTEM_PATH};
+pub use milters::{MilterAddress, MilterConfig, MilterListener, OnFailure};
 pub use srs::{SrsConfig, SrsSecrets, MAX_AGE_DAYS_CAP, MIN_SECRET_LEN};
 pub use types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,

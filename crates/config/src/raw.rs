@@ -35,6 +35,7 @@ pub(crate) struct RawConfig {
     pub dkim: Vec<Spanned<RawDkim>>,
     pub checks: RawChecks,
     pub srs: RawSrs,
+    pub milters: Vec<Spanned<RawMilter>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +149,22 @@ pub(crate) struct RawSrs {
     pub secret_file: Text,
     pub domain: Text,
     pub max_age: Text,
+}
+
+/// One `[[milters]]` content filter (the Sendmail milter protocol).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMilter {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub timeout: Text,
+    #[serde(default)]
+    pub message_timeout: Text,
+    #[serde(default)]
+    pub on_failure: Text,
+    #[serde(default)]
+    pub apply_to: TextList,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,6 +40,8 @@ pub struct Config {
     pub checks: ChecksConfig,
     /// `[srs]`: the Sender Rewriting Scheme for mail forwarded off-host; `None` = off (no secret).
     pub srs: Option<crate::SrsConfig>,
+    /// `[[milters]]`: content filters, consulted in this order.
+    pub milters: Vec<crate::MilterConfig>,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }

@@ -61,6 +61,9 @@ pub enum NotStored {
     /// failure with `checks.dmarc_reject`, 451 4.7.1 for a DNS failure under `p=reject`).
     #[error("{}", .0.reply)]
     Refused(Refusal),
+    /// A content filter (`[[milters]]`) refused it with this reply.
+    #[error("{0}")]
+    Filtered(tern_proto::Reply),
 }
 
 /// A message refused by verification.

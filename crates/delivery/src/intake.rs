@@ -34,10 +34,33 @@ pub trait MessageStore: Send + Sync + 'static {
     /// answer 250. `body` is the client's data, without the trace header in `accepted.received`:
     /// in memory for a small message, in a spool file for a large one. A message marked
     /// [`Inbound::Verify`] is verified first and may be refused ([`NotStored::Refused`]).
+    /// The same as [`MessageStore::verify`] then [`MessageStore::commit`].
     fn store(
         &self,
-        accepted: Accepted,
+        mut accepted: Accepted,
         body: MessageBody,
+    ) -> impl Future<Output = Result<Stored, NotStored>> + Send {
+        async move {
+            let verified = self.verify(&mut accepted, body).await?;
+            self.commit(accepted, verified).await
+        }
+    }
+
+    /// The checks before the message is stored: a message marked [`Inbound::Verify`] is
+    /// verified (and may be refused), and gets its Authentication-Results in
+    /// `accepted.received`. Content filters run between this and [`MessageStore::commit`], so
+    /// they see the results.
+    fn verify(
+        &self,
+        accepted: &mut Accepted,
+        body: MessageBody,
+    ) -> impl Future<Output = Result<Verified, NotStored>> + Send;
+
+    /// Makes the verified message durable for every recipient (see [`MessageStore::store`]).
+    fn commit(
+        &self,
+        accepted: Accepted,
+        verified: Verified,
     ) -> impl Future<Output = Result<Stored, NotStored>> + Send;
 
     /// A new file to stream a large body into while it arrives (blocking I/O: call it off
@@ -127,12 +150,7 @@ impl Intake {
         body: MessageBody,
     ) -> Result<Verified, NotStored> {
         let (Inbound::Verify { spf }, Some(checks)) = (&accepted.inbound, &self.checks) else {
-            return Ok(Verified {
-                body,
-                folder: Folder::Inbox,
-                stored: Stored::default(),
-                arc_seal: None,
-            });
+            return Ok(Verified::unchecked(body));
         };
         // Sealing costs an RSA signature: only for messages with a forwarded copy.
         let sealer = self.sealer.as_deref().filter(|_| has_forwarded(accepted));
@@ -155,13 +173,29 @@ impl Intake {
     }
 }
 
-/// What [`Intake::verify_inbound`] hands to the blocking store.
-struct Verified {
-    body: MessageBody,
-    folder: Folder,
-    stored: Stored,
+/// A message [`MessageStore::verify`] let through, for [`MessageStore::commit`]: a content
+/// filter may replace the body or move the local copies to another folder in between.
+#[derive(Debug)]
+pub struct Verified {
+    pub body: MessageBody,
+    /// Where local copies go.
+    pub folder: Folder,
+    /// What the log line says about it.
+    pub stored: Stored,
     /// The ARC set for the forwarded copies' entry only.
     arc_seal: Option<String>,
+}
+
+impl Verified {
+    /// A message that needs no verification (tests, tools).
+    pub fn unchecked(body: MessageBody) -> Self {
+        Self {
+            body,
+            folder: Folder::Inbox,
+            stored: Stored::default(),
+            arc_seal: None,
+        }
+    }
 }
 
 /// A copy goes off-host because of an alias: a remote target that is not the address the
@@ -175,13 +209,21 @@ fn has_forwarded(acc: &Accepted) -> bool {
 }
 
 impl MessageStore for Intake {
-    async fn store(&self, mut accepted: Accepted, body: MessageBody) -> Result<Stored, NotStored> {
+    async fn verify(
+        &self,
+        accepted: &mut Accepted,
+        body: MessageBody,
+    ) -> Result<Verified, NotStored> {
+        self.verify_inbound(accepted, body).await
+    }
+
+    async fn commit(&self, accepted: Accepted, verified: Verified) -> Result<Stored, NotStored> {
         let Verified {
             body,
             folder,
             stored,
             arc_seal,
-        } = self.verify_inbound(&mut accepted, body).await?;
+        } = verified;
         let queue = self.queue.clone();
         let local = self.local.clone();
         let signer = self.signer.clone();

@@ -28,14 +28,17 @@
 //! 4. `SMFIC_ABORT` ends a transaction early (RSET, client gone); `SMFIC_QUIT` ends the
 //!    session, `SMFIC_QUIT_NC` hands it to the next SMTP connection.
 //!
-//! This crate is the codec only: no sockets, no timeouts, no state machine yet.
+//! The codec modules do no I/O; [`client`] drives one milter connection over tokio with
+//! deadlines on every wait.
 
+pub mod client;
 pub mod command;
 pub mod negotiate;
 pub mod packet;
 pub mod response;
 pub mod wire;
 
+pub use client::{EndOfMessage, Endpoint, MilterConn, MilterError, Modification, Verdict};
 pub use command::{
     body_chunks, BodyChunk, Command, CommandError, ConnectAddress, MacroDef, MacroStage,
 };

@@ -34,6 +34,17 @@ impl NulFree {
         Ok(Self(bytes))
     }
 
+    /// Any bytes, each NUL replaced by a space: for values that must be sent whatever they
+    /// hold (a header field of the client's, an address).
+    pub fn lossy(bytes: &[u8]) -> Self {
+        Self(
+            bytes
+                .iter()
+                .map(|b| if *b == 0 { b' ' } else { *b })
+                .collect(),
+        )
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

@@ -24,7 +24,9 @@ use tern_proto::{
 use tracing::info;
 
 use crate::replies;
-use crate::session::{Accepted, Action, DataEnd, MessageFacts, Session, SpfQuery};
+use crate::session::{
+    Accepted, Action, DataEnd, FilterStep, FilterVerdict, MessageFacts, Session, SpfQuery,
+};
 use crate::store::StoreError;
 
 /// What the caller must do next.
@@ -41,6 +43,8 @@ pub enum Effect {
     /// Check SPF for this MAIL FROM (with the server's verifier, RFC 7208), then
     /// [`Connection::spf_checked`].
     CheckSpf(SpfQuery, SpfTicket),
+    /// Show this step to the content filters (`[[milters]]`), then [`Connection::filtered`].
+    Filter(FilterStep, FilterTicket),
     /// Make this message durable, then [`Connection::stored`] with the result. The body is the
     /// client's data without the trace header in `accepted.received`.
     Store(Accepted, DataBody, StoreTicket),
@@ -86,6 +90,10 @@ pub struct VerifyTicket(());
 /// Proof that an [`Effect::CheckSpf`] is outstanding.
 #[derive(Debug)]
 pub struct SpfTicket(());
+
+/// Proof that an [`Effect::Filter`] is outstanding.
+#[derive(Debug)]
+pub struct FilterTicket(());
 
 /// Proof that an [`Effect::Store`] is outstanding.
 #[derive(Debug)]
@@ -195,6 +203,8 @@ enum Phase {
     AwaitVerify,
     /// An [`Effect::CheckSpf`] is out.
     AwaitSpf,
+    /// An [`Effect::Filter`] is out.
+    AwaitFilter,
     /// An [`Effect::Store`] is out.
     AwaitStore,
     /// The [`Effect::Close`] was emitted (or is about to be); nothing more happens.
@@ -290,6 +300,7 @@ impl Connection {
             | Phase::Data(_)
             | Phase::AwaitVerify
             | Phase::AwaitSpf
+            | Phase::AwaitFilter
             | Phase::AwaitStore => self.reader.push(input),
             // RFC 3207 5: plaintext sent before the handshake completes is never executed.
             Phase::AwaitTls | Phase::Closed => {}
@@ -335,6 +346,7 @@ impl Connection {
                 Phase::AwaitTls
                 | Phase::AwaitVerify
                 | Phase::AwaitSpf
+                | Phase::AwaitFilter
                 | Phase::AwaitStore
                 | Phase::Closed => return None,
             }
@@ -384,6 +396,19 @@ impl Connection {
         match self.session.spf_checked(outcome) {
             // The session asks once per MAIL; answering is all that is left to do.
             Action::CheckSpf(_) => self.queue(&replies::local_error()),
+            action => self.act(action),
+        }
+    }
+
+    /// The content filters' verdict on [`Effect::Filter`].
+    pub fn filtered(&mut self, _ticket: FilterTicket, verdict: FilterVerdict) {
+        if !matches!(self.phase, Phase::AwaitFilter) {
+            return;
+        }
+        self.phase = Phase::Command;
+        match self.session.filtered(verdict) {
+            // The session asks once per command; answering is all that is left to do.
+            Action::Filter(_) => self.queue(&replies::local_error()),
             action => self.act(action),
         }
     }
@@ -504,6 +529,12 @@ impl Connection {
                 self.phase = Phase::AwaitSpf;
                 self.pending = Some(Effect::CheckSpf(query, SpfTicket(())));
             }
+            Action::Filter(step) => {
+                // The replies so far go out before the filters are asked.
+                self.flush = true;
+                self.phase = Phase::AwaitFilter;
+                self.pending = Some(Effect::Filter(step, FilterTicket(())));
+            }
         }
     }
 
@@ -537,6 +568,16 @@ impl Connection {
                 self.rejected += 1;
                 info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "rejected",
                     reply = %reply, "message rejected");
+                self.queue(&reply);
+                if d.spilled && !d.dropped {
+                    self.pending = Some(Effect::Spool(SpoolOp::Discard));
+                }
+            }
+            DataEnd::Discard(reply) => {
+                // The filters' discard: the client is told the message was taken.
+                self.accepted += 1;
+                info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "discarded",
+                    "message discarded by a content filter");
                 self.queue(&reply);
                 if d.spilled && !d.dropped {
                     self.pending = Some(Effect::Spool(SpoolOp::Discard));

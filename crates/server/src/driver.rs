@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use tern_auth::Verifier;
 use tern_config::Config;
-use tern_delivery::{NotStored, Stored};
+use tern_delivery::{Accepted, NotStored, Stored};
 
 use tern_queue::{MessageBody, SpoolFile};
 
@@ -25,7 +25,9 @@ use crate::checks::PasswordChecks;
 use crate::connection::{
     CloseReason, Connection, DataBody, Deadline, Effect, SpoolOp, Wants, SPILL_THRESHOLD,
 };
+use crate::filter::{FilterChain, MessageVerdict};
 use crate::memory::{DataMemory, Reservation};
+use crate::session::FilterVerdict;
 use crate::session::Session;
 use crate::store::{MessageStore, StoreError};
 use crate::tls::TlsProvider;
@@ -58,6 +60,8 @@ enum End {
     TooManyErrors,
     IoError,
     TlsFailed,
+    /// A content filter refused the connection before the greeting.
+    Filtered,
 }
 
 impl From<CloseReason> for End {
@@ -187,11 +191,29 @@ impl<S: MessageStore> Driver<S> {
             write_timeout: self.cfg.limits.command_timeout,
             shutdown: self.shutdown.clone(),
         };
-        let end = if io.write(&conn.greeting()).await {
-            self.serve(&mut io, &mut conn, session_end).await
-        } else {
-            io.write_failed()
+        // The milters see the client before it is greeted; one may refuse it (554 or 421).
+        let mut filters = FilterChain::for_session(&self.cfg, conn.session().conn());
+        let greeting = match &mut filters {
+            Some(chain) => tokio::select! {
+                r = chain.connect() => r.map_or_else(|r| Err(r.to_bytes()), |()| Ok(conn.greeting())),
+                _ = self.shutdown.cancelled() => Err(conn.session().shutdown_reply().to_bytes()),
+            },
+            None => Ok(conn.greeting()),
         };
+        let end = match greeting {
+            Ok(greeting) if io.write(&greeting).await => {
+                self.serve(&mut io, &mut conn, session_end, &mut filters)
+                    .await
+            }
+            Ok(_) => io.write_failed(),
+            Err(refusal) => {
+                io.write(&refusal).await;
+                End::Filtered
+            }
+        };
+        if let Some(chain) = filters {
+            chain.quit().await;
+        }
         let session = conn.session();
         if let Some(txn) = session.transaction() {
             info!(queue_id = %txn.id, client_ip = %peer.ip(), outcome = "aborted", reason = ?end, "transaction aborted");
@@ -212,7 +234,13 @@ impl<S: MessageStore> Driver<S> {
     }
 
     /// Runs the connection until it closes: effects first, then a read when it waits for input.
-    async fn serve(&self, io: &mut Io, conn: &mut Connection, session_end: Instant) -> End {
+    async fn serve(
+        &self,
+        io: &mut Io,
+        conn: &mut Connection,
+        session_end: Instant,
+        filters: &mut Option<FilterChain>,
+    ) -> End {
         // The wait in progress and when it began: the deadline counts from the start of a wait
         // (RFC 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
         let mut wait: Option<(Wants, Instant)> = None;
@@ -281,6 +309,19 @@ impl<S: MessageStore> Driver<S> {
                         };
                         conn.spf_checked(ticket, outcome);
                     }
+                    Effect::Filter(step, ticket) => {
+                        let verdict = match filters.as_mut() {
+                            Some(chain) => tokio::select! {
+                                v = chain.step(&step, conn.session()) => v,
+                                _ = self.shutdown.cancelled() => {
+                                    conn.shutdown();
+                                    continue;
+                                }
+                            },
+                            None => FilterVerdict::Continue,
+                        };
+                        conn.filtered(ticket, verdict);
+                    }
                     Effect::Spool(SpoolOp::Append(bytes)) => {
                         if let Err(e) = spool.append(self.store.clone(), bytes).await {
                             warn!(client = %conn.session().conn().peer, error = %e,
@@ -314,7 +355,7 @@ impl<S: MessageStore> Driver<S> {
                         let helo = accepted.helo.clone();
                         let size = body.len();
                         let client_ip = accepted.client_ip;
-                        let result = self.store.store(accepted, body).await;
+                        let result = self.store_message(accepted, body, filters.as_mut()).await;
                         match &result {
                             Ok(Stored { auth, quarantined }) => {
                                 // `-` for mail not verified (ours, or not port 25); `off` for a
@@ -335,6 +376,10 @@ impl<S: MessageStore> Driver<S> {
                                 dmarc = %r.auth.dmarc, arc = %r.auth.arc, reply = %r.reply,
                                 outcome = "rejected",
                                 "message refused by verification"),
+                            Err(NotStored::Filtered(r)) => info!(queue_id = %id,
+                                client_ip = %client_ip, helo = %helo, from = %format!("<{from}>"),
+                                size, reply = %r, outcome = "rejected",
+                                "message refused by a content filter"),
                             Err(e) => warn!(queue_id = %id, client_ip = %client_ip, error = %e,
                                 outcome = "store-failed", "message not stored"),
                         }
@@ -394,6 +439,31 @@ impl<S: MessageStore> Driver<S> {
                 ReadResult::Shutdown => conn.shutdown(),
                 ReadResult::StressChanged => {}
                 ReadResult::StressGone => stress = None,
+            }
+        }
+    }
+
+    /// Verification, the content filters, then the durable commit: the 250 waits for all
+    /// three, so it always stands for the message as the filters left it.
+    async fn store_message(
+        &self,
+        mut accepted: Accepted,
+        body: MessageBody,
+        filters: Option<&mut FilterChain>,
+    ) -> Result<Stored, NotStored> {
+        let Some(chain) = filters else {
+            return self.store.store(accepted, body).await;
+        };
+        let mut verified = self.store.verify(&mut accepted, body).await?;
+        let store = self.store.clone();
+        let spool = move || store.spool();
+        match chain.message(&mut accepted, &mut verified, spool).await? {
+            MessageVerdict::Store => self.store.commit(accepted, verified).await,
+            MessageVerdict::Reject(reply) => Err(NotStored::Filtered(reply)),
+            MessageVerdict::Discard => {
+                info!(queue_id = %accepted.id, outcome = "discarded",
+                    "message discarded by a content filter");
+                Ok(verified.stored)
             }
         }
     }
@@ -533,11 +603,16 @@ mod tests {
     use super::*;
     use crate::session::{Accepted, ConnInfo, ListenerKind};
     use crate::tracker::ClientTracker;
+    use tern_delivery::intake::Verified;
 
     struct NullStore;
 
     impl MessageStore for NullStore {
-        async fn store(&self, _: Accepted, _: MessageBody) -> Result<Stored, NotStored> {
+        async fn verify(&self, _: &mut Accepted, body: MessageBody) -> Result<Verified, NotStored> {
+            Ok(Verified::unchecked(body))
+        }
+
+        async fn commit(&self, _: Accepted, _: Verified) -> Result<Stored, NotStored> {
             Ok(Stored::default())
         }
 
@@ -550,7 +625,11 @@ mod tests {
     struct FullStore;
 
     impl MessageStore for FullStore {
-        async fn store(&self, _: Accepted, _: MessageBody) -> Result<Stored, NotStored> {
+        async fn verify(&self, _: &mut Accepted, body: MessageBody) -> Result<Verified, NotStored> {
+            Ok(Verified::unchecked(body))
+        }
+
+        async fn commit(&self, _: Accepted, _: Verified) -> Result<Stored, NotStored> {
             Err(StoreError::StorageFull("No space left on device".into()).into())
         }
 

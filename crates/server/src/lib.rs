@@ -10,6 +10,7 @@ pub mod connection;
 pub mod data;
 pub mod disk;
 pub mod driver;
+pub mod filter;
 pub mod listener;
 pub mod memory;
 pub mod policy;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tern_config::Config;
+use tern_config::{Config, MilterListener};
 use tern_proto::sasl::{self, Credentials};
 use tern_proto::{
     rfc5322_date, AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath,
@@ -67,6 +67,8 @@ pub struct Transaction {
     /// The SPF result of MAIL FROM, when SPF ran there (`checks.spf_fail_reject`); reused at
     /// the end of DATA.
     spf: Option<Box<SpfOutcome>>,
+    /// A content filter said to discard it: the client still gets its 250, nothing is stored.
+    discard: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,51 @@ pub enum Action {
     Verify(Credentials),
     /// Check SPF for this MAIL FROM (RFC 7208), then call [`Session::spf_checked`].
     CheckSpf(SpfQuery),
+    /// Ask the content filters (`[[milters]]`) about this step, then call
+    /// [`Session::filtered`]; the session's reply to the command waits for their verdict.
+    Filter(FilterStep),
+}
+
+/// A command the session would accept, shown to the content filters first. Only what the
+/// session accepted is shown: a filter never sees a recipient tern refused itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterStep {
+    Helo {
+        name: String,
+    },
+    Mail {
+        /// The queue id the message will have (milter macro `i`).
+        id: String,
+        /// The reverse-path with its angle brackets, `<>` for the null sender.
+        from: String,
+        /// The ESMTP parameters, e.g. `SIZE=1234`.
+        args: Vec<String>,
+    },
+    Rcpt {
+        /// The forward path with its angle brackets.
+        to: String,
+    },
+    Data,
+}
+
+/// What the content filters decided about a [`FilterStep`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterVerdict {
+    /// The command gets the session's own reply.
+    Continue,
+    /// The command gets this reply instead (4xx or 5xx) and changes nothing.
+    Reject(Reply),
+    /// The command is accepted, and the message will be dropped after its 250.
+    Discard,
+}
+
+/// The effect of a command held back while the filters decide about it.
+#[derive(Debug, Clone)]
+enum Pending {
+    Helo(Helo, Reply),
+    Mail(Transaction),
+    Rcpt(AcceptedRecipient),
+    Data,
 }
 
 /// What SPF at MAIL FROM checks: the client address, its HELO name and the reverse-path
@@ -142,6 +189,9 @@ impl MessageFacts {
 pub enum DataEnd {
     Reject(Reply),
     Store(Accepted),
+    /// A content filter said to discard the message: the client gets this 250, nothing is
+    /// stored.
+    Discard(Reply),
 }
 
 pub struct Session {
@@ -166,6 +216,11 @@ pub struct Session {
     /// The server's new-mailbox caps; `None` until needed when no server shares one (then
     /// this session gets its own, so the caps are never off).
     mailbox_cap: Option<Arc<MailboxCap>>,
+    /// Some `[[milters]]` entry applies to this listener: HELO, MAIL, RCPT and DATA are shown
+    /// to the filters before they are answered.
+    filtered: bool,
+    /// The command whose reply waits for [`Session::filtered`].
+    pending: Option<Pending>,
 }
 
 impl Session {
@@ -184,7 +239,101 @@ impl Session {
             storing: None,
             low_space: LowSpace::default(),
             mailbox_cap: None,
+            filtered: false,
+            pending: None,
         }
+        .with_filters()
+    }
+
+    /// Whether the `[[milters]]` apply to this listener.
+    fn with_filters(mut self) -> Self {
+        let listener = match self.conn.kind {
+            ListenerKind::Smtp => MilterListener::Smtp,
+            ListenerKind::Submission => MilterListener::Submission,
+            ListenerKind::Submissions => MilterListener::Submissions,
+        };
+        self.filtered = self.cfg.milters.iter().any(|m| m.applies_to(listener));
+        self
+    }
+
+    /// The content filters' verdict on the step of [`Action::Filter`]: the held-back reply
+    /// goes out and the command takes effect, or the filter's reply goes out and the command
+    /// changes nothing (a refused MAIL opens no transaction, a refused RCPT adds no
+    /// recipient, a refused DATA leaves the transaction waiting for another DATA or RSET).
+    /// Not counted as client errors: the client made no protocol mistake.
+    pub fn filtered(&mut self, verdict: FilterVerdict) -> Action {
+        let Some(pending) = self.pending.take() else {
+            return Action::Reply(replies::local_error());
+        };
+        let discard = verdict == FilterVerdict::Discard;
+        match (pending, verdict) {
+            (Pending::Helo(_, _), FilterVerdict::Reject(r)) => Action::Reply(r),
+            (Pending::Helo(helo, reply), _) => {
+                self.helo = Some(helo);
+                Action::Reply(reply)
+            }
+            (Pending::Mail(_), FilterVerdict::Reject(r)) => Action::Reply(r),
+            (Pending::Mail(mut txn), _) => {
+                txn.discard = discard;
+                self.state = State::Mail(txn);
+                Action::Reply(replies::sender_ok())
+            }
+            (Pending::Rcpt(rcpt), verdict) => {
+                let State::Mail(txn) = &mut self.state else {
+                    return Action::Reply(replies::local_error());
+                };
+                if let FilterVerdict::Reject(r) = verdict {
+                    txn.rejected += 1;
+                    return Action::Reply(r);
+                }
+                txn.discard |= discard;
+                txn.recipients.push(rcpt);
+                Action::Reply(replies::recipient_ok())
+            }
+            (Pending::Data, verdict) => {
+                if let FilterVerdict::Reject(r) = verdict {
+                    return Action::Reply(r);
+                }
+                match std::mem::replace(&mut self.state, State::Idle) {
+                    State::Mail(mut txn) => {
+                        txn.discard |= discard;
+                        self.state = State::Data(txn);
+                        Action::StartData(replies::start_data())
+                    }
+                    other => {
+                        self.state = other;
+                        Action::Reply(replies::local_error())
+                    }
+                }
+            }
+        }
+    }
+
+    /// MAIL passed every check of the session: the transaction opens, or waits for the
+    /// filters.
+    fn open_transaction(&mut self, txn: Transaction) -> Action {
+        if !self.filtered {
+            self.state = State::Mail(txn);
+            return Action::Reply(replies::sender_ok());
+        }
+        let step = FilterStep::Mail {
+            id: txn.id.clone(),
+            from: format!(
+                "<{}>",
+                txn.from
+                    .address()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ),
+            args: txn
+                .params
+                .to_string()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        };
+        self.pending = Some(Pending::Mail(txn));
+        Action::Filter(step)
     }
 
     /// Reads the server's free-space flag: while it is set, MAIL is answered 452 4.3.1.
@@ -362,6 +511,11 @@ impl Session {
         } else {
             replies::helo(&self.cfg.hostname)
         };
+        if self.filtered {
+            let step = FilterStep::Helo { name: name.clone() };
+            self.pending = Some(Pending::Helo(Helo { name, esmtp }, reply));
+            return Action::Filter(step);
+        }
         self.helo = Some(Helo { name, esmtp });
         Action::Reply(reply)
     }
@@ -447,6 +601,7 @@ impl Session {
             rejected: 0,
             new_mailboxes: NewMailboxes::default(),
             spf: None,
+            discard: false,
         };
         // SPF at MAIL FROM only when its fail is refused here (RFC 7372 3.2: 550 5.7.23);
         // otherwise it runs with the other checks at the end of DATA, once.
@@ -464,8 +619,7 @@ impl Session {
             self.state = State::CheckingSpf(txn);
             return Action::CheckSpf(query);
         }
-        self.state = State::Mail(txn);
-        Action::Reply(replies::sender_ok())
+        self.open_transaction(txn)
     }
 
     /// The outcome of [`Action::CheckSpf`] (`None`: no verifier, or SPF off): a `fail` refused
@@ -480,8 +634,7 @@ impl Session {
             return Action::Reply(replies::auth_refused(reply));
         }
         txn.spf = outcome.map(Box::new);
-        self.state = State::Mail(txn);
-        Action::Reply(replies::sender_ok())
+        self.open_transaction(txn)
     }
 
     /// Inbound verification applies: port 25, a client that neither authenticated nor is in
@@ -526,10 +679,18 @@ impl Session {
                 if cap.admit(&targets, &mut txn.new_mailboxes).is_err() {
                     return Action::Reply(replies::mailbox_creation_limited(&display));
                 }
-                txn.recipients.push(AcceptedRecipient {
+                let rcpt = AcceptedRecipient {
                     address: display,
                     targets,
-                });
+                };
+                if self.filtered {
+                    let step = FilterStep::Rcpt {
+                        to: format!("<{}>", rcpt.address),
+                    };
+                    self.pending = Some(Pending::Rcpt(rcpt));
+                    return Action::Filter(step);
+                }
+                txn.recipients.push(rcpt);
                 Action::Reply(replies::recipient_ok())
             }
             // Rejected recipients count as errors: otherwise a client could try addresses
@@ -547,6 +708,11 @@ impl Session {
 
     fn data(&mut self) -> Action {
         match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(txn) if !txn.recipients.is_empty() && self.filtered => {
+                self.state = State::Mail(txn);
+                self.pending = Some(Pending::Data);
+                Action::Filter(FilterStep::Data)
+            }
             State::Mail(txn) if !txn.recipients.is_empty() => {
                 self.state = State::Data(txn);
                 Action::StartData(replies::start_data())
@@ -603,6 +769,9 @@ impl Session {
         if message.received >= self.cfg.queue.max_received_headers {
             return DataEnd::Reject(replies::mail_loop());
         }
+        if txn.discard {
+            return DataEnd::Discard(replies::queued(&txn.id));
+        }
         let helo = self.helo.clone().unwrap_or(Helo {
             name: "unknown".into(),
             esmtp: false,
@@ -658,6 +827,7 @@ impl Session {
             Err(NotStored::Store(StoreError::Temporary(_))) => replies::local_error(),
             Err(NotStored::Store(StoreError::Permanent(_))) => replies::store_refused(),
             Err(NotStored::Refused(r)) => replies::auth_refused(&r.reply),
+            Err(NotStored::Filtered(r)) => r,
         }
     }
 

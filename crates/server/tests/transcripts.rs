@@ -234,6 +234,10 @@ impl Client {
                 Effect::Store(_, _, ticket) => self.conn.stored(ticket, Ok(())),
                 // Transcripts run without a resolver.
                 Effect::CheckSpf(_, ticket) => self.conn.spf_checked(ticket, None),
+                // Transcripts configure no milter that answers; one that lets all through.
+                Effect::Filter(_, ticket) => self
+                    .conn
+                    .filtered(ticket, tern_server::session::FilterVerdict::Continue),
                 // Messages in transcripts are small; a spooled one needs no file here.
                 Effect::Spool(_) => {}
                 Effect::StartTls(_) => return Err("STARTTLS: transcripts run without TLS".into()),

@@ -42,6 +42,7 @@ fn say(s: &mut Session, line: &str) -> String {
         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) | Action::Close(r) => r,
         Action::Verify(_) => panic!("unexpected credential check"),
         Action::CheckSpf(_) => panic!("unexpected SPF check"),
+        Action::Filter(_) => panic!("unexpected content filter step"),
     };
     let wire = String::from_utf8(reply.to_bytes()).unwrap();
     wire.lines().last().unwrap().to_string()
@@ -687,4 +688,145 @@ fn mail_from_a_trusted_host_is_not_verified() {
     };
     assert!(matches!(acc.inbound, Inbound::Skip));
     assert!(acc.sign);
+}
+
+const MILTER: &str = "[[milters]]\nname = \"f\"\naddress = \"inet:127.0.0.1:9\"\n";
+
+/// Sends a line to a filtered session: the step the filters must see, if any, and then the
+/// reply once they answered `verdict`.
+fn filtered(s: &mut Session, line: &str, verdict: FilterVerdict) -> (Option<FilterStep>, String) {
+    let (step, action) = match s.handle_line(line.as_bytes()) {
+        Action::Filter(step) => (Some(step), s.filtered(verdict)),
+        other => (None, other),
+    };
+    let reply = match action {
+        Action::Reply(r) | Action::StartData(r) | Action::Close(r) => r,
+        other => panic!("unexpected {other:?}"),
+    };
+    let wire = String::from_utf8(reply.to_bytes()).unwrap();
+    (step, wire.lines().last().unwrap().to_string())
+}
+
+fn refused() -> FilterVerdict {
+    FilterVerdict::Reject(Reply::new(550, tern_proto::ec(5, 7, 1), "Command rejected"))
+}
+
+#[test]
+fn filters_see_each_step_the_session_accepted_and_a_refusal_changes_nothing() {
+    let mut s = session_with(config(MILTER), "192.0.2.1:4000");
+    let (step, reply) = filtered(&mut s, "EHLO client.test", refused());
+    assert_eq!(
+        step,
+        Some(FilterStep::Helo {
+            name: "client.test".into()
+        })
+    );
+    assert_eq!(reply, "550 5.7.1 Command rejected");
+    // The refused EHLO left no greeting behind.
+    assert_eq!(code(&mut s, "MAIL FROM:<a@remote.test>"), 503);
+    let (_, reply) = filtered(&mut s, "EHLO client.test", FilterVerdict::Continue);
+    assert!(reply.starts_with("250 "), "{reply}");
+
+    let (step, reply) = filtered(&mut s, "MAIL FROM:<a@remote.test> SIZE=10", refused());
+    let Some(FilterStep::Mail { from, args, id }) = step else {
+        panic!("no MAIL step")
+    };
+    assert_eq!(
+        (from.as_str(), args),
+        ("<a@remote.test>", vec!["SIZE=10".to_string()])
+    );
+    assert_eq!(id.len(), 32);
+    assert_eq!(reply, "550 5.7.1 Command rejected");
+    // No transaction opened.
+    assert_eq!(code(&mut s, "RCPT TO:<bob@tern.test>"), 503);
+
+    let (_, reply) = filtered(&mut s, "MAIL FROM:<a@remote.test>", FilterVerdict::Continue);
+    assert!(reply.starts_with("250 "), "{reply}");
+    // tern's own refusal is never shown to the filters.
+    let (step, reply) = filtered(
+        &mut s,
+        "RCPT TO:<x@elsewhere.test>",
+        FilterVerdict::Continue,
+    );
+    assert_eq!((step, &reply[..3]), (None, "550"));
+    let (step, reply) = filtered(&mut s, "RCPT TO:<bob@tern.test>", refused());
+    assert_eq!(
+        step,
+        Some(FilterStep::Rcpt {
+            to: "<bob@tern.test>".into()
+        })
+    );
+    assert_eq!(reply, "550 5.7.1 Command rejected");
+    // Every recipient refused: DATA has nobody to deliver to.
+    assert_eq!(code(&mut s, "DATA"), 554);
+    let (_, reply) = filtered(&mut s, "RCPT TO:<carol@tern.test>", FilterVerdict::Continue);
+    assert!(reply.starts_with("250 "), "{reply}");
+    let (step, reply) = filtered(&mut s, "DATA", refused());
+    assert_eq!(
+        (step, reply.as_str()),
+        (Some(FilterStep::Data), "550 5.7.1 Command rejected")
+    );
+    let (_, reply) = filtered(&mut s, "DATA", FilterVerdict::Continue);
+    assert!(reply.starts_with("354 "), "{reply}");
+    let DataEnd::Store(acc) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
+        panic!("not stored")
+    };
+    let rcpts: Vec<&str> = acc.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(rcpts, ["carol@tern.test"]);
+}
+
+#[test]
+fn a_discard_takes_the_message_and_stores_nothing() {
+    let mut s = session_with(config(MILTER), "192.0.2.1:4000");
+    filtered(&mut s, "HELO client.test", FilterVerdict::Continue);
+    filtered(&mut s, "MAIL FROM:<a@remote.test>", FilterVerdict::Continue);
+    let (_, reply) = filtered(&mut s, "RCPT TO:<bob@tern.test>", FilterVerdict::Discard);
+    assert!(reply.starts_with("250 "), "{reply}");
+    filtered(&mut s, "DATA", FilterVerdict::Continue);
+    let DataEnd::Discard(reply) = s.finish_data(Ok(()), &MessageFacts::of(b"")) else {
+        panic!("not discarded")
+    };
+    assert_eq!(reply.code(), 250);
+    // The next transaction starts clean.
+    filtered(&mut s, "MAIL FROM:<a@remote.test>", FilterVerdict::Continue);
+    filtered(&mut s, "RCPT TO:<bob@tern.test>", FilterVerdict::Continue);
+    filtered(&mut s, "DATA", FilterVerdict::Continue);
+    assert!(matches!(
+        s.finish_data(Ok(()), &MessageFacts::of(b"")),
+        DataEnd::Store(_)
+    ));
+}
+
+#[test]
+fn milters_apply_to_the_listeners_they_name() {
+    // Default apply_to: port 25 only.
+    let cfg = config(&format!("{MILTER}[[users]]\nname = \"alice@tern.test\"\n"));
+    let mut s = Session::new(
+        cfg,
+        ConnInfo {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:587".parse().unwrap(),
+            kind: ListenerKind::Submission,
+            tls: None,
+            tls_available: false,
+        },
+    );
+    assert!(matches!(s.handle_line(b"EHLO x"), Action::Reply(_)));
+    let cfg = config(&format!("{MILTER}apply_to = [\"submission\"]\n"));
+    let mut s = Session::new(
+        cfg,
+        ConnInfo {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:587".parse().unwrap(),
+            kind: ListenerKind::Submission,
+            tls: None,
+            tls_available: false,
+        },
+    );
+    assert!(matches!(s.handle_line(b"EHLO x"), Action::Filter(_)));
+    let mut s = session_with(
+        config(&format!("{MILTER}apply_to = [\"submission\"]\n")),
+        "192.0.2.1:1",
+    );
+    assert!(matches!(s.handle_line(b"EHLO x"), Action::Reply(_)));
 }
