@@ -371,6 +371,33 @@ impl MilterConn {
     }
 }
 
+/// Room for header changes on top of a replacement body the size of the message limit.
+const MAX_HEADER_CHANGES_BYTES: u64 = 1 << 20;
+
+/// The octets a response makes tern keep (its payload, roughly).
+fn response_size(response: &Response) -> u64 {
+    let n = match response {
+        Response::ReplaceBody(b) => b.len(),
+        Response::AddHeader { name, value }
+        | Response::InsertHeader { name, value, .. }
+        | Response::ChangeHeader { name, value, .. } => {
+            name.as_bytes().len() + value.as_bytes().len()
+        }
+        Response::ChangeFrom { sender, args } => {
+            sender.as_bytes().len() + args.as_ref().map_or(0, |a| a.as_bytes().len())
+        }
+        Response::AddRcpt(r) | Response::DeleteRcpt(r) | Response::Quarantine(r) => {
+            r.as_bytes().len()
+        }
+        Response::AddRcptPar { recipient, args } => {
+            recipient.as_bytes().len() + args.as_bytes().len()
+        }
+        _ => 0,
+    };
+    // Each packet costs its bookkeeping too, so a flood of empty ones is bounded as well.
+    n as u64 + 16
+}
+
 /// The step's name in errors and logs.
 pub fn step_name(step: Step) -> &'static str {
     match step {

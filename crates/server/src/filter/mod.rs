@@ -192,8 +192,14 @@ impl FilterChain {
                 continue;
             }
             let Some(conn) = slot.conn.as_mut() else {
-                // Lost before this step (at HELO: MAIL reconnects and answers for it).
-                continue;
+                // Lost earlier. At HELO, MAIL reconnects and answers for it; later in a
+                // transaction it stays failed: nothing passes it unfiltered under tempfail.
+                if matches!(step, FilterStep::Helo { .. })
+                    || slot.cfg.on_failure == OnFailure::Accept
+                {
+                    continue;
+                }
+                return FilterVerdict::Reject(reply::tempfail());
             };
             match conn.step(kind, macros.clone(), command.clone(), None).await {
                 Ok(Verdict::Continue | Verdict::Skip) => {}
@@ -241,11 +247,7 @@ impl FilterChain {
         if self.discard_all {
             return Ok(MessageVerdict::Discard);
         }
-        if self
-            .slots
-            .iter()
-            .all(|s| s.skip != Skip::No || s.conn.is_none())
-        {
+        if self.slots.iter().all(|s| s.skip != Skip::No) {
             return Ok(MessageVerdict::Store);
         }
         let prefix = std::mem::take(&mut accepted.received);
@@ -265,8 +267,14 @@ impl FilterChain {
                 continue;
             }
             let deadline = Instant::now() + self.slots[i].cfg.message_timeout;
+            let on_failure = self.slots[i].cfg.on_failure;
             let Some(conn) = self.slots[i].conn.as_mut() else {
-                continue;
+                // Failed earlier in this transaction.
+                if on_failure == OnFailure::Accept {
+                    continue;
+                }
+                verdict = MessageVerdict::Reject(reply::tempfail());
+                break;
             };
             let max = self.cfg.limits.max_message_size;
             match send_message(conn, &draft, &accepted.id, deadline, max).await {
@@ -376,7 +384,10 @@ impl FilterChain {
                                 }
                                 ForwardPath::Mailbox(a) => a.to_string(),
                             };
-                            if !recipients
+                            if recipients.len() >= self.cfg.limits.max_recipients {
+                                warn!(queue_id = %accepted.id, milter = %name, recipient = %path,
+                                    "content filter added a recipient beyond limits.max_recipients; not added");
+                            } else if !recipients
                                 .iter()
                                 .any(|r| r.address.eq_ignore_ascii_case(&address))
                             {
