@@ -222,8 +222,16 @@ impl MilterConn {
         let mut modifications = Vec::new();
         let mut quarantine = None;
         let mut replaced: Option<Vec<u8>> = None;
+        // Everything a milter sends here is kept until its verdict: bounded like a message.
+        let mut kept: u64 = 0;
         loop {
             let response = self.read_response("end of message", Some(deadline)).await?;
+            kept += response_size(&response);
+            if kept > max_body.saturating_add(MAX_HEADER_CHANGES_BYTES) {
+                return Err(MilterError::Protocol(format!(
+                    "changes larger than the {max_body}-byte message size limit"
+                )));
+            }
             if !self.negotiated.permits(&response) {
                 return Err(MilterError::Protocol(format!(
                     "{} without the negotiated action",

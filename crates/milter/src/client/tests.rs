@@ -222,6 +222,31 @@ async fn a_modification_not_negotiated_or_too_big_is_an_error() {
 }
 
 #[tokio::test]
+async fn a_flood_of_changes_is_cut_off_at_the_bound() {
+    let (mut conn, mut peer) = pair(Actions::ALL, ProtocolFlags::from_bits(0)).await;
+    let eom = conn.end_of_message(None, Instant::now() + Duration::from_secs(30), 0);
+    let script = async {
+        peer.next().await;
+        // 1 MiB of changes is the allowance over a message limit of 0; each add is ~1 KiB.
+        for _ in 0..2000 {
+            let value = nf(&"v".repeat(1000));
+            let r = Response::AddHeader {
+                name: nf("X-Flood"),
+                value,
+            };
+            if peer.io.write_all(&r.to_bytes()).await.is_err() {
+                break;
+            }
+        }
+    };
+    let (r, ()) = tokio::join!(eom, script);
+    assert!(
+        matches!(&r, Err(MilterError::Protocol(m)) if m.contains("larger")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
 async fn garbage_and_a_close_are_errors() {
     let (mut conn, mut peer) = pair(Actions::ALL, ProtocolFlags::from_bits(0)).await;
     let step = conn.step(Step::Data, None, Command::Data, None);
