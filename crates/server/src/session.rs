@@ -221,6 +221,8 @@ pub struct Session {
     filtered: bool,
     /// The command whose reply waits for [`Session::filtered`].
     pending: Option<Pending>,
+    /// The SASL mechanism of the last AUTH (milter macro `{auth_type}`).
+    auth_mechanism: Option<&'static str>,
 }
 
 impl Session {
@@ -241,6 +243,7 @@ impl Session {
             mailbox_cap: None,
             filtered: false,
             pending: None,
+            auth_mechanism: None,
         }
         .with_filters()
     }
@@ -356,6 +359,11 @@ impl Session {
 
     pub fn authenticated(&self) -> Option<&str> {
         self.authenticated.as_deref()
+    }
+
+    /// The SASL mechanism the client authenticated with.
+    pub fn auth_mechanism(&self) -> Option<&'static str> {
+        self.authenticated.as_ref().and(self.auth_mechanism)
     }
 
     pub fn greeting(&self) -> Reply {
@@ -895,6 +903,11 @@ impl Session {
         if self.locked_out() {
             return Action::Close(replies::auth_too_many_failures(&self.cfg.hostname));
         }
+        self.auth_mechanism = match mechanism {
+            "PLAIN" => Some("PLAIN"),
+            "LOGIN" => Some("LOGIN"),
+            _ => None,
+        };
         match (mechanism, initial) {
             // RFC 4954 4: "=" is an empty initial response.
             ("PLAIN", Some(resp)) if resp != "=" => self.auth_plain(resp),

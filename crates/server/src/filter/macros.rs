@@ -92,6 +92,7 @@ pub fn for_step(step: &FilterStep, session: &Session) -> (Step, Command, Option<
             ];
             if let Some(user) = session.authenticated() {
                 macros.push(def("{auth_authen}", user));
+                macros.extend(session.auth_mechanism().map(|m| def("{auth_type}", m)));
             }
             let command = Command::Mail {
                 sender: text(from),
