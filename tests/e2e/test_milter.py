@@ -17,6 +17,8 @@ The contract (reply texts, macro names, header indexes) is the one of issue 12; 
 
 from __future__ import annotations
 
+import json
+
 import socket
 import time
 
@@ -30,7 +32,7 @@ from milterpeer import (ALL_ACTIONS, GARBAGE_HUGE_LENGTH, GARBAGE_TEXT, GARBAGE_
                         MAX_BODY_CHUNK, SMFIC_OPTNEG, SMFIF_ADDHDRS, SMFIP_NOBODY, SMFIP_NOCONNECT, SMFIP_NOHDRS,
                         SMFIP_NR_CONN, SMFIP_NR_HDR, SMFIP_NR_RCPT, SMFIP_SKIP, MilterPeer, Script, cstr,
                         modification_packets, packet, response_packet, split_strings)
-from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to, wait_for
+from relay_helpers import Postfix, Remote, relay_config, require_postfix, route_to, tern_queue, wait_for
 from sec_helpers import ALICE as AUTH_USER, ALICE_PW, Client, Ports, tls_config
 from ternlib import HOSTNAME, free_port
 
@@ -370,6 +372,25 @@ def test_quarantine_files_the_local_copy_into_junk(tern, milter_peer):
     content = next(junk.iterdir()).read_bytes()
     assert body_of(crlf(content)) == body_of(msg)
     assert srv.messages(ALICE) == [], "the quarantined copy is not in new/"
+
+
+def test_quarantine_holds_the_remote_copy_until_released(tern, milter_peer):
+    """Postfix's hold queue: the quarantined message's queue entry is created held; the remote host gets
+    nothing until `tern queue release`, then the message as it was."""
+    peer = milter_peer(Script(modifications=[("quarantine", "suspicious (scripted)")]))
+    with Remote() as remote:
+        srv = start(tern, milter_cfg(peer), **relay_config(routes={"remote.test": route_to(remote.port)}))
+        msg = message("held", to="carol@remote.test")
+        s = send_mail(srv.port, msg, rcpts=("carol@remote.test",))
+        assert s.dot and s.dot[0] == 250, f"{s}\n{srv.log()[-3000:]}"
+        listed = json.loads(tern_queue(srv, "list", "--json").stdout)
+        held = [e for e in listed if e["id"] == s.qid]
+        assert held and held[0]["held"] is True, listed
+        assert remote.messages == [], "a held entry is not delivered"
+        r = tern_queue(srv, "release", s.qid)
+        assert r.returncode == 0, r
+        got = remote.wait_messages(1, srv=srv)
+        assert body_of(crlf(got[0].content)) == body_of(msg)
 
 
 def test_progress_packets_before_the_verdict(tern, milter_peer):

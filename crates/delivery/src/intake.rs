@@ -136,6 +136,7 @@ impl Intake {
             acc,
             body,
             Folder::Inbox,
+            false,
             None,
         )
     }
@@ -168,6 +169,7 @@ impl Intake {
             body,
             folder,
             stored,
+            hold: false,
             arc_seal,
         })
     }
@@ -182,6 +184,9 @@ pub struct Verified {
     pub folder: Folder,
     /// What the log line says about it.
     pub stored: Stored,
+    /// The queue entry for remote recipients is created held (a content filter quarantined
+    /// the message): it waits for `tern queue release`.
+    pub hold: bool,
     /// The ARC set for the forwarded copies' entry only.
     arc_seal: Option<String>,
 }
@@ -193,6 +198,7 @@ impl Verified {
             body,
             folder: Folder::Inbox,
             stored: Stored::default(),
+            hold: false,
             arc_seal: None,
         }
     }
@@ -222,6 +228,7 @@ impl MessageStore for Intake {
             body,
             folder,
             stored,
+            hold,
             arc_seal,
         } = verified;
         let queue = self.queue.clone();
@@ -238,6 +245,7 @@ impl MessageStore for Intake {
                 &accepted,
                 body,
                 folder,
+                hold,
                 arc_seal.as_deref(),
             )
         })
@@ -264,6 +272,7 @@ fn store_blocking(
     acc: &Accepted,
     body: MessageBody,
     folder: Folder,
+    hold: bool,
     arc_seal: Option<&str>,
 ) -> Result<(), StoreError> {
     let trace = trace_fields(signer, acc, &body)?;
@@ -315,7 +324,7 @@ fn store_blocking(
             prefix: String::new(),
             smtputf8: acc.smtputf8,
             eight_bit: acc.eight_bit,
-            held: false,
+            held: hold,
             delay_warned: false,
             attempts_log: Vec::new(),
         };

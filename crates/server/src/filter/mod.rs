@@ -309,9 +309,10 @@ impl FilterChain {
         if let MessageVerdict::Store = verdict {
             if let Some((milter, reason)) = quarantine {
                 info!(queue_id = %accepted.id, milter = %milter, reason = %reason,
-                    "content filter quarantined the message: local copies go to .Junk");
+                    "content filter quarantined the message: local copies go to .Junk, remote ones are held");
                 verified.folder = tern_delivery::maildir::Folder::Junk;
                 verified.stored.quarantined = true;
+                verified.hold = true;
             }
             if accepted.recipients.is_empty() {
                 info!(queue_id = %accepted.id, "content filters removed every recipient");
