@@ -454,6 +454,33 @@ pub fn http_refused(host: &str) -> Reply {
     )
 }
 
+// The content filters' verdicts that come without a reply of their own (docs/filtering.md;
+// Postfix's texts, so that clients and log readers see what they know).
+
+pub fn filter_connect_rejected() -> Reply {
+    Reply::new(554, ec(5, 7, 1), "Connection rejected by content filter")
+}
+
+pub fn filter_connect_tempfail() -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 1),
+        "Service unavailable - try again later; closing connection",
+    )
+}
+
+pub fn filter_command_rejected() -> Reply {
+    Reply::new(550, ec(5, 7, 1), "Command rejected")
+}
+
+pub fn filter_content_rejected() -> Reply {
+    Reply::new(550, ec(5, 7, 1), "Message content rejected")
+}
+
+pub fn filter_tempfail() -> Reply {
+    Reply::new(451, ec(4, 7, 1), "Service unavailable - try again later")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +492,11 @@ mod tests {
         let doc = include_str!("../../../docs/smtp-replies.md").replace("\\|", "|");
         let host = "<hostname>";
         let replies = [
+            filter_connect_rejected(),
+            filter_connect_tempfail(),
+            filter_command_rejected(),
+            filter_content_rejected(),
+            filter_tempfail(),
             greeting(host),
             helo_syntax(),
             ok(),

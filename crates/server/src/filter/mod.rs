@@ -33,34 +33,10 @@ use tern_proto::{ForwardPath, Reply, ReversePath};
 use tern_queue::{SpoolFile, StoreError};
 
 use crate::policy;
+use crate::replies;
 use crate::session::{ConnInfo, FilterStep, FilterVerdict, ListenerKind, Session};
 
 pub use draft::Draft;
-
-/// The replies for the milters' verdicts without a reply of their own (Postfix's texts).
-mod reply {
-    use tern_proto::{ec, Reply};
-
-    pub fn connect_rejected() -> Reply {
-        Reply::new(554, ec(5, 7, 1), "Connection rejected by content filter")
-    }
-    pub fn connect_tempfail() -> Reply {
-        Reply::new(
-            421,
-            ec(4, 7, 1),
-            "Service unavailable - try again later; closing connection",
-        )
-    }
-    pub fn command_rejected() -> Reply {
-        Reply::new(550, ec(5, 7, 1), "Command rejected")
-    }
-    pub fn content_rejected() -> Reply {
-        Reply::new(550, ec(5, 7, 1), "Message content rejected")
-    }
-    pub fn tempfail() -> Reply {
-        Reply::new(451, ec(4, 7, 1), "Service unavailable - try again later")
-    }
-}
 
 /// What the milters decided at the end of a message.
 #[derive(Debug)]
@@ -143,8 +119,10 @@ impl FilterChain {
                     self.discard_all = true;
                     self.slots[i].skip = Skip::Connection;
                 }
-                Ok(Verdict::TempFail) => return Err(reply::connect_tempfail()),
-                Ok(Verdict::Reject | Verdict::Skip) => return Err(reply::connect_rejected()),
+                Ok(Verdict::TempFail) => return Err(replies::filter_connect_tempfail()),
+                Ok(Verdict::Reject | Verdict::Skip) => {
+                    return Err(replies::filter_connect_rejected())
+                }
                 Ok(Verdict::Reply(r)) => return Err(r.to_reply()),
                 Err(e) => {
                     // Not answered here: MAIL reconnects and answers for it.
@@ -199,7 +177,7 @@ impl FilterChain {
                 {
                     continue;
                 }
-                return FilterVerdict::Reject(reply::tempfail());
+                return FilterVerdict::Reject(replies::filter_tempfail());
             };
             match conn.step(kind, macros.clone(), command.clone(), None).await {
                 Ok(Verdict::Continue | Verdict::Skip) => {}
@@ -219,7 +197,7 @@ impl FilterChain {
                 }
                 Ok(v) => {
                     let name = slot.cfg.name.clone();
-                    let r = rejection(v, reply::command_rejected());
+                    let r = rejection(v, replies::filter_command_rejected());
                     info!(client = %self.info.peer, milter = %name, step = step_label(step),
                         reply = %r, "content filter refused a command");
                     return FilterVerdict::Reject(r);
@@ -273,7 +251,7 @@ impl FilterChain {
                 if on_failure == OnFailure::Accept {
                     continue;
                 }
-                verdict = MessageVerdict::Reject(reply::tempfail());
+                verdict = MessageVerdict::Reject(replies::filter_tempfail());
                 break;
             };
             let max = self.cfg.limits.max_message_size;
@@ -352,7 +330,7 @@ impl FilterChain {
                 return Ok(Some(Outcome::Verdict(MessageVerdict::Discard)));
             }
             v => {
-                let r = rejection(v, reply::content_rejected());
+                let r = rejection(v, replies::filter_content_rejected());
                 info!(queue_id = %accepted.id, milter = %name, reply = %r,
                     "content filter rejected the message");
                 return Ok(Some(Outcome::Verdict(MessageVerdict::Reject(r))));
@@ -481,7 +459,7 @@ impl FilterChain {
                 warn!(client = %self.info.peer, milter = %slot.cfg.name, step, error = %e,
                     on_failure = "tempfail", "milter failed");
                 (step != "connect" || self.in_transaction)
-                    .then(|| FilterVerdict::Reject(reply::tempfail()))
+                    .then(|| FilterVerdict::Reject(replies::filter_tempfail()))
             }
             OnFailure::Accept => {
                 warn!(client = %self.info.peer, milter = %slot.cfg.name, step, error = %e,
@@ -509,7 +487,7 @@ fn to_message_verdict(v: FilterVerdict) -> MessageVerdict {
 /// The reply for a refusing verdict.
 fn rejection(v: Verdict, default: Reply) -> Reply {
     match v {
-        Verdict::TempFail => reply::tempfail(),
+        Verdict::TempFail => replies::filter_tempfail(),
         Verdict::Reply(r) => r.to_reply(),
         _ => default,
     }

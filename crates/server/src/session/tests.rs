@@ -800,29 +800,23 @@ fn a_discard_takes_the_message_and_stores_nothing() {
 #[test]
 fn milters_apply_to_the_listeners_they_name() {
     // Default apply_to: port 25 only.
-    let cfg = config(&format!("{MILTER}[[users]]\nname = \"alice@tern.test\"\n"));
-    let mut s = Session::new(
-        cfg,
-        ConnInfo {
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            local: "127.0.0.1:587".parse().unwrap(),
-            kind: ListenerKind::Submission,
-            tls: None,
-            tls_available: false,
-        },
-    );
+    let submission = |cfg| {
+        Session::new(
+            cfg,
+            ConnInfo {
+                peer: "127.0.0.1:4000".parse().unwrap(),
+                local: "127.0.0.1:587".parse().unwrap(),
+                kind: ListenerKind::Submission,
+                tls: None,
+                tls_available: false,
+            },
+        )
+    };
+    let mut s = submission(config(&format!(
+        "{MILTER}[[users]]\nname = \"alice@tern.test\"\n"
+    )));
     assert!(matches!(s.handle_line(b"EHLO x"), Action::Reply(_)));
-    let cfg = config(&format!("{MILTER}apply_to = [\"submission\"]\n"));
-    let mut s = Session::new(
-        cfg,
-        ConnInfo {
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            local: "127.0.0.1:587".parse().unwrap(),
-            kind: ListenerKind::Submission,
-            tls: None,
-            tls_available: false,
-        },
-    );
+    let mut s = submission(config(&format!("{MILTER}apply_to = [\"submission\"]\n")));
     assert!(matches!(s.handle_line(b"EHLO x"), Action::Filter(_)));
     let mut s = session_with(
         config(&format!("{MILTER}apply_to = [\"submission\"]\n")),
