@@ -14,10 +14,10 @@ secs=${1:-1800}
 parallel=${2:-1}
 shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(command reply address data session client_reply config)
+[ ${#targets[@]} -gt 0 ] || targets=(command reply address data session client_reply config milter_response milter_draft)
 
 declare -A max_len=([command]=1024 [reply]=8192 [address]=1024 [data]=4096 [session]=2048
-    [client_reply]=8192 [config]=4096)
+    [client_reply]=8192 [config]=4096 [milter_response]=8192 [milter_draft]=8192)
 
 cargo fuzz build --sanitizer none
 mkdir -p fuzz/logs

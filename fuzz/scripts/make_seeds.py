@@ -291,6 +291,25 @@ SEEDS["milter_response"] = {
     "split-length": b"\x21" + mpkt(b"c") + u32(3)[:2],
 }
 
+# milter_draft: two octets (big-endian) giving the message's length, the client's message, then what a milter
+# sends at the end of it (fuzz/checks/filter.rs).
+def draft(msg, *packets):
+    return len(msg).to_bytes(2, "big") + msg + b"".join(packets)
+
+DRAFT_MSG = b"From: a@b.test\r\nSubject: hi\r\n there\r\nX-Old: 1\r\nX-Old: 2\r\n\r\nbody\r\n"
+SEEDS["milter_draft"] = {
+    "headers": draft(DRAFT_MSG, mpkt(b"h", b"X-Spam\x00yes\x00"), mpkt(b"i", u32(0) + b"DKIM-Signature\x00v=1;\n\tb=abc\x00"),
+                     mpkt(b"m", u32(2) + b"x-old\x00\x00"), mpkt(b"m", u32(1) + b"Subject\x00[SPAM] hi\x00")),
+    "injection": draft(DRAFT_MSG, mpkt(b"h", b"X-Evil\x00a\r\n\r\nBcc: victim@x.test\nX: y\rZ\x00")),
+    "no-body": draft(b"Subject: x", mpkt(b"h", b"X-A\x001\x00")),
+    "leading-space": draft(b" folded\r\nSubject: x\r\n\r\nb\r\n", mpkt(b"i", u32(0) + b"X-Top\x00t\x00")),
+    "no-colon-line": draft(b"Subject: x\r\nnot a field\r\n\r\nb\r\n", mpkt(b"m", u32(1) + b"Subject\x00y\x00")),
+    "replace-body": draft(DRAFT_MSG, mpkt(b"b", b"one\ntwo\r\nthree\r"), mpkt(b"b", b"\n.\n")),
+    "bad-name": draft(DRAFT_MSG, mpkt(b"h", b"X-Ok\x001\x00"), mpkt(b"h", b"Bad Name\x001\x00")),
+    "envelope-only": draft(DRAFT_MSG, mpkt(b"e", b"<new@x.test>\x00"), mpkt(b"+", b"<c@d.test>\x00"),
+                           mpkt(b"-", b"<a@b.test>\x00")),
+}
+
 for target, seeds in SEEDS.items():
     d = os.path.join(ROOT, target)
     # Only this script's files are rewritten: crash reproducers copied in by hand stay.

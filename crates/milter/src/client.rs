@@ -91,6 +91,34 @@ pub enum Modification {
     ReplaceBody(Vec<u8>),
 }
 
+impl Modification {
+    /// The change a response asks for; `None` for a response that is no change. A
+    /// SMFIR_REPLBODY becomes a one-chunk replacement (the client joins the chunks).
+    pub fn from_response(response: Response) -> Option<Self> {
+        Some(match response {
+            Response::AddHeader { name, value } => Modification::AddHeader { name, value },
+            Response::InsertHeader { index, name, value } => {
+                Modification::InsertHeader { index, name, value }
+            }
+            Response::ChangeHeader { index, name, value } => {
+                Modification::ChangeHeader { index, name, value }
+            }
+            Response::ChangeFrom { sender, args } => Modification::ChangeFrom { sender, args },
+            Response::AddRcpt(recipient) => Modification::AddRcpt {
+                recipient,
+                args: None,
+            },
+            Response::AddRcptPar { recipient, args } => Modification::AddRcpt {
+                recipient,
+                args: Some(args),
+            },
+            Response::DeleteRcpt(r) => Modification::DeleteRcpt(r),
+            Response::ReplaceBody(chunk) => Modification::ReplaceBody(chunk),
+            _ => return None,
+        })
+    }
+}
+
 /// The end-of-message answer: the verdict, the changes that come with it and a quarantine
 /// reason if the milter asked for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,40 +276,6 @@ impl MilterConn {
                     quarantine = Some(reason.to_string_lossy());
                     continue;
                 }
-                Response::AddHeader { name, value } => {
-                    modifications.push(Modification::AddHeader { name, value });
-                    continue;
-                }
-                Response::InsertHeader { index, name, value } => {
-                    modifications.push(Modification::InsertHeader { index, name, value });
-                    continue;
-                }
-                Response::ChangeHeader { index, name, value } => {
-                    modifications.push(Modification::ChangeHeader { index, name, value });
-                    continue;
-                }
-                Response::ChangeFrom { sender, args } => {
-                    modifications.push(Modification::ChangeFrom { sender, args });
-                    continue;
-                }
-                Response::AddRcpt(recipient) => {
-                    modifications.push(Modification::AddRcpt {
-                        recipient,
-                        args: None,
-                    });
-                    continue;
-                }
-                Response::AddRcptPar { recipient, args } => {
-                    modifications.push(Modification::AddRcpt {
-                        recipient,
-                        args: Some(args),
-                    });
-                    continue;
-                }
-                Response::DeleteRcpt(r) => {
-                    modifications.push(Modification::DeleteRcpt(r));
-                    continue;
-                }
                 Response::ReplaceBody(chunk) => {
                     let body = replaced.get_or_insert_with(Vec::new);
                     // The new body counts against the message size limit like the old one.
@@ -294,10 +288,18 @@ impl MilterConn {
                     continue;
                 }
                 other => {
-                    return Err(MilterError::Protocol(format!(
-                        "{} in answer to end of message",
-                        other.name()
-                    )))
+                    let name = other.name();
+                    match Modification::from_response(other) {
+                        Some(m) => {
+                            modifications.push(m);
+                            continue;
+                        }
+                        None => {
+                            return Err(MilterError::Protocol(format!(
+                                "{name} in answer to end of message"
+                            )))
+                        }
+                    }
                 }
             };
             if let Some(body) = replaced {

@@ -25,16 +25,18 @@ struct Field {
 }
 
 impl Field {
-    fn parse(raw: &[u8]) -> Option<Self> {
-        let colon = memchr::memchr(b':', raw)?;
-        let name = std::str::from_utf8(&raw[..colon]).ok()?.trim_end();
-        if name.is_empty() {
-            return None;
-        }
-        Some(Self {
+    /// A field as the client wrote it. A line that is no field (no colon, no valid name) is
+    /// kept with an empty name: milters do not see it, but a rewrite keeps its bytes.
+    fn parse(raw: &[u8]) -> Self {
+        let name = memchr::memchr(b':', raw)
+            .and_then(|colon| std::str::from_utf8(&raw[..colon]).ok())
+            .map(str::trim_end)
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| (33..=126).contains(&b)))
+            .unwrap_or("");
+        Self {
             name: name.to_string(),
             raw: raw.to_vec(),
-        })
+        }
     }
 
     /// A field a milter wrote: `Name: value`, sanitized.
@@ -153,27 +155,29 @@ impl Draft {
     /// session has already checked against `limits.max_header_size`; blocking I/O then, so
     /// call it off the async threads).
     pub fn new(prefix: String, body: MessageBody, max_header: u64) -> std::io::Result<Self> {
-        let mut fields = split_fields(prefix.as_bytes());
-        let (client_fields, separator, body) = match body {
+        // One header section as stored (prefix, then the client's fields), split once: a
+        // client line starting with white space continues the field before it, tern's or not.
+        let mut section = prefix.as_bytes().to_vec();
+        let (separator, body) = match body {
             MessageBody::Memory(message) => {
                 let header = HeaderSection::find(&message);
-                let client = split_fields(header.fields());
+                section.extend_from_slice(header.fields());
                 let separator = message[header.fields().len()..header.end()].to_vec();
                 let start = header.end();
-                (client, separator, Body::Memory { message, start })
+                (separator, Body::Memory { message, start })
             }
             MessageBody::Spooled(file) => {
                 let mut head = Vec::new();
                 let limit = max_header.saturating_add(4).min(file.len());
                 file.open()?.take(limit).read_to_end(&mut head)?;
                 let header = HeaderSection::find(&head);
-                let client = split_fields(header.fields());
+                section.extend_from_slice(header.fields());
                 let separator = head[header.fields().len()..header.end()].to_vec();
                 let start = header.end() as u64;
-                (client, separator, Body::Spooled { file, start })
+                (separator, Body::Spooled { file, start })
             }
         };
-        fields.extend(client_fields);
+        let fields = split_fields(&section);
         Ok(Self {
             prefix,
             fields,
@@ -187,7 +191,13 @@ impl Draft {
     pub fn headers(&self) -> impl Iterator<Item = (&str, Vec<u8>)> {
         self.fields
             .iter()
+            .filter(|f| !f.name.is_empty())
             .map(|f| (f.name.as_str(), f.milter_value()))
+    }
+
+    /// How many fields (and lines that are no field) the header section holds.
+    pub fn field_count(&self) -> usize {
+        self.fields.len()
     }
 
     /// The body, from its first octet.
@@ -236,7 +246,14 @@ impl Draft {
                         .push(Field::written(&name.to_string_lossy(), value.as_bytes()));
                 }
                 Modification::InsertHeader { index, name, value } => {
-                    let at = (*index as usize).min(self.fields.len());
+                    // The index counts the fields the milter saw.
+                    let at = self
+                        .fields
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| !f.name.is_empty())
+                        .nth(*index as usize)
+                        .map_or(self.fields.len(), |(i, _)| i);
                     self.fields.insert(
                         at,
                         Field::written(&name.to_string_lossy(), value.as_bytes()),
@@ -302,6 +319,10 @@ impl Draft {
         let mut head = Vec::new();
         for f in &self.fields {
             head.extend_from_slice(&f.raw);
+            // The client's last field may lack its line end (a message without a body).
+            if !f.raw.ends_with(b"\n") {
+                head.extend_from_slice(b"\r\n");
+            }
         }
         head.extend_from_slice(&separator);
         let io = |what: &str, e: std::io::Error| StoreError::from_io(what, &e);
@@ -353,9 +374,7 @@ fn split_fields(section: &[u8]) -> Vec<Field> {
         // A line starting with white space continues the field before it.
         let next_continues = matches!(section.get(end), Some(b' ' | b'\t'));
         if !next_continues {
-            if let Some(f) = Field::parse(&section[start..end]) {
-                fields.push(f);
-            }
+            fields.push(Field::parse(&section[start..end]));
             start = end;
         }
         pos = end;
