@@ -26,6 +26,42 @@ pub struct Accepted {
     /// Whether to verify it (SPF, DKIM, ARC, DMARC) before storing: port-25 mail from
     /// outside only (see [`crate::checks`]).
     pub inbound: Inbound,
+    /// The session facts the message's timeline records (tern_queue::Event::Received).
+    pub via: Box<Via>,
+}
+
+/// How a message reached tern, for its timeline: never used to decide anything.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    /// `smtp`, `submission`, `submissions`.
+    pub listener: &'static str,
+    /// The session's TLS version and cipher; `None` for cleartext.
+    pub tls: Option<String>,
+    /// The authenticated user.
+    pub auth: Option<String>,
+    /// SPF/DKIM/DMARC/ARC results (`spf=pass dkim=pass dmarc=pass`), set by the inbound checks.
+    pub checks: Option<String>,
+}
+
+impl Via {
+    /// The `method=result` pairs of an Authentication-Results field (RFC 8601 2.2), in order,
+    /// for the timeline: `spf=pass dkim=fail dmarc=fail`.
+    pub fn summarize(authentication_results: &str) -> Option<String> {
+        let mut out: Vec<&str> = Vec::new();
+        for token in authentication_results.split(|c: char| c.is_whitespace() || c == ';') {
+            let Some((method, result)) = token.split_once('=') else {
+                continue;
+            };
+            let known = matches!(
+                method.to_ascii_lowercase().as_str(),
+                "spf" | "dkim" | "dmarc" | "arc" | "iprev"
+            );
+            if known && !result.is_empty() && out.len() < 16 {
+                out.push(token);
+            }
+        }
+        (!out.is_empty()).then(|| out.join(" "))
+    }
 }
 
 #[derive(Debug, Clone)]

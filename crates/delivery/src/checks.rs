@@ -307,6 +307,7 @@ mod tests {
             client_ip: "192.0.2.1".parse().unwrap(),
             sign: false,
             inbound: Inbound::Verify { spf: None },
+            via: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ pub(crate) enum Split {
     /// Every recipient of `env` is forwarded: `env` itself is the forwarded entry.
     Whole,
     /// A second envelope with the forwarded recipients, taken out of `env`.
-    Extra(Envelope),
+    Extra(Box<Envelope>),
 }
 
 /// Gives `env`'s forwarded recipients an entry of their own when they need one: for their SRS
@@ -45,12 +45,12 @@ pub(crate) fn split_off(cfg: Option<&Config>, env: &mut Envelope, sealed: bool) 
     if forwarded.is_empty() {
         return Split::Mixed;
     }
-    Split::Extra(Envelope {
+    Split::Extra(Box::new(Envelope {
         id: QueueId::generate(),
         sender,
         recipients: forwarded,
         ..env.clone()
-    })
+    }))
 }
 
 /// The second entry of [`split_off`], committed before the first one. Dropped without
@@ -172,6 +172,7 @@ mod tests {
             held: false,
             delay_warned: false,
             attempts_log: Vec::new(),
+            events: Default::default(),
         }
     }
 
@@ -280,6 +281,7 @@ mod tests {
             client_ip: "127.0.0.1".parse().unwrap(),
             sign: false,
             inbound: crate::checks::Inbound::Skip,
+            via: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod maildir;
 pub mod router;
 pub mod srs;
 
+pub use accepted::Via;
 pub use checks::{Inbound, NotStored, Refusal, Stored};
 pub use intake::{Accepted, AcceptedRecipient, Intake, MessageStore};
 pub use local::{Delivered, LocalDelivery};

@@ -42,6 +42,7 @@ fn accepted(targets: Vec<Target>) -> Accepted {
         client_ip: "127.0.0.1".parse().unwrap(),
         sign: false,
         inbound: tern_delivery::Inbound::Skip,
+        via: Default::default(),
     }
 }
 

@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
                         held: false,
                         delay_warned: false,
                         attempts_log: Vec::new(),
+                        events: Default::default(),
                     };
                     store.commit_parts(&env, &[b"Received: bench\r\n", &body])?;
                 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::QueueId;
 use crate::outcome::{StoredReply, TlsOutcome};
+use crate::timeline::Timeline;
 
 /// How many delivery attempts an envelope remembers; older ones are dropped first, so a message
 /// retried for days does not grow its envelope without bound.
@@ -51,6 +52,9 @@ pub struct Envelope {
     /// The latest attempts, oldest first, at most [`MAX_ATTEMPTS_LOG`] (see [`Envelope::log_attempt`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts_log: Vec<Attempt>,
+    /// How it arrived and what was done to it besides attempts (docs/operations.md, timeline).
+    #[serde(default, skip_serializing_if = "Timeline::is_empty")]
+    pub events: Timeline,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +246,7 @@ pub(crate) mod tests {
                 reply: StoredReply::from_legacy("451 4.7.1 greylisted"),
                 tls: Some(TlsOutcome::Cleartext),
             }],
+            events: Timeline::default(),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod outcome;
 pub mod spool;
 pub mod store;
 pub mod time_format;
+pub mod timeline;
 
 pub use envelope::{Attempt, Envelope, Recipient, RecipientStatus, MAX_ATTEMPTS_LOG};
 pub use error::StoreError;
@@ -21,4 +22,5 @@ pub use fs_store::FsStore;
 pub use id::{InvalidQueueId, QueueId};
 pub use outcome::{RcptClass, RcptOutcome, Remote, Stage, StoredReply, TlsOutcome};
 pub use spool::{MessageBody, SpoolFile, Spooled};
+pub use timeline::{Event, NoticeKind, Timeline};
 pub use store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};

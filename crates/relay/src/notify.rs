@@ -24,7 +24,9 @@ use tern_delivery::dsn::{self, Action, RecipientReport, Report};
 use tern_delivery::router::{self, RcptDecision, Target};
 use tern_delivery::LocalDelivery;
 use tern_proto::{Address, ForwardPath};
-use tern_queue::{Envelope, QueueId, QueueStore, Recipient, RecipientStatus, StoredReply};
+use tern_queue::{
+    Envelope, Event, NoticeKind, QueueId, QueueStore, Recipient, RecipientStatus, StoredReply,
+};
 
 /// What a round or `tern queue bounce` needs to send notifications.
 pub struct Notifier {
@@ -65,7 +67,19 @@ impl Notifier {
         }
         let addresses: Vec<String> = failures.iter().map(|(a, _)| a.clone()).collect();
         match self.emit(env, &addresses, DsnKind::Failed, message) {
-            Ok(()) => Ok(()),
+            Ok(sent) => {
+                if let Some(dsn_id) = sent {
+                    metrics::counter!(tern_metrics::BOUNCES).increment(1);
+                    // Recorded with the envelope update the caller makes anyway.
+                    env.events.push(Event::Notified {
+                        at: now,
+                        kind: NoticeKind::Bounce,
+                        recipients: addresses,
+                        dsn_id: dsn_id.to_string(),
+                    });
+                }
+                Ok(())
+            }
             Err(e) => {
                 env.recipients = before;
                 Err(e)
@@ -80,7 +94,7 @@ impl Notifier {
         recipients: &[String],
         kind: DsnKind,
         message: &[u8],
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<QueueId>> {
         emit(
             &self.cfg,
             self.queue.as_ref(),
@@ -106,8 +120,8 @@ pub enum DsnKind {
 /// `Failed { reply }` for [`DsnKind::Failed`], `Deferred { last_reply }` for [`DsnKind::Delayed`])
 /// of the queued message `env`, whose content (at least its header section) is `message`.
 ///
-/// On `Ok` the DSN is durable: fsync'd into the Maildir(s) or committed to the queue, or there
-/// was deliberately nothing to send (no such recipients; a warning about a notification; a
+/// On `Ok(Some(dsn_id))` the DSN is durable: fsync'd into the Maildir(s) or committed to the
+/// queue; `Ok(None)`: there was deliberately nothing to send (no such recipients; a warning about a notification; a
 /// double bounce with no local postmaster mailbox, logged). On `Err` nothing was delivered or
 /// queued, so the caller can try again without sending it twice.
 pub fn emit(
@@ -118,17 +132,17 @@ pub fn emit(
     recipients: &[String],
     kind: DsnKind,
     message: &[u8],
-) -> io::Result<()> {
+) -> io::Result<Option<QueueId>> {
     let now = SystemTime::now();
     let reports = recipient_reports(cfg, env, recipients, kind);
     if reports.is_empty() {
         debug!(id = %env.id, "no recipients to report on: no DSN");
-        return Ok(());
+        return Ok(None);
     }
     if env.sender.is_none() && kind == DsnKind::Delayed {
         // Nobody waits for a notification; the postmaster hears about it if it fails for good.
         debug!(id = %env.id, "no delay warning for a message with the null sender");
-        return Ok(());
+        return Ok(None);
     }
 
     let (to, targets) = destination(cfg, env);
@@ -139,7 +153,7 @@ pub fn emit(
             "the DSN about a message with the null sender (a failed notification) cannot go to a \
              local postmaster mailbox: dropped; define the postmaster of a local domain"
         );
-        return Ok(());
+        return Ok(None);
     }
 
     let id_text = env.id.to_string();
@@ -196,6 +210,7 @@ pub fn emit(
             held: false,
             delay_warned: false,
             attempts_log: Vec::new(),
+            events: Default::default(),
         };
         if let Err(e) = queue.commit(&entry, &bytes) {
             // All or nothing: `delivered` drops and takes the local copies back, so that the
@@ -217,7 +232,7 @@ pub fn emit(
         "DSN sent"
     );
     delivered.keep();
-    Ok(())
+    Ok(Some(dsn_id))
 }
 
 /// The report blocks for the recipients asked about, in the envelope's order of `recipients`.
@@ -437,6 +452,7 @@ mod tests {
                     tls: None,
                 },
             ],
+            events: Default::default(),
         }
     }
 

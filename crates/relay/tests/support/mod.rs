@@ -400,6 +400,7 @@ pub fn context(cfg: &Arc<Config>, queue: Arc<dyn QueueStore>) -> Arc<Context> {
         cfg: cfg.clone(),
         connector: Connector::new(cfg.clone(), Arc::new(StaticResolver::new())),
         notifier: Notifier::new(cfg.clone(), queue.clone()),
+        domains: tern_relay::scheduler::domain_classes(cfg),
         queue,
     })
 }
@@ -456,6 +457,7 @@ pub fn envelope(sender: Option<&str>, recipients: &[&str], message: &[u8]) -> En
         held: false,
         delay_warned: false,
         attempts_log: Vec::new(),
+        events: Default::default(),
     }
 }
 
