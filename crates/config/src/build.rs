@@ -187,6 +187,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let checks = checks(&raw);
     let srs = crate::srs::srs(&mut v, &raw, &hostname);
     let milters = crate::milters::milters(&mut v, &raw);
+    let admin = crate::admin::admin(&mut v, &raw);
 
     v.finish()?;
     Ok(Config {
@@ -210,6 +211,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         checks,
         srs,
         milters,
+        admin,
         source: Some(origin.to_path_buf()),
     })
 }

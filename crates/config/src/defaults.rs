@@ -373,6 +373,7 @@ pub(crate) fn config() -> Config {
         checks: checks(),
         srs: None,
         milters: Vec::new(),
+        admin: None,
         source: None,
         hostname,
     }

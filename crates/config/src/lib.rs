@@ -7,11 +7,14 @@
 //! assert!(config.is_local_domain("LOCALHOST."));
 //! ```
 
+mod admin;
 mod build;
+pub mod diff;
 pub mod caps;
 pub mod defaults;
 mod error;
 pub mod files;
+mod live;
 mod load;
 mod milters;
 mod password;
@@ -21,7 +24,9 @@ mod srs;
 mod types;
 mod values;
 
+pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_PORT, MIN_TOKEN_LEN};
 pub use error::{ConfigError, Issue};
+pub use live::LiveConfig;
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use milters::{MilterAddress, MilterConfig, MilterListener, OnFailure};
 pub use srs::{SrsConfig, SrsSecrets, MAX_AGE_DAYS_CAP, MIN_SECRET_LEN};

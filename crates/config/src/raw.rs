@@ -36,6 +36,15 @@ pub(crate) struct RawConfig {
     pub checks: RawChecks,
     pub srs: RawSrs,
     pub milters: Vec<Spanned<RawMilter>>,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Text,
+    pub token_file: Text,
+    pub metrics_domains: TextList,
 }
 
 #[derive(Debug, Default, Deserialize)]

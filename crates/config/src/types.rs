@@ -42,6 +42,8 @@ pub struct Config {
     pub srs: Option<crate::SrsConfig>,
     /// `[[milters]]`: content filters, consulted in this order.
     pub milters: Vec<crate::MilterConfig>,
+    /// `[admin]`: the admin HTTP listener; `None` = off.
+    pub admin: Option<crate::AdminConfig>,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }

@@ -14,7 +14,8 @@ use std::time::SystemTime;
 
 use tern_auth::{ArcSealer, Signer, Verifier};
 use tern_queue::{
-    Envelope, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile, StoreError,
+    Envelope, Event, MessageBody, QueueId, QueueStore, Recipient, RecipientStatus, SpoolFile,
+    StoreError,
 };
 
 use tern_config::Config;
@@ -164,6 +165,7 @@ impl Intake {
         } = checks
             .run(accepted, spf.as_deref(), body, &self.queue, sealer)
             .await?;
+        accepted.via.checks = crate::accepted::Via::summarize(&authentication_results);
         accepted.received.push_str(&authentication_results);
         Ok(Verified {
             body,
@@ -327,7 +329,24 @@ fn store_blocking(
             held: hold,
             delay_warned: false,
             attempts_log: Vec::new(),
+            events: Default::default(),
         };
+        // The timeline's first event rides on the commit's own write (no fsync of its own).
+        envelope.events.push(Event::Received {
+            at: envelope.received_at,
+            listener: acc.via.listener.to_string(),
+            client_ip: Some(acc.client_ip),
+            helo: Some(acc.helo.clone()),
+            tls: acc.via.tls.clone(),
+            auth: acc.via.auth.clone(),
+            checks: acc.via.checks.clone(),
+        });
+        if hold {
+            envelope.events.push(Event::Held {
+                at: envelope.received_at,
+                by: "content filter (quarantine)".into(),
+            });
+        }
         // Forwarded copies with an SRS sender or an ARC seal become an entry of their own,
         // committed first; the seal goes after the trace fields of that entry only.
         let forwarded_trace = match arc_seal {
@@ -335,7 +354,7 @@ fn store_blocking(
             None => trace.clone(),
         };
         let (extra, trace) = match forward::split_off(srs, &mut envelope, arc_seal.is_some()) {
-            forward::Split::Extra(extra) => (Some(extra), trace),
+            forward::Split::Extra(extra) => (Some(*extra), trace),
             forward::Split::Whole => (None, forwarded_trace.clone()),
             forward::Split::Mixed => (None, trace),
         };
@@ -360,6 +379,12 @@ fn store_blocking(
         forwarded.keep();
     }
     delivered.keep();
+    if !locals.is_empty() {
+        // Local copies are final the moment they are stored (RFC 3461 "delivered").
+        metrics::counter!(tern_metrics::DELIVERY_ATTEMPTS, "outcome" => "delivered",
+            "domain_class" => "local")
+        .increment(locals.len() as u64);
+    }
     Ok(())
 }
 
@@ -446,6 +471,7 @@ mod tests {
             client_ip: "127.0.0.1".parse().unwrap(),
             sign,
             inbound: Inbound::Skip,
+            via: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use tern_client::{
 };
 use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
+use tern_metrics as names;
 use tern_proto::{Address, ForwardPath, ReversePath};
 use tern_queue::{RcptOutcome, StoredReply, TlsOutcome};
 
@@ -285,6 +286,11 @@ impl Connector {
                         error = %reason,
                         "relay: TLS handshake failed; delivering in cleartext on a new connection"
                     );
+                }
+                if let Some(t) = session.tls() {
+                    metrics::counter!(names::TLS_SESSIONS, "direction" => "outbound",
+                        "version" => names::tls_version(&t.version))
+                    .increment(1);
                 }
                 Ok((session, hop))
             }

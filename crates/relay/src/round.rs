@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tern_config::Config;
+use tern_metrics as names;
 use tern_queue::{
     Attempt, Envelope, QueueId, QueueLock, QueueStore, RcptClass, RcptOutcome, RecipientStatus,
     StoredReply, TlsOutcome,
 };
+use tracing::Instrument;
 
 use crate::backoff;
 use crate::connector::Connector;
@@ -36,6 +38,8 @@ pub struct Context {
     pub queue: Arc<dyn QueueStore>,
     pub connector: Connector,
     pub notifier: Notifier,
+    /// Recipient domains as bounded metric labels (`[admin] metrics_domains`).
+    pub domains: names::DomainClasses,
 }
 
 /// What the scheduler should do with the entry after a round.
@@ -60,6 +64,12 @@ impl After {
 /// Runs one round for `id`; every outcome is in the queue or the log. Returns when the entry
 /// wants the next one.
 pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
+    // One span per round: every line it logs carries the queue id.
+    let span = tracing::info_span!("delivery", queue_id = %id);
+    run_round(ctx, id).instrument(span).await
+}
+
+async fn run_round(ctx: Arc<Context>, id: QueueId) -> After {
     let queue = ctx.queue.clone();
     let load_id = id.clone();
     let head_max = head_max(&ctx.cfg);
@@ -128,7 +138,21 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
                     .iter()
                     .map(|&i| env.recipients[i].address.clone())
                     .collect();
-                let r = ctx.connector.deliver(&dest, sender, &addrs, message).await;
+                // One span per attempt: the destination, and the host once connected.
+                let domain = addrs
+                    .first()
+                    .and_then(|a| a.rsplit_once('@'))
+                    .map_or("", |(_, d)| d);
+                let span = tracing::info_span!("attempt", domain = %domain,
+                    host = tracing::field::Empty);
+                let r = ctx
+                    .connector
+                    .deliver(&dest, sender, &addrs, message)
+                    .instrument(span.clone())
+                    .await;
+                if let Some(h) = &r.host {
+                    span.record("host", h.as_str());
+                }
                 (idx, r)
             }
         });
@@ -186,8 +210,18 @@ pub async fn run(ctx: Arc<Context>, id: QueueId) -> After {
                 }
             }
         };
+        let domain = rcpt.address.rsplit_once('@').map_or("", |(_, d)| d);
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => status.name(),
+            "domain_class" => ctx.domains.class(domain))
+        .increment(1);
+        if status.is_final() {
+            metrics::histogram!(names::DELIVERY_LATENCY).record(names::secs(
+                now.duration_since(env.received_at).unwrap_or_default(),
+            ));
+        }
         tracing::info!(
             id = %env.id,
+            domain = %domain,
             to = %rcpt.address,
             relay = host.as_deref().unwrap_or("none"),
             tls = %tls.as_ref().map_or_else(|| "none".to_string(), ToString::to_string),
@@ -277,7 +311,17 @@ fn record(
                 .notifier
                 .emit(&env, &deferred, DsnKind::Delayed, message)
             {
-                Ok(()) => env.delay_warned = true,
+                Ok(sent) => {
+                    env.delay_warned = true;
+                    if let Some(dsn_id) = sent {
+                        env.events.push(tern_queue::Event::Notified {
+                            at: SystemTime::now(),
+                            kind: tern_queue::NoticeKind::Delay,
+                            recipients: deferred.clone(),
+                            dsn_id: dsn_id.to_string(),
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(id = %env.id, error = %e, "relay: cannot store the delay notice")
                 }

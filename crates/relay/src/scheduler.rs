@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +41,16 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 pub struct Workers {
     handle: Option<tokio::task::JoinHandle<()>>,
+    reconfigure: watch::Sender<Arc<Config>>,
 }
 
 impl Workers {
+    /// A reload: rounds started from now on use `cfg` (routes, outbound TLS policy, retry
+    /// schedule, concurrency, DNS); rounds in progress finish with the config they began with.
+    pub fn reconfigure(&self, cfg: Arc<Config>) {
+        let _ = self.reconfigure.send(cfg);
+    }
+
     /// Waits until the scheduler has stopped (after `shutdown` was cancelled).
     pub async fn stop(self) {
         if let Some(h) = self.handle {
@@ -59,13 +66,8 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         // A closed channel means the scheduler stopped: nothing to tell.
         let _ = tx.send(event);
     }));
-    let resolver = resolver(&cfg);
-    let ctx = Arc::new(Context {
-        queue: queue.clone(),
-        connector: Connector::new(cfg.clone(), resolver),
-        notifier: Notifier::new(cfg.clone(), queue),
-        cfg,
-    });
+    let (reconfigure, configs) = watch::channel(cfg.clone());
+    let ctx = context(cfg, queue);
     // A round holds its message in memory: the slot is taken before the message is loaded,
     // so a flush of a large backlog loads at most `outbound.concurrency` messages at a time.
     let slots = Arc::new(Semaphore::new(ctx.cfg.outbound.concurrency.max(1)));
@@ -78,7 +80,28 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         job_ids: HashMap::new(),
     };
     Workers {
-        handle: Some(tokio::spawn(scheduler.run(events, shutdown))),
+        handle: Some(tokio::spawn(scheduler.run(events, configs, shutdown))),
+        reconfigure,
+    }
+}
+
+/// Everything a round needs, built from one config.
+fn context(cfg: Arc<Config>, queue: Arc<dyn QueueStore>) -> Arc<Context> {
+    let resolver = resolver(&cfg);
+    Arc::new(Context {
+        queue: queue.clone(),
+        connector: Connector::new(cfg.clone(), resolver),
+        notifier: Notifier::new(cfg.clone(), queue),
+        domains: domain_classes(&cfg),
+        cfg,
+    })
+}
+
+/// `[admin] metrics_domains`, else the built-in list of large providers.
+pub fn domain_classes(cfg: &Config) -> tern_metrics::DomainClasses {
+    match cfg.admin.as_ref().and_then(|a| a.metrics_domains.as_ref()) {
+        Some(list) => tern_metrics::DomainClasses::new(list),
+        None => tern_metrics::DomainClasses::default(),
     }
 }
 
@@ -160,6 +183,7 @@ impl Scheduler {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<StoreEvent>,
+        mut configs: watch::Receiver<Arc<Config>>,
         shutdown: CancellationToken,
     ) {
         self.rescan().await;
@@ -206,6 +230,15 @@ impl Scheduler {
                 _ = timer => {}
                 _ = rescan.tick() => self.rescan().await,
                 _ = sweep.tick() => self.ctx.connector.sweep(false),
+                Ok(()) = configs.changed() => {
+                    let cfg = configs.borrow_and_update().clone();
+                    // The old context's pooled connections are closed; rounds in progress
+                    // keep theirs until they finish.
+                    self.ctx.connector.sweep(true);
+                    self.slots = Arc::new(Semaphore::new(cfg.outbound.concurrency.max(1)));
+                    self.ctx = context(cfg, self.ctx.queue.clone());
+                    tracing::info!("relay: new config in force for new delivery rounds");
+                }
             }
         }
         self.drain().await;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tern_metrics as names;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -283,6 +285,7 @@ impl<S: MessageStore> Driver<S> {
                             }
                         };
                         if user.is_none() {
+                            metrics::counter!(names::AUTH_FAILURES).increment(1);
                             // Growing delay per client IP: slows password guessing to a crawl.
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
@@ -355,7 +358,24 @@ impl<S: MessageStore> Driver<S> {
                         let helo = accepted.helo.clone();
                         let size = body.len();
                         let client_ip = accepted.client_ip;
+                        let listener = conn.session().conn().kind.name();
+                        // The final dot has arrived (the body is complete): from here to the
+                        // reply is what the client waits for.
+                        let dot = Instant::now();
                         let result = self.store_message(accepted, body, filters.as_mut()).await;
+                        let outcome = if result.is_ok() {
+                            "accepted"
+                        } else {
+                            "rejected"
+                        };
+                        metrics::counter!(names::MESSAGES_RECEIVED, "listener" => listener,
+                            "outcome" => outcome)
+                        .increment(1);
+                        if result.is_ok() {
+                            metrics::histogram!(names::MESSAGE_SIZE).record(size as f64);
+                            metrics::histogram!(names::ACCEPT_LATENCY)
+                                .record(names::secs(dot.elapsed()));
+                        }
                         match &result {
                             Ok(Stored { auth, quarantined }) => {
                                 // `-` for mail not verified (ours, or not port 25); `off` for a
@@ -485,6 +505,9 @@ impl<S: MessageStore> Driver<S> {
         match accepted {
             Ok((stream, description)) => {
                 io.stream = stream;
+                metrics::counter!(names::TLS_SESSIONS, "direction" => "inbound",
+                    "version" => names::tls_version(&description))
+                .increment(1);
                 Ok(description)
             }
             Err(e) => {

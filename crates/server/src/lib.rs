@@ -24,7 +24,7 @@ pub mod tls;
 pub mod tracker;
 
 pub use connection::{Connection, Effect};
-pub use listener::{bind_all, BoundListener, Server};
+pub use listener::{bind_all, BoundListener, Generation, Server};
 pub use session::{Accepted, AcceptedRecipient, ConnInfo, ListenerKind, Session};
 pub use store::{MessageStore, StoreError};
 pub use tls::TlsProvider;

@@ -37,6 +37,17 @@ pub enum ListenerKind {
     Submissions,
 }
 
+impl ListenerKind {
+    /// The config section's name, used in logs and as the `listener` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -816,6 +827,12 @@ impl Session {
             // Ours to DKIM-sign: the mail of our users and of the hosts we relay for.
             sign: self.authenticated.is_some() || self.cfg.is_trusted(self.conn.peer.ip()),
             inbound,
+            via: Box::new(tern_delivery::Via {
+                listener: self.conn.kind.name(),
+                tls: self.conn.tls.clone(),
+                auth: self.authenticated.clone(),
+                checks: None,
+            }),
         })
     }
 
