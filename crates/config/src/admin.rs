@@ -110,7 +110,7 @@ fn read_token(v: &mut Issues, file: &str, span: std::ops::Range<usize>) -> Optio
                 Some(span),
                 "admin.token_file",
                 format!("cannot read \"{}\": {e}", path.display()),
-                format!("{}, or {fix}", crate::build::file_fix(&e)),
+                format!("{}, or {fix}", crate::fields::file_fix(&e)),
             );
             return None;
         }
@@ -129,4 +129,73 @@ fn read_token(v: &mut Issues, file: &str, span: std::ops::Range<usize>) -> Optio
         return None;
     }
     Some(AdminToken(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::Config;
+
+    fn issues(text: &str) -> Vec<String> {
+        match Config::from_toml_str(text, Path::new("t.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .issues()
+                .iter()
+                .map(|i| format!("{}: {}", i.key, i.problem))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn off_by_default_and_loopback_needs_no_token() {
+        let cfg = Config::from_toml_str("", Path::new("t.toml")).unwrap();
+        assert!(cfg.admin.is_none());
+        let cfg = Config::from_toml_str("[admin]\nlisten = \"127.0.0.1\"\n", Path::new("t.toml"))
+            .unwrap();
+        let a = cfg.admin.unwrap();
+        assert_eq!(a.listen.port(), super::DEFAULT_ADMIN_PORT);
+        assert!(a.token.is_none() && a.metrics_domains.is_none());
+    }
+
+    #[test]
+    fn a_listener_other_hosts_can_reach_needs_a_token() {
+        let found = issues("[admin]\nlisten = \"0.0.0.0:8025\"\n");
+        assert!(
+            found
+                .iter()
+                .any(|i| i.starts_with("admin.token_file:") && i.contains("token is required")),
+            "{found:?}"
+        );
+        let found = issues("[admin]\nlisten = \"[::]:8025\"\n");
+        assert!(
+            found.iter().any(|i| i.starts_with("admin.token_file:")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn the_token_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let text = |p: &Path| {
+            format!(
+                "[admin]\nlisten = \"0.0.0.0:8025\"\ntoken_file = {:?}\n",
+                p.display().to_string()
+            )
+        };
+        let cfg = Config::from_toml_str(&text(&good), Path::new("t.toml")).unwrap();
+        let token = cfg.admin.unwrap().token.unwrap();
+        assert_eq!(token.as_str(), "0123456789abcdef0123");
+        assert_eq!(format!("{token:?}"), "AdminToken(redacted)");
+        assert!(issues(&text(&short))[0].contains("at least 16"));
+        assert!(issues(&text(&dir.path().join("missing")))[0].contains("cannot read"));
+        // Keys that do nothing without listen are pointed out.
+        assert!(issues("[admin]\nmetrics_domains = [\"gmail.com\"]\n")[0]
+            .starts_with("admin.metrics_domains:"));
+    }
 }

@@ -11,6 +11,7 @@ use toml::Spanned;
 use crate::caps;
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
+use crate::fields::{at, domain_name, duration, file_fix};
 use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
@@ -19,16 +20,12 @@ use crate::types::{
     RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
 };
 use crate::values::{
-    is_domain, normalize_domain, parse_duration, parse_host_port, parse_network, parse_size,
+    is_domain, normalize_domain, parse_host_port, parse_network, parse_size,
     parse_socket_addr_default_port, split_address,
 };
 
 type Text = Option<Spanned<String>>;
 type TextList = Option<Spanned<Vec<Spanned<String>>>>;
-
-fn at<T>(value: &Spanned<T>) -> Option<Range<usize>> {
-    Some(value.span())
-}
 
 /// Validates `raw` (parsed from `text`, which came from `origin`) into a `Config`.
 pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config, Vec<Issue>> {
@@ -232,21 +229,6 @@ fn checks(raw: &RawConfig) -> ChecksConfig {
 
 fn flag(value: &Option<Spanned<bool>>, default: bool) -> bool {
     value.as_ref().map_or(default, |b| *b.get_ref())
-}
-
-/// A domain name, normalized (lower-case, no trailing dot); `None` (and an issue) when invalid.
-pub(crate) fn domain_name(v: &mut Issues, value: &Spanned<String>, key: &str) -> Option<String> {
-    let name = normalize_domain(value.get_ref().trim());
-    if is_domain(&name) {
-        return Some(name);
-    }
-    v.add(
-        at(value),
-        key,
-        format!("\"{}\" is not a valid domain name", value.get_ref()),
-        "use a name such as \"mx.example.test\": letters, digits and hyphens in dot-separated labels",
-    );
-    None
 }
 
 fn listen(
@@ -534,69 +516,6 @@ fn dkim_headers(
         ok = false;
     }
     ok.then_some(headers)
-}
-
-pub(crate) fn file_fix(error: &std::io::Error) -> &'static str {
-    match error.kind() {
-        std::io::ErrorKind::NotFound => {
-            "correct the path or create the file (relative paths are relative to the current directory)"
-        }
-        std::io::ErrorKind::PermissionDenied => "make the file readable by the user tern runs as",
-        _ => "check that the path names a readable file",
-    }
-}
-
-/// A duration in `0..=max` (`1ns..=max` unless `zero_allowed`); `default` when absent or
-/// invalid (with an issue). `max` comes from [`crate::caps`].
-pub(crate) fn duration(
-    v: &mut Issues,
-    value: &Text,
-    key: &str,
-    default: Duration,
-    zero_allowed: bool,
-    max: Duration,
-) -> Duration {
-    let Some(value) = value else { return default };
-    let text = value.get_ref();
-    match parse_duration(text) {
-        Err(_) => {
-            v.add(
-                at(value),
-                key,
-                format!("invalid duration \"{text}\" (expected e.g. \"5m\", \"30s\", \"1h\")"),
-                "use a humantime duration",
-            );
-            default
-        }
-        Ok(d) if d.is_zero() && !zero_allowed => {
-            v.add(
-                at(value),
-                key,
-                format!("duration \"{text}\" is zero"),
-                format!(
-                    "use a duration longer than zero, e.g. \"{}\" (the default)",
-                    humantime::format_duration(default)
-                ),
-            );
-            default
-        }
-        Ok(d) if d > max => {
-            v.add(
-                at(value),
-                key,
-                format!(
-                    "duration \"{text}\" is longer than the maximum of {} for this key",
-                    humantime::format_duration(max)
-                ),
-                format!(
-                    "use at most \"{}\" (the caps are listed in docs/configuration.md)",
-                    humantime::format_duration(max)
-                ),
-            );
-            default
-        }
-        Ok(d) => d,
-    }
 }
 
 /// A whole number in `min..=max`; `default` when absent or invalid (with an issue).

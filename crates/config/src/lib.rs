@@ -9,10 +9,11 @@
 
 mod admin;
 mod build;
-pub mod diff;
 pub mod caps;
 pub mod defaults;
+pub mod diff;
 mod error;
+mod fields;
 pub mod files;
 mod live;
 mod load;

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::build::duration;
 use crate::defaults;
 use crate::error::Issues;
+use crate::fields::duration;
 use crate::raw::{RawConfig, RawMilter};
 
 /// One configured milter.

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use crate::build::{domain_name, file_fix};
 use crate::defaults;
 use crate::error::Issues;
+use crate::fields::{domain_name, file_fix};
 use crate::raw::RawConfig;
 use crate::values::parse_duration;
 
