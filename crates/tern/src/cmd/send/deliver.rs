@@ -24,6 +24,10 @@ use super::report::RcptResult;
 /// Messages at least this big get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN: usize = 1 << 20;
 
+/// The bar moves at most once per this many bytes sent, so drawing it never costs the transfer
+/// anything (the client reports every 64 KiB chunk; indicatif also limits its redraws to 20/s).
+const PROGRESS_STEP: u64 = 64 * 1024;
+
 /// The whole MX lookup of one domain (MX records, then every MX host's addresses at once) must
 /// be done by then; a host still unresolved counts as a temporary failure.
 const MX_DEADLINE: Duration = Duration::from_secs(30);
@@ -109,7 +113,10 @@ async fn try_targets(
     match connect_first(&addrs, opts).await {
         Ok((session, i)) => {
             let host = targets.get(i).map_or("", |t| t.name.as_str());
-            send_on(session, host, from, rcpts, message).await
+            // No bar under --verbose: the transcript goes to stderr too, and the two would
+            // interleave.
+            let progress = opts.session.transcript.is_none();
+            send_on(session, host, from, rcpts, message, progress).await
         }
         // The relay's rule (RFC 5321 5.1): permanent only when every host refused for good.
         Err(errors) => {
@@ -162,6 +169,7 @@ async fn send_on(
     from: &str,
     rcpts: &[String],
     message: &[u8],
+    progress: bool,
 ) -> Vec<RcptResult> {
     let envelope = match Envelope::parse(from, rcpts.iter().map(String::as_str)) {
         Ok(e) => e,
@@ -172,10 +180,16 @@ async fn send_on(
             )
         }
     };
-    let bar = progress_bar(message.len());
+    let bar = progress_bar(message.len(), progress);
     if let Some(pb) = &bar {
         let pb = pb.clone();
-        session.set_progress(Some(Box::new(move |sent, _total| pb.set_position(sent))));
+        let mut shown = 0u64;
+        session.set_progress(Some(Box::new(move |sent, total| {
+            if sent >= shown + PROGRESS_STEP || sent >= total {
+                shown = sent;
+                pb.set_position(sent);
+            }
+        })));
     }
     let delivery = session.send_message(&envelope, message).await;
     if let Some(pb) = bar {
@@ -196,16 +210,21 @@ async fn send_on(
         .collect()
 }
 
-fn progress_bar(len: usize) -> Option<ProgressBar> {
-    if len < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+/// A bar of the bytes sent during DATA (sent / total, rate, time left), for a message of at
+/// least [`PROGRESS_MIN`] bytes when stderr is a terminal and nothing else writes there (`wanted`);
+/// never in a pipe, a file or a cron mail, where it would only be noise.
+fn progress_bar(len: usize, wanted: bool) -> Option<ProgressBar> {
+    if !wanted || len < PROGRESS_MIN || !std::io::stderr().is_terminal() {
         return None;
     }
     let pb = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("sending {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-    {
-        pb.set_style(style);
+    if let Ok(style) = ProgressStyle::with_template(
+        "sending [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
     }
+    // Drawn once at the start, so even a transfer faster than the first redraw is shown.
+    pb.tick();
     Some(pb)
 }
 
