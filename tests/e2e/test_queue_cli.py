@@ -30,8 +30,8 @@ DAVE = "dave@other.test"
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 REPLY = re.compile(r"^\d{3}[ -]")
-ENTRY_KEYS = {"id", "received_at", "age_secs", "size", "sender", "held", "recipients"}
-RCPT_KEYS = {"address", "original", "state", "attempts", "last_reply", "reply_detail", "next_attempt"}
+ENTRY_KEYS = {"id", "received_at", "age_secs", "size", "sender", "held", "status", "next_attempt", "recipients"}
+RCPT_KEYS = {"address", "original", "state", "attempts", "last_reply", "reply_detail", "plain", "next_attempt"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -158,11 +158,13 @@ def test_show_text_and_json(tern):
     qid = queue_one(srv, BOB, "show me")
 
     shown = json.loads(ok(tern_queue(srv, "show", qid, "--json"), "show --json"))
-    assert set(shown) == ENTRY_KEYS | {"attempts", "headers"}, shown
+    assert set(shown) == ENTRY_KEYS | {"attempts", "headers", "client_ip", "helo", "timeline"}, shown
+    events = [t["event"] for t in shown["timeline"]]
+    assert events[:3] == ["received", "queued", "attempt"], events
     assert shown["id"] == qid and shown["sender"] == ALICE
     assert len(shown["attempts"]) == 1, shown
     att = shown["attempts"][0]
-    assert set(att) == {"at", "recipient", "host", "reply", "reply_detail", "tls"}, att
+    assert set(att) == {"at", "recipient", "host", "reply", "reply_detail", "plain", "tls"}, att
     assert att["recipient"] == BOB and RFC3339.match(att["at"]) and REPLY.match(att["reply"]), att
     assert att["reply"] == shown["recipients"][0]["last_reply"]
     # Connection refused: tern's own status (no remote host gave it), and no session, so no TLS.
@@ -440,3 +442,42 @@ def test_usage_errors_are_64(tern):
     code(tern_queue(srv, "flush", "0" * 32, "--domain", "x.test"), 64, "flush ID --domain")
     code(tern_queue(srv, "show"), 64, "show without id")
     assert ok(tern_queue(srv, "--help"))
+
+
+def test_bulk_actions_by_filter(tern):
+    """hold/release/delete without an ID act on the entries the filters select; without a filter they refuse
+    (a missing ID must never empty the queue); the timeline records who held the entry."""
+    srv = deferred_srv(tern)
+    q_remote = queue_one(srv, BOB, "to remote")
+    q_other = queue_one(srv, DAVE, "to other")
+
+    for action in ("hold", "release", "delete", "bounce"):
+        r = tern_queue(srv, action)
+        assert r.returncode == 64, (action, r.returncode, r.stdout, r.stderr)
+        assert b"--all" in r.stderr, r.stderr
+    r = tern_queue(srv, "hold", q_remote, "--domain", "remote.test")
+    assert r.returncode == 64, r
+
+    out = ok(tern_queue(srv, "hold", "--domain", "REMOTE.test"), "hold --domain")
+    assert "1 entry matched, 1 held" in out, out
+    assert entry(srv, q_remote)["held"] is True
+    assert entry(srv, q_other)["held"] is False
+    shown = json.loads(ok(tern_queue(srv, "show", q_remote, "--json")))
+    held = [t for t in shown["timeline"] if t["event"] == "held"]
+    assert held and "tern queue" in held[0]["text"], shown["timeline"]
+    assert "held" in ok(tern_queue(srv, "show", q_remote)), "text show has the timeline"
+
+    listed = json.loads(ok(tern_queue(srv, "list", "--json", "--status", "held")))
+    assert [e["id"] for e in listed] == [q_remote], listed
+    assert all(e["status"] == "held" for e in listed)
+
+    out = ok(tern_queue(srv, "release", "--status", "held"), "release --status held")
+    assert "1 entry matched, 1 released" in out, out
+    assert entry(srv, q_remote)["held"] is False
+
+    out = ok(tern_queue(srv, "delete", "--sender", ALICE, "--domain", "other.test"), "delete")
+    assert "1 entry matched, 1 deleted" in out, out
+    ids = [e["id"] for e in list_json(srv)]
+    assert ids == [q_remote], ids
+    r = tern_queue(srv, "hold", "--status", "bogus")
+    assert r.returncode == 64, r

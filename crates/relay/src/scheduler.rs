@@ -40,7 +40,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 pub struct Workers {
-    handle: Option<tokio::task::JoinHandle<()>>,
+    handle: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     reconfigure: watch::Sender<Arc<Config>>,
 }
 
@@ -52,8 +52,13 @@ impl Workers {
     }
 
     /// Waits until the scheduler has stopped (after `shutdown` was cancelled).
-    pub async fn stop(self) {
-        if let Some(h) = self.handle {
+    pub async fn stop(&self) {
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
             let _ = h.await;
         }
     }
@@ -80,7 +85,9 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         job_ids: HashMap::new(),
     };
     Workers {
-        handle: Some(tokio::spawn(scheduler.run(events, configs, shutdown))),
+        handle: std::sync::Mutex::new(Some(tokio::spawn(scheduler.run(
+            events, configs, shutdown,
+        )))),
         reconfigure,
     }
 }

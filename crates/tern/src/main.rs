@@ -27,11 +27,17 @@ enum Command {
         /// Config file (default: $TERN_CONFIG, else /etc/tern/tern.toml if present, else built-in defaults).
         #[arg(long, short = 'c', env = "TERN_CONFIG")]
         config: Option<PathBuf>,
+        /// Log lines as `text` or `json` (one object per line, for log shippers); overrides [log] format.
+        #[arg(long, value_parser = parse_log_format)]
+        log_format: Option<tern_config::LogFormat>,
     },
     /// Validate a config file and print every problem with its key and fix.
     CheckConfig {
         /// The file to check (default: the one `serve` would use).
         file: Option<PathBuf>,
+        /// Also show what would change against the running server (`<data_dir>/run/config.toml`).
+        #[arg(long)]
+        diff: bool,
     },
     /// Read a password on stdin and print its argon2id hash for `[[users]] password`.
     Passwd,
@@ -60,6 +66,8 @@ enum Command {
         #[command(subcommand)]
         action: cmd::srs::SrsAction,
     },
+    /// Print what tern would do with a message (listener rules, routing, MX, TLS, DKIM, limits) without sending it.
+    Explain(Box<cmd::explain::ExplainArgs>),
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -83,6 +91,14 @@ enum CertAction {
     },
 }
 
+fn parse_log_format(s: &str) -> Result<tern_config::LogFormat, String> {
+    match s {
+        "text" => Ok(tern_config::LogFormat::Text),
+        "json" => Ok(tern_config::LogFormat::Json),
+        _ => Err(format!("{s:?}: use text or json")),
+    }
+}
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let invoked_as = std::path::Path::new(&argv0)
@@ -102,8 +118,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config } => cmd::serve::run(config.as_deref()),
-        Command::CheckConfig { file } => cmd::check_config::run(file.as_deref()),
+        Command::Serve { config, log_format } => cmd::serve::run(config.as_deref(), log_format),
+        Command::CheckConfig { file, diff } => cmd::check_config::run(file.as_deref(), diff),
         Command::Passwd => cmd::passwd::run(),
         Command::Send(args) => cmd::send::run(args),
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
@@ -111,6 +127,7 @@ fn main() -> ExitCode {
         Command::Dkim { action } => cmd::dkim::run(action),
         Command::Spf { action } => cmd::spf::run(action),
         Command::Srs { action } => cmd::srs::run(action),
+        Command::Explain(args) => cmd::explain::run(*args),
         Command::Cert {
             action:
                 CertAction::SelfSigned {

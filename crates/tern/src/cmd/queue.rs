@@ -1,42 +1,38 @@
 //! `tern queue`: look at and manage the spool while the server runs (or while it is stopped).
 //!
-//! Every change takes the entry's lock first, the same lock the relay holds while delivering,
-//! so a command never edits an entry in the middle of its delivery: a busy entry is reported
-//! (exit 75) and the operator tries again. The queue tells a running server about every change
-//! (see `tern_queue::fs_store` control notices), so holds, releases and flushes take effect at
-//! once.
+//! The work is done by `tern_ops::queue`, the same code the admin API runs: every change takes
+//! the entry's lock first, the lock the relay holds while delivering, so a command never edits
+//! an entry in the middle of its delivery: a busy entry is reported (exit 75) and the operator
+//! tries again. The running server hears of every change (spool control notices), so holds,
+//! releases and flushes take effect at once.
 //!
 //! Exit codes (sysexits.h): 0 ok, 66 no such entry, 75 entry busy, 78 config error,
-//! 74 spool I/O error.
+//! 74 spool I/O error, 64 usage error.
 
 use std::fmt::Write as _;
-use std::io;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use tern_config::{Config, LogConfig};
-use tern_proto::HeaderSection;
-use tern_queue::time_format;
-use tern_queue::{
-    Envelope, FsStore, QueueId, QueueLock, QueueStore, Recipient, RecipientStatus, StoredReply,
+use tern_ops::queue::{
+    detail_json, entry_json, plural, timeline, Action, EntryStatus, Filter, OpError, Queue,
 };
-use tern_relay::notify::Notifier;
-use tern_relay::status;
+use tern_queue::time_format;
+use tern_queue::{Envelope, Recipient, RecipientStatus};
 
 use crate::logging;
 
+const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
 const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
-
-/// Header sections longer than this are cut in `show` (the server's default limit is 1 MiB).
-const MAX_SHOWN_HEADER: usize = 1 << 20;
 
 #[derive(Args)]
 pub struct QueueArgs {
@@ -47,6 +43,40 @@ pub struct QueueArgs {
     action: QueueAction,
 }
 
+/// Which entries a bulk command covers (with no id).
+#[derive(Args, Clone, Default)]
+struct Select {
+    /// Entries with an unfinished recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Entries in this state: pending, deferred or held.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<EntryStatus>,
+    /// Entries from this sender ("" for bounces).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Every entry (needed when no other filter is given).
+    #[arg(long)]
+    all: bool,
+}
+
+fn parse_status(s: &str) -> Result<EntryStatus, String> {
+    EntryStatus::parse(s).ok_or_else(|| format!("{s:?}: use pending, deferred or held"))
+}
+
+impl Select {
+    fn filter(&self) -> Filter {
+        Filter {
+            status: self.status,
+            domain: self
+                .domain
+                .as_ref()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase()),
+            sender: self.sender.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum QueueAction {
     /// List queued messages with each recipient's state and last reply.
@@ -54,67 +84,61 @@ enum QueueAction {
         /// One JSON array of entries instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        select: Select,
     },
-    /// Show one entry: envelope, recipients, attempts with replies, message headers.
+    /// Show one entry: envelope, recipients, attempts with replies, timeline, message headers.
     Show {
         id: String,
         /// A JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Retry deferred recipients now: one entry, one destination domain, or (no argument) all.
-    /// Held entries are left alone.
+    /// Retry deferred recipients now: one entry, or the entries selected (no argument: all).
+    /// Held entries are left alone; with --domain only that domain's recipients are flushed.
     Flush {
         id: Option<String>,
-        /// Only recipients in this domain, in every entry.
-        #[arg(long, conflicts_with = "id")]
-        domain: Option<String>,
+        #[command(flatten)]
+        select: Select,
     },
-    /// Remove an entry without telling the sender.
-    Delete { id: String },
-    /// Stop delivery attempts for an entry until it is released.
-    Hold { id: String },
-    /// Let a held entry be delivered again.
-    Release { id: String },
+    /// Remove an entry (or the selected entries) without telling the sender.
+    Delete {
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Stop delivery attempts for an entry (or the selected entries) until released.
+    Hold {
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Let a held entry (or the selected entries) be delivered again.
+    Release {
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
     /// Fail every unfinished recipient, send the sender a bounce (DSN), remove the entry.
-    Bounce { id: String },
+    Bounce {
+        id: Option<String>,
+        #[command(flatten)]
+        select: Select,
+    },
 }
 
-/// Why a command failed; each maps to an exit code.
-enum Fail {
-    NoSuchEntry(String),
-    Busy(QueueId),
-    Io(String),
-}
-
-impl Fail {
-    fn report(self) -> ExitCode {
-        match self {
-            Fail::NoSuchEntry(id) => {
-                eprintln!("tern queue: no such queue entry: {id}");
-                ExitCode::from(EX_NOINPUT)
-            }
-            Fail::Busy(id) => {
-                eprintln!(
-                    "tern queue: entry {id} is being delivered right now (locked); try again in a moment"
-                );
-                ExitCode::from(EX_TEMPFAIL)
-            }
-            Fail::Io(msg) => {
-                eprintln!("tern queue: {msg}");
-                ExitCode::from(EX_IOERR)
-            }
-        }
-    }
-}
-
-fn io_fail(e: io::Error) -> Fail {
-    Fail::Io(e.to_string())
+fn report(e: OpError) -> ExitCode {
+    eprintln!("tern queue: {e}");
+    ExitCode::from(match e {
+        OpError::NoSuchEntry(_) => EX_NOINPUT,
+        OpError::Busy(_) => EX_TEMPFAIL,
+        OpError::Io(_) => EX_IOERR,
+    })
 }
 
 pub fn run(args: QueueArgs) -> ExitCode {
     let cfg = match Config::discover(args.config.as_deref()) {
-        Ok(cfg) => cfg,
+        Ok(cfg) => Arc::new(cfg),
         Err(e) => {
             eprintln!("tern queue: {e}");
             return ExitCode::from(EX_CONFIG);
@@ -125,89 +149,131 @@ pub fn run(args: QueueArgs) -> ExitCode {
         level: "warn".into(),
         format: cfg.log.format,
     });
-    let result = match args.action {
-        QueueAction::List { json } => list(&cfg, json),
-        QueueAction::Show { id, json } => show(&cfg, &id, json),
-        QueueAction::Flush { id, domain } => flush(&cfg, id.as_deref(), domain.as_deref()),
-        QueueAction::Delete { id } => delete(&cfg, &id),
-        QueueAction::Hold { id } => set_held(&cfg, &id, true),
-        QueueAction::Release { id } => set_held(&cfg, &id, false),
-        QueueAction::Bounce { id } => bounce_entry(&cfg, &id),
+    let queue = match Queue::open(cfg) {
+        Ok(q) => q,
+        Err(e) => return report(e),
     };
-    match result {
+    let (action, id, select) = match args.action {
+        QueueAction::List { json, select } => return done(list(&queue, json, &select.filter())),
+        QueueAction::Show { id, json } => return done(show(&queue, &id, json)),
+        QueueAction::Flush { id, select } => (Action::Flush, id, select),
+        QueueAction::Delete { id, select } => (Action::Delete, id, select),
+        QueueAction::Hold { id, select } => (Action::Hold, id, select),
+        QueueAction::Release { id, select } => (Action::Release, id, select),
+        QueueAction::Bounce { id, select } => (Action::Bounce, id, select),
+    };
+    match id {
+        Some(id) => {
+            if !select.filter().is_empty() || select.all {
+                eprintln!("tern queue: give either a queue id or filters (--domain, --status, --sender, --all), not both");
+                return ExitCode::from(EX_USAGE);
+            }
+            done(queue.act(action, &id).map(|d| println!("{}", d.message)))
+        }
+        None => {
+            let filter = select.filter();
+            // Flush has always meant "everything due now" with no argument; the destructive
+            // actions need the operator to say --all.
+            if filter.is_empty() && !select.all && action != Action::Flush {
+                eprintln!(
+                    "tern queue: give a queue id, a filter (--domain, --status, --sender) or --all"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+            done(bulk(&queue, action, &filter))
+        }
+    }
+}
+
+fn done(r: Result<(), OpError>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.report(),
+        Err(e) => report(e),
     }
 }
 
-/// The spool, or `None` when it was never created (a fresh install: the queue is empty). Not
-/// created here: `tern queue` run as another user (root) must not leave directories behind that
-/// the server cannot write.
-fn open_store(cfg: &Config) -> Result<Option<Arc<dyn QueueStore>>, Fail> {
-    let root = cfg.data_dir.join("queue");
-    match root.try_exists() {
-        Ok(true) => FsStore::open(&cfg.data_dir)
-            .map(|s| Some(Arc::new(s) as Arc<dyn QueueStore>))
-            .map_err(io_fail),
-        Ok(false) => Ok(None),
-        Err(e) => Err(Fail::Io(format!("{}: {e}", root.display()))),
-    }
-}
-
-fn need_store(cfg: &Config, id: &str) -> Result<Arc<dyn QueueStore>, Fail> {
-    open_store(cfg)?.ok_or_else(|| Fail::NoSuchEntry(id.to_string()))
-}
-
-fn parse_id(id: &str) -> Result<QueueId, Fail> {
-    id.parse()
-        .map_err(|_| Fail::NoSuchEntry(format!("{id} (queue ids are 32 lower-case hex digits)")))
-}
-
-/// Takes the entry's lock and loads its envelope under it.
-fn lock_entry(store: &dyn QueueStore, id: &QueueId) -> Result<(QueueLock, Envelope), Fail> {
-    let lock = match store.lock(id) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => return Err(Fail::Busy(id.clone())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Fail::NoSuchEntry(id.to_string()))
-        }
-        Err(e) => return Err(io_fail(e)),
+/// A bulk action with a progress bar on a terminal (none when stderr is redirected).
+fn bulk(queue: &Queue, action: Action, filter: &Filter) -> Result<(), OpError> {
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
     };
-    let env = load(store, id)?;
-    Ok((lock, env))
-}
-
-fn load(store: &dyn QueueStore, id: &QueueId) -> Result<Envelope, Fail> {
-    store.load(id).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Fail::NoSuchEntry(id.to_string())
-        } else {
-            io_fail(e)
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = queue.bulk(action, filter, &|n, total| {
+        bar.set_length(total as u64);
+        bar.set_position(n as u64);
+    })?;
+    bar.finish_and_clear();
+    let verb = match action {
+        Action::Flush => "flushed",
+        Action::Hold => "held",
+        Action::Release => "released",
+        Action::Bounce => "bounced",
+        Action::Delete => "deleted",
+    };
+    let mut msg = if action == Action::Flush {
+        let mut m = format!(
+            "{} deferred {} in {} {} due now",
+            report.recipients,
+            plural(report.recipients, "recipient", "recipients"),
+            report.done,
+            plural(report.done, "entry", "entries")
+        );
+        if report.held > 0 {
+            let _ = write!(
+                m,
+                "; {} held {} left alone",
+                report.held,
+                plural(report.held, "entry", "entries")
+            );
         }
-    })
-}
-
-/// Every entry's envelope, oldest first. Entries removed while listing (delivered) are skipped;
-/// unreadable ones are reported on stderr and skipped.
-fn load_all(store: &dyn QueueStore) -> Result<Vec<Envelope>, Fail> {
-    let mut out = Vec::new();
-    for id in store.list().map_err(io_fail)? {
-        match store.load(&id) {
-            Ok(env) => out.push(env),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("tern queue: skipping {id}: {e}"),
+        m
+    } else {
+        let mut m = format!(
+            "{} {} matched, {} {verb}",
+            report.matched,
+            plural(report.matched, "entry", "entries"),
+            report.done
+        );
+        if report.unchanged > 0 {
+            let _ = write!(m, ", {} unchanged", report.unchanged);
         }
+        m
+    };
+    if report.busy > 0 {
+        let _ = write!(
+            msg,
+            "; {} {} being delivered right now",
+            report.busy,
+            plural(report.busy, "entry", "entries")
+        );
     }
-    Ok(out)
+    println!("{msg}");
+    for e in &report.errors {
+        eprintln!("tern queue: {e}");
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::Io(format!(
+            "{} {} could not be changed",
+            report.errors.len(),
+            plural(report.errors.len(), "entry", "entries")
+        )))
+    }
 }
 
 // ------------------------------------------------------------------ list / show
 
-fn list(cfg: &Config, json: bool) -> Result<(), Fail> {
-    let entries = match open_store(cfg)? {
-        Some(store) => load_all(store.as_ref())?,
-        None => Vec::new(),
-    };
+fn list(queue: &Queue, json: bool, filter: &Filter) -> Result<(), OpError> {
+    let (entries, problems) = queue.list(filter)?;
+    for p in problems {
+        eprintln!("tern queue: {p}");
+    }
     let now = SystemTime::now();
     if json {
         let arr: Vec<Value> = entries.iter().map(|e| entry_json(e, now)).collect();
@@ -249,34 +315,15 @@ fn list(cfg: &Config, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
-    let store = need_store(cfg, id)?;
-    let qid = parse_id(id)?;
-    let env = load(store.as_ref(), &qid)?;
-    let headers = read_header_section(store.as_ref(), &qid)?;
-    let headers = String::from_utf8_lossy(&headers).into_owned();
+fn show(queue: &Queue, id: &str, json: bool) -> Result<(), OpError> {
+    let env = queue.load(id)?;
+    let headers = queue.headers(id)?;
     let now = SystemTime::now();
     if json {
-        let mut obj = entry_json(&env, now);
-        let attempts: Vec<Value> = env
-            .attempts_log
-            .iter()
-            .map(|a| {
-                json!({
-                    "at": time_format::format(a.at),
-                    "recipient": a.recipient,
-                    "host": a.host,
-                    "reply": a.reply.to_string(),
-                    "reply_detail": a.reply,
-                    "tls": a.tls,
-                })
-            })
-            .collect();
-        obj["attempts"] = Value::Array(attempts);
-        obj["headers"] = Value::String(headers);
-        println!("{obj}");
+        println!("{}", detail_json(&env, &headers, now));
         return Ok(());
     }
+    let headers = String::from_utf8_lossy(&headers).into_owned();
 
     let mut out = String::new();
     let _ = writeln!(out, "id:         {}", env.id);
@@ -330,6 +377,10 @@ fn show(cfg: &Config, id: &str, json: bool) -> Result<(), Fail> {
             );
         }
     }
+    out.push_str("timeline:\n");
+    for step in timeline(&env) {
+        let _ = writeln!(out, "  {}  {}", time_format::format(step.at), step.text);
+    }
     out.push_str("headers:\n");
     for line in headers.lines() {
         let _ = writeln!(out, "  {line}");
@@ -372,6 +423,9 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
                 }
             }
             let _ = write!(s, ": {last_reply}");
+            if let Some(p) = tern_ops::plain::plain_words(last_reply) {
+                let _ = write!(s, " ({p})");
+            }
         }
         RecipientStatus::Delivered { reply, .. } | RecipientStatus::Failed { reply, .. } => {
             let _ = write!(s, ": {reply}");
@@ -380,237 +434,7 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
     s
 }
 
-/// The object of `list --json` (and the base of `show --json`); field names are an interface
-/// (docs/queue.md).
-fn entry_json(env: &Envelope, now: SystemTime) -> Value {
-    let recipients: Vec<Value> = env
-        .recipients
-        .iter()
-        .map(|r| {
-            let tried = env
-                .attempts_log
-                .iter()
-                .filter(|a| a.recipient == r.address)
-                .count() as u64;
-            let (attempts, last_reply, next) = match &r.status {
-                RecipientStatus::Pending => (tried, None, None),
-                RecipientStatus::Deferred {
-                    attempts,
-                    last_reply,
-                    next_attempt,
-                } => (
-                    u64::from(*attempts),
-                    Some(last_reply),
-                    Some(time_format::format(*next_attempt)),
-                ),
-                RecipientStatus::Delivered { reply, .. }
-                | RecipientStatus::Failed { reply, .. } => (tried.max(1), Some(reply), None),
-            };
-            json!({
-                "address": r.address,
-                "original": r.original,
-                "state": r.status.name(),
-                "attempts": attempts,
-                "last_reply": last_reply.map(ToString::to_string),
-                "reply_detail": last_reply,
-                "next_attempt": next,
-            })
-        })
-        .collect();
-    json!({
-        "id": env.id.to_string(),
-        "received_at": time_format::format(env.received_at),
-        "age_secs": now.duration_since(env.received_at).unwrap_or_default().as_secs(),
-        "size": env.size,
-        "sender": env.sender.clone().unwrap_or_default(),
-        "held": env.held,
-        "recipients": recipients,
-    })
-}
-
-/// The message's header fields (up to the empty line), without loading the body; cut at
-/// MAX_SHOWN_HEADER.
-fn read_header_section(store: &dyn QueueStore, id: &QueueId) -> Result<Vec<u8>, Fail> {
-    let head = store.read_prefix(id, MAX_SHOWN_HEADER).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Fail::NoSuchEntry(id.to_string())
-        } else {
-            io_fail(e)
-        }
-    })?;
-    Ok(HeaderSection::find(&head).fields().to_vec())
-}
-
-// ------------------------------------------------------------------ changes
-
-fn flush(cfg: &Config, id: Option<&str>, domain: Option<&str>) -> Result<(), Fail> {
-    let now = SystemTime::now();
-    if let Some(id) = id {
-        let store = need_store(cfg, id)?;
-        let qid = parse_id(id)?;
-        let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
-        if env.held {
-            println!("{qid} is held: not flushed (release it with `tern queue release {qid}`)");
-            return Ok(());
-        }
-        let n = flush_recipients(&mut env, None, now);
-        if n > 0 {
-            store.update(&lock, &env).map_err(io_fail)?;
-        }
-        println!(
-            "{qid}: {n} deferred {} due now",
-            plural(n, "recipient", "recipients")
-        );
-        return Ok(());
-    }
-
-    let Some(store) = open_store(cfg)? else {
-        println!("queue is empty");
-        return Ok(());
-    };
-    let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-    let (mut recipients, mut entries, mut busy, mut held) = (0usize, 0usize, 0usize, 0usize);
-    for id in store.list().map_err(io_fail)? {
-        // Cheap look first: most entries have nothing to flush and need no lock.
-        let Ok(peek) = store.load(&id) else { continue };
-        if flush_recipients(&mut peek.clone(), domain.as_deref(), now) == 0 {
-            continue;
-        }
-        if peek.held {
-            held += 1;
-            continue;
-        }
-        let (lock, mut env) = match lock_entry(store.as_ref(), &id) {
-            Ok(x) => x,
-            // Being delivered right now: flushing it would change nothing.
-            Err(Fail::Busy(_)) => {
-                busy += 1;
-                continue;
-            }
-            Err(Fail::NoSuchEntry(_)) => continue,
-            Err(f) => return Err(f),
-        };
-        if env.held {
-            held += 1;
-            continue;
-        }
-        let n = flush_recipients(&mut env, domain.as_deref(), now);
-        if n > 0 {
-            store.update(&lock, &env).map_err(io_fail)?;
-            recipients += n;
-            entries += 1;
-        }
-    }
-    let mut msg = format!(
-        "{recipients} deferred {} in {entries} {} due now",
-        plural(recipients, "recipient", "recipients"),
-        plural(entries, "entry", "entries")
-    );
-    if held > 0 {
-        let _ = write!(
-            msg,
-            "; {held} held {} left alone",
-            plural(held, "entry", "entries")
-        );
-    }
-    if busy > 0 {
-        let _ = write!(
-            msg,
-            "; {busy} {} being delivered right now",
-            plural(busy, "entry", "entries")
-        );
-    }
-    println!("{msg}");
-    Ok(())
-}
-
-/// Makes the deferred recipients (of `domain`, if given) due at `now`; returns how many.
-fn flush_recipients(env: &mut Envelope, domain: Option<&str>, now: SystemTime) -> usize {
-    let mut n = 0;
-    for r in &mut env.recipients {
-        if let Some(d) = domain {
-            let rd = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-            if !rd.trim_end_matches('.').eq_ignore_ascii_case(d) {
-                continue;
-            }
-        }
-        if let RecipientStatus::Deferred { next_attempt, .. } = &mut r.status {
-            if *next_attempt > now {
-                *next_attempt = now;
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-fn delete(cfg: &Config, id: &str) -> Result<(), Fail> {
-    let store = need_store(cfg, id)?;
-    let qid = parse_id(id)?;
-    let (lock, _env) = lock_entry(store.as_ref(), &qid)?;
-    store.remove(lock).map_err(io_fail)?;
-    println!("{qid}: deleted");
-    Ok(())
-}
-
-fn set_held(cfg: &Config, id: &str, held: bool) -> Result<(), Fail> {
-    let store = need_store(cfg, id)?;
-    let qid = parse_id(id)?;
-    let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
-    let word = if held { "held" } else { "released" };
-    if env.held == held {
-        println!("{qid}: already {}", if held { "held" } else { "not held" });
-        return Ok(());
-    }
-    env.held = held;
-    store.update(&lock, &env).map_err(io_fail)?;
-    println!("{qid}: {word}");
-    Ok(())
-}
-
-/// Fails the unfinished recipients and sends the DSN (one step, shared with delivery rounds:
-/// the DSN is durable before anything is recorded), then removes the entry. A crash after the
-/// DSN leaves the entry as it was, to be bounced again: at worst a second bounce, never none.
-/// If the DSN cannot be sent, nothing changes.
-fn bounce_entry(cfg: &Config, id: &str) -> Result<(), Fail> {
-    let store = need_store(cfg, id)?;
-    let qid = parse_id(id)?;
-    let (lock, mut env) = lock_entry(store.as_ref(), &qid)?;
-    let failures: Vec<(String, StoredReply)> = env
-        .unfinished()
-        .map(|r| (r.address.clone(), status::admin_bounce()))
-        .collect();
-    if failures.is_empty() {
-        store.remove(lock).map_err(io_fail)?;
-        println!("{qid}: no unfinished recipients; entry removed without a bounce");
-        return Ok(());
-    }
-    let headers = read_header_section(store.as_ref(), &qid)?;
-    let notifier = Notifier::new(Arc::new(cfg.clone()), store.clone());
-    if let Err(e) = notifier.fail(&mut env, &failures, &headers) {
-        return Err(Fail::Io(format!(
-            "cannot send the bounce for {qid}: {e}; entry left unchanged"
-        )));
-    }
-    store.remove(lock).map_err(io_fail)?;
-    println!(
-        "{qid}: {} {} bounced to <{}>, entry removed",
-        failures.len(),
-        plural(failures.len(), "recipient", "recipients"),
-        env.sender.as_deref().unwrap_or("")
-    );
-    Ok(())
-}
-
 // ------------------------------------------------------------------ formatting
-
-fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
-    if n == 1 {
-        one
-    } else {
-        many
-    }
-}
 
 fn age(now: SystemTime, then: SystemTime) -> String {
     human_duration(now.duration_since(then).unwrap_or_default())
@@ -698,51 +522,5 @@ mod tests {
         );
         assert_eq!(size(512), "512B");
         assert_eq!(size(1536), "1.5K");
-    }
-
-    #[test]
-    fn flush_only_touches_deferred_recipients_of_the_domain() {
-        let now = SystemTime::now();
-        let later = now + Duration::from_secs(3600);
-        let deferred = |a: &str| Recipient {
-            address: a.into(),
-            original: None,
-            status: RecipientStatus::Deferred {
-                attempts: 1,
-                last_reply: StoredReply::from_legacy("451 x"),
-                next_attempt: later,
-            },
-        };
-        let mut env = Envelope {
-            id: QueueId::generate(),
-            sender: None,
-            recipients: vec![
-                deferred("a@One.test"),
-                deferred("b@two.test"),
-                Recipient {
-                    address: "c@one.test".into(),
-                    original: None,
-                    status: RecipientStatus::Pending,
-                },
-            ],
-            received_at: now,
-            client_ip: None,
-            helo: None,
-            size: 0,
-            prefix: String::new(),
-            smtputf8: false,
-            eight_bit: false,
-            held: false,
-            delay_warned: false,
-            attempts_log: Vec::new(),
-        };
-        assert_eq!(flush_recipients(&mut env, Some("one.test"), now), 1);
-        assert_eq!(flush_recipients(&mut env, Some("one.test"), now), 0);
-        assert_eq!(flush_recipients(&mut env, None, now), 1);
-        assert!(env.recipients.iter().all(|r| match &r.status {
-            RecipientStatus::Deferred { next_attempt, .. } => *next_attempt == now,
-            _ => true,
-        }));
-        assert_eq!(env.recipients[2].status, RecipientStatus::Pending);
     }
 }

@@ -1,5 +1,10 @@
 //! `tern serve`: load the config (or the embedded defaults), open storage, bind the listeners
-//! and serve until SIGTERM/SIGINT; SIGHUP reloads the TLS certificate.
+//! and serve until SIGTERM/SIGINT; SIGHUP (or `POST /api/reload`) reloads the whole config
+//! ([`reload`]).
+
+mod reload;
+
+pub use reload::snapshot_path;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +16,7 @@ use tracing::{error, info, warn};
 
 use tern_auth::verify::ResolverSettings;
 use tern_auth::{ArcSealer, Signer, Verifier, VerifierError};
-use tern_config::Config;
+use tern_config::{Config, LiveConfig, LogFormat};
 use tern_delivery::{Intake, LocalDelivery};
 use tern_dns::FALLBACK_NAMESERVER;
 use tern_queue::{FsStore, QueueStore};
@@ -19,33 +24,49 @@ use tern_server::disk::DiskMonitor;
 use tern_server::{bind_all, Server, TlsProvider};
 
 use crate::logging;
+use reload::Reloader;
 
-pub fn run(config: Option<&Path>) -> ExitCode {
-    let cfg = match Config::discover(config) {
-        Ok(cfg) => Arc::new(cfg),
+/// What the session side is built from, per config: made at start and again by each reload.
+pub(crate) struct Parts {
+    pub store: Arc<Intake>,
+    pub tls: Option<Arc<TlsProvider>>,
+    pub verifier: Option<Arc<Verifier>>,
+}
+
+pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
+    let mut cfg = match Config::discover(config) {
+        Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("tern serve: {e}");
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    if let Some(f) = log_format {
+        cfg.log.format = f;
+    }
+    let cfg = Arc::new(cfg);
     // Every [[dkim]] key loads now or tern does not start: a key that fails later would mean
     // mail leaving unsigned, which receivers reject under DMARC without telling anyone.
-    let signer = match Signer::from_config(&cfg.dkim) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("tern serve: {e}");
-            return ExitCode::from(78); // EX_CONFIG
-        }
-    };
-    // The ARC sealer for forwarded mail: one of the keys just loaded (docs/authentication.md).
-    let sealer = match ArcSealer::from_config(&cfg) {
-        Ok(s) => s.map(Arc::new),
-        Err(e) => {
-            eprintln!("tern serve: {e}");
-            return ExitCode::from(78); // EX_CONFIG
-        }
-    };
+    if let Err(e) = Signer::from_config(&cfg.dkim) {
+        eprintln!("tern serve: {e}");
+        return ExitCode::from(78); // EX_CONFIG
+    }
+    if let Err(e) = ArcSealer::from_config(&cfg) {
+        eprintln!("tern serve: {e}");
+        return ExitCode::from(78); // EX_CONFIG
+    }
     logging::init(&cfg.log);
+    // The recorder goes in before anything records, and only when someone can read it.
+    let metrics = match &cfg.admin {
+        Some(_) => match tern_admin::Metrics::install() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("tern serve: {e}");
+                return ExitCode::from(70); // EX_SOFTWARE
+            }
+        },
+        None => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,7 +77,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::from(71); // EX_OSERR
         }
     };
-    match runtime.block_on(serve(cfg, signer, sealer)) {
+    match runtime.block_on(serve(cfg, metrics, log_format)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -66,20 +87,13 @@ pub fn run(config: Option<&Path>) -> ExitCode {
     }
 }
 
-async fn serve(
-    cfg: Arc<Config>,
-    signer: Arc<Signer>,
-    sealer: Option<Arc<ArcSealer>>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create data_dir {} (set data_dir in the config to a writable directory)",
-            cfg.data_dir.display()
-        )
-    })?;
-    let queue = open_queue(&cfg).context("cannot open the spool")?;
-    let local = LocalDelivery::open_staged(&cfg).context("cannot open the Maildir staging area")?;
-    let verifier = inbound_verifier(&cfg)?;
+/// The session side of one config: intake with its signer, ARC sealer and verifier, and the
+/// TLS certificate. Every failure names what to fix.
+pub(crate) fn build_parts(cfg: &Arc<Config>, queue: &Arc<dyn QueueStore>) -> anyhow::Result<Parts> {
+    let signer = Arc::new(Signer::from_config(&cfg.dkim)?);
+    let sealer = ArcSealer::from_config(cfg)?.map(Arc::new);
+    let local = LocalDelivery::open_staged(cfg).context("cannot open the Maildir staging area")?;
+    let verifier = inbound_verifier(cfg)?;
     let mut intake = Intake::new(queue.clone(), local)
         .with_signer(signer)
         .with_srs(cfg.clone());
@@ -90,31 +104,57 @@ async fn serve(
         }
         intake = intake.with_arc_sealer(sealer);
     }
-    let store = Arc::new(intake);
-    if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
-        warn!("aliases forward to remote addresses but [srs] has no secret_file: forwarded mail keeps its original sender, which fails SPF at the next hop (see docs/configuration.md, [srs])");
-    }
     let tls = match &cfg.tls {
         Some(t) => Some(Arc::new(
             TlsProvider::load(&t.cert, &t.key).context("cannot load [tls] cert/key")?,
         )),
         None => None,
     };
+    Ok(Parts {
+        store: Arc::new(intake),
+        tls,
+        verifier,
+    })
+}
+
+async fn serve(
+    cfg: Arc<Config>,
+    metrics: Option<tern_admin::Metrics>,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {} (set data_dir in the config to a writable directory)",
+            cfg.data_dir.display()
+        )
+    })?;
+    let queue = open_queue(&cfg).context("cannot open the spool")?;
+    let parts = build_parts(&cfg, &queue)?;
+    if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
+        warn!("aliases forward to remote addresses but [srs] has no secret_file: forwarded mail keeps its original sender, which fails SPF at the next hop (see docs/configuration.md, [srs])");
+    }
     let listeners = bind_all(&cfg).await?;
+    let admin_listener = match &cfg.admin {
+        Some(a) => Some(tern_admin::bind(a.listen).await?),
+        None => None,
+    };
     let origin = cfg.source.as_ref().map_or_else(
         || "built-in defaults".to_string(),
         |p| p.display().to_string(),
     );
     for l in &listeners {
         let addr = l.local_addr()?;
-        info!(addr = %addr, kind = ?l.kind, "listening");
+        info!(addr = %addr, kind = l.kind.name(), "listening");
+    }
+    if let Some(l) = &admin_listener {
+        info!(addr = %l.local_addr()?, kind = "admin", "listening");
     }
     let addrs: Vec<String> = listeners
         .iter()
         .filter_map(|l| {
             l.local_addr()
                 .ok()
-                .map(|a| format!("{a} ({:?})", l.kind).to_lowercase())
+                .map(|a| format!("{a} ({})", l.kind.name()))
         })
         .collect();
     info!(
@@ -127,19 +167,44 @@ async fn serve(
     );
 
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(shutdown.clone(), cfg.clone(), tls.clone())?;
-    let workers = tern_relay::spawn(cfg.clone(), queue, shutdown.clone());
+    let live = LiveConfig::new(cfg.clone());
+    let workers = Arc::new(tern_relay::spawn(
+        cfg.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
     // After the spool and the staging area exist: the monitor measures their filesystems.
     let disk = DiskMonitor::new(&cfg);
     let low_space = disk.flag();
     let monitor = disk.spawn(shutdown.clone());
-    let mut server =
-        Server::new(cfg.clone(), store, tls, shutdown.clone()).with_low_space(low_space);
-    if let Some(v) = verifier {
+    let mut server = Server::new(cfg.clone(), parts.store, parts.tls, shutdown.clone())
+        .with_low_space(low_space);
+    if let Some(v) = parts.verifier {
         server = server.with_verifier(v);
     }
+    let server = Arc::new(server);
+    let reloader = Arc::new(Reloader::new(
+        live.clone(),
+        queue.clone(),
+        server.clone(),
+        workers.clone(),
+        log_format,
+    ));
+    reloader.write_snapshot();
+    spawn_signal_handlers(shutdown.clone(), reloader.clone())?;
+    let admin = admin_listener.map(|l| {
+        let hook: tern_admin::ReloadHook = {
+            let r = reloader.clone();
+            Arc::new(move || r.reload("POST /api/reload"))
+        };
+        let state = tern_admin::AdminState::new(live.clone(), queue.clone(), metrics, Some(hook));
+        tokio::spawn(tern_admin::serve(l, state, shutdown.clone()))
+    });
     server.run(listeners).await;
     let _ = monitor.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
     workers.stop().await;
     info!("tern stopped");
     Ok(())
@@ -196,8 +261,7 @@ fn open_queue(cfg: &Config) -> std::io::Result<Arc<dyn QueueStore>> {
 
 fn spawn_signal_handlers(
     shutdown: CancellationToken,
-    cfg: Arc<Config>,
-    tls: Option<Arc<TlsProvider>>,
+    reloader: Arc<Reloader>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
@@ -209,12 +273,9 @@ fn spawn_signal_handlers(
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
-                    if let (Some(tls), Some(files)) = (&tls, &cfg.tls) {
-                        match tls.reload(&files.cert, &files.key) {
-                            Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
-                            Err(e) => warn!(error = %e, "SIGHUP: TLS reload failed, keeping the previous certificate"),
-                        }
-                    }
+                    let r = reloader.clone();
+                    // Reading files and keys blocks: off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
                 }
             }
         }
