@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
@@ -27,10 +27,13 @@ pub fn nameservers_config(addrs: &[SocketAddr]) -> ResolverConfig {
         .collect();
     ResolverConfig::from_name_servers(servers)
 }
-use crate::resolver::{DnsFuture, MxRecord, Resolver};
+use crate::resolver::{reverse_name, DnsFuture, MxRecord, Resolver};
 
 pub struct HickoryResolver {
     inner: TokioResolver,
+    /// Set by [`HickoryResolver::dns_only`] with explicit nameservers: PTR queries go straight to
+    /// them (see [`direct_ptr`]), with this per-query timeout.
+    direct: Option<(Vec<SocketAddr>, Duration)>,
 }
 
 impl std::fmt::Debug for HickoryResolver {
@@ -50,7 +53,10 @@ impl HickoryResolver {
             name: "resolver".into(),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            direct: None,
+        })
     }
 
     /// Queries exactly one nameserver (UDP and TCP on `addr`), with a per-query timeout.
@@ -70,7 +76,40 @@ impl HickoryResolver {
             name: format!("{addrs:?}"),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            direct: None,
+        })
+    }
+}
+
+impl HickoryResolver {
+    /// Like [`HickoryResolver::with_nameservers`] (the system configuration when `addrs` is
+    /// empty), but never answering from /etc/hosts: for `tern doctor`, which must see what the
+    /// rest of the Internet sees (a hosts entry mapping the hostname to this host would make
+    /// the A and PTR checks pass whatever the DNS says).
+    pub fn dns_only(addrs: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
+        let mut builder = if addrs.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| DnsError::Temporary {
+                name: "/etc/resolv.conf".into(),
+                reason: e.to_string(),
+            })?
+        } else {
+            let mut b = TokioResolver::builder_with_config(
+                nameservers_config(addrs),
+                TokioRuntimeProvider::default(),
+            );
+            b.options_mut().timeout = timeout;
+            b.options_mut().attempts = 1;
+            b
+        };
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        let inner = builder.build().map_err(|e| DnsError::Temporary {
+            name: format!("{addrs:?}"),
+            reason: e.to_string(),
+        })?;
+        let direct = (!addrs.is_empty()).then(|| (addrs.to_vec(), timeout));
+        Ok(Self { inner, direct })
     }
 }
 
@@ -141,4 +180,107 @@ impl Resolver for HickoryResolver {
             }
         })
     }
+
+    fn ptr(&self, ip: IpAddr) -> DnsFuture<'_, Vec<String>> {
+        let name = reverse_name(ip);
+        Box::pin(async move {
+            if let Some((servers, timeout)) = &self.direct {
+                return direct_ptr(&name, servers, *timeout).await;
+            }
+            match self.inner.reverse_lookup(fqdn(&name).as_str()).await {
+                Ok(lookup) => Ok(lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_string()),
+                        _ => None,
+                    })
+                    .collect()),
+                Err(e) => classify(&name, e),
+            }
+        })
+    }
+}
+
+/// A PTR query sent to `servers` in turn over UDP, bypassing hickory's lookup path: that one
+/// answers every name under 127.in-addr.arpa and 1.0...ip6.arpa itself with "localhost"
+/// (RFC 6761 6.3), which is right for an application but hides what the configured nameserver
+/// publishes, and that is what `tern doctor` (and its tests on loopback) must see. PTR answers
+/// are small; a truncated one is reported, not retried over TCP.
+async fn direct_ptr(
+    name: &str,
+    servers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<String>, DnsError> {
+    use hickory_resolver::proto::op::{Message, Query, ResponseCode};
+    use hickory_resolver::proto::rr::{Name, RecordType};
+
+    let temporary = |reason: String| DnsError::Temporary {
+        name: name.to_string(),
+        reason,
+    };
+    let qname = Name::from_ascii(fqdn(name)).map_err(|e| temporary(e.to_string()))?;
+    let mut request = Message::query();
+    request.metadata.recursion_desired = true;
+    request.add_query(Query::query(qname, RecordType::PTR));
+    let id = request.metadata.id;
+    let wire = request.to_vec().map_err(|e| temporary(e.to_string()))?;
+    let mut last = temporary("no nameserver".into());
+    for server in servers {
+        let exchange = async {
+            let bind: SocketAddr = if server.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let socket = tokio::net::UdpSocket::bind(bind).await?;
+            socket.connect(server).await?;
+            socket.send(&wire).await?;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = socket.recv(&mut buf).await?;
+                // Not our answer (a late reply to another query): keep waiting.
+                if let Ok(m) = Message::from_vec(&buf[..n]) {
+                    if m.metadata.id == id {
+                        return Ok::<Message, std::io::Error>(m);
+                    }
+                }
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                last = temporary(format!("{server}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                last = temporary(format!(
+                    "{server}: no answer within {}s",
+                    timeout.as_secs_f64()
+                ));
+                continue;
+            }
+        };
+        match reply.metadata.response_code {
+            ResponseCode::NoError => {}
+            ResponseCode::NXDomain => return Err(DnsError::NxDomain(name.to_string())),
+            code => {
+                last = temporary(format!("{server} answered {code}"));
+                continue;
+            }
+        }
+        if reply.metadata.truncation {
+            last = temporary(format!("{server}: truncated answer"));
+            continue;
+        }
+        return Ok(reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_string()),
+                _ => None,
+            })
+            .collect());
+    }
+    Err(last)
 }

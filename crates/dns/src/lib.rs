@@ -13,7 +13,7 @@ pub mod targets;
 pub use error::DnsError;
 pub use hickory::HickoryResolver;
 pub use mx::{mx_hosts, resolve_host, MxHost, MxResult};
-pub use resolver::{DnsFuture, MxRecord, Resolver};
+pub use resolver::{reverse_name, DnsFuture, MxRecord, Resolver};
 pub use setup::{setup_resolver, ResolverSetup, FALLBACK_NAMESERVER};
 pub use static_resolver::StaticResolver;
 pub use targets::{

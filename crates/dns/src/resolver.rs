@@ -30,4 +30,72 @@ pub trait Resolver: Send + Sync {
     /// are: a record that is not UTF-8 is the caller's to reject. NXDOMAIN and NODATA as for
     /// [`Resolver::mx`].
     fn txt(&self, name: &str) -> DnsFuture<'_, Vec<Vec<u8>>>;
+
+    /// The PTR names of `ip` (its `in-addr.arpa` / `ip6.arpa` name, RFC 1035 3.5 and RFC 3596
+    /// 2.5), without trailing dots. NXDOMAIN and NODATA as for [`Resolver::mx`]. The default
+    /// fails temporarily, so resolvers that predate it (test fakes) compile unchanged and a
+    /// caller reports "cannot tell" rather than "no PTR".
+    fn ptr(&self, ip: IpAddr) -> DnsFuture<'_, Vec<String>> {
+        let e = DnsError::Temporary {
+            name: reverse_name(ip),
+            reason: "this resolver does not look up PTR records".into(),
+        };
+        Box::pin(async move { Err(e) })
+    }
+}
+
+/// The reverse-lookup name of `ip`, without the trailing dot: `4.3.2.1.in-addr.arpa` for
+/// 1.2.3.4 (RFC 1035 3.5), the 32 nibbles in reverse under `ip6.arpa` for IPv6 (RFC 3596 2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut labels: Vec<String> = Vec::with_capacity(33);
+            for byte in v6.octets().iter().rev() {
+                labels.push(format!("{:x}", byte & 0x0f));
+                labels.push(format!("{:x}", byte >> 4));
+            }
+            labels.push("ip6.arpa".into());
+            labels.join(".")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reverse_name;
+
+    #[test]
+    fn reverse_names_follow_rfc_1035_and_3596() {
+        assert_eq!(
+            reverse_name("192.0.2.10".parse().unwrap()),
+            "10.2.0.192.in-addr.arpa"
+        );
+        let v6 = reverse_name("2001:db8::1".parse().unwrap());
+        assert!(v6.starts_with("1.0.0.0.0.0.0.0."), "{v6}");
+        assert!(v6.ends_with(".8.b.d.0.1.0.0.2.ip6.arpa"), "{v6}");
+        assert_eq!(v6.split('.').count(), 34);
+    }
+
+    #[test]
+    fn ptr_records_of_the_static_resolver() {
+        use crate::{DnsError, Resolver, StaticResolver};
+        let ip = "192.0.2.10".parse().unwrap();
+        let r = StaticResolver::new().ptr(ip, "mx.example.test.");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            rt.block_on(Resolver::ptr(&r, ip)).unwrap(),
+            ["mx.example.test"]
+        );
+        let other = "192.0.2.11".parse().unwrap();
+        assert!(matches!(
+            rt.block_on(Resolver::ptr(&r, other)),
+            Err(DnsError::NxDomain(_))
+        ));
+    }
 }

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::error::DnsError;
-use crate::resolver::{DnsFuture, MxRecord, Resolver};
+use crate::resolver::{reverse_name, DnsFuture, MxRecord, Resolver};
 
 #[derive(Debug, Clone, Default)]
 pub struct StaticResolver {
     mx: HashMap<String, Vec<MxRecord>>,
     ips: HashMap<String, Vec<IpAddr>>,
     txt: HashMap<String, Vec<Vec<u8>>>,
+    ptr: HashMap<String, Vec<String>>,
     failing: HashMap<String, String>,
 }
 
@@ -47,6 +48,15 @@ impl StaticResolver {
         self
     }
 
+    /// Adds a PTR record for `ip` (under its reverse name, which then exists).
+    pub fn ptr(mut self, ip: IpAddr, name: &str) -> Self {
+        self.ptr
+            .entry(reverse_name(ip))
+            .or_default()
+            .push(key(name));
+        self
+    }
+
     /// Makes every lookup of `name` fail temporarily (like SERVFAIL).
     pub fn servfail(mut self, name: &str) -> Self {
         self.failing.insert(key(name), "SERVFAIL".into());
@@ -54,7 +64,10 @@ impl StaticResolver {
     }
 
     fn exists(&self, k: &str) -> bool {
-        self.mx.contains_key(k) || self.ips.contains_key(k) || self.txt.contains_key(k)
+        self.mx.contains_key(k)
+            || self.ips.contains_key(k)
+            || self.txt.contains_key(k)
+            || self.ptr.contains_key(k)
     }
 
     fn check(&self, k: &str) -> Result<(), DnsError> {
@@ -93,6 +106,14 @@ impl Resolver for StaticResolver {
         let result = self
             .check(&k)
             .map(|()| self.txt.get(&k).cloned().unwrap_or_default());
+        Box::pin(async move { result })
+    }
+
+    fn ptr(&self, ip: IpAddr) -> DnsFuture<'_, Vec<String>> {
+        let k = reverse_name(ip);
+        let result = self
+            .check(&k)
+            .map(|()| self.ptr.get(&k).cloned().unwrap_or_default());
         Box::pin(async move { result })
     }
 }

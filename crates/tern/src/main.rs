@@ -68,6 +68,8 @@ enum Command {
     },
     /// Print what tern would do with a message (listener rules, routing, MX, TLS, DKIM, limits) without sending it.
     Explain(Box<cmd::explain::ExplainArgs>),
+    /// Check this server's own setup against live DNS and itself (MX, FCrDNS, SPF, DKIM, DMARC, TLS, ports, open relay).
+    Doctor(cmd::doctor::DoctorArgs),
     /// Certificates for testing TLS.
     Cert {
         #[command(subcommand)]
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         Command::Spf { action } => cmd::spf::run(action),
         Command::Srs { action } => cmd::srs::run(action),
         Command::Explain(args) => cmd::explain::run(*args),
+        Command::Doctor(args) => cmd::doctor::run(args),
         Command::Cert {
             action:
                 CertAction::SelfSigned {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
 
 
@@ -24,7 +24,8 @@ def free_port() -> int:
 
 
 class Zone(BaseResolver):
-    """records: {name: {"MX": [(pref, host)], "A": [ip], "AAAA": [ip], "TXT": [text or [strings]]}}; names absent ->
+    """records: {name: {"MX": [(pref, host)], "A": [ip], "AAAA": [ip], "TXT": [text or [strings]], "PTR": [host]}}
+    (a PTR under its reverse name, e.g. "1.0.0.127.in-addr.arpa"); names absent ->
     NXDOMAIN. A TXT text longer than 255 bytes is split into strings of 255 (RFC 1035 3.3.14)."""
 
     def __init__(self, records: dict):
@@ -53,6 +54,8 @@ class Zone(BaseResolver):
             elif qtype == "TXT":
                 strings = [value[i:i + 255] for i in range(0, len(value), 255)] if isinstance(value, str) else value
                 rdata = TXT(strings)
+            elif qtype == "PTR":
+                rdata = PTR(value)
             else:
                 continue
             reply.add_answer(RR(q.qname, q.qtype, rdata=rdata, ttl=60))

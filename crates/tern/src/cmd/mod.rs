@@ -4,6 +4,7 @@ pub mod cert;
 pub mod check_config;
 pub mod dkim;
 mod dkim_verify;
+pub mod doctor;
 pub mod explain;
 pub mod passwd;
 pub mod queue;
