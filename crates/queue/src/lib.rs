@@ -22,5 +22,5 @@ pub use fs_store::FsStore;
 pub use id::{InvalidQueueId, QueueId};
 pub use outcome::{RcptClass, RcptOutcome, Remote, Stage, StoredReply, TlsOutcome};
 pub use spool::{MessageBody, SpoolFile, Spooled};
-pub use timeline::{Event, NoticeKind, Timeline};
 pub use store::{EventSink, QueueLock, QueueStore, RecoveryReport, StoreEvent};
+pub use timeline::{Event, NoticeKind, Timeline};

@@ -53,11 +53,7 @@ impl Workers {
 
     /// Waits until the scheduler has stopped (after `shutdown` was cancelled).
     pub async fn stop(&self) {
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.await;
         }
@@ -85,9 +81,7 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         job_ids: HashMap::new(),
     };
     Workers {
-        handle: std::sync::Mutex::new(Some(tokio::spawn(scheduler.run(
-            events, configs, shutdown,
-        )))),
+        handle: std::sync::Mutex::new(Some(tokio::spawn(scheduler.run(events, configs, shutdown)))),
         reconfigure,
     }
 }
