@@ -232,6 +232,12 @@ pub fn emit(
         "DSN sent"
     );
     delivered.keep();
+    if !targets.local.is_empty() {
+        // A notification stored in a local mailbox is a local delivery like any other.
+        metrics::counter!(tern_metrics::DELIVERY_ATTEMPTS, "outcome" => "delivered",
+            "domain_class" => "local")
+        .increment(targets.local.len() as u64);
+    }
     Ok(Some(dsn_id))
 }
 

@@ -219,9 +219,13 @@ async fn run_round(ctx: Arc<Context>, id: QueueId) -> After {
                 now.duration_since(env.received_at).unwrap_or_default(),
             ));
         }
+        // The attempt's own span (as around the connector's lines while it ran), so this
+        // line carries the destination and host like every other line of the attempt.
+        let _attempt = tracing::info_span!("attempt", domain = %domain,
+            host = host.as_deref().unwrap_or("none"))
+        .entered();
         tracing::info!(
             id = %env.id,
-            domain = %domain,
             to = %rcpt.address,
             relay = host.as_deref().unwrap_or("none"),
             tls = %tls.as_ref().map_or_else(|| "none".to_string(), ToString::to_string),

@@ -556,6 +556,14 @@ impl Connection {
         Some(SpoolOp::Append(std::mem::take(&mut d.body)))
     }
 
+    /// `tern_messages_received_total` for a message answered here, without the store (the
+    /// driver counts those it hands to the store).
+    fn count_message(&self, outcome: &'static str) {
+        metrics::counter!(tern_metrics::MESSAGES_RECEIVED,
+            "listener" => self.session.conn().kind.name(), "outcome" => outcome)
+        .increment(1);
+    }
+
     fn end_data(&mut self, mut d: DataPhase) {
         let size = d.decoder.size();
         let facts = MessageFacts {
@@ -566,6 +574,7 @@ impl Connection {
         match self.session.finish_data(d.decoder.verdict(), &facts) {
             DataEnd::Reject(reply) => {
                 self.rejected += 1;
+                self.count_message("rejected");
                 info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "rejected",
                     reply = %reply, "message rejected");
                 self.queue(&reply);
@@ -576,6 +585,7 @@ impl Connection {
             DataEnd::Discard(reply) => {
                 // The filters' discard: the client is told the message was taken.
                 self.accepted += 1;
+                self.count_message("accepted");
                 info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "discarded",
                     "message discarded by a content filter");
                 self.queue(&reply);
@@ -587,6 +597,7 @@ impl Connection {
                 if let Some(error) = d.failed.take() {
                     // The spool write failed: nothing was kept, so nothing can be stored.
                     self.rejected += 1;
+                    self.count_message("rejected");
                     let reply = self.session.stored(Err(error.into()));
                     info!(client_ip = %self.session.conn().peer.ip(), size,
                         outcome = "store-failed", reply = %reply, "message not stored");

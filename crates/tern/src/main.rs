@@ -35,6 +35,9 @@ enum Command {
     CheckConfig {
         /// The file to check (default: the one `serve` would use).
         file: Option<PathBuf>,
+        /// The file to check, as `serve -c` names it (the same as FILE).
+        #[arg(long, short = 'c', conflicts_with = "file")]
+        config: Option<PathBuf>,
         /// Also show what would change against the running server (`<data_dir>/run/config.toml`).
         #[arg(long)]
         diff: bool,
@@ -121,7 +124,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, log_format } => cmd::serve::run(config.as_deref(), log_format),
-        Command::CheckConfig { file, diff } => cmd::check_config::run(file.as_deref(), diff),
+        Command::CheckConfig { file, config, diff } => {
+            cmd::check_config::run(file.or(config).as_deref(), diff)
+        }
         Command::Passwd => cmd::passwd::run(),
         Command::Send(args) => cmd::send::run(args),
         Command::Sendmail { args } => cmd::sendmail::run_args(args),
