@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import email
+import fcntl
 import email.policy
 import json
 import os
@@ -173,6 +174,30 @@ def wait_gone(srv: Tern, qid: str, timeout: float = WAIT) -> None:
         wait_for(lambda: envelope(srv, qid) is None, timeout, f"queue entry {qid} to be removed")
     except AssertionError as e:
         raise AssertionError(f"{e}; envelope: {envelope(srv, qid)}; log tail:\n{log_tail(srv)}") from None
+
+
+class Busy:
+    """Holds the entry's lock the way a delivery in progress does: flock(LOCK_EX) on queue/msg/<id>."""
+
+    def __init__(self, srv, qid: str):
+        self.path = srv.data_dir / "queue" / "msg" / qid
+
+    def __enter__(self):
+        self.f = open(self.path, "rb")
+        # The relay may hold it for a moment itself: wait for it (bounded).
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
 
 
 def tern_queue(srv: Tern, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:

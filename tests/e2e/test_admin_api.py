@@ -9,16 +9,14 @@ so after the first attempt they sit deferred for an hour and every call sees a s
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 import subprocess
-import time
 
 import pytest
 
 from admin_helpers import TOKEN, AdminClient, out, run_tern, ternx  # noqa: F401  (ternx is a fixture)
-from relay_helpers import (ALICE, WAIT, Remote, check_failed, closed_port, envelope, queue_show, recipient,
+from relay_helpers import (ALICE, WAIT, Busy, Remote, check_failed, closed_port, envelope, queue_show, recipient,
                            relay_config, route_to, tern_queue, wait_bounce, wait_for, wait_state)
 from ternlib import HOSTNAME, LOCAL_DOMAIN, free_port, make_message, tern_bin, toml_dumps
 
@@ -48,29 +46,6 @@ def queue_one(srv, rcpts, subject: str, sender: str = ALICE) -> str:
 
 def attempts_of(srv, qid: str, addr: str) -> int:
     return recipient(envelope(srv, qid), addr)["status"].get("attempts", 0)
-
-
-class Busy:
-    """Holds the entry's lock the way a delivery in progress does: flock(LOCK_EX) on queue/msg/<id>."""
-
-    def __init__(self, srv, qid: str):
-        self.path = srv.data_dir / "queue" / "msg" / qid
-
-    def __enter__(self):
-        self.f = open(self.path, "rb")
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
 
 
 def act(srv, method: str, path: str) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import fcntl
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from relay_helpers import (ALICE, WAIT, Remote, check_failed, closed_port, envelope, parse_dsn, queue_ids,
+from relay_helpers import (ALICE, WAIT, Busy, Remote, check_failed, closed_port, envelope, parse_dsn, queue_ids,
                            recipient, relay_config, return_path, route_to, tern_queue, wait_for, wait_gone,
                            wait_state)
 from ternlib import HOSTNAME, LOCAL_DOMAIN, make_message, tern_bin
@@ -79,30 +78,6 @@ def entry(srv, qid: str) -> dict:
 
 def next_attempt(srv, qid: str, addr: str) -> str:
     return recipient(envelope(srv, qid), addr)["status"]["next_attempt"]
-
-
-class Busy:
-    """Holds the entry's lock the way a delivery in progress does: flock(LOCK_EX) on queue/msg/<id>."""
-
-    def __init__(self, srv, qid: str):
-        self.path = srv.data_dir / "queue" / "msg" / qid
-
-    def __enter__(self):
-        self.f = open(self.path, "rb")
-        # The relay may hold it for a moment itself: wait for it (bounded).
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
 
 
 def run_cli(*args: str, env_extra: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

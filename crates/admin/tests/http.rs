@@ -72,10 +72,10 @@ async fn request(
 }
 
 fn deferred_entry(domain: &str) -> Envelope {
-    Envelope {
-        id: QueueId::generate(),
-        sender: Some("alice@example.test".into()),
-        recipients: vec![Recipient {
+    Envelope::new(
+        QueueId::generate(),
+        Some("alice@example.test".into()),
+        vec![Recipient {
             address: format!("bob@{domain}"),
             original: None,
             status: RecipientStatus::Deferred {
@@ -84,18 +84,9 @@ fn deferred_entry(domain: &str) -> Envelope {
                 next_attempt: SystemTime::now() + Duration::from_secs(3600),
             },
         }],
-        received_at: SystemTime::now(),
-        client_ip: None,
-        helo: None,
-        size: 20,
-        prefix: String::new(),
-        smtputf8: false,
-        eight_bit: false,
-        held: false,
-        delay_warned: false,
-        attempts_log: Vec::new(),
-        events: Default::default(),
-    }
+        SystemTime::now(),
+        20,
+    )
 }
 
 #[tokio::test]

@@ -158,22 +158,13 @@ mod tests {
     }
 
     fn envelope(sender: Option<&str>, recipients: Vec<Recipient>) -> Envelope {
-        Envelope {
-            id: QueueId::generate(),
-            sender: sender.map(str::to_string),
+        Envelope::new(
+            QueueId::generate(),
+            sender.map(str::to_string),
             recipients,
-            received_at: SystemTime::now(),
-            client_ip: None,
-            helo: None,
-            size: 1,
-            prefix: String::new(),
-            smtputf8: false,
-            eight_bit: false,
-            held: false,
-            delay_warned: false,
-            attempts_log: Vec::new(),
-            events: Default::default(),
-        }
+            SystemTime::now(),
+            1,
+        )
     }
 
     #[test]

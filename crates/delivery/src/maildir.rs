@@ -673,5 +673,27 @@ pub fn escape_component(s: &str) -> String {
     out
 }
 
+/// The inverse of [`escape_component`]: `%XX` back to its byte, `%` alone to the empty string.
+/// `None` for a name no escape produces (a bad `%` sequence, or bytes that are not UTF-8).
+pub fn unescape_component(s: &str) -> Option<String> {
+    if s == "%" {
+        return Some(String::new());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests;

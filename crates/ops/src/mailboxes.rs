@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use mail_parser::{Address, MessageParser, MimeHeaders};
 use serde::Serialize;
 
-use tern_delivery::maildir::{escape_component, mailbox_path};
+use tern_delivery::maildir::{escape_component, mailbox_path, unescape_component};
 
 /// Directory entries looked at per directory (mailboxes of a domain, messages of a folder).
 pub const MAX_ENTRIES: usize = 100_000;
@@ -143,28 +143,6 @@ pub struct MessageView {
     pub attachments: Vec<Attachment>,
     pub size: u64,
     pub seen: bool,
-}
-
-/// The inverse of [`escape_component`]: `%XX` back to its byte, `%` alone to the empty string.
-/// `None` for a name no escape produces (a bad `%` sequence, or bytes that are not UTF-8).
-pub fn unescape_component(s: &str) -> Option<String> {
-    if s == "%" {
-        return Some(String::new());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Whether `path` is a real directory (not a link to one).

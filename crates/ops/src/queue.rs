@@ -436,17 +436,19 @@ impl Queue {
                 continue;
             }
             let result = if action == Action::Flush {
-                let n = flush_recipients(&mut env.clone(), filter.domain.as_deref(), now);
+                if env.held {
+                    // Reported only when it had something to flush.
+                    if flush_recipients(&mut env, filter.domain.as_deref(), now) > 0 {
+                        report.held += 1;
+                    }
+                    report.unchanged += 1;
+                    continue;
+                }
+                let n = flush_recipients(&mut env, filter.domain.as_deref(), now);
                 if n == 0 {
                     report.unchanged += 1;
                     continue;
                 }
-                if env.held {
-                    report.held += 1;
-                    report.unchanged += 1;
-                    continue;
-                }
-                flush_recipients(&mut env, filter.domain.as_deref(), now);
                 report.recipients += n;
                 env.events.push(Event::Flushed {
                     at: now,

@@ -24,26 +24,17 @@ fn main() -> anyhow::Result<()> {
             let (store, body) = (store.clone(), body.clone());
             std::thread::spawn(move || -> std::io::Result<()> {
                 for _ in 0..per_thread {
-                    let env = Envelope {
-                        id: QueueId::generate(),
-                        sender: Some("bench@example.org".into()),
-                        recipients: vec![Recipient {
+                    let env = Envelope::new(
+                        QueueId::generate(),
+                        Some("bench@example.org".into()),
+                        vec![Recipient {
                             address: "rcpt@example.net".into(),
                             original: None,
                             status: RecipientStatus::Pending,
                         }],
-                        received_at: SystemTime::now(),
-                        client_ip: None,
-                        helo: None,
-                        size: body.len() as u64,
-                        prefix: String::new(),
-                        smtputf8: false,
-                        eight_bit: false,
-                        held: false,
-                        delay_warned: false,
-                        attempts_log: Vec::new(),
-                        events: Default::default(),
-                    };
+                        SystemTime::now(),
+                        body.len() as u64,
+                    );
                     store.commit_parts(&env, &[b"Received: bench\r\n", &body])?;
                 }
                 Ok(())

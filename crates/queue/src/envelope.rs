@@ -141,6 +141,33 @@ pub struct Attempt {
 }
 
 impl Envelope {
+    /// A new entry of `size` bytes as it is first committed: nothing tried, no flags, no
+    /// client facts (set them with struct update syntax where there are some).
+    pub fn new(
+        id: QueueId,
+        sender: Option<String>,
+        recipients: Vec<Recipient>,
+        received_at: SystemTime,
+        size: u64,
+    ) -> Envelope {
+        Envelope {
+            id,
+            sender,
+            recipients,
+            received_at,
+            client_ip: None,
+            helo: None,
+            size,
+            prefix: String::new(),
+            smtputf8: false,
+            eight_bit: false,
+            held: false,
+            delay_warned: false,
+            attempts_log: Vec::new(),
+            events: Timeline::default(),
+        }
+    }
+
     /// Every recipient has a final status: the entry can be removed (after any bounce was queued).
     pub fn is_finished(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())

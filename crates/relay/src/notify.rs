@@ -187,30 +187,20 @@ pub fn emit(
             )
         })?;
     if !targets.remote.is_empty() {
+        let recipients = targets
+            .remote
+            .iter()
+            .map(|address| Recipient {
+                address: address.clone(),
+                original: None,
+                status: RecipientStatus::Pending,
+            })
+            .collect();
         let entry = Envelope {
-            id: dsn_id.clone(),
-            sender: None,
-            recipients: targets
-                .remote
-                .iter()
-                .map(|address| Recipient {
-                    address: address.clone(),
-                    original: None,
-                    status: RecipientStatus::Pending,
-                })
-                .collect(),
-            received_at: now,
-            client_ip: None,
-            helo: None,
-            size: bytes.len() as u64,
-            prefix: String::new(),
             // The To: header and the addresses in the report carry the sender's address.
             smtputf8: !to.is_ascii() || targets.remote.iter().any(|a| !a.is_ascii()),
             eight_bit: !bytes.is_ascii(),
-            held: false,
-            delay_warned: false,
-            attempts_log: Vec::new(),
-            events: Default::default(),
+            ..Envelope::new(dsn_id.clone(), None, recipients, now, bytes.len() as u64)
         };
         if let Err(e) = queue.commit(&entry, &bytes) {
             // All or nothing: `delivered` drops and takes the local copies back, so that the

@@ -34,7 +34,7 @@ const POOL_SWEEP: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// DNS queries for mail routing give up after this long (and the recipient is deferred).
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest single sleep: wall-clock time (what due times are in) can jump.
 const MAX_SLEEP: Duration = Duration::from_secs(30);

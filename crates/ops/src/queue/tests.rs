@@ -16,20 +16,15 @@ fn deferred(a: &str, next: SystemTime) -> Recipient {
 
 fn envelope(recipients: Vec<Recipient>) -> Envelope {
     Envelope {
-        id: QueueId::generate(),
-        sender: Some("alice@example.test".into()),
-        recipients,
-        received_at: SystemTime::now() - Duration::from_secs(60),
         client_ip: Some("192.0.2.7".parse().unwrap()),
         helo: Some("client.test".into()),
-        size: 0,
-        prefix: String::new(),
-        smtputf8: false,
-        eight_bit: false,
-        held: false,
-        delay_warned: false,
-        attempts_log: Vec::new(),
-        events: Default::default(),
+        ..Envelope::new(
+            QueueId::generate(),
+            Some("alice@example.test".into()),
+            recipients,
+            SystemTime::now() - Duration::from_secs(60),
+            0,
+        )
     }
 }
 

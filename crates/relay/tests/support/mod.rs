@@ -437,27 +437,22 @@ pub fn message(subject: &str, extra_received: usize) -> Vec<u8> {
 /// An envelope as the inbound side makes it: every recipient pending.
 pub fn envelope(sender: Option<&str>, recipients: &[&str], message: &[u8]) -> Envelope {
     Envelope {
-        id: QueueId::generate(),
-        sender: sender.map(Into::into),
-        recipients: recipients
-            .iter()
-            .map(|a| Recipient {
-                address: (*a).to_string(),
-                original: None,
-                status: RecipientStatus::Pending,
-            })
-            .collect(),
-        received_at: SystemTime::now(),
         client_ip: Some("127.0.0.1".parse().unwrap()),
         helo: Some("client.tern.test".into()),
-        size: message.len() as u64,
-        prefix: String::new(),
-        smtputf8: false,
-        eight_bit: false,
-        held: false,
-        delay_warned: false,
-        attempts_log: Vec::new(),
-        events: Default::default(),
+        ..Envelope::new(
+            QueueId::generate(),
+            sender.map(Into::into),
+            recipients
+                .iter()
+                .map(|a| Recipient {
+                    address: (*a).to_string(),
+                    original: None,
+                    status: RecipientStatus::Pending,
+                })
+                .collect(),
+            SystemTime::now(),
+            message.len() as u64,
+        )
     }
 }
 

@@ -37,8 +37,6 @@ const EX_SOFTWARE: u8 = 70;
 /// stranger on the internet.
 pub const DEFAULT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const DEFAULT_HELO: &str = "client.example";
-/// The relay's resolver timeout per query (tern_relay::scheduler uses the same).
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 const EXIT_HELP: &str = "Exit codes: 0 everything would be accepted, 1 something would be refused \
 (AUTH, MAIL FROM, a recipient, the message), 64 usage error, 78 config error.\n\
@@ -261,7 +259,8 @@ async fn explain(
         }),
     });
 
-    let resolver_setup = tern_dns::setup_resolver(&cfg.dns.nameservers, DNS_TIMEOUT);
+    let resolver_setup =
+        tern_dns::setup_resolver(&cfg.dns.nameservers, tern_relay::scheduler::DNS_TIMEOUT);
     let resolver = resolver_setup.resolver.clone();
     let mut routes: BTreeMap<String, Value> = BTreeMap::new();
     let mut recipients = Vec::new();
