@@ -1235,6 +1235,7 @@ fn queue(v: &mut Issues, raw: &RawConfig) -> QueueConfig {
         delay_warning: (!delay_warning.is_zero())
             .then_some(delay_warning)
             .or(defaults::DELAY_WARNING),
+        backend: crate::backend::backend(v, q),
     }
 }
 

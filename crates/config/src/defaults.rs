@@ -282,6 +282,7 @@ pub fn queue() -> QueueConfig {
         retry_schedule: RETRY_SCHEDULE.to_vec(),
         max_received_headers: MAX_RECEIVED_HEADERS,
         delay_warning: DELAY_WARNING,
+        backend: crate::backend::QueueBackend::Fs,
     }
 }
 

@@ -42,6 +42,10 @@ impl fmt::Display for Change {
 /// Keys a reload cannot apply: they are read once when the server starts.
 const RESTART_KEYS: &[&str] = &[
     "data_dir",
+    "queue.backend",
+    "queue.postgres_url_file",
+    "queue.node_id",
+    "queue.lease_time",
     "admin.listen",
     "log.",
     "limits.max_data_memory",

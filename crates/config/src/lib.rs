@@ -8,6 +8,7 @@
 //! ```
 
 mod admin;
+mod backend;
 mod build;
 pub mod caps;
 pub mod defaults;
@@ -26,6 +27,7 @@ mod types;
 mod values;
 
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_PORT, MIN_TOKEN_LEN};
+pub use backend::{PostgresQueue, PostgresUrl, QueueBackend, DEFAULT_LEASE_TIME};
 pub use error::{ConfigError, Issue};
 pub use live::LiveConfig;
 pub use load::{ENV_VAR, SYSTEM_PATH};

@@ -189,6 +189,10 @@ pub(crate) struct RawQueue {
     pub retry_schedule: TextList,
     pub max_received_headers: Int,
     pub delay_warning: Text,
+    pub backend: Text,
+    pub postgres_url_file: Text,
+    pub node_id: Text,
+    pub lease_time: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -353,6 +353,9 @@ pub struct QueueConfig {
     pub max_received_headers: usize,
     /// Send a "delayed" DSN (RFC 3464) after this long; `None` = never.
     pub delay_warning: Option<Duration>,
+    /// Where the queue lives: the filesystem spool (default) or a PostgreSQL database several
+    /// nodes share (docs/cluster.md).
+    pub backend: crate::backend::QueueBackend,
 }
 
 /// Outbound delivery (the SMTP client side).

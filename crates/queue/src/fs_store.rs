@@ -176,6 +176,8 @@ impl FsStore {
                 | StoreEvent::Updated { id, .. }
                 | StoreEvent::Removed { id }
                 | StoreEvent::ChangedElsewhere { id } => id,
+                // Never sent by this store.
+                StoreEvent::Resync => return self.sinks.emit(event),
             };
             control::tell(&self.socket, id);
         }

@@ -2,6 +2,7 @@
 //! the envelope with per-recipient status, the `QueueStore` trait and its filesystem store.
 //! Layout and commit protocol: docs/spool-format.md.
 
+pub mod cluster;
 pub mod dirsync;
 pub mod durable;
 pub mod envelope;
@@ -15,6 +16,7 @@ pub mod store;
 pub mod time_format;
 pub mod timeline;
 
+pub use cluster::{Cluster, HostSlot};
 pub use envelope::{Attempt, Envelope, Recipient, RecipientStatus, MAX_ATTEMPTS_LOG};
 pub use error::StoreError;
 pub use fault::{FailAt, FaultPoint, Faults, NoFaults};

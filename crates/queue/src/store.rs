@@ -51,6 +51,20 @@ pub trait QueueStore: Send + Sync {
     /// The envelope of a committed entry (`NotFound` if there is none).
     fn load(&self, id: &QueueId) -> io::Result<Envelope>;
 
+    /// Every committed entry's envelope, oldest first (an entry removed meanwhile is left out,
+    /// one that cannot be read comes with its error). One query where the backend can.
+    fn load_all(&self) -> io::Result<Vec<(QueueId, io::Result<Envelope>)>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|id| {
+                let env = self.load(&id);
+                (id, env)
+            })
+            .filter(|(_, env)| !matches!(env, Err(e) if e.kind() == io::ErrorKind::NotFound))
+            .collect())
+    }
+
     /// The message bytes of a committed entry: its envelope's `prefix`, then the stored bytes.
     fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>>;
 
@@ -82,6 +96,12 @@ pub trait QueueStore: Send + Sync {
     /// between leaves an orphan message (removed by recovery), never an envelope without message.
     fn remove(&self, lock: QueueLock) -> io::Result<()>;
 
+    /// The side of a store several nodes share (leases, shared limits); `None` for a store
+    /// only this node uses, whose scheduler then keeps its own index of due entries.
+    fn cluster(&self) -> Option<std::sync::Arc<dyn crate::cluster::Cluster>> {
+        None
+    }
+
     /// Startup clean-up, run before the server accepts mail or delivers: removes temp files and
     /// messages without envelope (both are writes that never committed).
     fn recover(&self) -> io::Result<RecoveryReport>;
@@ -106,6 +126,9 @@ pub enum StoreEvent {
     /// Another process (`tern queue`) or node committed, changed or removed this entry; its
     /// new state has to be read from the store.
     ChangedElsewhere { id: QueueId },
+    /// Changes may have gone unheard (the connection that hears other nodes was re-made):
+    /// anything kept about the queue has to be read again. Only a shared store sends this.
+    Resync,
 }
 
 /// A subscriber's callback.
@@ -129,6 +152,11 @@ impl QueueLock {
 
     pub fn id(&self) -> &QueueId {
         &self.id
+    }
+
+    /// For backends: their own state inside the lock (a lease token), if it is of type `T`.
+    pub fn guard<T: Any>(&self) -> Option<&T> {
+        self._guard.downcast_ref::<T>()
     }
 }
 
