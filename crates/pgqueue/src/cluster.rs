@@ -1,0 +1,148 @@
+//! The shared side of the store ([`Cluster`]): claiming due entries with leases, and the
+//! limits counted across nodes (connection slots per destination host, messages per client
+//! per minute).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_postgres::types::Json;
+
+use tern_queue::{Cluster, Envelope, HostSlot, QueueLock};
+
+use crate::lease::{Lease, Slot};
+use crate::{error, parse_id, sql, Inner};
+
+/// How often a slot request is retried when two nodes picked the same free slot at once.
+const SLOT_TRIES: usize = 3;
+
+pub(crate) struct Shared(pub(crate) Arc<Inner>);
+
+impl Cluster for Shared {
+    fn node_id(&self) -> &str {
+        &self.0.node_id
+    }
+
+    fn claim_due(&self, max: usize) -> io::Result<Vec<(QueueLock, Envelope)>> {
+        let inner = &self.0;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = inner.run("claiming due entries", async {
+            let client = inner.client().await?;
+            let stmt = client
+                .prepare_cached(sql::CLAIM)
+                .await
+                .map_err(|e| error::db("claiming due entries", e))?;
+            client
+                .query(&stmt, &[&limit, &inner.holder, &inner.lease_secs()])
+                .await
+                .map_err(|e| error::db("claiming due entries", e))
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = parse_id(row.get(0))?;
+            let token: i64 = row.get(1);
+            // Registered at once, so a bad envelope below still releases its lease on drop.
+            let lock = Lease::held(inner, id, token);
+            let Json(env): Json<Envelope> = row
+                .try_get(2)
+                .map_err(|e| error::corrupt("reading an envelope", e))?;
+            out.push((lock, env));
+        }
+        Ok(out)
+    }
+
+    fn next_wake(&self) -> io::Result<Option<SystemTime>> {
+        let inner = &self.0;
+        inner.run("reading the next due time", async {
+            let client = inner.client().await?;
+            let stmt = client
+                .prepare_cached(sql::NEXT_WAKE)
+                .await
+                .map_err(|e| error::db("reading the next due time", e))?;
+            let row = client
+                .query_one(&stmt, &[])
+                .await
+                .map_err(|e| error::db("reading the next due time", e))?;
+            Ok(row.get::<_, Option<SystemTime>>(0))
+        })
+    }
+
+    fn try_host_slot(&self, host: &str, limit: usize) -> io::Result<Option<HostSlot>> {
+        let inner = &self.0;
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let taken = inner.run("taking a host slot", async {
+            let client = inner.client().await?;
+            let take = client
+                .prepare_cached(sql::TAKE_SLOT)
+                .await
+                .map_err(|e| error::db("taking a host slot", e))?;
+            for _ in 0..SLOT_TRIES {
+                let row = client
+                    .query_opt(&take, &[&host, &inner.holder, &limit, &inner.lease_secs()])
+                    .await
+                    .map_err(|e| error::db("taking a host slot", e))?;
+                if let Some(row) = row {
+                    return Ok(Some((row.get::<_, i32>(0), row.get::<_, i64>(1))));
+                }
+                let in_use: i64 = client
+                    .query_one(sql::SLOTS_IN_USE, &[&host])
+                    .await
+                    .map_err(|e| error::db("counting host slots", e))?
+                    .get(0);
+                if in_use >= i64::from(limit) {
+                    return Ok(None);
+                }
+            }
+            Ok(None)
+        })?;
+        Ok(taken.map(|(slot, token)| {
+            let guard = Slot {
+                inner: inner.clone(),
+                host: host.to_string(),
+                slot,
+                token,
+            };
+            guard.register();
+            HostSlot::new(guard)
+        }))
+    }
+
+    fn exchange_rate_counts(
+        &self,
+        minute: u64,
+        ours: &HashMap<String, u32>,
+    ) -> io::Result<HashMap<String, u32>> {
+        let inner = &self.0;
+        let minute = i64::try_from(minute).unwrap_or(i64::MAX);
+        let (clients, counts): (Vec<&str>, Vec<i32>) = ours
+            .iter()
+            .map(|(c, n)| (c.as_str(), i32::try_from(*n).unwrap_or(i32::MAX)))
+            .unzip();
+        let rows = inner.run("sharing rate counts", async {
+            let client = inner.client().await?;
+            if !clients.is_empty() {
+                client
+                    .execute(sql::ADD_RATE, &[&minute, &inner.holder, &clients, &counts])
+                    .await
+                    .map_err(|e| error::db("sharing rate counts", e))?;
+            }
+            // Minutes before the last two are of no use to anyone.
+            client
+                .execute(sql::EXPIRE_RATE, &[&(minute - 120)])
+                .await
+                .map_err(|e| error::db("expiring rate counts", e))?;
+            client
+                .query(sql::OTHERS_RATE, &[&minute, &inner.holder])
+                .await
+                .map_err(|e| error::db("reading rate counts", e))
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                (r.get::<_, String>(0), u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .collect())
+    }
+}
