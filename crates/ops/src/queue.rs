@@ -18,8 +18,7 @@ use tern_config::Config;
 use tern_proto::HeaderSection;
 use tern_queue::time_format;
 use tern_queue::{
-    Envelope, Event, FsStore, NoticeKind, QueueId, QueueLock, QueueStore, RecipientStatus,
-    StoredReply,
+    Envelope, Event, NoticeKind, QueueId, QueueLock, QueueStore, RecipientStatus, StoredReply,
 };
 use tern_relay::notify::Notifier;
 use tern_relay::status;
@@ -203,18 +202,10 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// The spool of `cfg` from outside the server (`tern queue`). Not created when missing: run
-    /// as another user (root), it must not leave directories behind that the server cannot
-    /// write.
+    /// The queue of `cfg` from outside the server (`tern queue`): the spool (not created when
+    /// missing, see [`crate::store::open_for_command`]) or the PostgreSQL database.
     pub fn open(cfg: Arc<Config>) -> Result<Queue, OpError> {
-        let root = cfg.data_dir.join("queue");
-        let store = match root.try_exists() {
-            Ok(true) => {
-                Some(Arc::new(FsStore::open(&cfg.data_dir).map_err(io_fail)?) as Arc<dyn QueueStore>)
-            }
-            Ok(false) => None,
-            Err(e) => return Err(OpError::Io(format!("{}: {e}", root.display()))),
-        };
+        let store = crate::store::open_for_command(&cfg).map_err(io_fail)?;
         Ok(Queue {
             cfg,
             store,
@@ -245,8 +236,8 @@ impl Queue {
         };
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for id in store.list().map_err(io_fail)? {
-            match store.load(&id) {
+        for (id, env) in store.load_all().map_err(io_fail)? {
+            match env {
                 Ok(env) if filter.matches(&env) => out.push(env),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -20,11 +20,14 @@ use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
 use tern_metrics as names;
 use tern_proto::{Address, ForwardPath, ReversePath};
-use tern_queue::{RcptOutcome, StoredReply, TlsOutcome};
+use tern_queue::{Cluster, HostSlot, RcptOutcome, StoredReply, TlsOutcome};
 
 use crate::message::QueuedMessage;
 use crate::route::{self, Destination, Hop};
 use crate::status::{self, Peer};
+
+/// How often a delivery waiting for a cluster-wide host slot asks again.
+const SLOT_POLL: Duration = Duration::from_millis(200);
 
 /// How long a connection may sit idle in the pool. Short: receivers drop idle clients, and a
 /// pooled connection only pays off for mail that is already waiting.
@@ -52,6 +55,15 @@ pub struct Connector {
     overall: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: Mutex<HashMap<String, Vec<Pooled>>>,
+    /// A shared queue: `concurrency_per_host` also counts the other nodes' deliveries.
+    cluster: Option<Arc<dyn Cluster>>,
+}
+
+/// What a delivery holds while it runs: its share of the limits.
+struct Permits {
+    _per: Option<OwnedSemaphorePermit>,
+    _all: Option<OwnedSemaphorePermit>,
+    _shared: Option<HostSlot>,
 }
 
 impl Connector {
@@ -63,7 +75,14 @@ impl Connector {
             overall,
             per_destination: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            cluster: None,
         }
+    }
+
+    /// Shares `outbound.concurrency_per_host` with the other nodes of this cluster.
+    pub fn with_cluster(mut self, cluster: Option<Arc<dyn Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Delivers `message` (read from the queue as it is sent) from `sender` (None = `<>`) to
@@ -75,7 +94,16 @@ impl Connector {
         recipients: &[String],
         message: &QueuedMessage,
     ) -> AttemptResult {
-        let _permits = self.permits(&dest.key).await;
+        let _permits = match self.permits(&dest.key).await {
+            Ok(p) => p,
+            Err(reply) => {
+                return AttemptResult {
+                    host: None,
+                    tls: None,
+                    results: vec![RcptOutcome::deferred(reply); recipients.len()],
+                }
+            }
+        };
         let mut results: Vec<Option<RcptOutcome>> = vec![None; recipients.len()];
         let from = match sender {
             None => ReversePath::Null,
@@ -172,10 +200,7 @@ impl Connector {
         Ok((hop, tls, outcomes))
     }
 
-    async fn permits(
-        &self,
-        key: &str,
-    ) -> (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>) {
+    async fn permits(&self, key: &str) -> Result<Permits, StoredReply> {
         let per = {
             let mut map = lock(&self.per_destination);
             // Forget destinations nobody is delivering to, so the map does not grow with every
@@ -194,8 +219,51 @@ impl Connector {
         };
         // The semaphores are never closed, so acquire cannot fail; None would only mean "no limit".
         let per = per.acquire_owned().await.ok();
+        // Waited for before the overall permit: a destination busy on other nodes must not
+        // hold one of the slots this node's other destinations need.
+        let shared = match &self.cluster {
+            Some(cluster) => self.shared_slot(cluster, key).await?,
+            None => None,
+        };
         let all = self.overall.clone().acquire_owned().await.ok();
-        (per, all)
+        Ok(Permits {
+            _per: per,
+            _all: all,
+            _shared: shared,
+        })
+    }
+
+    /// One of the cluster's `concurrency_per_host` slots for `key`, waited for (polling) for at
+    /// most one attempt's time. A database that cannot be asked does not stop delivery: this
+    /// node's own limit still holds, and the queue itself needs the database anyway.
+    async fn shared_slot(
+        &self,
+        cluster: &Arc<dyn Cluster>,
+        key: &str,
+    ) -> Result<Option<HostSlot>, StoredReply> {
+        let limit = self.cfg.outbound.concurrency_per_host.max(1);
+        let wait = self.cfg.outbound.attempt_timeout;
+        let started = Instant::now();
+        loop {
+            let (c, k) = (cluster.clone(), key.to_string());
+            match tokio::task::spawn_blocking(move || c.try_host_slot(&k, limit)).await {
+                Ok(Ok(Some(slot))) => return Ok(Some(slot)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(destination = %key, error = %e,
+                        "relay: cannot take a shared host slot; this node's own limit applies");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %key, error = %e, "relay: host slot task failed");
+                    return Ok(None);
+                }
+            }
+            if started.elapsed() >= wait {
+                return Err(status::cluster_slots_busy(key, limit, wait));
+            }
+            tokio::time::sleep(SLOT_POLL).await;
+        }
     }
 
     async fn take_pooled(&self, key: &str) -> Option<Pooled> {

@@ -14,6 +14,7 @@
 //! Storage stays behind [`tern_queue::QueueStore`]: nothing here knows the spool's files.
 
 pub mod backoff;
+mod claimer;
 pub mod connector;
 pub mod message;
 pub mod notify;

@@ -74,7 +74,7 @@ async fn run_round(ctx: Arc<Context>, id: QueueId) -> After {
     let load_id = id.clone();
     let head_max = head_max(&ctx.cfg);
     let loaded = tokio::task::spawn_blocking(move || load(queue, &load_id, head_max)).await;
-    let (lock, mut env, message) = match loaded {
+    let (lock, env, message) = match loaded {
         Ok(Ok(Loaded::Entry(lock, env, message))) => (lock, *env, message),
         Ok(Ok(Loaded::Busy)) => return After::soon(BUSY_RETRY),
         Ok(Ok(Loaded::Gone)) => return After::Nothing,
@@ -87,6 +87,47 @@ async fn run_round(ctx: Arc<Context>, id: QueueId) -> After {
             return After::soon(TROUBLE_RETRY);
         }
     };
+    deliver(ctx, id, lock, env, message).await
+}
+
+/// A round for an entry already locked with its envelope (claimed from a shared store by
+/// [`crate::claimer`]): the message is scanned, then delivered as by [`run`].
+pub async fn run_claimed(ctx: Arc<Context>, lock: QueueLock, env: Envelope) -> After {
+    let id = env.id.clone();
+    let span = tracing::info_span!("delivery", queue_id = %id);
+    async move {
+        let queue = ctx.queue.clone();
+        let head_max = head_max(&ctx.cfg);
+        let (scan_env, scan_id) = (env.clone(), id.clone());
+        let scanned =
+            tokio::task::spawn_blocking(move || QueuedMessage::scan(queue, &scan_env, head_max))
+                .await;
+        let trouble = match scanned {
+            Ok(Ok(message)) => return deliver(ctx, id, lock, env, message).await,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(id = %scan_id, error = %trouble, "relay: cannot read queued message");
+        // Still due, so released now it would be claimed again at once: the lease is kept
+        // (and renewed) for a while, by no round, so no node retries it before then.
+        tokio::spawn(async move {
+            tokio::time::sleep(TROUBLE_RETRY).await;
+            drop(lock);
+        });
+        After::soon(TROUBLE_RETRY)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Groups, attempts and records one round for the locked entry.
+async fn deliver(
+    ctx: Arc<Context>,
+    id: QueueId,
+    lock: QueueLock,
+    mut env: Envelope,
+    message: QueuedMessage,
+) -> After {
     if env.held {
         return After::Nothing;
     }

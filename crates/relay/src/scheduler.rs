@@ -31,7 +31,7 @@ const POOL_SWEEP: Duration = Duration::from_secs(2);
 /// How long shutdown waits for deliveries in progress before abandoning them. An abandoned
 /// delivery is retried after the restart; only one cut off after the remote's final 250 and
 /// before the spool update would be delivered twice.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// DNS queries for mail routing give up after this long (and the recipient is deferred).
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +68,23 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
         let _ = tx.send(event);
     }));
     let (reconfigure, configs) = watch::channel(cfg.clone());
+    let cluster = queue.cluster();
     let ctx = context(cfg, queue);
+    if let Some(cluster) = cluster {
+        // A shared queue: due entries are claimed from the store (crate::claimer).
+        let claimer = crate::claimer::Claimer {
+            ctx,
+            cluster,
+            jobs: JoinSet::new(),
+            soonest: None,
+        };
+        return Workers {
+            handle: std::sync::Mutex::new(Some(tokio::spawn(
+                claimer.run(events, configs, shutdown),
+            ))),
+            reconfigure,
+        };
+    }
     // A round holds its message in memory: the slot is taken before the message is loaded,
     // so a flush of a large backlog loads at most `outbound.concurrency` messages at a time.
     let slots = Arc::new(Semaphore::new(ctx.cfg.outbound.concurrency.max(1)));
@@ -87,11 +103,11 @@ pub fn spawn(cfg: Arc<Config>, queue: Arc<dyn QueueStore>, shutdown: Cancellatio
 }
 
 /// Everything a round needs, built from one config.
-fn context(cfg: Arc<Config>, queue: Arc<dyn QueueStore>) -> Arc<Context> {
+pub(crate) fn context(cfg: Arc<Config>, queue: Arc<dyn QueueStore>) -> Arc<Context> {
     let resolver = resolver(&cfg);
     Arc::new(Context {
         queue: queue.clone(),
-        connector: Connector::new(cfg.clone(), resolver),
+        connector: Connector::new(cfg.clone(), resolver).with_cluster(queue.cluster()),
         notifier: Notifier::new(cfg.clone(), queue),
         domains: domain_classes(&cfg),
         cfg,
@@ -251,6 +267,8 @@ impl Scheduler {
             StoreEvent::Removed { id } => (id, None),
             // Its new state is unknown: a round looks (it is cheap when nothing is due).
             StoreEvent::ChangedElsewhere { id } => (id, Some(SystemTime::UNIX_EPOCH)),
+            // Only a shared store sends this, and a shared store is scheduled by the claimer.
+            StoreEvent::Resync => return,
         };
         // A round in progress decides for itself (its own update is one of these events).
         if !self.in_flight.contains(&id) {

@@ -210,6 +210,20 @@ pub fn attempt_timed_out(destination: &str, limit: Duration) -> StoredReply {
     )
 }
 
+/// Every cluster-wide connection slot to the destination stayed taken by other nodes for a
+/// whole attempt's time (`outbound.concurrency_per_host` shared through the queue): deferred,
+/// 4.4.5 (system congestion, RFC 3463).
+pub fn cluster_slots_busy(destination: &str, limit: usize, waited: Duration) -> StoredReply {
+    let waited = humantime::format_duration(waited);
+    own(
+        451,
+        4,
+        4,
+        5,
+        format!("all {limit} connection slots to {destination} (outbound.concurrency_per_host, shared by the cluster) stayed in use for {waited}"),
+    )
+}
+
 /// `host NAME[ADDR]`: how tern's own statuses say which host they are about.
 pub fn at(name: &str, addr: Option<IpAddr>) -> String {
     match addr {

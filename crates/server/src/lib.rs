@@ -17,6 +17,7 @@ pub mod policy;
 pub mod received;
 pub mod replies;
 pub mod session;
+pub mod shared_rate;
 pub mod store;
 pub mod stream;
 pub mod stress;

@@ -218,6 +218,16 @@ impl<S: MessageStore> Server<S> {
         self
     }
 
+    /// Counts `limits.max_messages_per_ip_per_minute` across the nodes sharing this queue
+    /// (crate::shared_rate); the exchange runs until shutdown. Needs a tokio runtime.
+    pub fn with_cluster(mut self, cluster: Arc<dyn tern_queue::Cluster>) -> Self {
+        let shared = Arc::new(crate::shared_rate::SharedRate::default());
+        tokio::spawn(shared.clone().run(cluster, self.shutdown.clone()));
+        let limits = self.driver().cfg.limits.clone();
+        self.clients = Arc::new(ClientTracker::for_limits(&limits).with_shared(shared));
+        self
+    }
+
     /// Refuses new MAIL with 452 4.3.1 while this flag (a [`crate::disk::DiskMonitor`]'s) is set.
     pub fn with_low_space(mut self, low_space: LowSpace) -> Self {
         self.low_space = low_space;

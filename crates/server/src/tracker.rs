@@ -211,6 +211,8 @@ pub struct AuthAttempt {
 
 pub struct ClientTracker {
     maps: Mutex<Maps>,
+    /// The other nodes' counts, when the queue is shared (crate::shared_rate).
+    shared: Option<std::sync::Arc<crate::shared_rate::SharedRate>>,
 }
 
 impl Default for ClientTracker {
@@ -236,7 +238,15 @@ impl ClientTracker {
                 clients: Bounded::new(cap, lock(limits.max_auth_failures)),
                 users: Bounded::new(cap, lock(limits.max_auth_failures_per_user)),
             }),
+            shared: None,
         }
+    }
+
+    /// Counts messages across the cluster: what other nodes accepted from a client this
+    /// minute counts against its limit here too.
+    pub fn with_shared(mut self, shared: std::sync::Arc<crate::shared_rate::SharedRate>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Maps, Instant) -> R) -> R {
@@ -253,7 +263,10 @@ impl ClientTracker {
         if limit == 0 {
             return true;
         }
-        self.with(|m, now| {
+        let elsewhere = self.shared.as_ref().map_or(0, |s| {
+            usize::try_from(s.others(&client)).unwrap_or(usize::MAX)
+        });
+        let allowed = self.with(|m, now| {
             let e = m.clients.entry(&client, now);
             if e.window_start
                 .is_none_or(|t| now.duration_since(t) >= WINDOW)
@@ -261,13 +274,19 @@ impl ClientTracker {
                 e.window_start = Some(now);
                 e.messages = 0;
             }
-            if e.messages >= limit {
+            if e.messages.saturating_add(elsewhere) >= limit {
                 false
             } else {
                 e.messages += 1;
                 true
             }
-        })
+        });
+        if allowed {
+            if let Some(s) = &self.shared {
+                s.count(&client);
+            }
+        }
+        allowed
     }
 
     pub fn auth_failures(&self, client: ClientKey) -> u32 {

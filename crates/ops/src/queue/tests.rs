@@ -1,6 +1,6 @@
 use super::*;
 use std::time::Duration;
-use tern_queue::{Attempt, Recipient};
+use tern_queue::{Attempt, FsStore, Recipient};
 
 fn deferred(a: &str, next: SystemTime) -> Recipient {
     Recipient {

@@ -125,6 +125,32 @@ enum QueueAction {
         #[command(flatten)]
         select: Select,
     },
+    /// Create or upgrade the queue's schema in PostgreSQL (`[queue] backend = "postgres"`);
+    /// `tern serve` does the same at start-up. Safe to run on several nodes at once.
+    Migrate,
+}
+
+fn migrate(cfg: &Config) -> ExitCode {
+    let Some(pg) = tern_ops::store::postgres(cfg) else {
+        eprintln!(
+            "tern queue migrate: queue.backend is \"fs\": the filesystem spool has no schema to migrate (set queue.backend = \"postgres\" and queue.postgres_url_file)"
+        );
+        return ExitCode::from(EX_CONFIG);
+    };
+    match tern_pgqueue::PgStore::migrate(pg.url.as_str()) {
+        Ok((before, after)) if before == after => {
+            println!("queue schema is at version {after}: nothing to do");
+            ExitCode::SUCCESS
+        }
+        Ok((before, after)) => {
+            println!("queue schema migrated from version {before} to {after}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern queue migrate: {e}");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
 }
 
 fn report(e: OpError) -> ExitCode {
@@ -149,6 +175,9 @@ pub fn run(args: QueueArgs) -> ExitCode {
         level: "warn".into(),
         format: cfg.log.format,
     });
+    if let QueueAction::Migrate = args.action {
+        return migrate(&cfg);
+    }
     let queue = match Queue::open(cfg) {
         Ok(q) => q,
         Err(e) => return report(e),
@@ -161,6 +190,7 @@ pub fn run(args: QueueArgs) -> ExitCode {
         QueueAction::Hold { id, select } => (Action::Hold, id, select),
         QueueAction::Release { id, select } => (Action::Release, id, select),
         QueueAction::Bounce { id, select } => (Action::Bounce, id, select),
+        QueueAction::Migrate => return ExitCode::SUCCESS,
     };
     match id {
         Some(id) => {

@@ -128,7 +128,14 @@ async fn serve(
             cfg.data_dir.display()
         )
     })?;
-    let queue = open_queue(&cfg).context("cannot open the spool")?;
+    let queue = {
+        let cfg = cfg.clone();
+        // Blocking (the database store waits on its own runtime, which may not be entered
+        // from this one's threads).
+        tokio::task::spawn_blocking(move || open_queue(&cfg))
+            .await
+            .context("the task opening the queue failed")??
+    };
     let parts = build_parts(&cfg, &queue)?;
     if cfg.srs.is_none() && tern_delivery::router::forwards_off_host(&cfg) {
         warn!("aliases forward to remote addresses but [srs] has no secret_file: forwarded mail keeps its original sender, which fails SPF at the next hop (see docs/configuration.md, [srs])");
@@ -181,6 +188,10 @@ async fn serve(
         .with_low_space(low_space);
     if let Some(v) = parts.verifier {
         server = server.with_verifier(v);
+    }
+    if let Some(cluster) = queue.cluster() {
+        // A shared queue: the per-client message rate counts every node's messages.
+        server = server.with_cluster(cluster);
     }
     let server = Arc::new(server);
     let reloader = Arc::new(Reloader::new(
@@ -239,14 +250,32 @@ fn inbound_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<Verifier>>> {
     Ok(Some(Arc::new(verifier)))
 }
 
-/// Opens the filesystem spool, cleans up after a crash (temp files, orphans, bodies still
-/// arriving in `queue/incoming/`: only safe before
-/// the listeners start, when nothing else writes it) and listens for `tern queue` changes.
-fn open_queue(cfg: &Config) -> std::io::Result<Arc<dyn QueueStore>> {
-    let queue = FsStore::open(&cfg.data_dir)?;
-    let report = queue.recover()?;
+/// Opens the queue `[queue] backend` names and cleans up after a crash. The filesystem spool:
+/// temp files, orphans, bodies still arriving in `queue/incoming/` (only safe before the
+/// listeners start, when nothing else writes it), then listens for `tern queue` changes.
+/// PostgreSQL: the schema is migrated, this node's leases from before a restart are released,
+/// and the store listens for other nodes' changes.
+fn open_queue(cfg: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
+    if let Some(pg) = tern_ops::store::postgres(cfg) {
+        let queue = tern_ops::store::open_postgres(cfg, pg, tern_ops::store::Opener::Server)
+            .context("cannot open the queue in PostgreSQL (queue.postgres_url_file)")?;
+        let report = queue
+            .recover()
+            .context("cannot recover the queue in PostgreSQL")?;
+        info!(
+            backend = "postgres",
+            node_id = %queue.node_id(),
+            entries = report.entries,
+            unfinished_bodies_removed = report.temp_files_removed,
+            "queue recovered"
+        );
+        queue.listen();
+        return Ok(Arc::new(queue));
+    }
+    let queue = FsStore::open(&cfg.data_dir).context("cannot open the spool")?;
+    let report = queue.recover().context("cannot open the spool")?;
     // Bodies of messages that were arriving when the last run stopped: none was acknowledged.
-    let incoming = queue.clear_incoming()?;
+    let incoming = queue.clear_incoming().context("cannot open the spool")?;
     info!(
         entries = report.entries,
         temp_files_removed = report.temp_files_removed,
@@ -255,7 +284,9 @@ fn open_queue(cfg: &Config) -> std::io::Result<Arc<dyn QueueStore>> {
         quarantined = report.quarantined.len(),
         "spool recovered"
     );
-    queue.listen_for_other_processes()?;
+    queue
+        .listen_for_other_processes()
+        .context("cannot open the spool")?;
     Ok(Arc::new(queue))
 }
 
