@@ -12,7 +12,15 @@ pub(crate) fn db(what: &str, e: tokio_postgres::Error) -> io::Error {
             io::ErrorKind::StorageFull
         }
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => io::ErrorKind::AlreadyExists,
+        // Class 08 (connection exception) and 57P01-03 (the server shutting down, crashed,
+        // or starting): the database is away for now, not the statement wrong.
+        Some(c) if c.code().starts_with("08") || c.code().starts_with("57P") => {
+            io::ErrorKind::ConnectionAborted
+        }
         _ if e.is_closed() => io::ErrorKind::ConnectionAborted,
+        None if std::error::Error::source(&e).is_some_and(|s| s.is::<io::Error>()) => {
+            io::ErrorKind::ConnectionRefused
+        }
         _ => io::ErrorKind::Other,
     };
     let detail = match e.as_db_error() {
@@ -51,5 +59,16 @@ pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("PostgreSQL, {what}: {detail}"),
+    )
+}
+
+/// Whether `e` says the database is away for now (restarting, unreachable, not answering),
+/// so the same statement is worth sending again once it is back.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut
     )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tern_queue::{QueueId, QueueLock, StoreEvent};
 
-use crate::{error, sql, Inner};
+use crate::{error, persist, sql, Inner};
 
 /// What a token holds.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ impl Drop for Lease {
         let (inner, id, token) = (self.inner.clone(), self.id.clone(), self.token);
         self.inner.releasing.fetch_add(1, Ordering::AcqRel);
         self.inner.rt.spawn(async move {
-            let result = async {
+            let result = persist(inner.lease_time, || async {
                 let client = inner.client().await?;
                 let stmt = client
                     .prepare_cached(sql::RELEASE)
@@ -81,7 +81,7 @@ impl Drop for Lease {
                     .await
                     .map_err(|e| error::db("releasing a lease", e))?;
                 Ok::<_, std::io::Error>(!rows.is_empty())
-            }
+            })
             .await;
             inner.releasing.fetch_sub(1, Ordering::AcqRel);
             match result {
@@ -127,13 +127,13 @@ impl Drop for Slot {
             self.token,
         );
         self.inner.rt.spawn(async move {
-            let result = async {
+            let result = persist(inner.lease_time, || async {
                 let client = inner.client().await?;
                 client
                     .execute(sql::FREE_SLOT, &[&host, &slot, &token])
                     .await
                     .map_err(|e| error::db("freeing a host slot", e))
-            }
+            })
             .await;
             if let Err(e) = result {
                 tracing::warn!(host = %host, error = %e,

@@ -166,6 +166,32 @@ impl PgStore {
 }
 
 /// How long a store being dropped waits for its lease releases.
+/// Runs `op` until it succeeds or fails for a reason other than the database being away
+/// ([`error::is_transient`]), retrying after 0.5 s, 1 s, 2 s ... (at most 4 s apart) for up to
+/// `within`. Used where giving up costs more than waiting: a lease released or an outcome
+/// recorded while the database restarts (given up, the entry would wait out its lease on a
+/// node that is alive, or be delivered twice).
+pub(crate) async fn persist<T, F, Fut>(within: Duration, mut op: F) -> io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<T>>,
+{
+    let until = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if !error::is_transient(&e) || tokio::time::Instant::now() + pause >= until => {
+                return Err(e)
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+        }
+    }
+}
+
 const RELEASE_WAIT: Duration = Duration::from_secs(3);
 
 impl Drop for PgStore {
@@ -241,6 +267,26 @@ impl Inner {
                 .await
                 .map_err(|_| error::timed_out(what))?
         })
+    }
+
+    /// [`Inner::run`] for a statement that records the outcome under a lease held: while the
+    /// database is away (a restart), it is sent again for up to a third of `lease_time`
+    /// (the lease, renewed every third, is still ours), so a delivery made while the database
+    /// restarts is recorded instead of repeated. Idempotent under the lease token: a retry of
+    /// a statement whose first try committed finds the same state (or no row) and says so.
+    pub(crate) fn run_persisting<T, F, Fut>(&self, what: &str, mut op: F) -> io::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = io::Result<T>>,
+    {
+        self.rt.block_on(persist(self.lease_time / 3, || {
+            let f = op();
+            async move {
+                tokio::time::timeout(OP_TIMEOUT, f)
+                    .await
+                    .map_err(|_| error::timed_out(what))?
+            }
+        }))
     }
 
     pub(crate) async fn client(&self) -> io::Result<deadpool_postgres::Object> {
@@ -551,7 +597,7 @@ impl QueueStore for PgStore {
         }
         let token = lease_of(lock)?.token();
         let inner = &self.inner;
-        let updated = inner.run("updating an entry", async {
+        let updated = inner.run_persisting("updating an entry", || async {
             let client = inner.client().await?;
             let stmt = client
                 .prepare_cached(sql::UPDATE)
@@ -594,7 +640,7 @@ impl QueueStore for PgStore {
         let lease = lease_of(&lock)?;
         let (id, token) = (lock.id().clone(), lease.token());
         let inner = &self.inner;
-        let removed = inner.run("removing an entry", async {
+        let removed = inner.run_persisting("removing an entry", || async {
             let client = inner.client().await?;
             let stmt = client
                 .prepare_cached(sql::REMOVE)
