@@ -76,6 +76,7 @@ fn deferred_entry(domain: &str) -> Envelope {
         QueueId::generate(),
         Some("alice@example.test".into()),
         vec![Recipient {
+            dsn: Default::default(),
             address: format!("bob@{domain}"),
             original: None,
             status: RecipientStatus::Deferred {

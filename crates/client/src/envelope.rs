@@ -1,12 +1,26 @@
 //! The envelope (RFC 5321 MAIL FROM / RCPT TO) and what a message needs from the server:
 //! 8BITMIME for 8-bit bytes (RFC 6152), SMTPUTF8 for non-ASCII addresses (RFC 6531).
 
-use tern_proto::{Address, AddressError, ForwardPath, HeaderScanner, ReversePath};
+use tern_proto::{Address, AddressError, ForwardPath, HeaderScanner, RcptParams, Ret, ReversePath};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub from: ReversePath,
     pub rcpts: Vec<ForwardPath>,
+    /// What the original sender asked of notifications, passed on to a server that offers
+    /// DSN (RFC 3461 5.2: a relay keeps the parameters); dropped for one that does not.
+    pub dsn: DsnRequest,
+    /// RFC 8689: send only over verified TLS, to a server that offers REQUIRETLS.
+    pub requiretls: bool,
+}
+
+/// RFC 3461 MAIL and RCPT parameters for one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnRequest {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// NOTIFY/ORCPT per recipient, in the order of `rcpts`; missing entries have none.
+    pub rcpts: Vec<RcptParams>,
 }
 
 impl Envelope {
@@ -30,7 +44,12 @@ impl Envelope {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Envelope { from, rcpts })
+        Ok(Envelope {
+            from,
+            rcpts,
+            dsn: DsnRequest::default(),
+            requiretls: false,
+        })
     }
 
     /// RFC 6531 3.4: a non-ASCII mailbox anywhere in the envelope needs SMTPUTF8.

@@ -80,6 +80,10 @@ pub enum ClientError {
     Needs8BitMime,
     #[error("non-ASCII addresses need SMTPUTF8 but the server does not support it")]
     NeedsSmtpUtf8,
+    /// RFC 8689 4.2.1: the message asked for REQUIRETLS, and this session is not TLS or the
+    /// server does not offer REQUIRETLS.
+    #[error("the message requires TLS all the way (REQUIRETLS) but the server does not offer REQUIRETLS over TLS")]
+    NeedsRequireTls,
     #[error("message size {size} exceeds the server's limit of {limit} (SIZE)")]
     TooBig { size: u64, limit: u64 },
     #[error("the connection is no longer usable")]
@@ -159,6 +163,7 @@ impl ClientError {
             ClientError::PlaintextAuth
             | ClientError::Needs8BitMime
             | ClientError::NeedsSmtpUtf8
+            | ClientError::NeedsRequireTls
             | ClientError::TooBig { .. } => false,
             _ => true,
         }

@@ -28,7 +28,7 @@ mod session_tests;
 mod tls_tests;
 
 pub use connect::{connect, connect_first, connect_tcp, ConnectOptions};
-pub use envelope::{Envelope, MessageTraits, TraitsScanner};
+pub use envelope::{DsnRequest, Envelope, MessageTraits, TraitsScanner};
 pub use error::{ClientError, Stage, TlsFailure};
 pub use fingerprint::{CertFingerprint, FingerprintError};
 pub use outcome::{Delivery, Failure, Outcome, OutcomeClass};

@@ -89,6 +89,9 @@ pub struct SessionOptions {
     /// The slowest the server may take a message body; `None`: only the per-write
     /// `timeouts.data_block` applies.
     pub min_data_rate: Option<MinDataRate>,
+    /// Speak LMTP (RFC 2033) instead of SMTP: [`Session::ehlo`] sends LHLO (no HELO
+    /// fallback), and the final dot of a transaction gets one reply per accepted recipient.
+    pub lmtp: bool,
 }
 
 impl SessionOptions {
@@ -99,6 +102,7 @@ impl SessionOptions {
             auth_channel: AuthChannel::default(),
             transcript: None,
             min_data_rate: None,
+            lmtp: false,
         }
     }
 }
@@ -110,6 +114,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("timeouts", &self.timeouts)
             .field("auth_channel", &self.auth_channel)
             .field("min_data_rate", &self.min_data_rate)
+            .field("lmtp", &self.lmtp)
             .finish_non_exhaustive()
     }
 }
@@ -373,6 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub async fn ehlo(&mut self) -> Result<&Capabilities, ClientError> {
         let name = self.opts.helo_name.text(self.local_addr);
         let t = self.opts.timeouts.ehlo;
+        if self.opts.lmtp {
+            return self.lhlo(&name, t).await;
+        }
         let reply = self
             .command(Stage::Ehlo, &Command::Ehlo(name.clone()), t)
             .await?;
@@ -399,6 +407,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ..Capabilities::default()
         };
         Ok(self.caps.insert(caps))
+    }
+
+    /// RFC 2033 4.1: LHLO replaces EHLO and its reply has the EHLO reply's form (the
+    /// extensions the server offers, PIPELINING among them). There is no HELO in LMTP, so a
+    /// refusal ends the session. Written as a raw line: LHLO is no SMTP command.
+    async fn lhlo(&mut self, name: &str, t: Duration) -> Result<&Capabilities, ClientError> {
+        let line = format!("LHLO {name}");
+        self.log(Direction::Client, &line);
+        self.write_raw(Stage::Ehlo, format!("{line}\r\n").as_bytes(), t)
+            .await?;
+        let reply = self.read_reply(Stage::Ehlo, t).await?;
+        if !reply.is_positive() {
+            return Err(ClientError::Rejected {
+                stage: Stage::Ehlo,
+                reply,
+            });
+        }
+        self.esmtp = true;
+        Ok(self.caps.insert(Capabilities::from_ehlo_reply(&reply)))
     }
 
     /// TLS handshake on the current plain stream, without any SMTP command (implicit TLS).

@@ -584,3 +584,128 @@ fn helo_address_literals() {
         "mx.example.test"
     );
 }
+
+/// A session in LMTP mode (RFC 2033) over a scripted server.
+fn lmtp_session(io: tokio::io::DuplexStream) -> crate::Session<tokio::io::DuplexStream> {
+    let mut opts = crate::SessionOptions::new("client.test");
+    opts.lmtp = true;
+    crate::Session::new(io, opts)
+}
+
+#[tokio::test]
+async fn lmtp_gives_each_accepted_recipient_its_own_reply_after_the_dot() {
+    // RFC 2033 4.2: one reply per successful RCPT, in RCPT order; the recipient refused at
+    // RCPT gets none. 250 / 452 / 550 map to delivered / deferred / failed.
+    let (io, server) = spawn(vec![
+        Send("220 lmtp.test LMTP ready\r\n"),
+        Expect("LHLO client.test"),
+        Send("250-lmtp.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Expect("RCPT TO:<ok@b.test>"),
+        Expect("RCPT TO:<unknown@b.test>"),
+        Expect("RCPT TO:<full@b.test>"),
+        Expect("RCPT TO:<gone@b.test>"),
+        Expect("DATA"),
+        Send("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n"),
+        Data,
+        Send("250 2.0.0 <ok@b.test> saved\r\n452 4.2.2 <full@b.test> mailbox full\r\n550 5.2.1 <gone@b.test> disabled\r\n"),
+        Expect("RSET"),
+        Send("250 2.0.0 ok\r\n"),
+        Expect("QUIT"),
+        Send("221 bye\r\n"),
+    ]);
+    let mut s = lmtp_session(io);
+    let run = async {
+        s.banner().await.unwrap();
+        assert!(s.ehlo().await.unwrap().pipelining);
+        let d = s
+            .send_message(
+                &env(&["ok@b.test", "unknown@b.test", "full@b.test", "gone@b.test"]),
+                MSG,
+            )
+            .await;
+        // Every reply was read: the connection is in step and can carry the next message.
+        assert!(s.is_usable());
+        s.rset().await.unwrap();
+        s.quit().await.unwrap();
+        d
+    };
+    let d = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("LMTP transaction hung");
+    let rec = server.await.unwrap();
+    assert_eq!(rec.messages, vec![MSG.to_vec()]);
+    let got: Vec<_> = d
+        .per_recipient
+        .iter()
+        .map(|(k, o)| (k.as_str(), o.class(), o.reply().map(|r| r.code())))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ok@b.test", OutcomeClass::Accepted, Some(250)),
+            ("unknown@b.test", OutcomeClass::Permanent, Some(550)),
+            ("full@b.test", OutcomeClass::Temporary, Some(452)),
+            ("gone@b.test", OutcomeClass::Permanent, Some(550)),
+        ]
+    );
+    assert!(matches!(
+        &d.per_recipient[2].1,
+        Outcome::TemporaryFailure(crate::Failure::Reply {
+            stage: Stage::DataEnd,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn lmtp_lock_step_and_a_lost_connection_defers_the_unanswered() {
+    // No PIPELINING: MAIL, RCPT, DATA one at a time. The server answers for the first
+    // recipient and closes: the second has no answer and is deferred, never taken as done.
+    let (io, server) = spawn(vec![
+        Send("220 lmtp.test\r\n"),
+        Expect("LHLO client.test"),
+        Send("250 lmtp.test\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<a@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<c@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("DATA"),
+        Send("354 go\r\n"),
+        Data,
+        Send("250 2.0.0 <a@b.test> saved\r\n"),
+        Close,
+    ]);
+    let mut s = lmtp_session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), MSG).await;
+    server.await.unwrap();
+    let classes: Vec<_> = d.per_recipient.iter().map(|(_, o)| o.class()).collect();
+    assert_eq!(classes, [OutcomeClass::Accepted, OutcomeClass::Temporary]);
+    assert!(!s.is_usable());
+}
+
+#[tokio::test]
+async fn lmtp_has_no_helo_fallback() {
+    // RFC 2033 4.1: LHLO is the only greeting command; a refusal ends the session.
+    let (io, server) = spawn(vec![
+        Send("220 lmtp.test\r\n"),
+        Expect("LHLO client.test"),
+        Send("500 5.5.1 unknown command\r\n"),
+        Close,
+    ]);
+    let mut s = lmtp_session(io);
+    s.banner().await.unwrap();
+    match s.ehlo().await {
+        Err(ClientError::Rejected {
+            stage: Stage::Ehlo,
+            reply,
+        }) => assert_eq!(reply.code(), 500),
+        other => panic!("expected the LHLO refusal, got {other:?}"),
+    }
+    let rec = server.await.unwrap();
+    assert_eq!(rec.lines, ["LHLO client.test"]);
+}

@@ -1,6 +1,8 @@
 //! One mail transaction on an open session: checks what the message needs against what the server
 //! offers, then MAIL / RCPT... / DATA (one RFC 2920 group when PIPELINING is offered, lock-step
-//! otherwise), the dot-stuffed body, and one outcome per recipient.
+//! otherwise), the dot-stuffed body, and one outcome per recipient. In LMTP mode
+//! ([`crate::SessionOptions::lmtp`], RFC 2033) the same commands go out, pipelined the same way,
+//! and the final dot is answered once per accepted recipient.
 
 use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply, Severity};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,6 +83,9 @@ impl BodyClock {
 enum Verdict {
     /// The final dot got this reply (2xx, 4xx or 5xx).
     Final(Reply),
+    /// LMTP (RFC 2033 4.2): the final dot got one reply per accepted recipient, in RCPT order;
+    /// the first reply, and each accepted recipient's outcome.
+    PerRecipient(Reply, Vec<Outcome>),
     /// The transaction failed before or instead of the final reply.
     Failed(Outcome),
     /// No recipient was accepted; nothing to add.
@@ -113,20 +118,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if keys.is_empty() {
             return delivery;
         }
-        let (rejected, verdict) = match self.prepare(envelope, traits) {
+        let (rejected, mut verdict) = match self.prepare(envelope, traits) {
             Err(e) => (
                 vec![None; keys.len()],
                 Verdict::Failed(Outcome::from_error(e)),
             ),
             Ok(mail) => self.transact(envelope, mail, body).await,
         };
-        if let Verdict::Final(r) = &verdict {
-            delivery.data_reply = Some(r.clone());
+        let mut lmtp = Vec::new().into_iter();
+        match &mut verdict {
+            Verdict::Final(r) => delivery.data_reply = Some(r.clone()),
+            Verdict::PerRecipient(r, outcomes) => {
+                delivery.data_reply = Some(r.clone());
+                lmtp = std::mem::take(outcomes).into_iter();
+            }
+            _ => {}
         }
         for (key, rejection) in keys.into_iter().zip(rejected) {
             let outcome = match (rejection, &verdict) {
                 (Some(o), _) => o,
                 (None, Verdict::Final(r)) => Outcome::from_reply(Stage::DataEnd, r.clone()),
+                // The accepted recipients take the LMTP replies in order; there is one for
+                // each (lmtp_replies fills in the ones it could not read).
+                (None, Verdict::PerRecipient(..)) => lmtp
+                    .next()
+                    .unwrap_or_else(|| Outcome::from_error(ClientError::Unusable)),
                 (None, Verdict::Failed(o)) => o.clone(),
                 (None, Verdict::NoRecipients) => Outcome::from_error(ClientError::Unusable),
             };
@@ -145,6 +161,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // RFC 6531 3.4: non-ASCII addresses can't be sent to a server without SMTPUTF8.
         if needs_utf8 && !caps.smtputf8 {
             return Err(ClientError::NeedsSmtpUtf8);
+        }
+        // RFC 8689 4.2.1: only over TLS, to a server that offers REQUIRETLS; whether the
+        // certificate was verified is the caller's policy (it asked for verified TLS).
+        if envelope.requiretls && !(caps.requiretls && self.is_tls()) {
+            return Err(ClientError::NeedsRequireTls);
         }
         // RFC 6152 3: 8-bit data only with BODY=8BITMIME; we don't downgrade (tern send
         // builds 7-bit-clean MIME, so only raw sendmail input can get here).
@@ -166,6 +187,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // RFC 6532 UTF-8 header fields are declared when the server can take them.
             smtputf8: needs_utf8 || (traits.eight_bit_headers && caps.smtputf8),
             auth: None,
+            // RFC 3461 5.2: passed on only to a server that offers DSN.
+            ret: envelope.dsn.ret.filter(|_| caps.dsn),
+            envid: envelope.dsn.envid.clone().filter(|_| caps.dsn),
+            requiretls: envelope.requiretls,
         };
         Ok(Command::Mail {
             from: envelope.from.clone(),
@@ -180,14 +205,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         body: &mut B,
     ) -> (Vec<Option<Outcome>>, Verdict) {
         let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
+        let dsn = self.capabilities().is_some_and(|c| c.dsn);
         let n = envelope.rcpts.len();
         let mut rejected: Vec<Option<Outcome>> = vec![None; n];
         let rcpts: Vec<Command> = envelope
             .rcpts
             .iter()
-            .map(|to| Command::Rcpt {
+            .enumerate()
+            .map(|(i, to)| Command::Rcpt {
                 to: to.clone(),
-                params: RcptParams::default(),
+                params: match envelope.dsn.rcpts.get(i) {
+                    Some(p) if dsn => p.clone(),
+                    _ => RcptParams::default(),
+                },
             })
             .collect();
         let t = self.opts.timeouts;
@@ -295,9 +325,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return (rejected, Verdict::Failed(outcome));
         }
         match self.send_body(body).await {
+            Ok(r) if self.opts.lmtp => {
+                let accepted = rejected.iter().filter(|s| s.is_none()).count();
+                let outcomes = self.lmtp_replies(&r, accepted).await;
+                (rejected, Verdict::PerRecipient(r, outcomes))
+            }
             Ok(r) => (rejected, Verdict::Final(r)),
             Err(e) => (rejected, Verdict::Failed(Outcome::from_error(e))),
         }
+    }
+
+    /// RFC 2033 4.2: after the final dot an LMTP server sends one reply for each recipient
+    /// whose RCPT succeeded, in RCPT order, each deciding that recipient alone (a 452 for one
+    /// mailbox defers only that one). `first` is the reply already read. A reply that cannot
+    /// be read (timeout, closed connection, 421) leaves that recipient and the rest
+    /// temporarily failed: the server may have delivered some of them, but without its word
+    /// a retry (a possible duplicate) is the only way not to lose mail.
+    async fn lmtp_replies(&mut self, first: &Reply, accepted: usize) -> Vec<Outcome> {
+        let limit = self.opts.timeouts.data_end;
+        let mut outcomes = Vec::with_capacity(accepted);
+        outcomes.push(Outcome::from_reply(Stage::DataEnd, first.clone()));
+        while outcomes.len() < accepted {
+            match self.read_reply(Stage::DataEnd, limit).await {
+                Ok(r) => outcomes.push(Outcome::from_reply(Stage::DataEnd, r)),
+                Err(e) => {
+                    outcomes.resize(accepted, Outcome::from_error(e));
+                    break;
+                }
+            }
+        }
+        outcomes
     }
 
     /// Streams the dot-stuffed message and reads the reply to the final dot.

@@ -12,12 +12,14 @@ use crate::caps;
 use crate::defaults;
 use crate::error::{quote_key, Issue, Issues};
 use crate::fields::{at, domain_name, duration, file_fix};
+use crate::milters::MilterAddress;
 use crate::password;
 use crate::raw::{OneOrMany, RawConfig, RawDkim, RawRoute, RawTls, Size};
 use crate::types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
-    LocalConfig, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,
-    RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    LmtpAddress, LocalConfig, LocalDelivery, LogConfig, LogFormat, MinDataRate, MinFreeSpace,
+    OutboundConfig, QueueConfig, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User,
+    LOG_LEVELS,
 };
 use crate::values::{
     is_domain, normalize_domain, parse_host_port, parse_network, parse_size,
@@ -128,6 +130,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         ),
         vrfy: flag(&raw.local.vrfy, defaults::VRFY),
         expn: flag(&raw.local.expn, defaults::EXPN),
+        delivery: local_delivery(&mut v, &raw.local.delivery, &raw.local.lmtp),
         domains,
     };
     check_user_domains(&mut v, &raw, &users, &local.domains);
@@ -590,6 +593,64 @@ fn size(v: &mut Issues, value: &Option<Spanned<Size>>, key: &str, default: u64) 
         Err(problem) => {
             v.add(at(value), key, problem, fix);
             default
+        }
+    }
+}
+
+/// `local.delivery` and `local.lmtp`: Maildir (the default), or LMTP (RFC 2033) to the server
+/// `lmtp` names. `lmtp` is required with "lmtp" and refused with "maildir", so a config never
+/// names a server it does not use.
+fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery {
+    let mode = delivery
+        .as_ref()
+        .map(|d| d.get_ref().trim().to_ascii_lowercase());
+    match mode.as_deref() {
+        None | Some("maildir") => {
+            if let Some(l) = lmtp {
+                v.add(
+                    at(l),
+                    "local.lmtp",
+                    "local.lmtp is set but local.delivery is \"maildir\", so it would never be used",
+                    "set local.delivery = \"lmtp\" to deliver through it, or remove local.lmtp",
+                );
+            }
+            LocalDelivery::Maildir
+        }
+        Some("lmtp") => {
+            let Some(l) = lmtp else {
+                v.add(
+                    delivery.as_ref().and_then(at),
+                    "local.lmtp",
+                    "local.delivery = \"lmtp\" needs the address of the LMTP server",
+                    "add local.lmtp = \"unix:/run/dovecot/lmtp\" (or \"inet:127.0.0.1:24\")",
+                );
+                return LocalDelivery::Maildir;
+            };
+            match crate::milters::parse_address(l.get_ref()) {
+                Some(MilterAddress::Unix(path)) => LocalDelivery::Lmtp(LmtpAddress::Unix(path)),
+                Some(MilterAddress::Inet(addr)) => LocalDelivery::Lmtp(LmtpAddress::Inet(addr)),
+                None => {
+                    v.add(
+                        at(l),
+                        "local.lmtp",
+                        format!("invalid LMTP address \"{}\"", l.get_ref()),
+                        "write \"unix:/absolute/path\" (e.g. \"unix:/run/dovecot/lmtp\") or \"inet:IP:PORT\" (e.g. \"inet:127.0.0.1:24\")",
+                    );
+                    LocalDelivery::Maildir
+                }
+            }
+        }
+        Some(_) => {
+            v.add(
+                delivery.as_ref().and_then(at),
+                "local.delivery",
+                format!(
+                    "unknown local delivery \"{}\"",
+                    delivery.as_ref().map_or("", |d| d.get_ref().as_str())
+                ),
+                "use \"maildir\" (the default: tern writes the mailboxes) or \"lmtp\" (with local.lmtp: hand mail to Dovecot or another LMTP server)",
+            );
+            LocalDelivery::Maildir
         }
     }
 }

@@ -8,8 +8,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::types::{
     BareLineEndings, ChecksConfig, Config, DnsConfig, Limits, ListenerConfig, LocalConfig,
-    LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig, RelayConfig,
-    TlsPolicy,
+    LocalDelivery, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,
+    RelayConfig, TlsPolicy,
 };
 use crate::values::{is_domain, normalize_domain};
 
@@ -357,6 +357,7 @@ pub(crate) fn config() -> Config {
             catch_all: catch_all(false),
             vrfy: VRFY,
             expn: EXPN,
+            delivery: LocalDelivery::Maildir,
         },
         users: Vec::new(),
         aliases: Default::default(),

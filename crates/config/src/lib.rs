@@ -35,8 +35,9 @@ pub use milters::{MilterAddress, MilterConfig, MilterListener, OnFailure};
 pub use srs::{SrsConfig, SrsSecrets, MAX_AGE_DAYS_CAP, MIN_SECRET_LEN};
 pub use types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
-    LocalConfig, LogConfig, LogFormat, MinDataRate, MinFreeSpace, OutboundConfig, QueueConfig,
-    Refusal, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy, User, LOG_LEVELS,
+    LmtpAddress, LocalConfig, LocalDelivery, LogConfig, LogFormat, MinDataRate, MinFreeSpace,
+    OutboundConfig, QueueConfig, Refusal, RelayConfig, Route, RouteAuth, TlsConfig, TlsPolicy,
+    User, LOG_LEVELS,
 };
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ fn milter(v: &mut Issues, raw: &RawMilter, key: &str) -> Option<MilterConfig> {
 /// `inet:HOST:PORT`, `inet:[V6]:PORT`, `inet:PORT@HOST` or `unix:/absolute/path`. The host is
 /// an IP address (or `localhost`): a milter is a local service, and a name lookup per SMTP
 /// session would only add a way to fail.
-fn parse_address(text: &str) -> Option<MilterAddress> {
+pub(crate) fn parse_address(text: &str) -> Option<MilterAddress> {
     let text = text.trim();
     if let Some(path) = text
         .strip_prefix("unix:")

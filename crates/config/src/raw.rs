@@ -111,6 +111,8 @@ pub(crate) struct RawLocal {
     pub catch_all: Flag,
     pub vrfy: Flag,
     pub expn: Flag,
+    pub delivery: Text,
+    pub lmtp: Text,
 }
 
 #[derive(Debug, Deserialize)]

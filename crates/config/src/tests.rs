@@ -1428,3 +1428,67 @@ fn min_data_rate_defaults_sizes_and_off() {
         &["outbound.min_data_rate_grace: invalid duration \"soon\""],
     );
 }
+
+#[test]
+fn local_delivery_is_maildir_or_lmtp_with_its_address() {
+    use crate::{LmtpAddress, LocalDelivery};
+    assert_eq!(Config::defaults().local.delivery, LocalDelivery::Maildir);
+    assert_eq!(load("[local]\ndelivery = \"maildir\"\n").local.lmtp(), None);
+    let c = load("[local]\ndelivery = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n");
+    assert_eq!(
+        c.local.delivery,
+        LocalDelivery::Lmtp(LmtpAddress::Unix(PathBuf::from("/run/dovecot/lmtp")))
+    );
+    assert_eq!(
+        c.local.lmtp().map(ToString::to_string).as_deref(),
+        Some("unix:/run/dovecot/lmtp")
+    );
+    let c = load("[local]\ndelivery = \"LMTP\"\nlmtp = \"inet:127.0.0.1:24\"\n");
+    assert_eq!(
+        c.local.lmtp(),
+        Some(&LmtpAddress::Inet(addr("127.0.0.1:24")))
+    );
+}
+
+#[test]
+fn local_delivery_errors_name_the_key_and_the_fix() {
+    rejects(
+        "[local]\ndelivery = \"lmtp\"\n",
+        &[
+            "local.lmtp: local.delivery = \"lmtp\" needs the address of the LMTP server",
+            "fix: add local.lmtp = \"unix:/run/dovecot/lmtp\"",
+        ],
+    );
+    rejects(
+        "[local]\nlmtp = \"unix:/run/dovecot/lmtp\"\n",
+        &[
+            "local.lmtp: local.lmtp is set but local.delivery is \"maildir\"",
+            "fix: set local.delivery = \"lmtp\"",
+        ],
+    );
+    rejects(
+        "[local]\ndelivery = \"maildir\"\nlmtp = \"inet:127.0.0.1:24\"\n",
+        &["local.lmtp: local.lmtp is set but local.delivery is \"maildir\""],
+    );
+    rejects(
+        "[local]\ndelivery = \"dovecot\"\n",
+        &[
+            "local.delivery: unknown local delivery \"dovecot\"",
+            "fix: use \"maildir\"",
+        ],
+    );
+    for bad in [
+        "/run/dovecot/lmtp",
+        "unix:relative/lmtp",
+        "inet:127.0.0.1",
+        "inet:mail.test:24",
+    ] {
+        rejects(
+            &format!("[local]\ndelivery = \"lmtp\"\nlmtp = \"{bad}\"\n"),
+            &[
+                &format!("local.lmtp: invalid LMTP address \"{bad}\""),
+                "fix: write \"unix:/absolute/path\"",
+            ],
+        );
+    }
+}

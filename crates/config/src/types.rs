@@ -207,6 +207,56 @@ pub struct LocalConfig {
     pub vrfy: bool,
     /// RFC 5321 3.5.2: true lets EXPN expand aliases; false refuses.
     pub expn: bool,
+    /// `local.delivery` (with `local.lmtp`): how local recipients are stored. One choice for
+    /// every local domain.
+    pub delivery: LocalDelivery,
+}
+
+impl LocalConfig {
+    /// The LMTP server local mail goes to, when `delivery = "lmtp"`.
+    pub fn lmtp(&self) -> Option<&LmtpAddress> {
+        match &self.delivery {
+            LocalDelivery::Maildir => None,
+            LocalDelivery::Lmtp(address) => Some(address),
+        }
+    }
+}
+
+/// How mail for local recipients is stored (`local.delivery`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalDelivery {
+    /// tern writes each copy into `<data_dir>/mailboxes` itself, before the 250.
+    #[default]
+    Maildir,
+    /// Local recipients are queued like remote ones and handed to this LMTP server (RFC 2033,
+    /// e.g. Dovecot's `lmtp`) by the relay, so the queue covers the time it is down.
+    Lmtp(LmtpAddress),
+}
+
+impl LocalDelivery {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LocalDelivery::Maildir => "maildir",
+            LocalDelivery::Lmtp(_) => "lmtp",
+        }
+    }
+}
+
+/// Where the LMTP server listens (`local.lmtp`): `unix:/run/dovecot/lmtp` or
+/// `inet:127.0.0.1:24`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpAddress {
+    Unix(PathBuf),
+    Inet(SocketAddr),
+}
+
+impl fmt::Display for LmtpAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LmtpAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+            LmtpAddress::Inet(addr) => write!(f, "inet:{addr}"),
+        }
+    }
 }
 
 /// A local mailbox that may also log in (AUTH) when it has a password.

@@ -28,6 +28,10 @@ pub struct Accepted {
     pub inbound: Inbound,
     /// The session facts the message's timeline records (tern_queue::Event::Received).
     pub via: Box<Via>,
+    /// MAIL's RET and ENVID (RFC 3461).
+    pub dsn: tern_queue::MessageDsn,
+    /// MAIL's REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
 }
 
 /// How a message reached tern, for its timeline: never used to decide anything.
@@ -70,6 +74,8 @@ pub struct AcceptedRecipient {
     pub address: String,
     /// Where its copies go, as the router decided at RCPT time.
     pub targets: Vec<Target>,
+    /// RCPT's NOTIFY and ORCPT (RFC 3461).
+    pub dsn: tern_queue::RcptDsn,
 }
 
 /// Whether intake verifies a message, decided by the session.

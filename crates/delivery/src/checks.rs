@@ -291,9 +291,12 @@ mod tests {
 
     fn accepted(id: &str) -> Accepted {
         Accepted {
+            dsn: Default::default(),
+            requiretls: false,
             id: id.into(),
             sender: Some("a@sender.test".into()),
             recipients: vec![AcceptedRecipient {
+                dsn: Default::default(),
                 address: "dave@tern.test".into(),
                 targets: vec![
                     Target::Local("dave@tern.test".into()),
@@ -383,6 +386,8 @@ mod tests {
             .with_verifier(verifier(), 1 << 20);
         let id = tern_queue::QueueId::generate();
         let acc = Accepted {
+            dsn: Default::default(),
+            requiretls: false,
             inbound: Inbound::Skip,
             ..accepted(id.as_str())
         };
@@ -428,6 +433,7 @@ mod tests {
         let id = tern_queue::QueueId::generate();
         let mut acc = accepted(id.as_str());
         let to = |address: &str, target: Target| AcceptedRecipient {
+            dsn: Default::default(),
             address: address.into(),
             targets: vec![target],
         };

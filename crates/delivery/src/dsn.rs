@@ -18,13 +18,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tern_proto::{rfc5322_date, HeaderSection};
 use tern_queue::StoredReply;
 
-/// What happened to a recipient (RFC 3464 2.3.3; tern never reports delivered/relayed/expanded).
+/// What happened to a recipient (RFC 3464 2.3.3; tern never reports "expanded").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Will not be delivered: a permanent failure, or the queue gave up.
     Failed,
     /// Not delivered yet, still being retried.
     Delayed,
+    /// Stored in the recipient's mailbox (NOTIFY=SUCCESS, RFC 3461 4.1).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN, so no further notification will come
+    /// (NOTIFY=SUCCESS, RFC 3461 5.2.2).
+    Relayed,
 }
 
 impl Action {
@@ -32,7 +37,13 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         }
+    }
+
+    fn is_success(self) -> bool {
+        matches!(self, Action::Delivered | Action::Relayed)
     }
 }
 
@@ -43,6 +54,9 @@ pub struct RecipientReport {
     pub final_recipient: String,
     /// The address as the client gave it, when it differs (RFC 3464 Original-Recipient).
     pub original_recipient: Option<String>,
+    /// The sender's own ORCPT (RFC 3461 4.2, `addr-type;address`): the Original-Recipient,
+    /// ahead of `original_recipient`.
+    pub orcpt: Option<String>,
     pub action: Action,
     /// The reply that decided the outcome: a remote server's ("550 5.1.1 no such user", with
     /// the host that gave it) or one tern decided on ("554 5.4.6 mail loop", no host). A remote
@@ -67,8 +81,13 @@ pub struct Report<'a> {
     pub queue_id: Option<&'a str>,
     pub recipients: &'a [RecipientReport],
     /// The original message, or at least its header section: only the header section is
-    /// returned (RFC 6522 text/rfc822-headers), never the body.
+    /// returned (RFC 6522 text/rfc822-headers), unless `return_full`.
     pub original: &'a [u8],
+    /// RET=FULL on a failure report (RFC 3461 4.3): `original` is the whole message, and is
+    /// returned whole as message/rfc822.
+    pub return_full: bool,
+    /// The sender's ENVID (RFC 3461 4.4), returned as Original-Envelope-Id.
+    pub envid: Option<&'a str>,
     /// The report's own Date; also used to make the Message-ID.
     pub date: SystemTime,
 }
@@ -99,14 +118,25 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
                 || r.original_recipient.as_ref().is_some_and(|o| !o.is_ascii())
         });
     let failed = report.recipients.iter().any(|r| r.action == Action::Failed);
+    let success = report.recipients.iter().all(|r| r.action.is_success());
+    let full = report.return_full && failed;
 
     let text = human_text(report, failed);
     let status = delivery_status(report, global);
-    let headers = original_headers(report.original);
+    let headers = if full {
+        // RFC 3462/6522: the returned message as it was, line ends made CRLF.
+        let mut m = crate::maildir::lf_to_crlf(report.original);
+        if !m.ends_with(b"\r\n") {
+            m.extend_from_slice(b"\r\n");
+        }
+        m
+    } else {
+        original_headers(report.original)
+    };
 
     let boundary = pick_boundary(boundaries, &[text.as_bytes(), status.as_bytes(), &headers]);
     let eight_bit = |b: &[u8]| if b.is_ascii() { "7bit" } else { "8bit" };
-    let (status_type, headers_type, report_type) = if global {
+    let (status_type, mut headers_type, report_type) = if global {
         (
             "message/global-delivery-status",
             "message/global-headers",
@@ -119,6 +149,13 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
             "delivery-status",
         )
     };
+    if full {
+        headers_type = if global {
+            "message/global"
+        } else {
+            "message/rfc822"
+        };
+    }
 
     let mut out: Vec<u8> = Vec::with_capacity(text.len() + status.len() + headers.len() + 1024);
     let mut head = String::with_capacity(1024);
@@ -131,6 +168,8 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
     let _ = write!(head, "To: <{}>\r\n", clean(report.to));
     let subject = if failed {
         "Undelivered Mail Returned to Sender"
+    } else if success {
+        "Successful Mail Delivery Report"
     } else {
         "Delayed Mail (still being retried)"
     };
@@ -169,8 +208,13 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
         &format!("{status_type}\r\nContent-Description: Delivery report"),
         status.as_bytes(),
     );
+    let description = match (full, success) {
+        (true, _) => "Undelivered message",
+        (false, true) => "Message headers",
+        (false, false) => "Undelivered message headers",
+    };
     part(
-        &format!("{headers_type}\r\nContent-Description: Undelivered message headers"),
+        &format!("{headers_type}\r\nContent-Description: {description}"),
         &headers,
     );
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -182,11 +226,12 @@ fn build_with(report: &Report<'_>, boundaries: impl Iterator<Item = String>) -> 
 /// 5.0.0, 4xx -> 4.0.0), else the action's (a reply of another class: failed -> 5.0.0,
 /// delayed -> 4.0.0). Read from the typed reply, never from its text.
 pub fn status_code(reply: &StoredReply, action: Action) -> String {
-    match reply.code() / 100 {
-        4 | 5 => reply.status().to_string(),
+    match (reply.code() / 100, action.is_success()) {
+        (4 | 5, false) | (2, true) => reply.status().to_string(),
         _ => match action {
             Action::Failed => "5.0.0".to_string(),
             Action::Delayed => "4.0.0".to_string(),
+            Action::Delivered | Action::Relayed => "2.0.0".to_string(),
         },
     }
 }
@@ -196,11 +241,28 @@ fn human_text(report: &Report<'_>, failed: bool) -> String {
     let mut t = String::with_capacity(1024);
     let _ = write!(t, "This is the mail system at {host}.\r\n\r\n");
     if failed {
-        t.push_str(&wrap_paragraph(
+        t.push_str(&wrap_paragraph(if report.return_full {
+            "Your message could not be delivered to one or more of its recipients. \
+             Nothing more will be tried for them. The reasons are below; your message \
+             is attached."
+        } else {
             "Your message could not be delivered to one or more of its recipients. \
              Nothing more will be tried for them. The reasons are below; the headers \
-             of your message are attached.",
-        ));
+             of your message are attached."
+        }));
+    } else if report.recipients.iter().all(|r| r.action.is_success()) {
+        let relayed = report
+            .recipients
+            .iter()
+            .any(|r| r.action == Action::Relayed);
+        t.push_str(&wrap_paragraph(if relayed {
+            "Your message was delivered to the recipients below, as you asked to be told. \
+             Where it was passed on to another mail system that does not send delivery \
+             notifications, this is the last you will hear about it."
+        } else {
+            "Your message was delivered to the mailboxes of the recipients below, as you \
+             asked to be told."
+        }));
     } else {
         let until = report
             .recipients
@@ -258,6 +320,10 @@ fn human_text(report: &Report<'_>, failed: bool) -> String {
 fn delivery_status(report: &Report<'_>, global: bool) -> String {
     let addr_type = if global { "utf-8" } else { "rfc822" };
     let mut s = String::with_capacity(512);
+    if let Some(id) = report.envid {
+        // RFC 3464 2.2.1: first, when the sender gave an ENVID.
+        s.push_str(&fold_field("Original-Envelope-Id", &clean(id)));
+    }
     let _ = write!(s, "Reporting-MTA: dns; {}\r\n", clean(report.reporting_mta));
     let _ = write!(s, "Arrival-Date: {}\r\n", rfc5322_date(report.arrival_date));
     if let Some(id) = report.queue_id {
@@ -265,7 +331,12 @@ fn delivery_status(report: &Report<'_>, global: bool) -> String {
     }
     for r in report.recipients {
         s.push_str("\r\n");
-        if let Some(o) = &r.original_recipient {
+        if let Some((kind, address)) = r.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+            s.push_str(&fold_field(
+                "Original-Recipient",
+                &format!("{}; {}", clean(kind), clean(address)),
+            ));
+        } else if let Some(o) = &r.original_recipient {
             s.push_str(&fold_field(
                 "Original-Recipient",
                 &format!("{addr_type}; {}", clean(o)),
@@ -460,6 +531,7 @@ mod tests {
         RecipientReport {
             final_recipient: addr.into(),
             original_recipient: None,
+            orcpt: None,
             action: Action::Failed,
             reply: stored(reply, mta),
             last_attempt: Some(t(1_800_000_100)),
@@ -494,6 +566,8 @@ mod tests {
             recipients,
             original,
             date: t(1_800_000_200),
+            return_full: false,
+            envid: None,
         }
     }
 
@@ -548,6 +622,7 @@ mod tests {
         let rcpts = [
             RecipientReport {
                 original_recipient: Some("Bob@Alias.test".into()),
+                orcpt: None,
                 ..failed(
                     "bob@remote.test",
                     "550 5.1.1 <bob@remote.test>: no such user",

@@ -151,6 +151,7 @@ mod tests {
 
     fn rcpt(address: &str, original: Option<&str>) -> Recipient {
         Recipient {
+            dsn: Default::default(),
             original: original.map(str::to_string),
             address: address.into(),
             status: RecipientStatus::Pending,
@@ -253,14 +254,18 @@ mod tests {
 
     fn accepted(id: &QueueId) -> Accepted {
         Accepted {
+            dsn: Default::default(),
+            requiretls: false,
             id: id.to_string(),
             sender: Some("carol@far.test".into()),
             recipients: vec![
                 AcceptedRecipient {
+                    dsn: Default::default(),
                     address: "bob@remote.test".into(),
                     targets: vec![Target::Remote("bob@remote.test".into())],
                 },
                 AcceptedRecipient {
+                    dsn: Default::default(),
                     address: "fwd@tern.test".into(),
                     targets: vec![Target::Remote("someone@remote.test".into())],
                 },

@@ -83,6 +83,9 @@ pub struct Intake {
     /// ARC-seals the forwarded copies of verified mail ([`crate::forward`]); `None` seals
     /// nothing.
     sealer: Option<Arc<ArcSealer>>,
+    /// Routes the "delivered" notifications of local deliveries that asked for them
+    /// (NOTIFY=SUCCESS, RFC 3461); `None` sends none (tools, tests).
+    notices: Option<Arc<Config>>,
 }
 
 impl Intake {
@@ -95,6 +98,16 @@ impl Intake {
             srs: None,
             checks: None,
             sealer: None,
+            notices: None,
+        }
+    }
+
+    /// Sends the sender a "delivered" DSN for local recipients that asked for one
+    /// (NOTIFY=SUCCESS), routed with `cfg` like any notification.
+    pub fn with_notices(self, cfg: Arc<Config>) -> Self {
+        Self {
+            notices: Some(cfg),
+            ..self
         }
     }
 
@@ -237,8 +250,16 @@ impl MessageStore for Intake {
         let local = self.local.clone();
         let signer = self.signer.clone();
         let srs = self.srs.clone();
+        let notices = self.notices.clone();
         tokio::task::spawn_blocking(move || {
             let srs = srs.as_deref();
+            // Read only when a notification will quote it.
+            let asked = notices.is_some()
+                && accepted
+                    .recipients
+                    .iter()
+                    .any(|r| r.dsn.wants(tern_queue::Notice::Success));
+            let head = if asked { body_head(&body) } else { Vec::new() };
             store_blocking(
                 queue.as_ref(),
                 &local,
@@ -249,7 +270,11 @@ impl MessageStore for Intake {
                 folder,
                 hold,
                 arc_seal.as_deref(),
-            )
+            )?;
+            if let Some(cfg) = notices.as_deref() {
+                notify_delivered(cfg, queue.as_ref(), &local, &accepted, &head);
+            }
+            Ok::<(), StoreError>(())
         })
         .await
         .map_err(|e| StoreError::new(format!("storage task failed: {e}")))??;
@@ -280,13 +305,21 @@ fn store_blocking(
     let trace = trace_fields(signer, acc, &body)?;
     // Each target once, even when several recipients or aliases lead to it.
     let mut locals: Vec<&str> = Vec::new();
-    let mut remotes: BTreeMap<&str, &str> = BTreeMap::new();
+    // Queued recipients, each with whether it is a local mailbox (under LMTP).
+    let mut remotes: BTreeMap<&str, (&AcceptedRecipient, bool)> = BTreeMap::new();
+    let lmtp = local.via_lmtp();
     for rcpt in &acc.recipients {
         for target in &rcpt.targets {
             match target {
+                // `delivery = "lmtp"`: the mailbox key (`local@domain`, after alias expansion)
+                // is queued like a remote address, so the queue holds the mail while the LMTP
+                // server is down; the relay hands it over (RFC 2033).
+                Target::Local(key) if lmtp => {
+                    remotes.entry(key).or_insert((rcpt, true));
+                }
                 Target::Local(key) => locals.push(key),
                 Target::Remote(addr) => {
-                    remotes.entry(addr).or_insert(&rcpt.address);
+                    remotes.entry(addr).or_insert((rcpt, false));
                 }
             }
         }
@@ -313,8 +346,11 @@ fn store_blocking(
             sender: acc.sender.clone(),
             recipients: remotes
                 .into_iter()
-                .map(|(address, original)| Recipient {
-                    original: (original != address).then(|| original.to_string()),
+                .map(|(address, (rcpt, mailbox))| Recipient {
+                    dsn: rcpt.dsn.clone(),
+                    // A local mailbox is no forwarded copy (which `original` marks for SRS and
+                    // the ARC seal, crate::forward), even when an alias led to it.
+                    original: (!mailbox && rcpt.address != address).then(|| rcpt.address.clone()),
                     address: address.to_string(),
                     status: RecipientStatus::Pending,
                 })
@@ -330,6 +366,8 @@ fn store_blocking(
             delay_warned: false,
             attempts_log: Vec::new(),
             events: Default::default(),
+            dsn: acc.dsn.clone(),
+            requiretls: acc.requiretls,
         };
         // The timeline's first event rides on the commit's own write (no fsync of its own).
         envelope.events.push(Event::Received {
@@ -386,6 +424,90 @@ fn store_blocking(
         .increment(locals.len() as u64);
     }
     Ok(())
+}
+
+/// How much of a message a success notification quotes: its header section, at most this.
+const NOTICE_HEAD: usize = 64 * 1024;
+
+/// The start of the body (for a notification's copy of the header section).
+fn body_head(body: &MessageBody) -> Vec<u8> {
+    match body {
+        MessageBody::Memory(b) => b[..b.len().min(NOTICE_HEAD)].to_vec(),
+        MessageBody::Spooled(f) => {
+            use std::io::Read;
+            let mut head = Vec::new();
+            if let Ok(file) = f.open() {
+                let _ = file.take(NOTICE_HEAD as u64).read_to_end(&mut head);
+            }
+            head
+        }
+    }
+}
+
+/// RFC 3461 4.1 NOTIFY=SUCCESS for recipients whose mailbox here has the message now: one
+/// "delivered" DSN to the sender. The mail is stored, so a notification that cannot be is
+/// logged, never a reason to refuse the message.
+fn notify_delivered(
+    cfg: &Config,
+    queue: &dyn QueueStore,
+    local: &LocalDelivery,
+    acc: &Accepted,
+    head: &[u8],
+) {
+    let asked: Vec<&AcceptedRecipient> = acc
+        .recipients
+        .iter()
+        .filter(|r| r.dsn.wants(tern_queue::Notice::Success))
+        .filter(|r| r.targets.iter().any(|t| matches!(t, Target::Local(_))))
+        .collect();
+    // Under LMTP no local copy was stored here: the relay reports on them once delivered.
+    if asked.is_empty() || acc.sender.is_none() || local.via_lmtp() {
+        return;
+    }
+    let Ok(id) = acc.id.parse::<QueueId>() else {
+        return;
+    };
+    let now = SystemTime::now();
+    let reply = tern_queue::StoredReply::local(
+        250,
+        Some(tern_proto::EnhancedCode::new(2, 0, 0)),
+        "delivered to the mailbox",
+    );
+    let env = Envelope {
+        dsn: acc.dsn.clone(),
+        ..Envelope::new(
+            id,
+            acc.sender.clone(),
+            asked
+                .iter()
+                .map(|r| Recipient {
+                    address: r.address.clone(),
+                    original: None,
+                    status: RecipientStatus::Delivered {
+                        at: now,
+                        reply: reply.clone(),
+                    },
+                    dsn: r.dsn.clone(),
+                })
+                .collect(),
+            now,
+            head.len() as u64,
+        )
+    };
+    let addresses: Vec<String> = asked.iter().map(|r| r.address.clone()).collect();
+    let mut message = acc.received.as_bytes().to_vec();
+    message.extend_from_slice(head);
+    if let Err(e) = crate::notify::emit(
+        cfg,
+        queue,
+        local,
+        &env,
+        &addresses,
+        crate::notify::DsnKind::Delivered,
+        &message,
+    ) {
+        tracing::error!(id = %acc.id, error = %e, "cannot send the success notification (NOTIFY=SUCCESS)");
+    }
 }
 
 /// tern's `Received:` and, for our own mail, the DKIM-Signature fields: in that order, so the
@@ -455,9 +577,12 @@ mod tests {
 
     fn accepted(id: &str, sign: bool) -> Accepted {
         Accepted {
+            dsn: Default::default(),
+            requiretls: false,
             id: id.into(),
             sender: Some("alice@tern.test".into()),
             recipients: vec![AcceptedRecipient {
+                dsn: Default::default(),
                 address: "bob@remote.test".into(),
                 targets: vec![
                     Target::Local("dave@tern.test".into()),
@@ -486,6 +611,40 @@ mod tests {
             .into_iter()
             .map(|p| std::fs::read(p).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn with_lmtp_local_mailboxes_are_queued_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "hostname = \"mx.tern.test\"\ndata_dir = {:?}\n[local]\ndomains = [\"tern.test\"]\ndelivery = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n",
+            dir.path().display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let queue = Arc::new(FsStore::open(dir.path()).unwrap());
+        let intake = Intake::new(queue.clone(), LocalDelivery::unstaged(&cfg));
+        let id = QueueId::generate();
+        let mut acc = accepted(id.as_str(), false);
+        // An alias (bob@remote.test named by the client here) leading to a local mailbox.
+        acc.recipients[0].address = "Team@tern.test".into();
+        intake
+            .store_blocking(&acc, MessageBody::Memory(BODY.to_vec()))
+            .unwrap();
+        let env = queue.load(&id).unwrap();
+        let rcpts: Vec<(&str, Option<&str>)> = env
+            .recipients
+            .iter()
+            .map(|r| (r.address.as_str(), r.original.as_deref()))
+            .collect();
+        // The mailbox key is queued without `original` (no forwarded copy: no SRS, no ARC).
+        assert_eq!(
+            rcpts,
+            [
+                ("bob@remote.test", Some("Team@tern.test")),
+                ("dave@tern.test", None)
+            ]
+        );
+        assert!(!crate::local::mailbox_of(dir.path(), "dave@tern.test").exists());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod intake;
 pub mod local;
 pub mod mailbox_cap;
 pub mod maildir;
+pub mod notify;
 pub mod router;
 pub mod srs;
 

@@ -27,6 +27,9 @@ pub struct LocalDelivery {
     /// mailbox's own `tmp/`, which is what a second process (`tern queue bounce`) must do:
     /// opening the staging area clears it, which would remove the server's files in flight.
     staging: Option<Staging>,
+    /// `[local] delivery = "lmtp"`: the mailboxes are the LMTP server's, and intake queues
+    /// local recipients for the relay instead of writing them here ([`LocalDelivery::via_lmtp`]).
+    lmtp: bool,
 }
 
 impl LocalDelivery {
@@ -48,7 +51,14 @@ impl LocalDelivery {
             hostname: cfg.hostname.clone(),
             syncer: Arc::new(DirSyncer::new()),
             staging: None,
+            lmtp: cfg.local.lmtp().is_some(),
         }
+    }
+
+    /// True under `[local] delivery = "lmtp"`: local recipients of inbound mail go to the
+    /// queue (and from there over LMTP, RFC 2033) instead of into these mailboxes.
+    pub fn via_lmtp(&self) -> bool {
+        self.lmtp
     }
 
     /// Delivers `body` to each mailbox named by its router key (`local@domain`), after the

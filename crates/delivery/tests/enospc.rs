@@ -29,9 +29,12 @@ fn config(data_dir: &Path) -> Config {
 
 fn accepted(targets: Vec<Target>) -> Accepted {
     Accepted {
+        dsn: Default::default(),
+        requiretls: false,
         id: tern_queue::QueueId::generate().to_string(),
         sender: Some("alice@example.test".into()),
         recipients: vec![AcceptedRecipient {
+            dsn: Default::default(),
             address: "rcpt@tern.test".into(),
             targets,
         }],

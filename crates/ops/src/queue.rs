@@ -708,6 +708,7 @@ pub fn timeline(env: &Envelope) -> Vec<Step> {
                 let (event, what) = match kind {
                     NoticeKind::Bounce => ("bounced", "Bounce (failure DSN)"),
                     NoticeKind::Delay => ("delay_notice", "Delay notice (DSN)"),
+                    NoticeKind::Success => ("success_notice", "Success notice (DSN)"),
                 };
                 step(
                     *at,

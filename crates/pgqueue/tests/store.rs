@@ -222,6 +222,7 @@ fn env(n: u8, rcpts: &[&str]) -> Envelope {
         rcpts
             .iter()
             .map(|r| Recipient {
+                dsn: Default::default(),
                 address: r.to_string(),
                 original: None,
                 status: RecipientStatus::Pending,

@@ -297,7 +297,7 @@ mod tests {
             Err(CommandError::BadRecipient(_))
         ));
         assert!(matches!(
-            p("RCPT TO:<a@b.test> NOTIFY=NEVER"),
+            p("RCPT TO:<a@b.test> XNOTIFY=NEVER"),
             Err(CommandError::UnsupportedParam(_))
         ));
         assert!(matches!(

@@ -14,6 +14,10 @@ pub struct Capabilities {
     pub starttls: bool,
     pub enhanced_status_codes: bool,
     pub chunking: bool,
+    /// RFC 3461: NOTIFY, ORCPT, RET and ENVID are understood.
+    pub dsn: bool,
+    /// RFC 8689.
+    pub requiretls: bool,
     pub auth: Vec<String>,
 }
 
@@ -35,6 +39,8 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "CHUNKING" => caps.chunking = true,
+                "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "AUTH" => caps.auth.extend(words.map(|w| w.to_ascii_uppercase())),
                 _ => {}
             }

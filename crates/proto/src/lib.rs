@@ -19,5 +19,8 @@ pub use data::{BareLineEndings, DataDecoder, DataProgress, DataRejection, DotStu
 pub use ehlo::Capabilities;
 pub use line::{LineEvent, LineReader};
 pub use message::{count_received, rfc5322_date, rfc5322_date_at, HeaderScanner, HeaderSection};
-pub use params::{BodyType, MailParams, RcptParams};
+pub use params::{
+    xtext_decode, xtext_encode, BodyType, MailParams, Notify, Orcpt, RcptParams, Ret, MAX_ENVID,
+    MAX_ORCPT,
+};
 pub use reply::{ec, EnhancedCode, Reply, ReplyError, ReplyParser, Severity};

@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
                         QueueId::generate(),
                         Some("bench@example.org".into()),
                         vec![Recipient {
+                            dsn: Default::default(),
                             address: "rcpt@example.net".into(),
                             original: None,
                             status: RecipientStatus::Pending,

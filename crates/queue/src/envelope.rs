@@ -55,6 +55,84 @@ pub struct Envelope {
     /// How it arrived and what was done to it besides attempts (docs/operations.md, timeline).
     #[serde(default, skip_serializing_if = "Timeline::is_empty")]
     pub events: Timeline,
+    /// The sender's DSN wishes for the whole message (RFC 3461 RET, ENVID).
+    #[serde(default, skip_serializing_if = "MessageDsn::is_empty")]
+    pub dsn: MessageDsn,
+    /// RFC 8689 REQUIRETLS: every hop must be verified TLS, or the message is not sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+}
+
+/// RFC 3461 4.3 and 4.4, as the client gave them at MAIL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDsn {
+    /// What a failure DSN returns: the whole message (`full`) or its headers (`hdrs`);
+    /// `None`: tern's choice (the headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<DsnRet>,
+    /// The sender's transaction id, returned as Original-Envelope-Id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+}
+
+impl MessageDsn {
+    pub fn is_empty(&self) -> bool {
+        self.ret.is_none() && self.envid.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DsnRet {
+    Full,
+    Hdrs,
+}
+
+/// RFC 3461 4.1 and 4.2 for one recipient, as the client gave them at RCPT.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptDsn {
+    /// When to notify; `None`: not said (failures and delays, RFC 3461 4.1's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyOn>,
+    /// `addr-type;address` (decoded), returned as Original-Recipient and passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+}
+
+impl RcptDsn {
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
+
+    /// Whether a DSN of this kind goes to the sender for this recipient.
+    pub fn wants(&self, kind: Notice) -> bool {
+        match (self.notify, kind) {
+            (None, Notice::Success) => false,
+            (None, Notice::Failure | Notice::Delay) => true,
+            (Some(n), Notice::Success) => n.success,
+            (Some(n), Notice::Failure) => n.failure,
+            (Some(n), Notice::Delay) => n.delay,
+        }
+    }
+}
+
+/// NOTIFY's flags; `NEVER` is all false.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyOn {
+    #[serde(default)]
+    pub success: bool,
+    #[serde(default)]
+    pub failure: bool,
+    #[serde(default)]
+    pub delay: bool,
+}
+
+/// The notifications NOTIFY chooses between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Success,
+    Failure,
+    Delay,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +144,9 @@ pub struct Recipient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<String>,
     pub status: RecipientStatus,
+    /// NOTIFY and ORCPT (RFC 3461).
+    #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+    pub dsn: RcptDsn,
 }
 
 /// Where one recipient stands. Stored as `{"state": "deferred", ...}`; a reply is a
@@ -165,6 +246,8 @@ impl Envelope {
             delay_warned: false,
             attempts_log: Vec::new(),
             events: Timeline::default(),
+            dsn: MessageDsn::default(),
+            requiretls: false,
         }
     }
 
@@ -227,11 +310,20 @@ pub(crate) mod tests {
             sender: Some("alice@example.org".into()),
             recipients: vec![
                 Recipient {
+                    dsn: RcptDsn {
+                        notify: Some(NotifyOn {
+                            success: true,
+                            failure: true,
+                            delay: false,
+                        }),
+                        orcpt: Some("rfc822;Bob@Example.NET".into()),
+                    },
                     address: "bob@example.net".into(),
                     original: Some("Bob@Example.NET".into()),
                     status: RecipientStatus::Pending,
                 },
                 Recipient {
+                    dsn: Default::default(),
                     address: "carol@example.com".into(),
                     original: None,
                     status: RecipientStatus::Deferred {
@@ -241,6 +333,7 @@ pub(crate) mod tests {
                     },
                 },
                 Recipient {
+                    dsn: Default::default(),
                     address: "dave@example.com".into(),
                     original: None,
                     status: RecipientStatus::Delivered {
@@ -249,6 +342,7 @@ pub(crate) mod tests {
                     },
                 },
                 Recipient {
+                    dsn: Default::default(),
                     address: "eve@example.com".into(),
                     original: None,
                     status: RecipientStatus::Failed {
@@ -266,6 +360,11 @@ pub(crate) mod tests {
             eight_bit: false,
             held: false,
             delay_warned: false,
+            dsn: MessageDsn {
+                ret: Some(DsnRet::Full),
+                envid: Some("QQ314159".into()),
+            },
+            requiretls: true,
             attempts_log: vec![Attempt {
                 at: t,
                 recipient: "carol@example.com".into(),

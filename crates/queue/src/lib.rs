@@ -17,7 +17,10 @@ pub mod time_format;
 pub mod timeline;
 
 pub use cluster::{Cluster, HostSlot};
-pub use envelope::{Attempt, Envelope, Recipient, RecipientStatus, MAX_ATTEMPTS_LOG};
+pub use envelope::{
+    Attempt, DsnRet, Envelope, MessageDsn, Notice, NotifyOn, RcptDsn, Recipient, RecipientStatus,
+    MAX_ATTEMPTS_LOG,
+};
 pub use error::StoreError;
 pub use fault::{FailAt, FaultPoint, Faults, NoFaults};
 pub use fs_store::FsStore;

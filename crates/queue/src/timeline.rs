@@ -76,6 +76,8 @@ pub enum Event {
 pub enum NoticeKind {
     Bounce,
     Delay,
+    /// Delivered or relayed, as NOTIFY=SUCCESS asked (RFC 3461).
+    Success,
 }
 
 impl Event {

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tern_client::{
-    connect_first, load_ca_file, CaFileError, ConnectOptions, Credentials,
+    connect_first, load_ca_file, CaFileError, ConnectOptions, Credentials, DsnRequest,
     Envelope as ClientEnvelope, Session, SessionOptions, Timeouts, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
@@ -23,7 +23,7 @@ use tern_proto::{Address, ForwardPath, ReversePath};
 use tern_queue::{Cluster, HostSlot, RcptOutcome, StoredReply, TlsOutcome};
 
 use crate::message::QueuedMessage;
-use crate::route::{self, Destination, Hop};
+use crate::route::{self, Destination, DestinationKind, Hop};
 use crate::status::{self, Peer};
 
 /// How often a delivery waiting for a cluster-wide host slot asks again.
@@ -41,6 +41,28 @@ pub struct AttemptResult {
     /// `None` when no session was set up (no hop, every connection failed).
     pub tls: Option<TlsOutcome>,
     pub results: Vec<RcptOutcome>,
+    /// Who tells a sender who asked for `NOTIFY=SUCCESS` about a success at this hop.
+    pub success_notice: SuccessNotice,
+}
+
+/// RFC 3461 5.2.2 and 6.2: after a success, who owes the sender the notification it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuccessNotice {
+    /// The next hop offered DSN and got the NOTIFY request: it carries it on.
+    NextHop,
+    /// The next hop does not do DSN: tern says "relayed" (the trail ends here).
+    Relayed,
+    /// The next hop was the mailbox server (LMTP): final delivery, tern says "delivered".
+    Delivered,
+}
+
+/// What a transaction carries besides addresses: the sender's DSN requests (RFC 3461) and
+/// REQUIRETLS (RFC 8689).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `rcpts` in the order of the recipients given to [`Connector::deliver`].
+    pub dsn: DsnRequest,
+    pub requiretls: bool,
 }
 
 struct Pooled {
@@ -93,6 +115,7 @@ impl Connector {
         sender: Option<&str>,
         recipients: &[String],
         message: &QueuedMessage,
+        extras: &Extras,
     ) -> AttemptResult {
         let _permits = match self.permits(&dest.key).await {
             Ok(p) => p,
@@ -101,6 +124,7 @@ impl Connector {
                     host: None,
                     tls: None,
                     results: vec![RcptOutcome::deferred(reply); recipients.len()],
+                    success_notice: SuccessNotice::Relayed,
                 }
             }
         };
@@ -115,6 +139,7 @@ impl Connector {
                         host: None,
                         tls: None,
                         results: vec![RcptOutcome::failed(reply); recipients.len()],
+                        success_notice: SuccessNotice::Relayed,
                     };
                 }
             },
@@ -141,16 +166,46 @@ impl Connector {
                 host: None,
                 tls: None,
                 results: results.into_iter().flatten().collect(),
+                success_notice: SuccessNotice::Relayed,
             };
         }
-        let envelope = ClientEnvelope { from, rcpts };
+        let dsn = DsnRequest {
+            rcpts: sent_index
+                .iter()
+                .map(|&i| extras.dsn.rcpts.get(i).cloned().unwrap_or_default())
+                .collect(),
+            ..extras.dsn.clone()
+        };
+        let envelope = ClientEnvelope {
+            from,
+            rcpts,
+            dsn,
+            requiretls: extras.requiretls,
+        };
 
         // One deadline for the whole attempt (issue 10: a tarpit answering each phase just
         // inside its own timeout). On expiry the future is dropped, and with it the session.
         let limit = self.cfg.outbound.attempt_timeout;
-        let attempt = tokio::time::timeout(limit, self.attempt(dest, &envelope, message)).await;
+        let attempt = tokio::time::timeout(limit, async {
+            // Local recipients under `delivery = "lmtp"`: LMTP (RFC 2033) to the mailbox
+            // server, its own connection each time (crate::lmtp), not the SMTP pool.
+            if let DestinationKind::Lmtp { target } = &dest.kind {
+                return crate::lmtp::attempt(&self.cfg, target, &envelope, message).await;
+            }
+            let attempt = self.attempt(dest, &envelope, message).await;
+            attempt.map(|(hop, tls, dsn, outcomes)| (hop.name, tls, dsn, outcomes))
+        })
+        .await;
+        let mut success_notice = SuccessNotice::Relayed;
         let (host, tls, outcomes) = match attempt {
-            Ok(Ok((hop, tls, outcomes))) => (Some(hop.name), Some(tls), outcomes),
+            Ok(Ok((host, tls, dsn, outcomes))) => {
+                success_notice = match (&dest.kind, dsn) {
+                    (DestinationKind::Lmtp { .. }, _) => SuccessNotice::Delivered,
+                    (_, true) => SuccessNotice::NextHop,
+                    (_, false) => SuccessNotice::Relayed,
+                };
+                (Some(host), Some(tls), outcomes)
+            }
             Ok(Err((host, failure))) => (host, None, vec![failure; sent_index.len()]),
             Err(_) => {
                 let reply = status::attempt_timed_out(&dest.key, limit);
@@ -169,6 +224,7 @@ impl Connector {
             host,
             tls,
             results: results.into_iter().flatten().collect(),
+            success_notice,
         }
     }
 
@@ -179,12 +235,13 @@ impl Connector {
         dest: &Destination,
         envelope: &ClientEnvelope,
         message: &QueuedMessage,
-    ) -> Result<(Hop, TlsOutcome, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
+    ) -> Result<(Hop, TlsOutcome, bool, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
         let (mut session, hop) = match self.take_pooled(&dest.key).await {
             Some(p) => (p.session, p.hop),
             None => self.open(dest).await?,
         };
         let tls = tls_outcome(&session);
+        let dsn = session.capabilities().is_some_and(|c| c.dsn);
         // Read from the spool a piece at a time, afresh for each attempt.
         let delivery = session
             .send_message_from(envelope, message.traits, &mut message.body())
@@ -197,7 +254,7 @@ impl Connector {
         if session.is_usable() {
             self.put_pooled(&dest.key, session, hop.clone());
         }
-        Ok((hop, tls, outcomes))
+        Ok((hop, tls, dsn, outcomes))
     }
 
     async fn permits(&self, key: &str) -> Result<Permits, StoredReply> {

@@ -6,7 +6,8 @@
 //! - [`round`] runs one delivery round for one message: group the due recipients by
 //!   destination, attempt each group, record every outcome;
 //! - [`route`] finds a destination's next hops, [`connector`] talks SMTP through pooled
-//!   connections under the concurrency limits, [`backoff`] says when to retry;
+//!   connections under the concurrency limits (and LMTP to the local mailbox server, in
+//!   `lmtp.rs`, with `[local] delivery = "lmtp"`), [`backoff`] says when to retry;
 //! - [`notify`] fails recipients and tells the sender (bounces, delay notices);
 //! - [`status`] is every status tern records on its own, and the one conversion of a client
 //!   outcome into a stored per-recipient outcome.
@@ -16,8 +17,9 @@
 pub mod backoff;
 mod claimer;
 pub mod connector;
+mod lmtp;
 pub mod message;
-pub mod notify;
+pub use tern_delivery::notify;
 pub mod round;
 pub mod route;
 pub mod scheduler;

@@ -9,16 +9,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tern_client::DsnRequest;
 use tern_config::Config;
 use tern_metrics as names;
+use tern_proto::{Notify, Orcpt, RcptParams, Ret};
 use tern_queue::{
-    Attempt, Envelope, QueueId, QueueLock, QueueStore, RcptClass, RcptOutcome, RecipientStatus,
-    StoredReply, TlsOutcome,
+    Attempt, DsnRet, Envelope, Notice, QueueId, QueueLock, QueueStore, RcptClass, RcptOutcome,
+    Recipient, RecipientStatus, StoredReply, TlsOutcome,
 };
 use tracing::Instrument;
 
 use crate::backoff;
 use crate::connector::Connector;
+use crate::connector::{Extras, SuccessNotice};
 use crate::message::QueuedMessage;
 use crate::notify::{DsnKind, Notifier};
 use crate::route;
@@ -32,6 +35,19 @@ const BOUNCE_RETRY: Duration = Duration::from_secs(60);
 /// lock) or could not be read or recorded.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 const TROUBLE_RETRY: Duration = Duration::from_secs(60);
+/// After a store error that says the storage is away for now (a shared queue's database
+/// restarting, [`is_transient`]).
+const TRANSIENT_RETRY: Duration = Duration::from_secs(2);
+
+/// A connection-level error: the store's database unreachable or restarting.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut
+    )
+}
 
 pub struct Context {
     pub cfg: Arc<Config>,
@@ -102,19 +118,22 @@ pub async fn run_claimed(ctx: Arc<Context>, lock: QueueLock, env: Envelope) -> A
         let scanned =
             tokio::task::spawn_blocking(move || QueuedMessage::scan(queue, &scan_env, head_max))
                 .await;
-        let trouble = match scanned {
+        let (trouble, hold) = match scanned {
             Ok(Ok(message)) => return deliver(ctx, id, lock, env, message).await,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
+            // The database away for a moment (a restart): soon worth another try.
+            Ok(Err(e)) if is_transient(&e) => (e.to_string(), TRANSIENT_RETRY),
+            Ok(Err(e)) => (e.to_string(), TROUBLE_RETRY),
+            Err(e) => (e.to_string(), TROUBLE_RETRY),
         };
-        tracing::warn!(id = %scan_id, error = %trouble, "relay: cannot read queued message");
+        tracing::warn!(id = %scan_id, error = %trouble, retry_in_s = hold.as_secs(),
+            "relay: cannot read queued message");
         // Still due, so released now it would be claimed again at once: the lease is kept
         // (and renewed) for a while, by no round, so no node retries it before then.
         tokio::spawn(async move {
-            tokio::time::sleep(TROUBLE_RETRY).await;
+            tokio::time::sleep(hold).await;
             drop(lock);
         });
-        After::soon(TROUBLE_RETRY)
+        After::soon(hold)
     }
     .instrument(span)
     .await
@@ -143,17 +162,29 @@ async fn deliver(
         return After::of(&env);
     }
 
-    // (recipient index, host talked to, TLS outcome of the session, outcome)
-    type RoundRow = (usize, Option<String>, Option<TlsOutcome>, RcptOutcome);
+    // (recipient index, host talked to, TLS outcome of the session, outcome, who owes a
+    // NOTIFY=SUCCESS notification)
+    type RoundRow = (
+        usize,
+        Option<String>,
+        Option<TlsOutcome>,
+        RcptOutcome,
+        SuccessNotice,
+    );
     let mut results: Vec<RoundRow> = Vec::with_capacity(due.len());
     let received = tern_proto::message::HeaderSection::find(&message.head).received_count();
     if received > ctx.cfg.queue.max_received_headers {
         // RFC 5321 6.3: a message that has passed this many hosts is looping.
         let reply = status::received_loop(received, ctx.cfg.queue.max_received_headers);
-        results.extend(
-            due.iter()
-                .map(|&i| (i, None, None, RcptOutcome::failed(reply.clone()))),
-        );
+        results.extend(due.iter().map(|&i| {
+            (
+                i,
+                None,
+                None,
+                RcptOutcome::failed(reply.clone()),
+                SuccessNotice::Relayed,
+            )
+        }));
     } else {
         let mut groups: BTreeMap<String, (route::Destination, Vec<usize>)> = BTreeMap::new();
         for &i in &due {
@@ -162,7 +193,13 @@ async fn deliver(
                 .rsplit_once('@')
                 .map_or("", |(_, d)| d)
                 .to_ascii_lowercase();
-            let dest = route::destination(&ctx.cfg, &domain);
+            let mut dest = route::destination(&ctx.cfg, &domain);
+            if env.requiretls {
+                // RFC 8689 4.2.1: only over TLS whose certificate verifies, never pooled
+                // with a session set up under a weaker policy.
+                dest.tls = tern_config::TlsPolicy::Required;
+                dest.key.push_str(" requiretls");
+            }
             groups
                 .entry(dest.key.clone())
                 .or_insert_with(|| (dest, Vec::new()))
@@ -186,9 +223,23 @@ async fn deliver(
                     .map_or("", |(_, d)| d);
                 let span = tracing::info_span!("attempt", domain = %domain,
                     host = tracing::field::Empty);
+                let extras = Extras {
+                    dsn: DsnRequest {
+                        ret: env.dsn.ret.map(|r| match r {
+                            DsnRet::Full => Ret::Full,
+                            DsnRet::Hdrs => Ret::Hdrs,
+                        }),
+                        envid: env.dsn.envid.clone(),
+                        rcpts: idx
+                            .iter()
+                            .map(|&i| rcpt_params(&env.recipients[i]))
+                            .collect(),
+                    },
+                    requiretls: env.requiretls,
+                };
                 let r = ctx
                     .connector
-                    .deliver(&dest, sender, &addrs, message)
+                    .deliver(&dest, sender, &addrs, message, &extras)
                     .instrument(span.clone())
                     .await;
                 if let Some(h) = &r.host {
@@ -199,24 +250,44 @@ async fn deliver(
         });
         for (idx, attempt) in futures_join_all(attempts).await {
             for (i, r) in idx.into_iter().zip(attempt.results) {
-                results.push((i, attempt.host.clone(), attempt.tls.clone(), r));
+                results.push((
+                    i,
+                    attempt.host.clone(),
+                    attempt.tls.clone(),
+                    r,
+                    attempt.success_notice,
+                ));
             }
         }
     }
 
     let now = SystemTime::now();
     let expires = env.received_at + ctx.cfg.queue.max_age;
+    // Recipients that asked for NOTIFY=SUCCESS and succeeded where tern owes the notice:
+    // "relayed" to a hop without DSN (RFC 3461 5.2.2), "delivered" to the mailbox server
+    // (LMTP, RFC 3461 6.2); a hop with DSN does it (or not) itself.
+    let mut relayed_now: Vec<String> = Vec::new();
+    let mut delivered_now: Vec<String> = Vec::new();
     // (address, reply) of the recipients that failed in this round: marked failed by the
     // notifier together with their bounce.
     let mut failed_now: Vec<(String, StoredReply)> = Vec::new();
-    for (i, host, tls, outcome) in results {
+    for (i, host, tls, outcome, notice) in results {
         let rcpt = &mut env.recipients[i];
         let reply = outcome.reply;
         let status = match outcome.class {
-            RcptClass::Delivered => RecipientStatus::Delivered {
-                at: now,
-                reply: reply.clone(),
-            },
+            RcptClass::Delivered => {
+                if rcpt.dsn.wants(Notice::Success) {
+                    match notice {
+                        SuccessNotice::Relayed => relayed_now.push(rcpt.address.clone()),
+                        SuccessNotice::Delivered => delivered_now.push(rcpt.address.clone()),
+                        SuccessNotice::NextHop => {}
+                    }
+                }
+                RecipientStatus::Delivered {
+                    at: now,
+                    reply: reply.clone(),
+                }
+            }
             RcptClass::Failed => {
                 failed_now.push((rcpt.address.clone(), reply.clone()));
                 RecipientStatus::Failed {
@@ -299,7 +370,18 @@ async fn deliver(
 
     let ctx2 = ctx.clone();
     let done = tokio::task::spawn_blocking(move || {
-        record(&ctx2, lock, env, &failed_now, warn_delay, &message.head)
+        record(
+            &ctx2,
+            lock,
+            env,
+            &failed_now,
+            &[
+                (DsnKind::Relayed, relayed_now),
+                (DsnKind::Delivered, delivered_now),
+            ],
+            warn_delay,
+            &message.head,
+        )
     })
     .await;
     match done {
@@ -322,9 +404,27 @@ fn record(
     lock: QueueLock,
     mut env: Envelope,
     failed_now: &[(String, StoredReply)],
+    succeeded: &[(DsnKind, Vec<String>)],
     warn_delay: bool,
     message: &[u8],
 ) -> io::Result<After> {
+    for (kind, recipients) in succeeded.iter().filter(|(_, r)| !r.is_empty()) {
+        // Like a bounce, before the entry is updated: a crash in between sends it twice.
+        // The mail itself is delivered, so a notification that cannot be stored is logged,
+        // not retried (the delivery would be repeated with it).
+        match ctx.notifier.emit(&env, recipients, *kind, message) {
+            Ok(Some(dsn_id)) => env.events.push(tern_queue::Event::Notified {
+                at: SystemTime::now(),
+                kind: tern_queue::NoticeKind::Success,
+                recipients: recipients.clone(),
+                dsn_id: dsn_id.to_string(),
+            }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(id = %env.id, error = %e, "relay: cannot store the success notification (NOTIFY=SUCCESS)")
+            }
+        }
+    }
     if let Err(e) = ctx.notifier.fail(&mut env, failed_now, message) {
         tracing::error!(id = %env.id, error = %e, "relay: cannot store the bounce; will retry");
         let retry = SystemTime::now() + BOUNCE_RETRY;
@@ -381,6 +481,36 @@ fn record(
     } else {
         ctx.queue.update(&lock, &env)?;
         Ok(After::of(&env))
+    }
+}
+
+/// The RCPT parameters a recipient is passed on with (RFC 3461 5.2): its NOTIFY, and its
+/// ORCPT, or the address the client gave when an alias rewrote it (RFC 3461 4.2: the
+/// original recipient is worth keeping once the address changed).
+fn rcpt_params(r: &Recipient) -> RcptParams {
+    let orcpt = match (&r.dsn.orcpt, &r.original) {
+        (Some(o), _) => o.split_once(';').map(|(t, a)| Orcpt {
+            addr_type: t.to_string(),
+            address: a.to_string(),
+        }),
+        (None, Some(original)) => Some(Orcpt {
+            addr_type: if original.is_ascii() {
+                "rfc822"
+            } else {
+                "utf-8"
+            }
+            .to_string(),
+            address: original.clone(),
+        }),
+        (None, None) => None,
+    };
+    RcptParams {
+        notify: r.dsn.notify.map(|n| Notify {
+            success: n.success,
+            failure: n.failure,
+            delay: n.delay,
+        }),
+        orcpt,
     }
 }
 

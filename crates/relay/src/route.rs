@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tern_config::{Config, RouteAuth, TlsPolicy};
+use tern_config::{Config, LmtpAddress, RouteAuth, TlsPolicy};
 use tern_dns::{host_targets, mx_targets_checked, Myself, RefusedTarget, Resolver, TargetError};
 use tern_queue::RcptOutcome;
 
@@ -38,6 +38,9 @@ pub enum DestinationKind {
     Route { host: String, port: u16 },
     /// The MX hosts of this domain on `outbound.mx_port`.
     Mx { domain: String },
+    /// A local domain under `[local] delivery = "lmtp"`: the LMTP server (RFC 2033) of
+    /// `local.lmtp`, spoken to by [`crate::lmtp`]; no DNS, no TLS, no AUTH.
+    Lmtp { target: LmtpAddress },
 }
 
 /// One address to connect to, with the name TLS and logs know it by.
@@ -49,6 +52,20 @@ pub type RouteFailure = RcptOutcome;
 
 /// The destination of `domain` (lower case): static, no I/O.
 pub fn destination(cfg: &Config, domain: &str) -> Destination {
+    // Local recipients reach the queue only with `delivery = "lmtp"` (intake writes them to
+    // Maildir otherwise); they go to the one LMTP server of every local domain, all of a
+    // message's local recipients in one transaction (one key).
+    if let Some(target) = cfg.local.lmtp().filter(|_| cfg.is_local_domain(domain)) {
+        return Destination {
+            key: format!("lmtp {target}"),
+            kind: DestinationKind::Lmtp {
+                target: target.clone(),
+            },
+            tls: TlsPolicy::None,
+            auth: None,
+            ca_file: None,
+        };
+    }
     match cfg.route_for(domain) {
         // Everything that shapes the connection is in the key: recipients share a transaction
         // and a pooled connection only when their routes would open the same kind of session
@@ -96,6 +113,8 @@ pub async fn hops(
     dest: &Destination,
 ) -> Result<Vec<Hop>, RouteFailure> {
     let found = match &dest.kind {
+        // No network hops: the connector opens the LMTP socket itself (crate::lmtp).
+        DestinationKind::Lmtp { .. } => return Err(RcptOutcome::deferred(status::no_host())),
         DestinationKind::Route { host, port } => host_targets(resolver, host, *port).await,
         DestinationKind::Mx { domain } => {
             let myself = Myself {
@@ -156,6 +175,31 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(f)
+    }
+
+    #[test]
+    fn local_domains_go_to_lmtp_even_past_a_smarthost() {
+        let c = cfg("[local]\ndomains = [\"tern.test\", \"other.test\"]\ndelivery = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n[routes]\n\"*\" = \"relay.test\"\n");
+        let d = destination(&c, "tern.test");
+        assert_eq!(
+            d.kind,
+            DestinationKind::Lmtp {
+                target: LmtpAddress::Unix("/run/dovecot/lmtp".into())
+            }
+        );
+        // One key for every local domain: one transaction for all local recipients.
+        assert_eq!(d.key, "lmtp unix:/run/dovecot/lmtp");
+        assert_eq!(destination(&c, "other.test").key, d.key);
+        assert!(matches!(
+            destination(&c, "remote.test").kind,
+            DestinationKind::Route { .. }
+        ));
+        // With Maildir delivery a local domain is never an LMTP destination.
+        let m = cfg("[local]\ndomains = [\"tern.test\"]\n");
+        assert!(matches!(
+            destination(&m, "tern.test").kind,
+            DestinationKind::Mx { .. }
+        ));
     }
 
     #[test]

@@ -224,6 +224,19 @@ pub fn cluster_slots_busy(destination: &str, limit: usize, waited: Duration) -> 
     )
 }
 
+/// The LMTP server of `[local] lmtp` could not be reached (down, socket missing, refused):
+/// deferred, 4.4.1 (no answer from host, RFC 3463), so the queue holds local mail until the
+/// server is back (RFC 2033 is delivery to the mailbox store).
+pub fn lmtp_unreachable(target: &str, error: &str) -> StoredReply {
+    own(
+        451,
+        4,
+        4,
+        1,
+        format!("cannot connect to LMTP {target}: {error}"),
+    )
+}
+
 /// `host NAME[ADDR]`: how tern's own statuses say which host they are about.
 pub fn at(name: &str, addr: Option<IpAddr>) -> String {
     match addr {
@@ -298,6 +311,8 @@ pub fn client_error(at: &str, error: &ClientError, permanent: bool) -> StoredRep
         ClientError::TooBig { .. } => (552, 5, 3, 4),
         ClientError::Needs8BitMime => (554, 5, 6, 3),
         ClientError::NeedsSmtpUtf8 => (553, 5, 6, 7),
+        // RFC 8689 5: "REQUIRETLS support required".
+        ClientError::NeedsRequireTls => (550, 5, 7, 30),
         ClientError::PlaintextAuth | ClientError::AuthUnavailable => (451, 4, 7, 9),
         _ if permanent => (554, 5, 0, 0),
         _ => (451, 4, 0, 0),
@@ -552,6 +567,7 @@ mod tests {
             received_loop(31, 30),
             gave_up(Duration::from_secs(5 * 86400), &no_host()),
             attempt_timed_out("mx remote.test", Duration::from_secs(1800)),
+            lmtp_unreachable("unix:/run/dovecot/lmtp", e),
             plaintext_auth(&at, e),
             auth_unavailable(&at, e),
             auth_failed(&at, "535 5.7.8 no"),
@@ -569,6 +585,8 @@ mod tests {
             err(ClientError::TooBig { size: 10, limit: 5 }),
             err(ClientError::Needs8BitMime),
             err(ClientError::NeedsSmtpUtf8),
+            err(ClientError::NeedsRequireTls),
+            cluster_slots_busy("mx remote.test", 5, Duration::from_secs(300)),
             err(ClientError::Unusable),
             client_error(&at, &ClientError::Unusable, true),
             err(ClientError::TooSlow {

@@ -317,9 +317,9 @@ pub fn help(topic: Option<&str>) -> Reply {
         "HELO" => "HELO <hostname>: identify yourself (plain SMTP)",
         "EHLO" => "EHLO <hostname>: identify yourself and list the ESMTP extensions",
         "MAIL" => {
-            "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]: start a transaction"
+            "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [RET=FULL|HDRS] [ENVID=id] [REQUIRETLS]: start a transaction"
         }
-        "RCPT" => "RCPT TO:<address>: add a recipient",
+        "RCPT" => "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;addr]: add a recipient",
         "DATA" => "DATA: send the message, ended by a line holding a single dot",
         "RSET" => "RSET: abort the current transaction",
         "NOOP" => "NOOP: do nothing",

@@ -10,7 +10,7 @@ use tern_config::{Config, MilterListener};
 use tern_proto::sasl::{self, Credentials};
 use tern_proto::{
     rfc5322_date, AddressError, BodyType, Command, CommandError, DataRejection, ForwardPath,
-    HeaderSection, MailParams, Reply, ReversePath,
+    HeaderSection, MailParams, RcptParams, Reply, Ret, ReversePath,
 };
 
 use tern_auth::{SpfOutcome, SpfVerdict};
@@ -498,7 +498,7 @@ impl Session {
                 self.junk(action)
             }
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
             Command::Data => self.data(),
             Command::Rset => {
                 self.state = State::Idle;
@@ -546,9 +546,15 @@ impl Session {
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "SMTPUTF8".to_string(),
+            // RFC 3461: NOTIFY, ORCPT, RET and ENVID are kept, passed on and honoured.
+            "DSN".to_string(),
         ];
         if self.conn.tls_available && self.conn.tls.is_none() {
             ext.push("STARTTLS".to_string());
+        }
+        if self.conn.tls.is_some() {
+            // RFC 8689 4.1: only over TLS.
+            ext.push("REQUIRETLS".to_string());
         }
         if self.auth_offered() {
             ext.push("AUTH PLAIN LOGIN".to_string());
@@ -611,6 +617,18 @@ impl Session {
                 "BODY"
             }));
         }
+        // RFC 3461 4: RET and ENVID only after EHLO.
+        if (params.ret.is_some() || params.envid.is_some()) && !helo.esmtp {
+            return self.error(replies::unsupported_param(if params.ret.is_some() {
+                "RET"
+            } else {
+                "ENVID"
+            }));
+        }
+        // RFC 8689 4.1: REQUIRETLS is offered only on a TLS session.
+        if params.requiretls && self.conn.tls.is_none() {
+            return self.error(replies::unsupported_param("REQUIRETLS"));
+        }
         let helo_name = helo.name.clone();
         let txn = Transaction {
             id: new_queue_id(),
@@ -664,9 +682,17 @@ impl Session {
             && !self.cfg.is_trusted(self.conn.peer.ip())
     }
 
-    fn rcpt(&mut self, to: ForwardPath) -> Action {
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Action {
         let relay_allowed = self.relay_allowed();
         let max = self.cfg.limits.max_recipients;
+        // RFC 3461 4: NOTIFY and ORCPT are DSN parameters, offered only after EHLO.
+        if params != RcptParams::default() && !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.error(replies::unsupported_param(if params.notify.is_some() {
+                "NOTIFY"
+            } else {
+                "ORCPT"
+            }));
+        }
         let State::Mail(txn) = &mut self.state else {
             return self.error(if self.helo.is_none() {
                 replies::need_helo()
@@ -699,6 +725,16 @@ impl Session {
                     return Action::Reply(replies::mailbox_creation_limited(&display));
                 }
                 let rcpt = AcceptedRecipient {
+                    dsn: tern_queue::RcptDsn {
+                        notify: params.notify.map(|n| tern_queue::NotifyOn {
+                            success: n.success,
+                            failure: n.failure,
+                            delay: n.delay,
+                        }),
+                        orcpt: params
+                            .orcpt
+                            .map(|o| format!("{};{}", o.addr_type, o.address)),
+                    },
                     address: display,
                     targets,
                 };
@@ -816,6 +852,14 @@ impl Session {
             Inbound::Skip
         };
         DataEnd::Store(Accepted {
+            dsn: tern_queue::MessageDsn {
+                ret: txn.params.ret.map(|r| match r {
+                    Ret::Full => tern_queue::DsnRet::Full,
+                    Ret::Hdrs => tern_queue::DsnRet::Hdrs,
+                }),
+                envid: txn.params.envid.clone(),
+            },
+            requiretls: txn.params.requiretls,
             id: txn.id,
             sender: txn.from.address().map(|a| a.to_string()),
             recipients: txn.recipients,

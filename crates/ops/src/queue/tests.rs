@@ -4,6 +4,7 @@ use tern_queue::{Attempt, FsStore, Recipient};
 
 fn deferred(a: &str, next: SystemTime) -> Recipient {
     Recipient {
+        dsn: Default::default(),
         address: a.into(),
         original: None,
         status: RecipientStatus::Deferred {
@@ -36,6 +37,7 @@ fn flush_only_touches_deferred_recipients_of_the_domain() {
         deferred("a@One.test", later),
         deferred("b@two.test", later),
         Recipient {
+            dsn: Default::default(),
             address: "c@one.test".into(),
             original: None,
             status: RecipientStatus::Pending,

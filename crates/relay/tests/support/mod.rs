@@ -445,6 +445,7 @@ pub fn envelope(sender: Option<&str>, recipients: &[&str], message: &[u8]) -> En
             recipients
                 .iter()
                 .map(|a| Recipient {
+                    dsn: Default::default(),
                     address: (*a).to_string(),
                     original: None,
                     status: RecipientStatus::Pending,

@@ -370,7 +370,11 @@ impl FilterChain {
                                 .iter()
                                 .any(|r| r.address.eq_ignore_ascii_case(&address))
                             {
-                                recipients.push(AcceptedRecipient { address, targets });
+                                recipients.push(AcceptedRecipient {
+                                    address,
+                                    targets,
+                                    dsn: Default::default(),
+                                });
                             }
                         }
                         _ => warn!(queue_id = %accepted.id, milter = %name, recipient = %path,

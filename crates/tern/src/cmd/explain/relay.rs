@@ -51,13 +51,24 @@ pub async fn explain(cfg: &Config, resolver: &dyn Resolver, domain: &str) -> Val
             out["kind"] = json!("mx");
             out["mx_port"] = json!(cfg.outbound.mx_port);
         }
+        DestinationKind::Lmtp { target } => {
+            // A local domain under `[local] delivery = "lmtp"`: queued, then LMTP; no DNS.
+            out["kind"] = json!("lmtp");
+            out["lmtp"] = json!(target.to_string());
+            out["hops"] = json!([]);
+            out["outcome"] = json!({
+                "action": "deliver",
+                "text": format!("the relay would deliver over LMTP (RFC 2033) to {target}"),
+            });
+            return out;
+        }
     }
     // The lookups for showing the MX hosts run alongside the relay's own, so a DNS server that
     // does not answer costs one timeout, not two.
     let show = async {
         match &dest.kind {
             DestinationKind::Mx { domain } => Some(show_mx(resolver, domain).await),
-            DestinationKind::Route { .. } => None,
+            DestinationKind::Route { .. } | DestinationKind::Lmtp { .. } => None,
         }
     };
     let found = tokio::time::timeout(HOPS_TIMEOUT, route::hops(cfg, resolver, &dest));

@@ -95,6 +95,7 @@ pub(crate) fn build_parts(cfg: &Arc<Config>, queue: &Arc<dyn QueueStore>) -> any
     let local = LocalDelivery::open_staged(cfg).context("cannot open the Maildir staging area")?;
     let verifier = inbound_verifier(cfg)?;
     let mut intake = Intake::new(queue.clone(), local)
+        .with_notices(cfg.clone())
         .with_signer(signer)
         .with_srs(cfg.clone());
     if let Some(v) = &verifier {

@@ -19,13 +19,14 @@ use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
+use crate::dsn::{self, Action, RecipientReport, Report};
+use crate::router::{self, RcptDecision, Target};
+use crate::LocalDelivery;
 use tern_config::Config;
-use tern_delivery::dsn::{self, Action, RecipientReport, Report};
-use tern_delivery::router::{self, RcptDecision, Target};
-use tern_delivery::LocalDelivery;
 use tern_proto::{Address, ForwardPath};
 use tern_queue::{
-    Envelope, Event, NoticeKind, QueueId, QueueStore, Recipient, RecipientStatus, StoredReply,
+    DsnRet, Envelope, Event, Notice, NoticeKind, QueueId, QueueStore, Recipient, RecipientStatus,
+    StoredReply,
 };
 
 /// What a round or `tern queue bounce` needs to send notifications.
@@ -114,7 +115,26 @@ pub enum DsnKind {
     Failed,
     /// The recipients are still being retried (Action: delayed; queue.delay_warning).
     Delayed,
+    /// The recipients' mailboxes have the message (Action: delivered; NOTIFY=SUCCESS).
+    Delivered,
+    /// A next hop without DSN took the message (Action: relayed; NOTIFY=SUCCESS).
+    Relayed,
 }
+
+impl DsnKind {
+    /// The NOTIFY condition (RFC 3461 4.1) that asks for this kind.
+    fn notice(self) -> Notice {
+        match self {
+            DsnKind::Failed => Notice::Failure,
+            DsnKind::Delayed => Notice::Delay,
+            DsnKind::Delivered | DsnKind::Relayed => Notice::Success,
+        }
+    }
+}
+
+/// Past this size a failure report returns the headers even under RET=FULL (RFC 3461 4.3
+/// lets an MTA truncate): a bounce must get through where the message itself did not.
+pub const MAX_RETURNED_MESSAGE: u64 = 10 << 20;
 
 /// Sends one DSN about `recipients` (addresses of `env.recipients`, whose status holds the reply:
 /// `Failed { reply }` for [`DsnKind::Failed`], `Deferred { last_reply }` for [`DsnKind::Delayed`])
@@ -139,13 +159,25 @@ pub fn emit(
         debug!(id = %env.id, "no recipients to report on: no DSN");
         return Ok(None);
     }
+    if env.sender.is_none() && matches!(kind, DsnKind::Delivered | DsnKind::Relayed) {
+        // RFC 3461 5.2.1: no success notification about a notification.
+        return Ok(None);
+    }
     if env.sender.is_none() && kind == DsnKind::Delayed {
         // Nobody waits for a notification; the postmaster hears about it if it fails for good.
         debug!(id = %env.id, "no delay warning for a message with the null sender");
         return Ok(None);
     }
 
-    let (to, targets) = destination(cfg, env);
+    let (to, mut targets) = destination(cfg, env);
+    if cfg.local.lmtp().is_some() && env.sender.is_some() {
+        // `delivery = "lmtp"`: the mailboxes are the LMTP server's, so a notification for a
+        // local sender is queued for it like other local mail. One about a notification (null
+        // sender) stays in tern's own Maildir (the postmaster's, under data_dir): queued, and
+        // refused by the LMTP server, its failure would be notified again, without end.
+        let local = std::mem::take(&mut targets.local);
+        targets.remote.extend(local);
+    }
     if targets.local.is_empty() && targets.remote.is_empty() {
         warn!(
             id = %env.id,
@@ -157,13 +189,27 @@ pub fn emit(
     }
 
     let id_text = env.id.to_string();
+    // RFC 3461 4.3: RET=FULL returns the whole message with a failure (not with other kinds).
+    let full = (kind == DsnKind::Failed
+        && env.dsn.ret == Some(DsnRet::Full)
+        && env.size <= MAX_RETURNED_MESSAGE)
+        .then(|| queue.read_message(&env.id))
+        .and_then(|read| match read {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!(id = %env.id, error = %e, "DSN: cannot read the message to return (RET=FULL); returning its headers");
+                None
+            }
+        });
     let bytes = dsn::build(&Report {
         reporting_mta: &cfg.hostname,
         to: &to,
         arrival_date: env.received_at,
         queue_id: Some(&id_text),
         recipients: &reports,
-        original: message,
+        original: full.as_deref().unwrap_or(message),
+        return_full: full.is_some(),
+        envid: env.dsn.envid.as_deref(),
         date: now,
     });
     let dsn_id = QueueId::generate();
@@ -191,6 +237,7 @@ pub fn emit(
             .remote
             .iter()
             .map(|address| Recipient {
+                dsn: Default::default(),
                 address: address.clone(),
                 original: None,
                 status: RecipientStatus::Pending,
@@ -245,17 +292,26 @@ fn recipient_reports(
             continue;
         };
         let (reply, at) = match &r.status {
-            RecipientStatus::Failed { reply, at } => (reply.clone(), Some(*at)),
+            RecipientStatus::Failed { reply, at } | RecipientStatus::Delivered { reply, at } => {
+                (reply.clone(), Some(*at))
+            }
             RecipientStatus::Deferred { last_reply, .. } => (last_reply.clone(), None),
             other => {
                 warn!(id = %env.id, recipient = %addr, status = ?other, "DSN: recipient has no reply to report");
                 continue;
             }
         };
+        // RFC 3461 4.1: only what NOTIFY asks for (absent: failures and delays).
+        if !r.dsn.wants(kind.notice()) {
+            debug!(id = %env.id, recipient = %addr, kind = ?kind, "DSN: not asked for (NOTIFY)");
+            continue;
+        }
         let latest = env.attempts_log.iter().rev().find(|a| a.recipient == *addr);
         let action = match kind {
             DsnKind::Failed => Action::Failed,
             DsnKind::Delayed => Action::Delayed,
+            DsnKind::Delivered => Action::Delivered,
+            DsnKind::Relayed => Action::Relayed,
         };
         // RFC 3464 Remote-MTA / Diagnostic-Code come from the reply's own origin: a remote
         // host's reply names that host; a status tern decided on (the administrator's bounce,
@@ -263,6 +319,7 @@ fn recipient_reports(
         out.push(RecipientReport {
             final_recipient: r.address.clone(),
             original_recipient: r.original.clone(),
+            orcpt: r.dsn.orcpt.clone(),
             action,
             reply,
             last_attempt: latest.map(|a| a.at).or(at),
@@ -401,6 +458,7 @@ mod tests {
             sender: sender.map(Into::into),
             recipients: vec![
                 Recipient {
+                    dsn: Default::default(),
                     address: "bob@remote.test".into(),
                     original: Some("Bob@Remote.test".into()),
                     status: RecipientStatus::Failed {
@@ -409,6 +467,7 @@ mod tests {
                     },
                 },
                 Recipient {
+                    dsn: Default::default(),
                     address: "dave@far.test".into(),
                     original: None,
                     status: RecipientStatus::Deferred {
@@ -418,6 +477,7 @@ mod tests {
                     },
                 },
                 Recipient {
+                    dsn: Default::default(),
                     address: "erin@remote.test".into(),
                     original: None,
                     status: RecipientStatus::Pending,
@@ -432,6 +492,8 @@ mod tests {
             eight_bit: false,
             held: false,
             delay_warned: false,
+            dsn: Default::default(),
+            requiretls: false,
             attempts_log: vec![
                 Attempt {
                     at: t + Duration::from_secs(30),
@@ -462,7 +524,7 @@ mod tests {
             return Vec::new();
         };
         // Files hold LF; the DSN's CRLF form is what the assertions below describe.
-        rd.map(|e| tern_delivery::maildir::lf_to_crlf(&std::fs::read(e.unwrap().path()).unwrap()))
+        rd.map(|e| crate::maildir::lf_to_crlf(&std::fs::read(e.unwrap().path()).unwrap()))
             .collect()
     }
 
@@ -532,7 +594,11 @@ mod tests {
         let mut env = envelope(Some("alice@tern.test"));
         env.recipients[0].status = RecipientStatus::Failed {
             at: env.received_at,
-            reply: crate::status::admin_bounce(),
+            reply: StoredReply::local(
+                554,
+                Some(tern_proto::EnhancedCode::new(5, 0, 0)),
+                "bounced by the administrator",
+            ),
         };
         emit(
             &cfg,
