@@ -606,6 +606,14 @@ pub fn detail_json(env: &Envelope, headers: &[u8], now: SystemTime) -> Value {
     obj["headers"] = Value::String(String::from_utf8_lossy(headers).into_owned());
     obj["client_ip"] = json!(env.client_ip);
     obj["helo"] = json!(env.helo);
+    // The sender's requests (RFC 3461 RET/ENVID, RFC 8689 REQUIRETLS) and each recipient's.
+    obj["dsn"] = json!(env.dsn);
+    obj["requiretls"] = json!(env.requiretls);
+    if let Some(Value::Array(rcpts)) = obj.get_mut("recipients") {
+        for (shown, r) in rcpts.iter_mut().zip(&env.recipients) {
+            shown["dsn"] = json!(r.dsn);
+        }
+    }
     obj["timeline"] = Value::Array(timeline(env).into_iter().map(|s| s.json).collect());
     obj
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 
 use tern_queue::{Cluster, Envelope, HostSlot, QueueLock};
 
@@ -27,17 +27,9 @@ impl Cluster for Shared {
     fn claim_due(&self, max: usize) -> io::Result<Vec<(QueueLock, Envelope)>> {
         let inner = &self.0;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = inner.run("claiming due entries", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::CLAIM)
-                .await
-                .map_err(|e| error::db("claiming due entries", e))?;
-            client
-                .query(&stmt, &[&limit, &inner.holder, &inner.lease_secs()])
-                .await
-                .map_err(|e| error::db("claiming due entries", e))
-        })?;
+        const WHAT: &str = "claiming due entries";
+        let params: [&(dyn ToSql + Sync); 3] = [&limit, &inner.holder, &inner.lease_secs()];
+        let rows = inner.run(WHAT, inner.rows(WHAT, sql::CLAIM, &params))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id = parse_id(row.get(0))?;
@@ -54,18 +46,9 @@ impl Cluster for Shared {
 
     fn next_wake(&self) -> io::Result<Option<SystemTime>> {
         let inner = &self.0;
-        inner.run("reading the next due time", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::NEXT_WAKE)
-                .await
-                .map_err(|e| error::db("reading the next due time", e))?;
-            let row = client
-                .query_one(&stmt, &[])
-                .await
-                .map_err(|e| error::db("reading the next due time", e))?;
-            Ok(row.get::<_, Option<SystemTime>>(0))
-        })
+        const WHAT: &str = "reading the next due time";
+        let row = inner.run(WHAT, inner.row(WHAT, sql::NEXT_WAKE, &[]))?;
+        Ok(row.and_then(|r| r.get::<_, Option<SystemTime>>(0)))
     }
 
     fn try_host_slot(&self, host: &str, limit: usize) -> io::Result<Option<HostSlot>> {

@@ -70,16 +70,15 @@ impl Drop for Lease {
         let (inner, id, token) = (self.inner.clone(), self.id.clone(), self.token);
         self.inner.releasing.fetch_add(1, Ordering::AcqRel);
         self.inner.rt.spawn(async move {
+            let payload = inner.payload(&id);
             let result = persist(inner.lease_time, || async {
-                let client = inner.client().await?;
-                let stmt = client
-                    .prepare_cached(sql::RELEASE)
-                    .await
-                    .map_err(|e| error::db("releasing a lease", e))?;
-                let rows = client
-                    .query(&stmt, &[&id.as_str(), &token, &inner.payload(&id)])
-                    .await
-                    .map_err(|e| error::db("releasing a lease", e))?;
+                let rows = inner
+                    .rows(
+                        "releasing a lease",
+                        sql::RELEASE,
+                        &[&id.as_str(), &token, &payload],
+                    )
+                    .await?;
                 Ok::<_, std::io::Error>(!rows.is_empty())
             })
             .await;

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::runtime::{Handle, Runtime};
-use tokio_postgres::types::Json;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{NoTls, Row};
 
 use tern_queue::{
     Cluster, Envelope, EventSink, QueueId, QueueLock, QueueStore, RecipientStatus, RecoveryReport,
@@ -289,6 +289,35 @@ impl Inner {
         }))
     }
 
+    /// One prepared statement (cached per connection) on a pooled connection: its rows, with
+    /// errors that say what was being done.
+    pub(crate) async fn rows(
+        &self,
+        what: &str,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> io::Result<Vec<Row>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| error::db(what, e))?;
+        client
+            .query(&stmt, params)
+            .await
+            .map_err(|e| error::db(what, e))
+    }
+
+    /// [`Inner::rows`] for a statement that returns at most one row.
+    pub(crate) async fn row(
+        &self,
+        what: &str,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> io::Result<Option<Row>> {
+        Ok(self.rows(what, statement, params).await?.into_iter().next())
+    }
+
     pub(crate) async fn client(&self) -> io::Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(error::pool)
     }
@@ -480,33 +509,15 @@ impl QueueStore for PgStore {
 
     fn list(&self) -> io::Result<Vec<QueueId>> {
         let inner = &self.inner;
-        let rows = inner.run("listing the queue", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::LIST)
-                .await
-                .map_err(|e| error::db("listing the queue", e))?;
-            client
-                .query(&stmt, &[])
-                .await
-                .map_err(|e| error::db("listing the queue", e))
-        })?;
+        const WHAT: &str = "listing the queue";
+        let rows = inner.run(WHAT, inner.rows(WHAT, sql::LIST, &[]))?;
         rows.iter().map(|r| parse_id(r.get(0))).collect()
     }
 
     fn load(&self, id: &QueueId) -> io::Result<Envelope> {
         let inner = &self.inner;
-        let row = inner.run("reading an envelope", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::LOAD)
-                .await
-                .map_err(|e| error::db("reading an envelope", e))?;
-            client
-                .query_opt(&stmt, &[&id.as_str()])
-                .await
-                .map_err(|e| error::db("reading an envelope", e))
-        })?;
+        const WHAT: &str = "reading an envelope";
+        let row = inner.run(WHAT, inner.row(WHAT, sql::LOAD, &[&id.as_str()]))?;
         let row = row.ok_or_else(|| not_found(id))?;
         let Json(env): Json<Envelope> = row
             .try_get(0)
@@ -516,17 +527,8 @@ impl QueueStore for PgStore {
 
     fn load_all(&self) -> io::Result<Vec<(QueueId, io::Result<Envelope>)>> {
         let inner = &self.inner;
-        let rows = inner.run("reading the queue", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::LOAD_ALL)
-                .await
-                .map_err(|e| error::db("reading the queue", e))?;
-            client
-                .query(&stmt, &[])
-                .await
-                .map_err(|e| error::db("reading the queue", e))
-        })?;
+        const WHAT: &str = "reading the queue";
+        let rows = inner.run(WHAT, inner.rows(WHAT, sql::LOAD_ALL, &[]))?;
         rows.iter()
             .map(|row| {
                 let id = parse_id(row.get(0))?;
@@ -563,23 +565,14 @@ impl QueueStore for PgStore {
 
     fn lock(&self, id: &QueueId) -> io::Result<Option<QueueLock>> {
         let inner = &self.inner;
-        let token = inner.run("locking an entry", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::LOCK)
-                .await
-                .map_err(|e| error::db("locking an entry", e))?;
-            let row = client
-                .query_opt(&stmt, &[&id.as_str(), &inner.holder, &inner.lease_secs()])
-                .await
-                .map_err(|e| error::db("locking an entry", e))?;
-            if let Some(row) = row {
+        const WHAT: &str = "locking an entry";
+        let token = inner.run(WHAT, async {
+            let params: [&(dyn ToSql + Sync); 3] =
+                [&id.as_str(), &inner.holder, &inner.lease_secs()];
+            if let Some(row) = inner.row(WHAT, sql::LOCK, &params).await? {
                 return Ok(Some(row.get::<_, i64>(0)));
             }
-            let exists = client
-                .query_opt("SELECT 1 FROM tern_queue WHERE id = $1", &[&id.as_str()])
-                .await
-                .map_err(|e| error::db("locking an entry", e))?;
+            let exists = inner.row(WHAT, sql::EXISTS, &[&id.as_str()]).await?;
             match exists {
                 Some(_) => Ok(None),
                 None => Err(not_found(id)),
@@ -597,16 +590,14 @@ impl QueueStore for PgStore {
         }
         let token = lease_of(lock)?.token();
         let inner = &self.inner;
-        let updated = inner.run_persisting("updating an entry", || async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::UPDATE)
-                .await
-                .map_err(|e| error::db("updating an entry", e))?;
-            let r = Rcpts::of(env);
-            let rows = client
-                .query(
-                    &stmt,
+        const WHAT: &str = "updating an entry";
+        let r = Rcpts::of(env);
+        let payload = inner.payload(&env.id);
+        let updated = inner.run_persisting(WHAT, || async {
+            let rows = inner
+                .rows(
+                    WHAT,
+                    sql::UPDATE,
                     &[
                         &env.id.as_str(),
                         &Json(env),
@@ -619,11 +610,10 @@ impl QueueStore for PgStore {
                         &r.state,
                         &r.attempts,
                         &r.next_attempt,
-                        &inner.payload(&env.id),
+                        &payload,
                     ],
                 )
-                .await
-                .map_err(|e| error::db("updating an entry", e))?;
+                .await?;
             Ok(!rows.is_empty())
         })?;
         if !updated {
@@ -640,16 +630,12 @@ impl QueueStore for PgStore {
         let lease = lease_of(&lock)?;
         let (id, token) = (lock.id().clone(), lease.token());
         let inner = &self.inner;
-        let removed = inner.run_persisting("removing an entry", || async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::REMOVE)
-                .await
-                .map_err(|e| error::db("removing an entry", e))?;
-            let rows = client
-                .query(&stmt, &[&id.as_str(), &token, &inner.payload(&id)])
-                .await
-                .map_err(|e| error::db("removing an entry", e))?;
+        const WHAT: &str = "removing an entry";
+        let payload = inner.payload(&id);
+        let removed = inner.run_persisting(WHAT, || async {
+            let rows = inner
+                .rows(WHAT, sql::REMOVE, &[&id.as_str(), &token, &payload])
+                .await?;
             Ok(!rows.is_empty())
         })?;
         if !removed {

@@ -37,17 +37,11 @@ impl BodyReader {
 
     fn fetch(&mut self) -> io::Result<()> {
         let (inner, id, offset) = (&self.inner, &self.id, self.next);
-        let piece = inner.run("reading a message", async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(sql::BODY_PIECE)
-                .await
-                .map_err(|e| error::db("reading a message", e))?;
-            client
-                .query_opt(&stmt, &[&id.as_str(), &offset, &PIECE])
-                .await
-                .map_err(|e| error::db("reading a message", e))
-        })?;
+        const WHAT: &str = "reading a message";
+        let piece = inner.run(
+            WHAT,
+            inner.row(WHAT, sql::BODY_PIECE, &[&id.as_str(), &offset, &PIECE]),
+        )?;
         let piece: Vec<u8> = match piece {
             Some(row) => row
                 .try_get(0)

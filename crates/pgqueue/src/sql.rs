@@ -42,6 +42,9 @@ pub const REMOVE: &str = "
 WITH q AS (DELETE FROM tern_queue WHERE id = $1 AND lease_token = $2 RETURNING id)
 SELECT pg_notify('tern_queue', $3) FROM q";
 
+/// Whether an entry exists (told apart from one locked by another node).
+pub const EXISTS: &str = "SELECT 1 FROM tern_queue WHERE id = $1";
+
 /// $1 id, $2 holder, $3 lease seconds: the lease's token, or no row when someone holds it.
 pub const LOCK: &str = "
 UPDATE tern_queue

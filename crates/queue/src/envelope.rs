@@ -127,6 +127,25 @@ pub struct NotifyOn {
     pub delay: bool,
 }
 
+impl std::fmt::Display for NotifyOn {
+    /// As the parameter is written (RFC 3461 4.1): `NEVER`, or the chosen ones by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chosen: Vec<&str> = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if chosen.is_empty() {
+            f.write_str("NEVER")
+        } else {
+            f.write_str(&chosen.join(","))
+        }
+    }
+}
+
 /// The notifications NOTIFY chooses between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tern_client::{
-    connect_first, load_ca_file, CaFileError, ConnectOptions, Credentials, DsnRequest,
+    connect_first, load_ca_file, CaFileError, ClientError, ConnectOptions, Credentials, DsnRequest,
     Envelope as ClientEnvelope, Session, SessionOptions, Timeouts, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
@@ -425,6 +425,15 @@ impl Connector {
                     .filter_map(|(i, e)| {
                         let hop = hops.get(i)?;
                         tracing::info!(host = %hop.name, addr = %hop.addr, error = %e, "relay: connection failed");
+                        // RFC 8689 4.2.1: no STARTTLS at all is no REQUIRETLS either; the
+                        // message must not go that way (a failed handshake or certificate
+                        // stays temporary: the next try may work).
+                        let e = match e {
+                            ClientError::TlsUnavailable if dest.requiretls => {
+                                ClientError::NeedsRequireTls
+                            }
+                            e => e,
+                        };
                         Some((hop.name.clone(), status::session_failure(peer(hop), e)))
                     })
                     .collect();

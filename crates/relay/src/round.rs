@@ -195,10 +195,7 @@ async fn deliver(
                 .to_ascii_lowercase();
             let mut dest = route::destination(&ctx.cfg, &domain);
             if env.requiretls {
-                // RFC 8689 4.2.1: only over TLS whose certificate verifies, never pooled
-                // with a session set up under a weaker policy.
-                dest.tls = tern_config::TlsPolicy::Required;
-                dest.key.push_str(" requiretls");
+                dest = dest.requiring_tls();
             }
             groups
                 .entry(dest.key.clone())

@@ -30,6 +30,9 @@ pub struct Destination {
     pub auth: Option<RouteAuth>,
     /// Extra CA certificates for verifying the hop under `tls = "required"`.
     pub ca_file: Option<PathBuf>,
+    /// The message asked for REQUIRETLS (RFC 8689): `tls` is then `Required`, and a hop
+    /// without STARTTLS fails the recipient (550 5.7.30) instead of deferring it.
+    pub requiretls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             tls: TlsPolicy::None,
             auth: None,
             ca_file: None,
+            requiretls: false,
         };
     }
     match cfg.route_for(domain) {
@@ -93,6 +97,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             tls: route.tls,
             auth: route.auth.clone(),
             ca_file: route.ca_file.clone(),
+            requiretls: false,
         },
         None => Destination {
             key: format!("mx {domain}"),
@@ -102,7 +107,24 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             tls: cfg.outbound.tls,
             auth: None,
             ca_file: None,
+            requiretls: false,
         },
+    }
+}
+
+impl Destination {
+    /// The destination for a message sent with REQUIRETLS (RFC 8689 4.2.1): only over TLS
+    /// whose certificate verifies, to a hop that offers REQUIRETLS, never on a connection
+    /// pooled under a weaker policy (its own key). The mailbox server (LMTP, on this host) is
+    /// not a relay hop and stays as it is.
+    pub fn requiring_tls(mut self) -> Destination {
+        if matches!(self.kind, DestinationKind::Lmtp { .. }) {
+            return self;
+        }
+        self.tls = TlsPolicy::Required;
+        self.key.push_str(" requiretls");
+        self.requiretls = true;
+        self
     }
 }
 

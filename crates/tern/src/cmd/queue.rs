@@ -24,7 +24,7 @@ use tern_ops::queue::{
     detail_json, entry_json, plural, timeline, Action, EntryStatus, Filter, OpError, Queue,
 };
 use tern_queue::time_format;
-use tern_queue::{Envelope, Recipient, RecipientStatus};
+use tern_queue::{DsnRet, Envelope, Recipient, RecipientStatus};
 
 use crate::logging;
 
@@ -384,8 +384,23 @@ fn show(queue: &Queue, id: &str, json: bool) -> Result<(), OpError> {
     if env.eight_bit {
         flags.push("8BITMIME");
     }
+    if env.requiretls {
+        flags.push("REQUIRETLS");
+    }
     if !flags.is_empty() {
         let _ = writeln!(out, "flags:      {}", flags.join(" "));
+    }
+    if !env.dsn.is_empty() {
+        let mut dsn = Vec::new();
+        match env.dsn.ret {
+            Some(DsnRet::Full) => dsn.push("RET=FULL".to_string()),
+            Some(DsnRet::Hdrs) => dsn.push("RET=HDRS".to_string()),
+            None => {}
+        }
+        if let Some(envid) = &env.dsn.envid {
+            dsn.push(format!("ENVID={envid}"));
+        }
+        let _ = writeln!(out, "dsn:        {}", dsn.join(" "));
     }
     out.push_str("recipients:\n");
     for r in &env.recipients {
@@ -424,6 +439,12 @@ fn recipient_line(env: &Envelope, r: &Recipient, now: SystemTime) -> String {
     let mut s = r.address.clone();
     if let Some(o) = &r.original {
         let _ = write!(s, " (to {o})");
+    }
+    if let Some(n) = r.dsn.notify {
+        let _ = write!(s, " NOTIFY={n}");
+    }
+    if let Some(o) = &r.dsn.orcpt {
+        let _ = write!(s, " ORCPT={o}");
     }
     let _ = write!(s, "  {}", r.status.name());
     match &r.status {
