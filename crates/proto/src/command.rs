@@ -11,6 +11,12 @@ use crate::params::{parse_mail_params, parse_rcpt_params, MailParams, RcptParams
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
 
+/// The longest line a server offering DSN and AUTH must take: RFC 3461 4 lets a RCPT line
+/// grow by 500 octets for NOTIFY and ORCPT (and a MAIL line by 100 for RET and ENVID), RFC
+/// 4954 5 a MAIL line by 500 for AUTH=. Only MAIL and RCPT may be this long
+/// ([`Command::may_be_long`]); every other line stays within [`MAX_COMMAND_LINE`].
+pub const MAX_PARAM_LINE: usize = MAX_COMMAND_LINE + 500;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Helo(String),
@@ -24,6 +30,11 @@ pub enum Command {
         params: RcptParams,
     },
     Data,
+    /// RFC 3030 2: `BDAT <size> [LAST]`; exactly `size` octets of message follow the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -43,6 +54,16 @@ pub enum Command {
 
 impl Command {
     /// Parses one command line without its line ending.
+    /// Whether `line` (without its CRLF) may pass [`MAX_COMMAND_LINE`]: a MAIL or RCPT, whose
+    /// parameters may take it up to [`MAX_PARAM_LINE`].
+    pub fn may_be_long(line: &[u8]) -> bool {
+        line.len() + 2 <= MAX_COMMAND_LINE
+            || (line.len() + 2 <= MAX_PARAM_LINE
+                && line.get(..5).is_some_and(|v| {
+                    v.eq_ignore_ascii_case(b"MAIL ") || v.eq_ignore_ascii_case(b"RCPT ")
+                }))
+    }
+
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         let Ok(line) = std::str::from_utf8(line) else {
             // The verb is ASCII; a line that is not UTF-8 can't be a command we know
@@ -89,6 +110,7 @@ impl Command {
                 Ok(Command::Rcpt { to, params })
             }
             "DATA" => no_arg(arg_trimmed, Command::Data),
+            "BDAT" => parse_bdat(arg_trimmed),
             "RSET" => no_arg(arg_trimmed, Command::Rset),
             // RFC 5321 4.1.1.9: NOOP may carry a string, which is ignored.
             "NOOP" => Ok(Command::Noop),
@@ -136,6 +158,7 @@ impl Command {
             Command::Mail { .. } => "MAIL",
             Command::Rcpt { .. } => "RCPT",
             Command::Data => "DATA",
+            Command::Bdat { .. } => "BDAT",
             Command::Rset => "RSET",
             Command::Noop => "NOOP",
             Command::Quit => "QUIT",
@@ -167,6 +190,8 @@ impl fmt::Display for Command {
             Command::Vrfy(a) => write!(f, "VRFY {a}"),
             Command::Expn(a) => write!(f, "EXPN {a}"),
             Command::Help(Some(t)) => write!(f, "HELP {t}"),
+            Command::Bdat { size, last: true } => write!(f, "BDAT {size} LAST"),
+            Command::Bdat { size, last: false } => write!(f, "BDAT {size}"),
             Command::Auth {
                 mechanism,
                 initial: Some(i),
@@ -189,6 +214,32 @@ fn known_verb(prefix: &str) -> bool {
     VERBS
         .iter()
         .any(|v| v.len() >= 4 && v[..4].eq_ignore_ascii_case(prefix))
+}
+
+/// The longest chunk size taken: 20 digits (u64::MAX has 20), RFC 3030 2 `bdat-cmd`.
+const MAX_BDAT_DIGITS: usize = 20;
+
+/// `chunk-size [SP end-marker]`: the size is 1*DIGIT, the marker `LAST` (any case).
+fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
+    let mut words = arg.split(' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .ok_or(CommandError::Syntax("BDAT requires a chunk size"))?;
+    if size.len() > MAX_BDAT_DIGITS || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CommandError::Syntax("BDAT chunk size must be a number"));
+    }
+    let size = size
+        .parse::<u64>()
+        .map_err(|_| CommandError::Syntax("BDAT chunk size must be a number"))?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(CommandError::Syntax("expected BDAT <size> [LAST]")),
+    };
+    if words.next().is_some() {
+        return Err(CommandError::Syntax("expected BDAT <size> [LAST]"));
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 fn no_arg(arg: &str, cmd: Command) -> Result<Command, CommandError> {
@@ -311,6 +362,52 @@ mod tests {
             Command::parse(b"MAIL FROM:<\xff@x>"),
             Err(CommandError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn bdat() {
+        assert_eq!(
+            p("BDAT 1000").unwrap(),
+            Command::Bdat {
+                size: 1000,
+                last: false
+            }
+        );
+        assert_eq!(
+            p("bdat 0 last").unwrap(),
+            Command::Bdat {
+                size: 0,
+                last: true
+            }
+        );
+        assert_eq!(
+            p("BDAT 18446744073709551615 LAST").unwrap(),
+            Command::Bdat {
+                size: u64::MAX,
+                last: true
+            }
+        );
+        for bad in [
+            "BDAT",
+            "BDAT x",
+            "BDAT -1",
+            "BDAT +1",
+            "BDAT 1.5",
+            "BDAT 18446744073709551616",
+            "BDAT 000000000000000000001",
+            "BDAT 10 LASTX",
+            "BDAT 10 LAST more",
+        ] {
+            assert!(matches!(p(bad), Err(CommandError::Syntax(_))), "{bad}");
+        }
+        assert_eq!(
+            Command::Bdat {
+                size: 7,
+                last: true
+            }
+            .to_line(),
+            b"BDAT 7 LAST\r\n"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod reply;
 pub mod sasl;
 
 pub use address::{Address, AddressError, Domain, ForwardPath, ReversePath};
-pub use command::{Command, CommandError, MAX_COMMAND_LINE};
+pub use command::{Command, CommandError, MAX_COMMAND_LINE, MAX_PARAM_LINE};
 pub use data::{BareLineEndings, DataDecoder, DataProgress, DataRejection, DotStuffer};
 pub use ehlo::Capabilities;
 pub use line::{LineEvent, LineReader};

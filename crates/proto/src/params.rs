@@ -234,7 +234,7 @@ pub fn parse_mail_params(s: &str) -> Result<MailParams, CommandError> {
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
                 params.body = Some(BodyType::EightBitMime)
             }
-            // BINARYMIME needs CHUNKING, which is not offered.
+            // BINARYMIME (RFC 3030 3) is not offered, though CHUNKING is.
             ("BODY", Some(_)) => {
                 return Err(CommandError::UnsupportedParam(format!(
                     "BODY={}",

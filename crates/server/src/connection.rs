@@ -19,13 +19,14 @@ use tern_config::Config;
 use tern_delivery::NotStored;
 use tern_proto::sasl::Credentials;
 use tern_proto::{
-    DataDecoder, DataProgress, HeaderScanner, LineEvent, LineReader, Reply, MAX_COMMAND_LINE,
+    DataDecoder, DataProgress, DataRejection, HeaderScanner, LineEvent, LineReader, Reply,
+    MAX_PARAM_LINE,
 };
 use tracing::info;
 
 use crate::replies;
 use crate::session::{
-    Accepted, Action, DataEnd, FilterStep, FilterVerdict, MessageFacts, Session, SpfQuery,
+    Accepted, Action, Chunk, DataEnd, FilterStep, FilterVerdict, MessageFacts, Session, SpfQuery,
 };
 use crate::store::StoreError;
 
@@ -138,11 +139,11 @@ impl Wants {
     }
 }
 
-/// A message being received.
+/// The bytes of a message being received (by DATA or BDAT) and what is learnt of them on
+/// the way.
 #[derive(Debug)]
-struct DataPhase {
-    decoder: DataDecoder,
-    /// Decoded bytes not yet handed out in an [`SpoolOp::Append`].
+struct Sink {
+    /// Message bytes not yet handed out in an [`SpoolOp::Append`].
     body: Vec<u8>,
     /// The header-section facts, worked out as the bytes pass (they may be on disk already).
     header: HeaderScanner,
@@ -153,30 +154,18 @@ struct DataPhase {
     dropped: bool,
     /// A spool write failed; the message is answered with this once its end is read.
     failed: Option<StoreError>,
-    /// The end-of-data marker was seen; what followed it is back in the line reader.
-    done: bool,
 }
 
-impl DataPhase {
-    fn new(decoder: DataDecoder) -> Self {
+impl Sink {
+    fn new() -> Self {
         Self {
-            decoder,
             body: Vec::new(),
             header: HeaderScanner::new(),
             ascii: true,
             spilled: false,
             dropped: false,
             failed: None,
-            done: false,
         }
-    }
-
-    /// Feeds client bytes to the decoder; the header scanner sees what it appends.
-    fn feed(&mut self, input: &[u8]) -> DataProgress {
-        let start = self.body.len();
-        let progress = self.decoder.feed(input, &mut self.body);
-        self.saw(start);
-        progress
     }
 
     /// The bytes from `start` on are new in `body`.
@@ -189,7 +178,224 @@ impl DataPhase {
             self.body.clear();
         }
     }
+
+    /// The spool operation the message needs now, if any: discard the file once the message
+    /// is sure to be refused (`doomed`), append once `spill_at` bytes are buffered.
+    fn spill(&mut self, spill_at: usize, doomed: bool) -> Option<SpoolOp> {
+        if self.dropped {
+            return None;
+        }
+        if doomed {
+            self.dropped = true;
+            self.body.clear();
+            return self.spilled.then_some(SpoolOp::Discard);
+        }
+        if self.body.is_empty() || self.body.len() < spill_at {
+            return None;
+        }
+        self.spilled = true;
+        Some(SpoolOp::Append(std::mem::take(&mut self.body)))
+    }
+
+    /// A spool write failed: nothing more is kept, the end of the message gets `error`.
+    fn failed(&mut self, error: StoreError) {
+        self.failed.get_or_insert(error);
+        self.dropped = true;
+        self.body.clear();
+    }
 }
+
+/// A message being received after DATA's 354.
+#[derive(Debug)]
+struct DataPhase {
+    decoder: DataDecoder,
+    sink: Sink,
+    /// The end-of-data marker was seen; what followed it is back in the connection's input.
+    done: bool,
+}
+
+impl DataPhase {
+    fn new(decoder: DataDecoder) -> Self {
+        Self {
+            decoder,
+            sink: Sink::new(),
+            done: false,
+        }
+    }
+
+    /// Feeds client bytes to the decoder; the header scanner sees what it appends.
+    fn feed(&mut self, input: &[u8]) -> DataProgress {
+        let start = self.sink.body.len();
+        let progress = self.decoder.feed(input, &mut self.sink.body);
+        self.sink.saw(start);
+        progress
+    }
+}
+
+/// A message arriving in BDAT chunks (RFC 3030). It outlives each chunk: between chunks the
+/// connection reads commands. The chunks' octets are counted, never scanned for an end
+/// marker nor unstuffed (that is what makes BDAT immune to smuggling); only the line endings
+/// are made what DATA stores: under `smtp.bare_line_endings = "normalize"` each bare CR and
+/// bare LF is stored as CRLF (so a copy relayed with DATA never carries one to the next hop),
+/// under `"reject"` the message is refused at its LAST chunk as DATA is at its dot.
+#[derive(Debug)]
+struct BdatMessage {
+    sink: Sink,
+    /// Octets received in its chunks so far.
+    size: u64,
+    mode: tern_proto::BareLineEndings,
+    /// The last octet so far was a CR: whether it is bare depends on the next one (a CRLF
+    /// may be split between chunks).
+    cr: bool,
+    /// A bare CR or LF was seen.
+    bare: bool,
+}
+
+impl BdatMessage {
+    fn new(mode: tern_proto::BareLineEndings) -> Self {
+        Self {
+            sink: Sink::new(),
+            size: 0,
+            mode,
+            cr: false,
+            bare: false,
+        }
+    }
+
+    /// The message is sure to be refused: nothing more need be kept.
+    fn doomed(&self) -> bool {
+        self.bare && self.mode == tern_proto::BareLineEndings::Reject
+    }
+
+    /// Octets of a chunk, as received.
+    fn push(&mut self, mut input: &[u8]) {
+        self.size = self.size.saturating_add(input.len() as u64);
+        let start = self.sink.body.len();
+        let out = &mut self.sink.body;
+        while !input.is_empty() {
+            if self.cr {
+                self.cr = false;
+                out.extend_from_slice(b"\r\n");
+                if input[0] == b'\n' {
+                    input = &input[1..];
+                    continue;
+                }
+                // A bare CR; the octet after it is looked at as any other.
+                self.bare = true;
+            }
+            match memchr::memchr2(b'\r', b'\n', input) {
+                None => {
+                    out.extend_from_slice(input);
+                    break;
+                }
+                Some(at) => {
+                    out.extend_from_slice(&input[..at]);
+                    if input[at] == b'\r' {
+                        self.cr = true;
+                    } else {
+                        out.extend_from_slice(b"\r\n");
+                        self.bare = true;
+                    }
+                    input = &input[at + 1..];
+                }
+            }
+        }
+        self.sink.saw(start);
+    }
+
+    /// The LAST chunk is in: a CR at the very end was bare.
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.cr) {
+            let start = self.sink.body.len();
+            self.sink.body.extend_from_slice(b"\r\n");
+            self.bare = true;
+            self.sink.saw(start);
+        }
+    }
+
+    fn verdict(&self) -> Result<(), DataRejection> {
+        if self.doomed() {
+            Err(DataRejection::BareLineEnding)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What becomes of the octets of the BDAT chunk being read.
+#[derive(Debug)]
+enum ChunkUse {
+    /// They are the next part of the message.
+    Keep,
+    /// They would take the message over `limits.max_message_size`: dropped, and so is the
+    /// message, with a 552 once the chunk is read.
+    TooBig,
+    /// The BDAT was refused: they are dropped, then this reply goes out.
+    Refused(Reply),
+}
+
+/// The octets of a BDAT chunk being read.
+#[derive(Debug)]
+struct ChunkPhase {
+    /// Octets of the chunk still to come.
+    remaining: u64,
+    size: u64,
+    last: bool,
+    kind: ChunkUse,
+}
+
+/// The client's bytes not yet processed. Only one command line at a time goes to the
+/// [`LineReader`]: what follows a BDAT line is chunk data, not commands, and must still be
+/// here when that line is parsed.
+#[derive(Debug, Default)]
+struct Input {
+    buf: Vec<u8>,
+    /// `buf[..pos]` is processed.
+    pos: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The first `n` pending bytes are processed.
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos >= 4096 && self.pos * 2 >= self.buf.len() {
+            // Compacted once half is processed: a long pipelined batch costs linear time.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+    }
+
+    /// The bytes up to and including the next LF (all of them if there is none).
+    fn next_line_len(&self) -> usize {
+        let pending = self.pending();
+        memchr::memchr(b'\n', pending).map_or(pending.len(), |nl| nl + 1)
+    }
+}
+
+/// Octets of a chunk taken into the message per step, so that the buffer between spool
+/// writes stays bounded whatever was pipelined.
+const CHUNK_STEP: usize = 64 * 1024;
+
+/// Message bytes a BDAT message keeps in memory while the connection waits for the next
+/// chunk's command (under the command deadline, without the DATA memory share); more goes
+/// to the spool file at the end of each chunk.
+const BDAT_IDLE_KEEP: usize = 4096;
 
 #[derive(Debug)]
 enum Phase {
@@ -197,6 +403,8 @@ enum Phase {
     Command,
     /// Reading message data after the 354.
     Data(DataPhase),
+    /// Reading the octets of a BDAT chunk.
+    Chunk(ChunkPhase),
     /// An [`Effect::StartTls`] is out.
     AwaitTls,
     /// An [`Effect::Verify`] is out.
@@ -215,7 +423,13 @@ pub struct Connection {
     session: Session,
     cfg: Arc<Config>,
     reader: LineReader,
+    input: Input,
     phase: Phase,
+    /// The BDAT message being received (between and during its chunks).
+    bdat: Option<BdatMessage>,
+    /// The spool file of an abandoned message must go before anything else happens (the next
+    /// message's first append would otherwise extend it).
+    discard_spool: bool,
     /// Replies not yet handed out in an [`Effect::Write`].
     out: Vec<u8>,
     /// `out` must go out before anything else is processed.
@@ -235,8 +449,11 @@ impl Connection {
         Self {
             session,
             cfg,
-            reader: LineReader::new(MAX_COMMAND_LINE),
+            reader: LineReader::new(MAX_PARAM_LINE),
+            input: Input::default(),
             phase: Phase::Command,
+            bdat: None,
+            discard_spool: false,
             out: Vec::new(),
             flush: false,
             pending: None,
@@ -278,6 +495,8 @@ impl Connection {
         let deadline = match &self.phase {
             Phase::Command => Deadline::Command,
             Phase::Data(d) if !d.done => Deadline::Data,
+            // RFC 5321 4.5.3.2's data timeout, for the whole chunk.
+            Phase::Chunk(_) => Deadline::Data,
             _ => return None,
         };
         Some(Wants {
@@ -293,15 +512,16 @@ impl Connection {
                 if let DataProgress::Done { consumed } = d.feed(input) {
                     d.done = true;
                     // Bytes after the end marker are the next pipelined commands.
-                    self.reader.push(&input[consumed..]);
+                    self.input.push(&input[consumed..]);
                 }
             }
             Phase::Command
             | Phase::Data(_)
+            | Phase::Chunk(_)
             | Phase::AwaitVerify
             | Phase::AwaitSpf
             | Phase::AwaitFilter
-            | Phase::AwaitStore => self.reader.push(input),
+            | Phase::AwaitStore => self.input.push(input),
             // RFC 3207 5: plaintext sent before the handshake completes is never executed.
             Phase::AwaitTls | Phase::Closed => {}
         }
@@ -314,6 +534,9 @@ impl Connection {
             if std::mem::take(&mut self.flush) && !self.out.is_empty() {
                 return Some(Effect::Write(std::mem::take(&mut self.out)));
             }
+            if std::mem::take(&mut self.discard_spool) {
+                return Some(Effect::Spool(SpoolOp::Discard));
+            }
             if let Some(effect) = self.pending.take() {
                 return Some(effect);
             }
@@ -325,24 +548,67 @@ impl Connection {
                 continue;
             }
             if let Phase::Data(d) = &mut self.phase {
-                if let Some(op) = Self::spill(d, self.spill_at) {
-                    return Some(Effect::Spool(op));
+                if !d.done {
+                    if let Some(op) = d.sink.spill(self.spill_at, d.decoder.is_doomed()) {
+                        return Some(Effect::Spool(op));
+                    }
                 }
             }
-            match self.phase {
-                Phase::Command => match self.reader.next_line() {
-                    Some(event) => {
-                        self.epoch += 1;
-                        let action = match event {
-                            LineEvent::Line(line) => self.session.handle_line(&line),
-                            LineEvent::TooLong => self.session.line_too_long(),
-                        };
-                        self.act(action);
+            if let Phase::Chunk(c) = &mut self.phase {
+                let pending = self.input.pending();
+                let n = pending
+                    .len()
+                    .min(CHUNK_STEP)
+                    .min(usize::try_from(c.remaining).unwrap_or(usize::MAX));
+                if n > 0 {
+                    if let (ChunkUse::Keep, Some(m)) = (&c.kind, self.bdat.as_mut()) {
+                        m.push(&pending[..n]);
                     }
-                    // RFC 2920 3.1: about to wait for the client, so everything answered goes out.
-                    None => return self.write_queued(),
-                },
+                    c.remaining -= n as u64;
+                    self.input.consume(n);
+                }
+                if let (ChunkUse::Keep, Some(m)) = (&c.kind, self.bdat.as_mut()) {
+                    let doomed = m.doomed();
+                    if let Some(op) = m.sink.spill(self.spill_at, doomed) {
+                        return Some(Effect::Spool(op));
+                    }
+                }
+                if c.remaining > 0 {
+                    if self.input.pending().is_empty() {
+                        return self.write_queued();
+                    }
+                    continue;
+                }
+                if let Phase::Chunk(c) = std::mem::replace(&mut self.phase, Phase::Command) {
+                    self.epoch += 1;
+                    self.end_chunk(c);
+                }
+                continue;
+            }
+            match self.phase {
+                Phase::Command => {
+                    // One line at a time: what follows a BDAT line is not for the reader.
+                    let n = self.input.next_line_len();
+                    if n > 0 {
+                        self.reader.push(&self.input.pending()[..n]);
+                        self.input.consume(n);
+                    }
+                    match self.reader.next_line() {
+                        Some(event) => {
+                            self.epoch += 1;
+                            let action = match event {
+                                LineEvent::Line(line) => self.session.handle_line(&line),
+                                LineEvent::TooLong => self.session.line_too_long(),
+                            };
+                            self.act_or_chunk(action);
+                        }
+                        // RFC 2920 3.1: about to wait for the client, so everything answered
+                        // goes out.
+                        None => return self.write_queued(),
+                    }
+                }
                 Phase::Data(_) => return self.write_queued(),
+                Phase::Chunk(_) => continue,
                 Phase::AwaitTls
                 | Phase::AwaitVerify
                 | Phase::AwaitSpf
@@ -359,7 +625,9 @@ impl Connection {
             return;
         }
         self.reader.clear();
+        self.input.clear();
         self.session.tls_established(description);
+        self.check_bdat();
         self.phase = Phase::Command;
         self.epoch += 1;
     }
@@ -409,7 +677,7 @@ impl Connection {
         match self.session.filtered(verdict) {
             // The session asks once per command; answering is all that is left to do.
             Action::Filter(_) => self.queue(&replies::local_error()),
-            action => self.act(action),
+            action => self.act_or_chunk(action),
         }
     }
 
@@ -432,9 +700,9 @@ impl Connection {
     /// read and dropped, and its end is answered with this error (452 4.3.1 for a full disk).
     pub fn spool_failed(&mut self, error: StoreError) {
         if let Phase::Data(d) = &mut self.phase {
-            d.failed.get_or_insert(error);
-            d.dropped = true;
-            d.body.clear();
+            d.sink.failed(error);
+        } else if let Some(m) = &mut self.bdat {
+            m.sink.failed(error);
         }
     }
 
@@ -501,9 +769,18 @@ impl Connection {
                 // processed, as the old driver loop did.
                 self.flush = true;
                 let mut d = DataPhase::new(self.data_decoder());
-                // Data pipelined right behind the DATA command is already buffered.
-                let progress = self.reader.drain_into(&mut d.decoder, &mut d.body);
-                d.saw(0);
+                // Data pipelined right behind the DATA command is already buffered (in the
+                // reader, which holds nothing past the DATA line, and in the input).
+                let mut progress = self.reader.drain_into(&mut d.decoder, &mut d.sink.body);
+                d.sink.saw(0);
+                if progress == DataProgress::NeedMore {
+                    progress = d.feed(self.input.pending());
+                    let consumed = match progress {
+                        DataProgress::Done { consumed } => consumed,
+                        DataProgress::NeedMore => self.input.pending().len(),
+                    };
+                    self.input.consume(consumed);
+                }
                 d.done = matches!(progress, DataProgress::Done { .. });
                 self.phase = Phase::Data(d);
                 self.epoch += 1;
@@ -514,6 +791,7 @@ impl Connection {
                 // RFC 3207 5 / CVE-2011-0411: whatever was pipelined after STARTTLS arrived in
                 // plaintext and must never be executed.
                 self.reader.clear();
+                self.input.clear();
                 self.phase = Phase::AwaitTls;
                 self.pending = Some(Effect::StartTls(TlsTicket(())));
             }
@@ -538,22 +816,36 @@ impl Connection {
         }
     }
 
-    /// The spool operation the message needs now, if any: discard the file once the message
-    /// is sure to be refused, append once enough bytes are buffered.
-    fn spill(d: &mut DataPhase, spill_at: usize) -> Option<SpoolOp> {
-        if d.dropped {
-            return None;
+    /// A command's action, unless it was a BDAT: then its chunk is read first.
+    fn act_or_chunk(&mut self, action: Action) {
+        match self.session.take_chunk() {
+            Some(chunk) => self.start_chunk(chunk),
+            None => self.act(action),
         }
-        if d.decoder.is_doomed() {
-            d.dropped = true;
-            d.body.clear();
-            return d.spilled.then_some(SpoolOp::Discard);
-        }
-        if d.done || d.body.is_empty() || d.body.len() < spill_at {
-            return None;
-        }
-        d.spilled = true;
-        Some(SpoolOp::Append(std::mem::take(&mut d.body)))
+        self.check_bdat();
+    }
+
+    /// A BDAT was answered by the session: its octets come next.
+    fn start_chunk(&mut self, chunk: Chunk) {
+        let kind = match chunk.refused {
+            Some(reply) => ChunkUse::Refused(reply),
+            None => {
+                let mode = crate::data::line_endings(self.cfg.smtp.bare_line_endings);
+                let m = self.bdat.get_or_insert_with(|| BdatMessage::new(mode));
+                if m.size.saturating_add(chunk.size) > self.cfg.limits.max_message_size {
+                    ChunkUse::TooBig
+                } else {
+                    ChunkUse::Keep
+                }
+            }
+        };
+        self.phase = Phase::Chunk(ChunkPhase {
+            remaining: chunk.size,
+            size: chunk.size,
+            last: chunk.last,
+            kind,
+        });
+        self.epoch += 1;
     }
 
     /// `tern_messages_received_total` for a message answered here, without the store (the
@@ -564,14 +856,80 @@ impl Connection {
         .increment(1);
     }
 
-    fn end_data(&mut self, mut d: DataPhase) {
+    /// The session left its BDAT transaction (RSET, HELO/EHLO, a new TLS session): the message
+    /// received so far is dropped, and its spool file removed.
+    fn check_bdat(&mut self) {
+        if self.bdat.is_some() && !self.session.in_bdat() {
+            self.drop_bdat();
+        }
+    }
+
+    fn drop_bdat(&mut self) {
+        if let Some(m) = self.bdat.take() {
+            if m.sink.spilled && !m.sink.dropped {
+                self.discard_spool = true;
+            }
+        }
+    }
+
+    /// The last octet of a BDAT chunk was read: its reply, or the end of the message.
+    fn end_chunk(&mut self, c: ChunkPhase) {
+        match c.kind {
+            ChunkUse::Refused(reply) => self.queue(&reply),
+            ChunkUse::TooBig => {
+                let size = self
+                    .bdat
+                    .as_ref()
+                    .map_or(0, |m| m.size)
+                    .saturating_add(c.size);
+                self.drop_bdat();
+                self.session.bdat_failed();
+                self.rejected += 1;
+                self.count_message("rejected");
+                let reply = replies::too_big();
+                info!(client_ip = %self.session.conn().peer.ip(), size, outcome = "rejected",
+                    reply = %reply, "message rejected");
+                self.queue(&reply);
+            }
+            ChunkUse::Keep if c.last => {
+                let Some(mut m) = self.bdat.take() else {
+                    self.queue(&replies::local_error());
+                    return;
+                };
+                m.finish();
+                let verdict = m.verdict();
+                let size = usize::try_from(m.size).unwrap_or(usize::MAX);
+                self.end_message(m.sink, size, verdict);
+            }
+            ChunkUse::Keep => {
+                if let Some(m) = &mut self.bdat {
+                    // The wait for the next chunk's command holds no DATA memory share.
+                    let doomed = m.doomed();
+                    let keep = BDAT_IDLE_KEEP.min(self.spill_at);
+                    if let Some(op) = m.sink.spill(keep.saturating_add(1), doomed) {
+                        self.pending = Some(Effect::Spool(op));
+                    }
+                }
+                self.queue(&replies::chunk_received(c.size));
+            }
+        }
+    }
+
+    fn end_data(&mut self, d: DataPhase) {
         let size = d.decoder.size();
+        let verdict = d.decoder.verdict();
+        self.end_message(d.sink, size, verdict);
+    }
+
+    /// The whole message is in (DATA's final dot, BDAT's LAST chunk): the session's checks,
+    /// then the store.
+    fn end_message(&mut self, mut d: Sink, size: usize, verdict: Result<(), DataRejection>) {
         let facts = MessageFacts {
             header_end: d.header.end(size as u64),
             received: d.header.received_count(),
             ascii: d.ascii,
         };
-        match self.session.finish_data(d.decoder.verdict(), &facts) {
+        match self.session.finish_data(verdict, &facts) {
             DataEnd::Reject(reply) => {
                 self.rejected += 1;
                 self.count_message("rejected");
@@ -579,7 +937,7 @@ impl Connection {
                     reply = %reply, "message rejected");
                 self.queue(&reply);
                 if d.spilled && !d.dropped {
-                    self.pending = Some(Effect::Spool(SpoolOp::Discard));
+                    self.discard_spool = true;
                 }
             }
             DataEnd::Discard(reply) => {
@@ -590,7 +948,7 @@ impl Connection {
                     "message discarded by a content filter");
                 self.queue(&reply);
                 if d.spilled && !d.dropped {
-                    self.pending = Some(Effect::Spool(SpoolOp::Discard));
+                    self.discard_spool = true;
                 }
             }
             DataEnd::Store(accepted) => {

@@ -50,6 +50,33 @@ pub fn need_mail_before_data() -> Reply {
     Reply::new(503, ec(5, 5, 1), "Need MAIL before DATA")
 }
 
+pub fn need_mail_before_bdat() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Need MAIL before BDAT")
+}
+
+pub fn need_rcpt_before_bdat() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "Need RCPT before BDAT")
+}
+
+/// RFC 3030 3: DATA and BDAT cannot be mixed in one transaction.
+pub fn data_after_bdat() -> Reply {
+    Reply::new(503, ec(5, 5, 1), "DATA not allowed after BDAT")
+}
+
+/// A BDAT after a failed one of the same transaction (the transaction was abandoned).
+pub fn bdat_after_failure() -> Reply {
+    Reply::new(
+        503,
+        ec(5, 5, 1),
+        "Transaction abandoned after a failed BDAT, send RSET or MAIL",
+    )
+}
+
+/// RFC 3030 2: the reply to a chunk that is not the last.
+pub fn chunk_received(size: u64) -> Reply {
+    Reply::new(250, ec(2, 0, 0), format!("{size} octets received"))
+}
+
 pub fn need_rcpt() -> Reply {
     Reply::new(503, ec(5, 5, 1), "Need RCPT before DATA")
 }
@@ -321,6 +348,7 @@ pub fn help(topic: Option<&str>) -> Reply {
         }
         "RCPT" => "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;addr]: add a recipient",
         "DATA" => "DATA: send the message, ended by a line holding a single dot",
+        "BDAT" => "BDAT <size> [LAST]: send the next <size> octets of the message (RFC 3030)",
         "RSET" => "RSET: abort the current transaction",
         "NOOP" => "NOOP: do nothing",
         "QUIT" => "QUIT: close the connection",
@@ -507,6 +535,10 @@ mod tests {
             need_mail(),
             need_mail_before_data(),
             need_rcpt(),
+            need_mail_before_bdat(),
+            need_rcpt_before_bdat(),
+            data_after_bdat(),
+            bdat_after_failure(),
             no_valid_recipients(),
             too_big(),
             utf8_required(),

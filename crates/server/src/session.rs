@@ -92,6 +92,9 @@ enum State {
     Mail(Transaction),
     /// DATA accepted (354 sent); the driver feeds the message.
     Data(Transaction),
+    /// A BDAT was accepted (RFC 3030): the message arrives in chunks, the connection keeps
+    /// what came so far, the chunk with LAST ends it.
+    Bdat(Transaction),
 }
 
 /// What the driver must do after a command.
@@ -111,6 +114,18 @@ pub enum Action {
     /// Ask the content filters (`[[milters]]`) about this step, then call
     /// [`Session::filtered`]; the session's reply to the command waits for their verdict.
     Filter(FilterStep),
+}
+
+/// What a BDAT command (RFC 3030) asks of the connection, taken with
+/// [`Session::take_chunk`] after the command's [`Action`]: read the `size` octets that follow
+/// the command line, raw. Accepted (`refused` is `None`): they are the next part of the
+/// message, and LAST ends it. Refused: they are read and dropped (never taken for commands:
+/// RFC 3030 3), and the reply follows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub size: u64,
+    pub last: bool,
+    pub refused: Option<Reply>,
 }
 
 /// A command the session would accept, shown to the content filters first. Only what the
@@ -153,6 +168,11 @@ enum Pending {
     Mail(Transaction),
     Rcpt(AcceptedRecipient),
     Data,
+    /// The first BDAT of a transaction (shown to the filters as DATA).
+    Bdat {
+        size: u64,
+        last: bool,
+    },
 }
 
 /// What SPF at MAIL FROM checks: the client address, its HELO name and the reverse-path
@@ -234,6 +254,12 @@ pub struct Session {
     pending: Option<Pending>,
     /// The SASL mechanism of the last AUTH (milter macro `{auth_type}`).
     auth_mechanism: Option<&'static str>,
+    /// A BDAT of the last transaction failed (too large, refused by a filter): the transaction
+    /// is over, and the BDATs the client pipelined behind it get 503 5.5.1 (not counted as
+    /// errors) until MAIL, RSET or HELO/EHLO.
+    bdat_failed: bool,
+    /// The chunk the last BDAT asks the connection to read ([`Session::take_chunk`]).
+    chunk: Option<Chunk>,
 }
 
 impl Session {
@@ -255,6 +281,8 @@ impl Session {
             filtered: false,
             pending: None,
             auth_mechanism: None,
+            bdat_failed: false,
+            chunk: None,
         }
         .with_filters()
     }
@@ -304,6 +332,26 @@ impl Session {
                 txn.recipients.push(rcpt);
                 Action::Reply(replies::recipient_ok())
             }
+            (Pending::Bdat { size, last }, FilterVerdict::Reject(r)) => {
+                // Unlike a refused DATA, the chunk's octets are already on their way: the
+                // transaction is over, and the chunks behind it are refused too.
+                self.state = State::Idle;
+                self.bdat_failed = true;
+                self.refuse_chunk(size, last, Action::Reply(r))
+            }
+            (Pending::Bdat { size, last }, _) => {
+                match std::mem::replace(&mut self.state, State::Idle) {
+                    State::Mail(mut txn) => {
+                        txn.discard |= discard;
+                        self.state = State::Bdat(txn);
+                        self.accept_chunk(size, last)
+                    }
+                    other => {
+                        self.state = other;
+                        self.refuse_chunk(size, last, Action::Reply(replies::local_error()))
+                    }
+                }
+            }
             (Pending::Data, verdict) => {
                 if let FilterVerdict::Reject(r) = verdict {
                     return Action::Reply(r);
@@ -326,6 +374,7 @@ impl Session {
     /// MAIL passed every check of the session: the transaction opens, or waits for the
     /// filters.
     fn open_transaction(&mut self, txn: Transaction) -> Action {
+        self.bdat_failed = false;
         if !self.filtered {
             self.state = State::Mail(txn);
             return Action::Reply(replies::sender_ok());
@@ -396,7 +445,7 @@ impl Session {
     /// The open transaction, if any (for logging an aborted one).
     pub fn transaction(&self) -> Option<&Transaction> {
         match &self.state {
-            State::CheckingSpf(t) | State::Mail(t) | State::Data(t) => Some(t),
+            State::CheckingSpf(t) | State::Mail(t) | State::Data(t) | State::Bdat(t) => Some(t),
             State::Idle => None,
         }
     }
@@ -414,7 +463,22 @@ impl Session {
         self.conn.tls = Some(description);
         self.helo = None;
         self.state = State::Idle;
+        self.bdat_failed = false;
         self.authenticated = None;
+    }
+
+    /// A BDAT transaction is open: the connection holds the chunks received so far.
+    pub fn in_bdat(&self) -> bool {
+        matches!(self.state, State::Bdat(_))
+    }
+
+    /// The connection abandoned the BDAT message (a chunk took it over `max_message_size`):
+    /// the transaction is over, and the client's next BDATs are refused until MAIL or RSET.
+    pub fn bdat_failed(&mut self) {
+        if self.in_bdat() {
+            self.state = State::Idle;
+            self.bdat_failed = true;
+        }
     }
 
     fn relay_allowed(&self) -> bool {
@@ -457,6 +521,16 @@ impl Session {
     }
 
     pub fn handle_line(&mut self, line: &[u8]) -> Action {
+        // The reader takes lines up to MAX_PARAM_LINE for MAIL and RCPT with DSN or AUTH=
+        // parameters; any other line (an AUTH response too) over 512 octets is too long.
+        let within = if self.auth_exchange.is_some() {
+            line.len() + 2 <= tern_proto::MAX_COMMAND_LINE
+        } else {
+            Command::may_be_long(line)
+        };
+        if !within {
+            return self.line_too_long();
+        }
         if let Some(exchange) = self.auth_exchange.take() {
             return self.auth_response(exchange, line);
         }
@@ -465,6 +539,9 @@ impl Session {
         }
         match Command::parse(line) {
             Ok(cmd) => self.handle(cmd),
+            // A malformed BDAT: how many octets follow is unknown, so whatever does would be
+            // read as commands. The connection is closed instead (Postfix does the same).
+            Err(e) if is_bdat(line) => Action::Close(self.parse_error_reply(&e)),
             Err(e) => {
                 let reply = self.parse_error_reply(&e);
                 self.error(reply)
@@ -500,8 +577,10 @@ impl Session {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
             Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.state = State::Idle;
+                self.bdat_failed = false;
                 self.junk(Action::Reply(replies::ok()))
             }
             Command::Noop => self.junk(Action::Reply(replies::ok())),
@@ -525,6 +604,7 @@ impl Session {
     fn helo(&mut self, name: String, esmtp: bool) -> Action {
         // RFC 5321 4.1.4: HELO/EHLO also resets any transaction.
         self.state = State::Idle;
+        self.bdat_failed = false;
         let reply = if esmtp {
             replies::ehlo(&self.cfg.hostname, &name, self.extensions())
         } else {
@@ -548,6 +628,9 @@ impl Session {
             "SMTPUTF8".to_string(),
             // RFC 3461: NOTIFY, ORCPT, RET and ENVID are kept, passed on and honoured.
             "DSN".to_string(),
+            // RFC 3030: BDAT. Its chunks are counted, not scanned, so no end-of-data marker
+            // can be smuggled into them.
+            "CHUNKING".to_string(),
         ];
         if self.conn.tls_available && self.conn.tls.is_none() {
             ext.push("STARTTLS".to_string());
@@ -772,6 +855,12 @@ impl Session {
                 self.state = State::Data(txn);
                 Action::StartData(replies::start_data())
             }
+            State::Bdat(txn) => {
+                // RFC 3030 3: DATA after BDAT in the same transaction is a 503; the
+                // transaction goes on.
+                self.state = State::Bdat(txn);
+                self.error(replies::data_after_bdat())
+            }
             State::Mail(txn) => {
                 // RFC 5321 3.3: DATA with no valid recipient is refused (503 or 554).
                 let reply = if txn.rejected > 0 {
@@ -794,6 +883,83 @@ impl Session {
         }
     }
 
+    /// BDAT (RFC 3030 2): the octets that follow are the next chunk of the message. The first
+    /// BDAT of a transaction is checked as DATA is (recipients, the filters' DATA step); in a
+    /// refused one the octets are still read (and dropped) before the reply.
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Bdat(txn) => {
+                self.state = State::Bdat(txn);
+                self.accept_chunk(size, last)
+            }
+            State::Mail(txn) if !txn.recipients.is_empty() && self.filtered => {
+                self.state = State::Mail(txn);
+                self.pending = Some(Pending::Bdat { size, last });
+                Action::Filter(FilterStep::Data)
+            }
+            State::Mail(txn) if !txn.recipients.is_empty() => {
+                self.state = State::Bdat(txn);
+                self.accept_chunk(size, last)
+            }
+            State::Mail(txn) => {
+                let reply = if txn.rejected > 0 {
+                    replies::no_valid_recipients()
+                } else {
+                    replies::need_rcpt_before_bdat()
+                };
+                self.state = State::Mail(txn);
+                let action = self.error(reply);
+                self.refuse_chunk(size, last, action)
+            }
+            State::Idle if self.bdat_failed => {
+                self.refuse_chunk(size, last, Action::Reply(replies::bdat_after_failure()))
+            }
+            other => {
+                // After DATA's 354 every octet is message data, so a BDAT can only be seen
+                // outside a transaction here.
+                let reply = if self.helo.is_none() {
+                    replies::need_helo()
+                } else {
+                    replies::need_mail_before_bdat()
+                };
+                self.state = other;
+                let action = self.error(reply);
+                self.refuse_chunk(size, last, action)
+            }
+        }
+    }
+
+    /// The chunk is the next part of the message. The action's reply is what a chunk that is
+    /// not the last gets once read; the connection sends it (or the end of the message's) then.
+    fn accept_chunk(&mut self, size: u64, last: bool) -> Action {
+        self.chunk = Some(Chunk {
+            size,
+            last,
+            refused: None,
+        });
+        Action::Reply(replies::chunk_received(size))
+    }
+
+    /// The chunk is refused with the action's reply, sent once its octets are read; a close
+    /// (too many errors) happens at once.
+    fn refuse_chunk(&mut self, size: u64, last: bool, action: Action) -> Action {
+        if let Action::Reply(r) = &action {
+            self.chunk = Some(Chunk {
+                size,
+                last,
+                refused: Some(r.clone()),
+            });
+        }
+        action
+    }
+
+    /// The chunk the last command (a BDAT) asks the connection to read, if any. The command's
+    /// [`Action`] is then a reply for the record only: the connection answers the chunk once
+    /// its octets are in.
+    pub fn take_chunk(&mut self) -> Option<Chunk> {
+        self.chunk.take()
+    }
+
     /// Called by the driver once the end-of-data marker was read, with the decoder's verdict
     /// and what was measured of the message as it streamed in (unstuffed, CRLF line endings,
     /// no trace header yet; the bytes themselves may be on disk already).
@@ -802,7 +968,8 @@ impl Session {
         verdict: Result<(), DataRejection>,
         message: &MessageFacts,
     ) -> DataEnd {
-        let State::Data(txn) = std::mem::replace(&mut self.state, State::Idle) else {
+        let (State::Data(txn) | State::Bdat(txn)) = std::mem::replace(&mut self.state, State::Idle)
+        else {
             return DataEnd::Reject(replies::need_mail());
         };
         match verdict {
@@ -1112,6 +1279,13 @@ fn looks_like_http(line: &[u8]) -> bool {
     METHODS
         .iter()
         .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
+}
+
+/// The line is a BDAT command (whatever its arguments).
+fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && line.get(4).is_none_or(|&b| b == b' ')
 }
 
 fn address_error_text(e: &AddressError) -> String {

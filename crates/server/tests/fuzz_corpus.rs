@@ -44,6 +44,11 @@ fn seeds_reach_their_states() {
     assert_eq!((o.stored, o.closed), (1, true), "{o:?}");
     let o = session(&seed("errors-until-close"));
     assert!(o.closed && o.replies < 30, "{o:?}");
+    // A message in BDAT chunks (RFC 3030), one holding a fake end of data and a command.
+    let o = session(&seed("bdat-transaction"));
+    assert_eq!((o.stored, o.rejected, o.closed), (1, 0, true), "{o:?}");
+    let o = session(&seed("bdat-spooled"));
+    assert_eq!((o.stored, o.rejected, o.closed), (1, 0, true), "{o:?}");
     assert_eq!(session(b"\x00"), Outcome::default());
 }
 

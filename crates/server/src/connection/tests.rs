@@ -411,3 +411,162 @@ fn pipelined_commands_wait_for_the_spf_check_of_mail() {
         ]
     );
 }
+
+/// BDAT: a large chunk streams to the spool file in pieces (never whole in memory), and the
+/// stored body is every chunk's octets in order, byte for byte.
+#[test]
+fn a_large_bdat_message_is_spooled_in_pieces_and_stored_whole() {
+    let mut c = smtp();
+    c.set_spill_threshold(1000);
+    let (mut file, mut spooled) = (Vec::new(), false);
+    c.feed(b"EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\n");
+    let (out, _) = drive(&mut c, &mut file, &mut spooled);
+    assert!(out.contains("250-CHUNKING\r\n"), "{out}");
+    let mut message = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..3000u32 {
+        message.extend_from_slice(format!("{i:08} \u{e9} line\r\n").as_bytes());
+    }
+    let (first, rest) = message.split_at(20_000);
+    c.feed(format!("BDAT {}\r\n", first.len()).as_bytes());
+    for piece in first.chunks(700) {
+        c.feed(piece);
+        drive(&mut c, &mut file, &mut spooled);
+        assert!(c.bdat.as_ref().unwrap().sink.body.len() < 1000 + 700);
+    }
+    assert!(spooled, "a large chunk goes to the spool file");
+    c.feed(format!("BDAT {} LAST\r\n", rest.len()).as_bytes());
+    for piece in rest.chunks(4096) {
+        c.feed(piece);
+        let (out, stored) = drive(&mut c, &mut file, &mut spooled);
+        if let Some(stored) = stored {
+            assert_eq!(stored, message);
+            assert!(out.ends_with(" octets received\r\n") || out.contains("queued as"));
+        }
+    }
+    assert_eq!(c.accepted(), 1);
+}
+
+/// RSET between chunks drops the message and its spool file; the next message starts a new
+/// file.
+#[test]
+fn rset_between_bdat_chunks_discards_the_spool_file() {
+    let mut c = smtp();
+    c.set_spill_threshold(100);
+    let (mut file, mut spooled) = (Vec::new(), false);
+    c.feed(b"EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nBDAT 5000\r\n");
+    c.feed(&b"a".repeat(5000));
+    let (out, _) = drive(&mut c, &mut file, &mut spooled);
+    assert!(out.ends_with("250 2.0.0 5000 octets received\r\n"), "{out}");
+    assert!(spooled);
+    c.feed(b"RSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nBDAT 4 LAST\r\nabcd");
+    let (out, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert_eq!(stored.unwrap(), b"abcd");
+    assert!(out.contains("queued as"), "{out}");
+}
+
+/// Bare CR and LF in BDAT data are stored as CRLF (the default "normalize"), also when a CRLF
+/// is split between two chunks; with "reject" the message is refused at LAST.
+#[test]
+fn bdat_line_endings_follow_the_data_policy() {
+    let mut c = smtp();
+    let (mut file, mut spooled) = (Vec::new(), false);
+    c.feed(b"EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\n");
+    c.feed(b"BDAT 9\r\na\nb\rc\r\nd\rBDAT 7 LAST\r\n\ne\r\r\nf\r");
+    let (_, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert_eq!(stored.unwrap(), b"a\r\nb\r\nc\r\nd\r\ne\r\n\r\nf\r\n");
+
+    let mut c = connection(
+        "[smtp]\nbare_line_endings = \"reject\"\n",
+        ListenerKind::Smtp,
+        false,
+    );
+    c.feed(b"EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\n");
+    c.feed(b"BDAT 4 LAST\r\na\nb\r");
+    let (out, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert!(stored.is_none());
+    assert!(out.ends_with("554 5.6.0 Message rejected: bare <LF> or <CR> in message data (see SMTP smuggling)\r\n"), "{out}");
+    c.feed(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nBDAT 4 LAST\r\nab\r\n");
+    let (_, stored) = drive(&mut c, &mut file, &mut spooled);
+    assert_eq!(stored.unwrap(), b"ab\r\n");
+}
+
+/// STARTTLS-style resets aside, nothing pipelined after a refused BDAT's octets is lost, and a
+/// byte-at-a-time client gets the same replies.
+#[test]
+fn bdat_fed_byte_by_byte() {
+    let input = b"EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@tern.test>\r\nBDAT 3\r\nab\nBDAT 2 LAST\r\n\r\nNOOP\r\n";
+    let (mut file, mut spooled) = (Vec::new(), false);
+    let mut c = smtp();
+    let mut out = String::new();
+    let mut stored = None;
+    for b in input.chunks(1) {
+        c.feed(b);
+        let (o, s) = drive(&mut c, &mut file, &mut spooled);
+        out.push_str(&o);
+        stored = stored.or(s);
+    }
+    assert_eq!(stored.unwrap(), b"ab\r\n\r\n");
+    let r = replies(&out);
+    assert_eq!(r[r.len() - 3], "250 2.0.0 3 octets received");
+    assert!(r[r.len() - 2].starts_with("250 2.0.0 OK: queued as "));
+    assert_eq!(r[r.len() - 1], "250 2.0.0 OK");
+}
+
+/// With content filters, the first BDAT is shown to them as DATA; the chunk waits for the
+/// verdict (its octets stay buffered, never read as commands). A refusal is the chunk's reply
+/// once its octets are read, and ends the transaction: the BDATs behind it get 503.
+#[test]
+fn bdat_waits_for_the_filters_and_a_refusal_ends_the_transaction() {
+    let milter = "[[milters]]\nname = \"f\"\naddress = \"inet:127.0.0.1:9\"\n\
+                  apply_to = [\"smtp\"]\n";
+    for reject in [false, true] {
+        let mut c = connection(milter, ListenerKind::Smtp, false);
+        c.feed(b"EHLO a\r\n");
+        let Some(Effect::Filter(_, t)) = c.poll() else {
+            panic!("no HELO step")
+        };
+        c.filtered(t, FilterVerdict::Continue);
+        c.feed(b"MAIL FROM:<a@b.test>\r\n");
+        write(c.poll());
+        let Some(Effect::Filter(_, t)) = c.poll() else {
+            panic!("no MAIL step")
+        };
+        c.filtered(t, FilterVerdict::Continue);
+        c.feed(b"RCPT TO:<x@tern.test>\r\n");
+        write(c.poll());
+        let Some(Effect::Filter(_, t)) = c.poll() else {
+            panic!("no RCPT step")
+        };
+        c.filtered(t, FilterVerdict::Continue);
+        c.feed(b"BDAT 6\r\nNOOP\r\nBDAT 3 LAST\r\nx\r\nNOOP\r\n");
+        write(c.poll());
+        let Some(Effect::Filter(FilterStep::Data, t)) = c.poll() else {
+            panic!("no DATA step for the first BDAT")
+        };
+        if reject {
+            c.filtered(t, FilterVerdict::Reject(replies::filter_command_rejected()));
+            assert_eq!(
+                replies(&write(c.poll())),
+                [
+                    "550 5.7.1 Command rejected",
+                    "503 5.5.1 Transaction abandoned after a failed BDAT, send RSET or MAIL",
+                    "250 2.0.0 OK"
+                ]
+            );
+        } else {
+            c.filtered(t, FilterVerdict::Continue);
+            // The replies so far go out before the store.
+            let mut out = write(c.poll());
+            let Some(Effect::Store(_, DataBody::Memory(body), ticket)) = c.poll() else {
+                panic!("no store")
+            };
+            assert_eq!(body, b"NOOP\r\nx\r\n");
+            c.stored(ticket, Ok(()));
+            out.push_str(&write(c.poll()));
+            let r = replies(&out);
+            assert_eq!(r[0], "250 2.0.0 6 octets received");
+            assert!(r[1].starts_with("250 2.0.0 OK: queued as "), "{out}");
+            assert_eq!(r[2], "250 2.0.0 OK");
+        }
+    }
+}

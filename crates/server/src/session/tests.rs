@@ -824,3 +824,62 @@ fn milters_apply_to_the_listeners_they_name() {
     );
     assert!(matches!(s.handle_line(b"EHLO x"), Action::Reply(_)));
 }
+
+/// BDAT asks the connection for its chunk, accepted or refused; the refusals count as errors
+/// like DATA's, except the 503s after a failed BDAT (the client pipelined those chunks).
+#[test]
+fn bdat_hands_out_its_chunk() {
+    let mut s = session();
+    assert_eq!(say(&mut s, "BDAT 3"), "503 5.5.1 Send HELO/EHLO first");
+    let refused = Some(replies::need_helo());
+    assert_eq!(
+        s.take_chunk(),
+        Some(Chunk {
+            size: 3,
+            last: false,
+            refused
+        })
+    );
+    say(&mut s, "EHLO c.test");
+    say(&mut s, "MAIL FROM:<a@b.test>");
+    assert_eq!(
+        say(&mut s, "BDAT 2 LAST"),
+        "503 5.5.1 Need RCPT before BDAT"
+    );
+    assert!(s
+        .take_chunk()
+        .is_some_and(|c| c.refused.is_some() && c.last));
+    say(&mut s, "RCPT TO:<x@tern.test>");
+    assert_eq!(say(&mut s, "BDAT 10"), "250 2.0.0 10 octets received");
+    assert_eq!(
+        s.take_chunk(),
+        Some(Chunk {
+            size: 10,
+            last: false,
+            refused: None
+        })
+    );
+    assert!(s.in_bdat());
+    assert_eq!(say(&mut s, "DATA"), "503 5.5.1 DATA not allowed after BDAT");
+    assert!(s.take_chunk().is_none() && s.in_bdat());
+    s.bdat_failed();
+    assert!(!s.in_bdat());
+    let errors = s.errors;
+    assert_eq!(
+        say(&mut s, "BDAT 1 LAST"),
+        "503 5.5.1 Transaction abandoned after a failed BDAT, send RSET or MAIL"
+    );
+    assert_eq!(s.errors, errors, "not counted as an error");
+    assert!(s.take_chunk().is_some());
+    say(&mut s, "RSET");
+    assert_eq!(
+        say(&mut s, "BDAT 1 LAST"),
+        "503 5.5.1 Need MAIL before BDAT"
+    );
+    assert_eq!(s.errors, errors + 1);
+    // A malformed BDAT closes: the octets after it can't be told from commands.
+    assert!(matches!(
+        s.handle_line(b"BDAT 1x"),
+        Action::Close(r) if r.code() == 501
+    ));
+}
