@@ -7,7 +7,8 @@ contract promises about it: `tern_queue` rows, `held`, `leased_by`, `lease_until
 
 Covered: a stopped node's mail delivered by the other; 1,000 messages over two nodes delivered exactly once;
 `kill -9` mid-delivery and the lease running out; PostgreSQL restarted under load (4xx while down, nothing
-acknowledged lost); every `tern queue` command against the database while both nodes run; config errors and
+acknowledged lost); every `tern queue` command (and the admin API's queue list and show) against the database
+while both nodes run; config errors and
 `tern queue migrate`; the per-host concurrency limit shared by the nodes."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import pytest
 import pg_helpers
 from pg_helpers import Cluster, Sink, message_id, pg_queue_config, wait_for
 from relay_helpers import ALICE, RawPeer, log_tail, parse_dsn, relay_config, route_to, tern_queue
-from ternlib import make_message, split_trace, tern_bin
+from admin_helpers import AdminClient
+from ternlib import free_port, make_message, split_trace, tern_bin
 
 BOB = "bob@remote.test"
 EX_CONFIG = 78
@@ -419,9 +421,12 @@ def lost_report(sent, sink, cluster, db, down_at, up_at, nodes, only: set | None
 def test_queue_cli_against_database_while_two_nodes_run(tern, tmp_path, cluster, db):
     """`tern queue list [--json] / show / hold / release / flush / delete / bounce` with a node's config act on
     the shared queue while both nodes run: a held entry is not delivered by either node, a deleted one never
-    arrives, a bounced one turns into a DSN (multipart/report) in the local sender's Maildir."""
+    arrives, a bounced one turns into a DSN (multipart/report) in the local sender's Maildir. The admin API of
+    one node lists and shows the entries the other node accepted."""
     with Sink(data_reply="451 4.3.2 deferred by the sink") as sink:
-        a = node(tern, tmp_path, cluster, db, "mx-a", sink.port)  # retry_schedule 1h: deferred entries stay
+        api_port = free_port()
+        # retry_schedule 1h: deferred entries stay
+        a = node(tern, tmp_path, cluster, db, "mx-a", sink.port, admin={"listen": f"127.0.0.1:{api_port}"})
         b = node(tern, tmp_path, cluster, db, "mx-b", sink.port)
         msgs = {name: make_message(f"cli {name}", sender=ALICE, to=BOB) for name in ("hold", "flush", "del", "bnc")}
         qid = {name: (a if i % 2 == 0 else b).deliver(ALICE, BOB, m) for i, (name, m) in enumerate(msgs.items())}
@@ -433,6 +438,14 @@ def test_queue_cli_against_database_while_two_nodes_run(tern, tmp_path, cluster,
         listed = {e["id"]: e for e in json.loads(cli(b, "list", "--json"))}
         assert set(listed) == set(qid.values()), listed
         assert all(e["sender"] == ALICE and e["status"] == "deferred" for e in listed.values()), listed
+
+        # The admin API (docs/operations.md) reads the same shared queue: node a lists b's entries too.
+        api = AdminClient(f"http://127.0.0.1:{api_port}")
+        api.wait_up()
+        got = api.ok_json("GET", "/api/queue")
+        assert {e["id"] for e in got["entries"]} == set(qid.values()), got
+        by_b = qid["flush"]  # accepted by b (odd index)
+        assert api.ok_json("GET", f"/api/queue/{by_b}")["id"] == by_b
 
         shown = json.loads(cli(a, "show", qid["hold"], "--json"))
         assert shown["id"] == qid["hold"]
