@@ -60,6 +60,10 @@ impl Cluster for Shared {
                 .prepare_cached(sql::TAKE_SLOT)
                 .await
                 .map_err(|e| error::db("taking a host slot", e))?;
+            let count = client
+                .prepare_cached(sql::SLOTS_IN_USE)
+                .await
+                .map_err(|e| error::db("counting host slots", e))?;
             for _ in 0..SLOT_TRIES {
                 let row = client
                     .query_opt(&take, &[&host, &inner.holder, &limit, &inner.lease_secs()])
@@ -69,7 +73,7 @@ impl Cluster for Shared {
                     return Ok(Some((row.get::<_, i32>(0), row.get::<_, i64>(1))));
                 }
                 let in_use: i64 = client
-                    .query_one(sql::SLOTS_IN_USE, &[&host])
+                    .query_one(&count, &[&host])
                     .await
                     .map_err(|e| error::db("counting host slots", e))?
                     .get(0);
@@ -103,22 +107,23 @@ impl Cluster for Shared {
             .map(|(c, n)| (c.as_str(), i32::try_from(*n).unwrap_or(i32::MAX)))
             .unzip();
         let rows = inner.run("sharing rate counts", async {
-            let client = inner.client().await?;
             if !clients.is_empty() {
-                client
-                    .execute(sql::ADD_RATE, &[&minute, &inner.holder, &clients, &counts])
-                    .await
-                    .map_err(|e| error::db("sharing rate counts", e))?;
+                let params: [&(dyn ToSql + Sync); 4] = [&minute, &inner.holder, &clients, &counts];
+                inner
+                    .rows("sharing rate counts", sql::ADD_RATE, &params)
+                    .await?;
             }
             // Minutes before the last two are of no use to anyone.
-            client
-                .execute(sql::EXPIRE_RATE, &[&(minute - 120)])
+            inner
+                .rows("expiring rate counts", sql::EXPIRE_RATE, &[&(minute - 120)])
+                .await?;
+            inner
+                .rows(
+                    "reading rate counts",
+                    sql::OTHERS_RATE,
+                    &[&minute, &inner.holder],
+                )
                 .await
-                .map_err(|e| error::db("expiring rate counts", e))?;
-            client
-                .query(sql::OTHERS_RATE, &[&minute, &inner.holder])
-                .await
-                .map_err(|e| error::db("reading rate counts", e))
         })?;
         Ok(rows
             .iter()

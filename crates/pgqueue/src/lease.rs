@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tern_queue::{QueueId, QueueLock, StoreEvent};
 
-use crate::{error, persist, sql, Inner};
+use crate::{persist, sql, Inner};
 
 /// What a token holds.
 #[derive(Debug, Clone)]
@@ -127,11 +127,13 @@ impl Drop for Slot {
         );
         self.inner.rt.spawn(async move {
             let result = persist(inner.lease_time, || async {
-                let client = inner.client().await?;
-                client
-                    .execute(sql::FREE_SLOT, &[&host, &slot, &token])
+                inner
+                    .rows(
+                        "freeing a host slot",
+                        sql::FREE_SLOT,
+                        &[&host, &slot, &token],
+                    )
                     .await
-                    .map_err(|e| error::db("freeing a host slot", e))
             })
             .await;
             if let Err(e) = result {
@@ -171,16 +173,13 @@ pub(crate) fn spawn_renewer(inner: &Arc<Inner>) {
                 continue;
             }
             let result = async {
-                let client = inner.client().await?;
                 let secs = inner.lease_secs();
-                client
-                    .execute(sql::RENEW_ENTRIES, &[&entries, &secs])
+                inner
+                    .rows("renewing leases", sql::RENEW_ENTRIES, &[&entries, &secs])
+                    .await?;
+                inner
+                    .rows("renewing host slots", sql::RENEW_SLOTS, &[&slots, &secs])
                     .await
-                    .map_err(|e| error::db("renewing leases", e))?;
-                client
-                    .execute(sql::RENEW_SLOTS, &[&slots, &secs])
-                    .await
-                    .map_err(|e| error::db("renewing host slots", e))
             }
             .await;
             if let Err(e) = result {
