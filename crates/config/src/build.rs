@@ -1365,6 +1365,17 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
             .collect(),
         allow_networks: allow_networks(v, &o.allow_networks),
         min_data_rate: min_data_rate(v, o),
+        mta_sts: flag(&o.mta_sts, defaults::MTA_STS),
+        mta_sts_ca_file: o
+            .mta_sts_ca_file
+            .as_ref()
+            .map(|p| readable_file(v, p, "outbound.mta_sts_ca_file")),
+        mta_sts_port: port(
+            v,
+            &o.mta_sts_port,
+            "outbound.mta_sts_port",
+            defaults::MTA_STS_PORT,
+        ),
     }
 }
 

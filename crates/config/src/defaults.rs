@@ -102,6 +102,10 @@ pub const DELAY_WARNING: Option<Duration> = None;
 
 /// RFC 5321 4.5.4.2: SMTP is port 25.
 pub const MX_PORT: u16 = 25;
+/// RFC 8461: MTA-STS is on unless turned off.
+pub const MTA_STS: bool = true;
+/// RFC 8461 3.3: policies are fetched over HTTPS.
+pub const MTA_STS_PORT: u16 = 443;
 /// Port used by a route written without one.
 pub const ROUTE_PORT: u16 = 25;
 pub const OUTBOUND_CONCURRENCY: usize = 50;
@@ -305,6 +309,9 @@ pub fn outbound(hostname: &str) -> OutboundConfig {
                 grace: OUTBOUND_MIN_DATA_RATE_GRACE,
             }
         }),
+        mta_sts: MTA_STS,
+        mta_sts_ca_file: None,
+        mta_sts_port: MTA_STS_PORT,
     }
 }
 

@@ -237,7 +237,7 @@ fn type_hint(key: &str) -> String {
         }
         "min_data_rate" => "write bytes per second such as 1024 (or a string such as \"1KiB\")",
         "domains" => "write a list of domain names such as [\"example.test\"]",
-        "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" => {
+        "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" | "mta_sts" => {
             "write true or false"
         }
         "users" => "write each user as a [[users]] table with name = \"user@domain\"",
@@ -247,7 +247,9 @@ fn type_hint(key: &str) -> String {
         "tls" if key == "tls" => "write a [tls] table with cert = \"...\" and key = \"...\"",
         "tls" => "write one of \"none\", \"opportunistic\", \"required\"",
         "hostname" | "helo_name" | "data_dir" | "level" | "format" | "cert" | "key" | "host"
-        | "user" | "password" | "password_file" | "name" => "write the value as a quoted string",
+        | "user" | "password" | "password_file" | "name" | "mta_sts_ca_file" => {
+            "write the value as a quoted string"
+        }
         _ if key.starts_with("routes.") => {
             "write \"host[:port]\" or a table { host = \"...\", port = 25, tls = \"required\" }"
         }

@@ -213,6 +213,9 @@ pub(crate) struct RawOutbound {
     pub allow_networks: TextList,
     pub min_data_rate: Option<Spanned<Size>>,
     pub min_data_rate_grace: Text,
+    pub mta_sts: Flag,
+    pub mta_sts_ca_file: Text,
+    pub mta_sts_port: Int,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1492,3 +1492,44 @@ fn local_delivery_errors_name_the_key_and_the_fix() {
         );
     }
 }
+
+#[test]
+fn mta_sts_is_on_by_default_with_its_port_and_ca_file() {
+    let d = load("");
+    assert!(d.outbound.mta_sts);
+    assert_eq!(d.outbound.mta_sts_port, 443);
+    assert_eq!(d.outbound.mta_sts_ca_file, None);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let c = load(&format!(
+        "[outbound]\nmta_sts = false\nmta_sts_port = 8443\nmta_sts_ca_file = \"{}\"\n",
+        ca.display()
+    ));
+    assert!(!c.outbound.mta_sts);
+    assert_eq!(c.outbound.mta_sts_port, 8443);
+    assert_eq!(c.outbound.mta_sts_ca_file, Some(ca));
+    rejects(
+        "[outbound]\nmta_sts_port = 0\n",
+        &["outbound.mta_sts_port: 0 is too small"],
+    );
+    rejects(
+        "[outbound]\nmta_sts_ca_file = \"/nonexistent/ca.pem\"\n",
+        &[
+            "outbound.mta_sts_ca_file",
+            "cannot read \"/nonexistent/ca.pem\"",
+        ],
+    );
+    rejects(
+        "[outbound]\nmta_sts = \"yes\"\n",
+        &["outbound.mta_sts", "write true or false"],
+    );
+    // A reload applies them (the relay is rebuilt from the new config).
+    let changes = crate::diff::diff(
+        "",
+        "[outbound]\nmta_sts = false\nmta_sts_port = 8443\nmta_sts_ca_file = \"/x\"\n",
+    )
+    .unwrap();
+    assert_eq!(changes.len(), 3);
+    assert!(changes.iter().all(|c| !c.needs_restart), "{changes:?}");
+}

@@ -437,6 +437,13 @@ pub struct OutboundConfig {
     /// The slowest the remote may take the message body after the grace period; `None` = no
     /// minimum (`min_data_rate = 0`).
     pub min_data_rate: Option<MinDataRate>,
+    /// RFC 8461 MTA-STS for MX delivery: look up and apply the recipient domain's policy.
+    pub mta_sts: bool,
+    /// Extra CA certificates trusted for the MTA-STS policy fetch and for the TLS an
+    /// `enforce` policy requires (a private setup, the tests); the webpki roots always are.
+    pub mta_sts_ca_file: Option<PathBuf>,
+    /// The HTTPS port policies are fetched from; 443 (RFC 8461 3.3), a high port in tests.
+    pub mta_sts_port: u16,
 }
 
 /// `outbound.min_data_rate` with its grace period: after `grace`, the body must have been

@@ -23,6 +23,7 @@ use tern_proto::{Address, ForwardPath, ReversePath};
 use tern_queue::{Cluster, HostSlot, RcptOutcome, StoredReply, TlsOutcome};
 
 use crate::message::QueuedMessage;
+use crate::mta_sts::{Applied, Mode};
 use crate::route::{self, Destination, DestinationKind, Hop};
 use crate::status::{self, Peer};
 
@@ -236,9 +237,25 @@ impl Connector {
         envelope: &ClientEnvelope,
         message: &QueuedMessage,
     ) -> Result<(Hop, TlsOutcome, bool, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
+        // RFC 8461: the recipient domain's MTA-STS policy, for MX delivery only (a route is
+        // the operator's own choice, with its own `tls`).
+        let sts = match &dest.kind {
+            DestinationKind::Mx { domain } => {
+                crate::mta_sts::policy_for(&self.cfg, self.resolver.as_ref(), domain).await
+            }
+            _ => None,
+        };
+        let enforced;
+        let dest = match &sts {
+            Some(s) if s.policy.mode == Mode::Enforce => {
+                enforced = enforcing(dest, self.cfg.outbound.mta_sts_ca_file.as_ref());
+                &enforced
+            }
+            _ => dest,
+        };
         let (mut session, hop) = match self.take_pooled(&dest.key).await {
             Some(p) => (p.session, p.hop),
-            None => self.open(dest).await?,
+            None => self.open(dest, sts.as_ref()).await?,
         };
         let tls = tls_outcome(&session);
         let dsn = session.capabilities().is_some_and(|c| c.dsn);
@@ -383,16 +400,67 @@ impl Connector {
     }
 
     /// Connects to the first hop that answers and completes EHLO, STARTTLS and AUTH.
+    /// Under an MTA-STS policy (`sts`), `enforce` keeps only the MX hosts it names (and `dest`
+    /// requires verified TLS already, [`enforcing`]); `testing` logs what would have failed.
     async fn open(
         &self,
         dest: &Destination,
+        sts: Option<&Applied>,
     ) -> Result<(Session<TcpStream>, Hop), (Option<String>, RcptOutcome)> {
-        let hops = route::hops(&self.cfg, self.resolver.as_ref(), dest)
+        let mut hops = route::hops(&self.cfg, self.resolver.as_ref(), dest)
             .await
             .map_err(|f| (None, f))?;
-        let opts = self
+        let mut opts = self
             .connect_options(dest)
             .map_err(|reply| (None, RcptOutcome::deferred(reply)))?;
+        let enforce = sts.filter(|s| s.policy.mode == Mode::Enforce);
+        let testing = sts.filter(|s| s.policy.mode == Mode::Testing);
+        if let Some(s) = sts {
+            let mut names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
+            names.dedup();
+            let other: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| !s.policy.allows(n))
+                .collect();
+            if enforce.is_some() {
+                if other.len() == names.len() {
+                    let reply = status::mta_sts_no_matching_mx(
+                        &s.domain,
+                        &s.policy.patterns(),
+                        &names.join(", "),
+                    );
+                    tracing::warn!(domain = %s.domain, mx = %names.join(", "),
+                        patterns = %s.policy.patterns(),
+                        "relay: MTA-STS policy (enforce): no MX host matches; deferred");
+                    return Err((None, RcptOutcome::deferred(reply)));
+                }
+                hops.retain(|h| s.policy.allows(&h.name));
+            } else {
+                // Testing changes nothing about where mail goes, in what order.
+                for name in other {
+                    let reason = format!(
+                        "MX host {name} does not match the policy (mx: {})",
+                        s.policy.patterns()
+                    );
+                    tracing::warn!(domain = %s.domain, host = %name, reason = %reason,
+                        "relay: MTA-STS testing policy would have failed");
+                }
+            }
+        }
+        if testing.is_some() && opts.tls == TlsMode::Opportunistic && opts.pin.is_none() {
+            // Check the certificate (for the log only): an unverified one still encrypts.
+            opts.verify_tls = true;
+            if let Some(path) = &self.cfg.outbound.mta_sts_ca_file {
+                match ca_roots(path) {
+                    Ok(roots) => opts.extra_roots = roots,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay: cannot use outbound.mta_sts_ca_file")
+                    }
+                }
+            }
+        }
+        let tls_off = opts.tls == TlsMode::None;
         let addrs: Vec<(std::net::SocketAddr, &str)> =
             hops.iter().map(|h| (h.addr, h.name.as_str())).collect();
         let reached = connect_first(&addrs, &opts).await;
@@ -411,6 +479,27 @@ impl Connector {
                         error = %reason,
                         "relay: TLS handshake failed; delivering in cleartext on a new connection"
                     );
+                }
+                if let Some(s) = testing {
+                    let why = match session.tls() {
+                        None => Some(match session.tls_fallback() {
+                            Some(reason) => {
+                                format!("TLS handshake failed ({reason}); delivered in cleartext")
+                            }
+                            None if tls_off => {
+                                "outbound.tls is \"none\"; delivered in cleartext".to_string()
+                            }
+                            None => "no STARTTLS; delivered in cleartext".to_string(),
+                        }),
+                        Some(t) => t
+                            .certificate
+                            .unverified_reason()
+                            .map(|r| format!("certificate not verified for {}: {r}", hop.name)),
+                    };
+                    if let Some(reason) = why {
+                        tracing::warn!(domain = %s.domain, host = %hop.name, addr = %hop.addr,
+                            reason = %reason, "relay: MTA-STS testing policy would have failed");
+                    }
                 }
                 if let Some(t) = session.tls() {
                     metrics::counter!(names::TLS_SESSIONS, "direction" => "outbound",
@@ -434,6 +523,18 @@ impl Connector {
                             }
                             e => e,
                         };
+                        // RFC 8461 5: under enforce, a TLS failure is the policy's failure.
+                        if let (Some(s), ClientError::Tls(_) | ClientError::TlsUnavailable) =
+                            (enforce, &e)
+                        {
+                            let p = peer(hop);
+                            let reply = status::mta_sts_tls_failed(
+                                &s.domain,
+                                &status::at(p.name, p.addr),
+                                &e.to_string(),
+                            );
+                            return Some((hop.name.clone(), RcptOutcome::deferred(reply)));
+                        }
                         Some((hop.name.clone(), status::session_failure(peer(hop), e)))
                     })
                     .collect();
@@ -503,6 +604,19 @@ fn ca_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Stor
             status::ca_file_unparsable(&shown, &source.to_string())
         }
     })
+}
+
+/// `dest` under an MTA-STS `enforce` policy (RFC 8461 4.2): TLS required with a certificate
+/// verified for the MX name (as a route's `tls = "required"`), `outbound.mta_sts_ca_file`
+/// trusted besides the webpki roots, and its own pool key (never a session opened without it).
+fn enforcing(dest: &Destination, ca_file: Option<&std::path::PathBuf>) -> Destination {
+    let mut d = dest.clone();
+    d.tls = TlsPolicy::Required;
+    if d.ca_file.is_none() {
+        d.ca_file = ca_file.cloned();
+    }
+    d.key.push_str(" mta-sts=enforce");
+    d
 }
 
 fn peer(hop: &Hop) -> Peer<'_> {

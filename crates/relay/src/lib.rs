@@ -19,6 +19,7 @@ mod claimer;
 pub mod connector;
 mod lmtp;
 pub mod message;
+pub mod mta_sts;
 pub use tern_delivery::notify;
 pub mod round;
 pub mod route;

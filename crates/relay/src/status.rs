@@ -237,6 +237,32 @@ pub fn lmtp_unreachable(target: &str, error: &str) -> StoredReply {
     )
 }
 
+/// RFC 8461 4.2: the domain's MTA-STS policy is `enforce` and none of its MX hosts matches
+/// the policy's `mx` patterns: deferred (4.7.5 cryptographic failure, as for any TLS policy
+/// failure), the policy or the MX may change.
+pub fn mta_sts_no_matching_mx(domain: &str, patterns: &str, hosts: &str) -> StoredReply {
+    own(
+        451,
+        4,
+        7,
+        5,
+        format!("MTA-STS policy of {domain} (enforce): no MX host matches the policy (mx: {patterns}; MX hosts: {hosts})"),
+    )
+}
+
+/// RFC 8461 4.2 and 5: under an `enforce` policy the MX host offered no STARTTLS, or its
+/// certificate did not verify for its MX name, or the handshake failed: deferred, never sent
+/// in the clear.
+pub fn mta_sts_tls_failed(domain: &str, at: &str, error: &str) -> StoredReply {
+    own(
+        451,
+        4,
+        7,
+        5,
+        format!("MTA-STS policy of {domain} (enforce): {at}: {error}"),
+    )
+}
+
 /// `host NAME[ADDR]`: how tern's own statuses say which host they are about.
 pub fn at(name: &str, addr: Option<IpAddr>) -> String {
     match addr {
@@ -587,6 +613,8 @@ mod tests {
             err(ClientError::NeedsSmtpUtf8),
             err(ClientError::NeedsRequireTls),
             cluster_slots_busy("mx remote.test", 5, Duration::from_secs(300)),
+            mta_sts_no_matching_mx("remote.test", "*.remote.test", "mx.other.test"),
+            mta_sts_tls_failed("remote.test", &at, e),
             err(ClientError::Unusable),
             client_error(&at, &ClientError::Unusable, true),
             err(ClientError::TooSlow {
