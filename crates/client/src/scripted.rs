@@ -1,5 +1,6 @@
 //! Test helper: an in-memory SMTP server that follows a script over `tokio::io::duplex`, records
-//! what the client sent, and decodes DATA with the server side's own decoder (tern-proto).
+//! what the client sent, and decodes DATA with the server side's own decoder (tern-proto) and
+//! BDAT chunks by their sizes.
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub enum Step {
     /// read (a server taking the body at a trickle). If the client gives up and closes, the
     /// script ends there.
     Trickle { bytes: usize, every: Duration },
+    /// Read one `BDAT <n> [LAST]` line (recorded in `lines`) and its `n` octets; the octets of
+    /// the chunks up to the LAST one are recorded as one message.
+    Chunk,
     /// Stop answering but keep the connection open (a hung server).
     Hang,
     /// Close the connection.
@@ -46,6 +50,7 @@ pub fn spawn_buffered(buffer: usize, script: Vec<Step>) -> (DuplexStream, JoinHa
         let mut rec = Recorded::default();
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 1 << 16];
+        let mut bdat: Vec<u8> = Vec::new();
         for step in script {
             match step {
                 Step::Send(s) => server.write_all(s.as_bytes()).await.unwrap(),
@@ -106,6 +111,39 @@ pub fn spawn_buffered(buffer: usize, script: Vec<Step>) -> (DuplexStream, JoinHa
                         }
                     }
                     rec.messages.push(out);
+                }
+                Step::Chunk => {
+                    let line = loop {
+                        if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=nl).collect();
+                            break String::from_utf8_lossy(&line).trim_end().to_string();
+                        }
+                        let n = server.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "client closed while server expected BDAT");
+                        buf.extend_from_slice(&chunk[..n]);
+                    };
+                    let mut words = line.split(' ');
+                    assert_eq!(
+                        words.next(),
+                        Some("BDAT"),
+                        "expected BDAT, client sent {line:?}"
+                    );
+                    let size: usize = words.next().unwrap().parse().unwrap();
+                    let last = match words.next() {
+                        None => false,
+                        Some("LAST") => true,
+                        Some(w) => panic!("BDAT with {w:?}"),
+                    };
+                    while buf.len() < size {
+                        let n = server.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "client closed in a BDAT chunk");
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    bdat.extend(buf.drain(..size));
+                    if last {
+                        rec.messages.push(std::mem::take(&mut bdat));
+                    }
+                    rec.lines.push(line);
                 }
                 Step::Hang => {
                     std::future::pending::<()>().await;

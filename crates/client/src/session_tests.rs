@@ -709,3 +709,385 @@ async fn lmtp_has_no_helo_fallback() {
     let rec = server.await.unwrap();
     assert_eq!(rec.lines, ["LHLO client.test"]);
 }
+
+// ------------------------------------------------------------- CHUNKING / BDAT (RFC 3030)
+
+/// A transcript hook collecting `C: ...` / `S: ...` lines.
+fn transcript(s: &mut crate::Session<tokio::io::DuplexStream>) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    s.opts.transcript = Some(Arc::new(move |d: Direction, l: &str| {
+        sink.lock().unwrap().push(format!("{d} {l}"));
+    }));
+    log
+}
+
+/// The chunk lines a message of `len` octets is sent in (1 MiB chunks, then LAST).
+fn bdat_lines(len: usize) -> Vec<String> {
+    let mb = crate::transaction::BDAT_CHUNK;
+    let mut lines = vec![format!("BDAT {mb}"); len / mb];
+    lines.push(format!("BDAT {} LAST", len % mb));
+    lines
+}
+
+/// A message of lines that all start with a dot (a lone dot among them), `lines` of them.
+fn dotted_message(lines: usize) -> Vec<u8> {
+    let mut m = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..lines {
+        if i % 997 == 0 {
+            m.extend_from_slice(b".\r\n");
+        } else {
+            m.extend_from_slice(format!(".{i:08} {}\r\n", "x".repeat(88)).as_bytes());
+        }
+    }
+    m
+}
+
+const CHUNKING_EHLO: &str =
+    "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 100000000\r\n250 CHUNKING\r\n";
+
+#[tokio::test]
+async fn chunking_small_message_is_one_bdat_last_pipelined() {
+    // One write for MAIL, RCPT and the chunk: the server reads all before replying.
+    let msg = "Subject: caf\u{e9}\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n".as_bytes();
+    let last: &'static str = Box::leak(format!("BDAT {} LAST", msg.len()).into_boxed_str());
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL FROM:<from@a.test> SIZE="),
+        Expect("RCPT TO:<a@b.test>"),
+        Chunk,
+        Send("250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as C1\r\n"),
+        Expect("QUIT"),
+        Send("221 bye\r\n"),
+    ]);
+    let mut s = session(io);
+    let log = transcript(&mut s);
+    let run = async {
+        s.banner().await.unwrap();
+        assert!(s.ehlo().await.unwrap().chunking);
+        let d = s.send_message(&env(&["a@b.test"]), msg).await;
+        assert!(s.is_usable());
+        s.quit().await.unwrap();
+        d
+    };
+    let d = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("client did not pipeline the BDAT");
+    let rec = server.await.unwrap();
+    assert_eq!(
+        rec.messages,
+        vec![msg.to_vec()],
+        "no dot-stuffing, no final dot"
+    );
+    assert!(rec.lines[1].contains(" BODY=8BITMIME"), "{:?}", rec.lines);
+    assert_eq!(rec.lines[3], last);
+    assert!(d.all_accepted(), "{d:?}");
+    assert_eq!(d.data_reply.unwrap().text(), "queued as C1");
+    let log = log.lock().unwrap();
+    assert!(log.contains(&format!("C: {last}")), "{log:?}");
+    assert!(
+        !log.iter().any(|l| l == "C: DATA" || l == "C: ."),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn chunking_3mib_message_in_1mib_chunks_byte_exact() {
+    // Lock-step (no PIPELINING): MAIL, RCPT, then each chunk after the previous reply.
+    let msg = dotted_message(32_000);
+    assert!(msg.len() > 3 << 20 && msg.len() < 4 << 20);
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send("250-mx.test\r\n250 CHUNKING\r\n"),
+        Expect("MAIL FROM:<from@a.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<a@b.test>"),
+        Send("250 ok\r\n"),
+        Expect("RCPT TO:<c@b.test>"),
+        Send("250 ok\r\n"),
+        Chunk,
+        Send("250 2.0.0 1048576 octets\r\n"),
+        Chunk,
+        Send("250 2.0.0 1048576 octets\r\n"),
+        Chunk,
+        Send("250 2.0.0 1048576 octets\r\n"),
+        Chunk,
+        Send("250 2.0.0 queued as BIG\r\n"),
+    ]);
+    let mut s = session(io);
+    let log = transcript(&mut s);
+    let progress = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let p = progress.clone();
+    s.set_progress(Some(Box::new(move |a, b| p.lock().unwrap().push((a, b)))));
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), &msg).await;
+    let rec = server.await.unwrap();
+    assert!(d.all_accepted(), "{d:?}");
+    assert_eq!(rec.messages.len(), 1);
+    assert!(
+        rec.messages[0] == msg,
+        "reassembled chunks differ from the message"
+    );
+    assert_eq!(rec.lines[4..], bdat_lines(msg.len())[..]);
+    // With BDAT every accepted recipient gets the LAST reply.
+    for (_, o) in &d.per_recipient {
+        assert_eq!(o.reply().unwrap().text(), "queued as BIG");
+    }
+    let log = log.lock().unwrap();
+    let sent: Vec<_> = log.iter().filter(|l| l.starts_with("C: BDAT")).collect();
+    assert_eq!(sent.len(), 4, "{log:?}");
+    let progress = progress.lock().unwrap();
+    // One report per 64 KiB write, as with DATA, rising to the total.
+    assert!(
+        progress.len() >= msg.len() / crate::CHUNK,
+        "{}",
+        progress.len()
+    );
+    assert!(progress.windows(2).all(|w| w[0].0 <= w[1].0));
+    assert_eq!(progress.last(), Some(&(msg.len() as u64, msg.len() as u64)));
+}
+
+#[tokio::test]
+async fn chunking_size_multiple_of_chunk_and_empty_end_with_bdat_0_last() {
+    // Exactly 2 MiB: two full chunks, then `BDAT 0 LAST`; an empty message is `BDAT 0 LAST`.
+    let mut msg = Vec::new();
+    while msg.len() < 2 << 20 {
+        msg.extend_from_slice(format!(".{:061}\r\n", msg.len()).as_bytes());
+    }
+    assert_eq!(msg.len(), 2 << 20);
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n250 2.0.0 first\r\n"),
+        Chunk,
+        Send("250 2.0.0 second\r\n"),
+        Chunk,
+        Send("250 2.0.0 queued as M2\r\n"),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n250 2.0.0 queued as E0\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), &msg).await;
+    assert!(d.all_accepted(), "{d:?}");
+    let d = s.send_message(&env(&["a@b.test"]), b"").await;
+    assert!(d.all_accepted(), "{d:?}");
+    assert_eq!(d.data_reply.unwrap().text(), "queued as E0");
+    let rec = server.await.unwrap();
+    let chunks: Vec<_> = rec.lines.iter().filter(|l| l.starts_with("BDAT")).collect();
+    assert_eq!(
+        chunks,
+        ["BDAT 1048576", "BDAT 1048576", "BDAT 0 LAST", "BDAT 0 LAST"]
+    );
+    assert!(rec.messages[0] == msg);
+    assert!(rec.messages[1].is_empty());
+}
+
+#[tokio::test]
+async fn chunking_5xx_to_a_middle_chunk_ends_the_transaction() {
+    let msg = dotted_message(32_000);
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 2.0.0 1048576 octets\r\n"),
+        Chunk,
+        Send("552 5.3.4 message too big for policy\r\n"),
+        // No further chunk: RSET comes next.
+        Expect("RSET"),
+        Send("250 2.0.0 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s
+        .send_message(&env(&["a@b.test", "bad@b.test"]), &msg)
+        .await;
+    let rec = server.await.unwrap();
+    assert!(s.is_usable());
+    assert!(d.data_reply.is_none());
+    assert!(rec.messages.is_empty());
+    let got: Vec<_> = d
+        .per_recipient
+        .iter()
+        .map(|(_, o)| (o.class(), o.reply().map(|r| r.code())))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (OutcomeClass::Permanent, Some(552)),
+            (OutcomeClass::Permanent, Some(550))
+        ]
+    );
+    assert!(matches!(
+        &d.per_recipient[0].1,
+        Outcome::PermanentFailure(crate::Failure::Reply {
+            stage: Stage::DataBody,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn chunking_4xx_to_last_defers_every_accepted_recipient() {
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n250 ok\r\n452 4.3.1 insufficient storage\r\n"),
+        Expect("RSET"),
+        Send("250 2.0.0 ok\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test", "c@b.test"]), MSG).await;
+    let rec = server.await.unwrap();
+    assert_eq!(rec.messages, vec![MSG.to_vec()]);
+    assert_eq!(d.data_reply.as_ref().map(|r| r.code()), Some(452));
+    for (_, o) in &d.per_recipient {
+        assert!(matches!(
+            o,
+            Outcome::TemporaryFailure(crate::Failure::Reply {
+                stage: Stage::DataEnd,
+                ..
+            })
+        ));
+        assert_eq!(o.reply().unwrap().text(), "insufficient storage");
+    }
+    assert!(s.is_usable());
+}
+
+#[tokio::test]
+async fn chunking_every_rcpt_rejected_and_bare_lf_made_crlf() {
+    // Pipelined: the first chunk went with the RCPTs; no recipient, so the server's 554 to
+    // BDAT is no outcome of its own, and RSET cleans up. Then a message with bare LFs and no
+    // final line end goes as CRLF text, exactly as DATA would send it (without the stuffing).
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n"),
+        Expect("RSET"),
+        Send("250 ok\r\n"),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    assert_eq!(d.worst(), OutcomeClass::Permanent);
+    assert_eq!(d.per_recipient[0].1.reply().unwrap().code(), 550);
+    assert!(d.data_reply.is_none());
+    assert!(s.is_usable());
+    let d = s
+        .send_message(&env(&["a@b.test"]), b"Subject: x\n\n.a\nb\rc")
+        .await;
+    assert!(d.all_accepted(), "{d:?}");
+    let rec = server.await.unwrap();
+    assert_eq!(rec.lines.last().unwrap(), "BDAT 24 LAST");
+    assert_eq!(rec.messages[1], b"Subject: x\r\n\r\n.a\r\nb\r\nc\r\n");
+}
+
+#[tokio::test]
+async fn no_chunking_still_gets_data() {
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send("250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Expect("DATA"),
+        Send("250 ok\r\n250 ok\r\n354 go\r\n"),
+        Data,
+        Send("250 2.0.0 queued\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    assert!(!s.ehlo().await.unwrap().chunking);
+    let d = s.send_message(&env(&["a@b.test"]), MSG).await;
+    assert!(d.all_accepted());
+    let rec = server.await.unwrap();
+    assert_eq!(rec.messages, vec![MSG.to_vec()]);
+    assert!(!rec.lines.iter().any(|l| l.starts_with("BDAT")));
+}
+
+/// A [`crate::BodySource`] handing out pieces of `size` octets (not dividing 1 MiB).
+struct Pieces {
+    data: Vec<u8>,
+    at: usize,
+    size: usize,
+}
+
+impl crate::BodySource for Pieces {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        if self.at >= self.data.len() {
+            return Ok(None);
+        }
+        let end = (self.at + self.size).min(self.data.len());
+        let piece = self.data[self.at..end].to_vec();
+        self.at = end;
+        Ok(Some(piece))
+    }
+}
+
+#[tokio::test]
+async fn chunking_pieces_not_aligned_with_chunks_reassemble_exactly() {
+    let msg = dotted_message(12_000);
+    let (io, server) = spawn(vec![
+        Send("220 mx.test ESMTP\r\n"),
+        Expect("EHLO client.test"),
+        Send(CHUNKING_EHLO),
+        Expect("MAIL"),
+        Expect("RCPT"),
+        Chunk,
+        Send("250 ok\r\n250 ok\r\n250 2.0.0 1048576 octets\r\n"),
+        Chunk,
+        Send("250 2.0.0 queued\r\n"),
+    ]);
+    let mut s = session(io);
+    s.banner().await.unwrap();
+    s.ehlo().await.unwrap();
+    let traits = crate::MessageTraits::scan(&msg);
+    let mut body = Pieces {
+        data: msg.clone(),
+        at: 0,
+        size: 65_521,
+    };
+    let d = s
+        .send_message_from(&env(&["a@b.test"]), traits, &mut body)
+        .await;
+    assert!(d.all_accepted(), "{d:?}");
+    let rec = server.await.unwrap();
+    assert_eq!(rec.lines[3..], bdat_lines(msg.len())[..]);
+    assert!(rec.messages[0] == msg);
+}

@@ -3,6 +3,10 @@
 //! otherwise), the dot-stuffed body, and one outcome per recipient. In LMTP mode
 //! ([`crate::SessionOptions::lmtp`], RFC 2033) the same commands go out, pipelined the same way,
 //! and the final dot is answered once per accepted recipient.
+//!
+//! When the server offers CHUNKING (RFC 3030) the body goes in `BDAT <n> [LAST]` chunks of at
+//! most [`BDAT_CHUNK`] octets instead of DATA: line endings made CRLF as for DATA, but no
+//! dot-stuffing and no final dot; the reply to the LAST chunk is the per-message outcome.
 
 use tern_proto::{BodyType, Command, DotStuffer, MailParams, RcptParams, Reply, Severity};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,6 +20,14 @@ use crate::transcript::Direction;
 
 /// Body bytes handed to one write (each write has its own data-block timeout).
 pub const CHUNK: usize = 64 * 1024;
+
+/// The most message octets in one BDAT chunk (RFC 3030): the most a BDAT transfer holds in
+/// memory, besides one [`BodySource`] piece.
+pub const BDAT_CHUNK: usize = 1024 * 1024;
+
+/// Room kept before a BDAT chunk's octets for its command line (`BDAT <20 digits> LAST\r\n`
+/// is 32 octets), so that line and chunk go out in one write without copying the chunk.
+const BDAT_HEAD: usize = 32;
 
 /// Where the bytes of a message come from while it is sent: memory ([`SliceBody`]) or a file
 /// read a piece at a time (the relay's spool), so that sending a large message never needs it
@@ -92,6 +104,73 @@ enum Verdict {
     NoRecipients,
 }
 
+/// The octets of the BDAT chunks still to send: at most one chunk and one source piece,
+/// after [`BDAT_HEAD`] octets of room for the command line.
+struct Chunker {
+    buf: Vec<u8>,
+    crlf: DotStuffer,
+    /// The source is exhausted (and the normalizer finished).
+    eof: bool,
+    /// For the progress hook: the message's size, and the chunk octets sent so far.
+    total: u64,
+    sent: u64,
+}
+
+impl Chunker {
+    fn new(total: u64) -> Self {
+        // Grows with the message, to at most about one chunk and one piece.
+        Self {
+            buf: vec![0; BDAT_HEAD],
+            crlf: DotStuffer::line_endings_only(),
+            eof: false,
+            total,
+            sent: 0,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - BDAT_HEAD
+    }
+
+    /// Reads from `body` until a whole chunk is buffered or the message is over; then says
+    /// how many octets the next chunk has and whether it is the LAST one. A chunk of exactly
+    /// [`BDAT_CHUNK`] octets is never LAST (the end is not known yet): a message whose size is
+    /// a multiple of it ends with `BDAT 0 LAST`.
+    async fn fill<B: BodySource>(&mut self, body: &mut B) -> std::io::Result<(usize, bool)> {
+        while !self.eof && self.pending() < BDAT_CHUNK {
+            match body.next_chunk().await? {
+                Some(piece) => {
+                    self.crlf.feed(&piece, &mut self.buf);
+                }
+                None => {
+                    self.crlf.finish_lines(&mut self.buf);
+                    self.eof = true;
+                }
+            }
+        }
+        let n = self.pending().min(BDAT_CHUNK);
+        Ok((n, self.eof && n == self.pending()))
+    }
+
+    /// The command line and the first `n` buffered octets, as one slice.
+    fn wire(&mut self, n: usize, last: bool) -> (Command, &[u8]) {
+        let cmd = Command::Bdat {
+            size: n as u64,
+            last,
+        };
+        let line = cmd.to_line();
+        // At most 32 octets (a u64 has at most 20 digits); n is at most BDAT_CHUNK anyway.
+        let start = BDAT_HEAD - line.len().min(BDAT_HEAD);
+        self.buf[start..BDAT_HEAD].copy_from_slice(&line[..BDAT_HEAD - start]);
+        (cmd, &self.buf[start..BDAT_HEAD + n])
+    }
+
+    /// Drops the `n` octets just sent.
+    fn consume(&mut self, n: usize) {
+        self.buf.drain(BDAT_HEAD..BDAT_HEAD + n);
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Sends one message to every envelope recipient. Never fails as a whole: each recipient gets
     /// its own outcome (network errors and timeouts are temporary failures). Afterwards the
@@ -123,6 +202,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 vec![None; keys.len()],
                 Verdict::Failed(Outcome::from_error(e)),
             ),
+            // RFC 3030: BDAT whenever it is offered (tern never converts a message, so nothing
+            // stands in its way; BINARYMIME is not used). LMTP keeps DATA: RFC 2033 defines the
+            // per-recipient replies after the final dot only.
+            Ok(mail) if self.chunking() => self.transact_bdat(envelope, mail, body).await,
             Ok(mail) => self.transact(envelope, mail, body).await,
         };
         let mut lmtp = Vec::new().into_iter();
@@ -198,17 +281,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         })
     }
 
-    async fn transact<B: BodySource>(
-        &mut self,
-        envelope: &Envelope,
-        mail: Command,
-        body: &mut B,
-    ) -> (Vec<Option<Outcome>>, Verdict) {
-        let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
+    /// True when the message goes in BDAT chunks: the server offers CHUNKING (SMTP only).
+    fn chunking(&self) -> bool {
+        !self.opts.lmtp && self.capabilities().is_some_and(|c| c.chunking)
+    }
+
+    /// One RCPT command per envelope recipient, with its DSN parameters when DSN is offered.
+    fn rcpt_commands(&self, envelope: &Envelope) -> Vec<Command> {
         let dsn = self.capabilities().is_some_and(|c| c.dsn);
-        let n = envelope.rcpts.len();
-        let mut rejected: Vec<Option<Outcome>> = vec![None; n];
-        let rcpts: Vec<Command> = envelope
+        envelope
             .rcpts
             .iter()
             .enumerate()
@@ -219,7 +300,202 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     _ => RcptParams::default(),
                 },
             })
-            .collect();
+            .collect()
+    }
+
+    /// The transaction with the body in BDAT chunks (RFC 3030). With PIPELINING, MAIL, the
+    /// RCPTs and the first chunk go before any reply is read (RFC 3030 4.2, RFC 2920 3.1);
+    /// otherwise MAIL and each RCPT in lock-step, and no octet of the message is read or sent
+    /// unless a recipient was accepted. Further chunks go one at a time, each after the
+    /// previous one's reply, so at most one chunk is ever held in memory.
+    async fn transact_bdat<B: BodySource>(
+        &mut self,
+        envelope: &Envelope,
+        mail: Command,
+        body: &mut B,
+    ) -> (Vec<Option<Outcome>>, Verdict) {
+        let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
+        let mut rejected: Vec<Option<Outcome>> = vec![None; envelope.rcpts.len()];
+        let rcpts = self.rcpt_commands(envelope);
+        let t = self.opts.timeouts;
+        let mut chunks = Chunker::new(body.len());
+        let mut clock;
+
+        if pipelining {
+            // The first chunk is read before anything is sent: a source that fails here
+            // leaves the session untouched.
+            let (size, last) = match chunks.fill(body).await {
+                Ok(next) => next,
+                Err(e) => {
+                    return (
+                        rejected,
+                        Verdict::Failed(Outcome::from_error(ClientError::Source(
+                            std::sync::Arc::new(e),
+                        ))),
+                    )
+                }
+            };
+            let mut group = mail.to_line();
+            self.log(Direction::Client, &mail.to_string());
+            for r in &rcpts {
+                self.log(Direction::Client, &r.to_string());
+                group.extend_from_slice(&r.to_line());
+            }
+            if let Err(e) = self.write_raw(Stage::Mail, &group, t.mail).await {
+                return (rejected, Verdict::Failed(Outcome::from_error(e)));
+            }
+            clock = BodyClock::start();
+            if let Err(e) = self.send_chunk(&mut chunks, size, last, &mut clock).await {
+                return (rejected, Verdict::Failed(Outcome::from_error(e)));
+            }
+            // RFC 2920 3.2: the replies in order, one per command.
+            let mail_reply = match self.read_reply(Stage::Mail, t.mail).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            for slot in rejected.iter_mut() {
+                match self.read_reply(Stage::Rcpt, t.rcpt).await {
+                    Ok(r) if r.is_positive() => {}
+                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
+                    Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+                }
+            }
+            let chunk_reply = match self.read_reply(chunk_stage(last), t.data_end).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            if !mail_reply.is_positive() {
+                // Every RCPT and the BDAT were answered "bad sequence"; MAIL's reply is the cause.
+                rejected.iter_mut().for_each(|s| *s = None);
+                self.reset_after_failure().await;
+                return (
+                    rejected,
+                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
+                );
+            }
+            if rejected.iter().all(Option::is_some) {
+                // No recipient: the server dropped the chunk (RFC 3030 2: 503/554 to BDAT).
+                self.reset_after_failure().await;
+                return (rejected, Verdict::NoRecipients);
+            }
+            if let Some(verdict) = self.chunk_verdict(chunk_reply, last).await {
+                return (rejected, verdict);
+            }
+        } else {
+            let mail_reply = match self.command(Stage::Mail, &mail, t.mail).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            if !mail_reply.is_positive() {
+                self.reset_after_failure().await;
+                return (
+                    rejected,
+                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
+                );
+            }
+            for (slot, cmd) in rejected.iter_mut().zip(&rcpts) {
+                match self.command(Stage::Rcpt, cmd, t.rcpt).await {
+                    Ok(r) if r.is_positive() => {}
+                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
+                    Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+                }
+            }
+            if rejected.iter().all(Option::is_some) {
+                self.reset_after_failure().await;
+                return (rejected, Verdict::NoRecipients);
+            }
+            clock = BodyClock::start();
+        }
+
+        loop {
+            let (size, last) = match chunks.fill(body).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // Between chunks: nothing half-sent, RSET ends the transaction cleanly.
+                    self.reset_after_failure().await;
+                    return (
+                        rejected,
+                        Verdict::Failed(Outcome::from_error(ClientError::Source(
+                            std::sync::Arc::new(e),
+                        ))),
+                    );
+                }
+            };
+            if let Err(e) = self.send_chunk(&mut chunks, size, last, &mut clock).await {
+                return (rejected, Verdict::Failed(Outcome::from_error(e)));
+            }
+            let reply = match self.read_reply(chunk_stage(last), t.data_end).await {
+                Ok(r) => r,
+                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
+            };
+            if let Some(verdict) = self.chunk_verdict(reply, last).await {
+                return (rejected, verdict);
+            }
+        }
+    }
+
+    /// Writes one `BDAT <n> [LAST]` line and its octets, under the data-block timeout and the
+    /// minimum data rate as [`Session::write_body`] has them.
+    async fn send_chunk(
+        &mut self,
+        chunks: &mut Chunker,
+        size: usize,
+        last: bool,
+        clock: &mut BodyClock,
+    ) -> Result<(), ClientError> {
+        let (total, before) = (chunks.total, chunks.sent);
+        let (cmd, bytes) = chunks.wire(size, last);
+        self.log(Direction::Client, &cmd.to_string());
+        let line = bytes.len() - size;
+        let mut written = 0;
+        // In writes of at most CHUNK octets, as DATA's body: each under its own data-block
+        // timeout, with a progress report after each.
+        for piece in bytes.chunks(CHUNK) {
+            self.write_body(piece, clock).await?;
+            written += piece.len();
+            // Chunk octets count CRLFs made of bare LFs; the report stays within the total.
+            let sent = if last && written == bytes.len() {
+                total
+            } else {
+                (before + written.saturating_sub(line) as u64).min(total)
+            };
+            if let Some(p) = self.progress.as_mut() {
+                p(sent, total);
+            }
+        }
+        chunks.consume(size);
+        chunks.sent = before + size as u64;
+        Ok(())
+    }
+
+    /// What a chunk's reply means: `None` to go on with the next chunk (a 2xx to one that is
+    /// not the last). The reply to LAST is the message's outcome, as the final dot's is. Any
+    /// other reply ends the transaction (RFC 3030 2: no more chunks may follow), and RSET
+    /// makes sure the server has left it before the session carries another message.
+    async fn chunk_verdict(&mut self, reply: Reply, last: bool) -> Option<Verdict> {
+        if last {
+            if !reply.is_positive() {
+                self.reset_after_failure().await;
+            }
+            return Some(Verdict::Final(reply));
+        }
+        if reply.is_positive() {
+            return None;
+        }
+        self.reset_after_failure().await;
+        Some(Verdict::Failed(Outcome::from_reply(Stage::DataBody, reply)))
+    }
+
+    async fn transact<B: BodySource>(
+        &mut self,
+        envelope: &Envelope,
+        mail: Command,
+        body: &mut B,
+    ) -> (Vec<Option<Outcome>>, Verdict) {
+        let pipelining = self.capabilities().is_some_and(|c| c.pipelining);
+        let n = envelope.rcpts.len();
+        let mut rejected: Vec<Option<Outcome>> = vec![None; n];
+        let rcpts = self.rcpt_commands(envelope);
         let t = self.opts.timeouts;
 
         // MAIL, RCPT..., DATA: RFC 2920 3.1 lets all of them go in one write, DATA last.
@@ -446,6 +722,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn reset_after_failure(&mut self) {
         if self.is_usable() {
             let _ = self.rset().await;
+        }
+    }
+}
+
+/// The stage of a chunk's reply: the LAST one answers for the message, as the final dot does.
+fn chunk_stage(last: bool) -> Stage {
+    if last {
+        Stage::DataEnd
+    } else {
+        Stage::DataBody
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::{BareLineEndings, DataDecoder, DataProgress};
+
+    /// What DATA delivers: the message dot-stuffed, then decoded by the server's decoder.
+    fn via_data(message: &[u8]) -> Vec<u8> {
+        let wire = DotStuffer::encode(message);
+        let mut dec = DataDecoder::new(1 << 20, BareLineEndings::Reject);
+        let mut out = Vec::new();
+        assert!(matches!(
+            dec.feed(&wire, &mut out),
+            DataProgress::Done { .. }
+        ));
+        out
+    }
+
+    #[test]
+    fn bdat_octets_are_what_data_delivers_in_any_split() {
+        let inputs: [&[u8]; 7] = [
+            b"",
+            b"a",
+            b"a\r\n.b\r\n..\r\n.\r\n",
+            b"bare\nlf\nno end",
+            b"bare\rcr\r\r\n\n",
+            b"x\r",
+            b"\r\n\r\n.",
+        ];
+        for input in inputs {
+            let want = via_data(input);
+            for cut in 0..=input.len() {
+                let mut n = DotStuffer::line_endings_only();
+                let mut out = Vec::new();
+                n.feed(&input[..cut], &mut out);
+                n.feed(&input[cut..], &mut out);
+                n.finish_lines(&mut out);
+                assert_eq!(out, want, "{input:?} cut at {cut}");
+            }
         }
     }
 }

@@ -208,10 +208,13 @@ impl DataDecoder {
 /// Encodes a message for the wire: lines end in CRLF (bare LF and bare CR are converted, as
 /// sendmail does for local submissions), leading dots are doubled, and the `.` terminator is
 /// appended by [`DotStuffer::finish`]. Streaming: feed chunks of any size.
+/// [`DotStuffer::line_endings_only`] does the CRLF part alone, for BDAT (RFC 3030: chunks are
+/// counted, not dot-stuffed), so a server stores the same octets whichever way they came.
 #[derive(Debug)]
 pub struct DotStuffer {
     at_line_start: bool,
     pending_cr: bool,
+    stuff_dots: bool,
 }
 
 impl Default for DotStuffer {
@@ -225,39 +228,57 @@ impl DotStuffer {
         Self {
             at_line_start: true,
             pending_cr: false,
+            stuff_dots: true,
+        }
+    }
+
+    /// Line endings made CRLF, dots left alone (for BDAT chunks).
+    pub fn line_endings_only() -> Self {
+        Self {
+            stuff_dots: false,
+            ..Self::new()
         }
     }
 
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 8);
-        for &b in input {
+        let mut rest = input;
+        while let Some(&b) = rest.first() {
             if self.pending_cr {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.at_line_start = true;
                 if b == b'\n' {
+                    rest = &rest[1..];
                     continue;
                 }
             }
             match b {
-                b'\r' => self.pending_cr = true,
+                b'\r' => {
+                    self.pending_cr = true;
+                    rest = &rest[1..];
+                }
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.at_line_start = true;
+                    rest = &rest[1..];
                 }
                 _ => {
-                    if self.at_line_start && b == b'.' {
+                    if self.stuff_dots && self.at_line_start && b == b'.' {
                         out.push(b'.');
                     }
-                    out.push(b);
+                    // The run up to the next CR or LF in one copy.
+                    let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    out.extend_from_slice(&rest[..run]);
                     self.at_line_start = false;
+                    rest = &rest[run..];
                 }
             }
         }
     }
 
-    /// Ends the data: a CRLF if the message did not end with one, then `.CRLF`.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    /// Ends the lines: a CRLF if the message did not end with one.
+    pub fn finish_lines(&mut self, out: &mut Vec<u8>) {
         if self.pending_cr {
             self.pending_cr = false;
             out.extend_from_slice(b"\r\n");
@@ -265,7 +286,13 @@ impl DotStuffer {
         }
         if !self.at_line_start {
             out.extend_from_slice(b"\r\n");
+            self.at_line_start = true;
         }
+    }
+
+    /// Ends the data: [`DotStuffer::finish_lines`], then `.CRLF`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.finish_lines(out);
         out.extend_from_slice(b".\r\n");
     }
 
