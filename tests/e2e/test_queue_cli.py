@@ -133,7 +133,10 @@ def test_show_text_and_json(tern):
     qid = queue_one(srv, BOB, "show me")
 
     shown = json.loads(ok(tern_queue(srv, "show", qid, "--json"), "show --json"))
-    assert set(shown) == ENTRY_KEYS | {"attempts", "headers", "client_ip", "helo", "timeline"}, shown
+    assert set(shown) == ENTRY_KEYS | {"attempts", "headers", "client_ip", "helo", "timeline", "dsn",
+                                       "requiretls"}, shown
+    # No DSN requests and no REQUIRETLS were made (test_dsn.py covers them).
+    assert shown["dsn"] == {} and shown["requiretls"] is False, shown
     events = [t["event"] for t in shown["timeline"]]
     assert events[:3] == ["received", "queued", "attempt"], events
     assert shown["id"] == qid and shown["sender"] == ALICE

@@ -45,15 +45,16 @@ def test_mx_record_delivers_to_the_mx_host(srv, remote, dns):
     wait_gone(srv, qid)
 
 
-def test_mx_preference_order_and_fallback(srv, remote, dns):
+def test_mx_fallback_past_hosts_without_a_working_address(srv, remote, dns):
     qid = srv.deliver(ALICE, "bob@pref.test", make_message("fallback", sender=ALICE, to="bob@pref.test"))
     got = remote.wait_messages(1, srv=srv)
     assert got[0].rcpt_tos == ["bob@pref.test"]
     names = [n for n, _t in dns.queries]
     for host in ("missing.pref.test", "v6dead.pref.test", "good.pref.test"):
         assert host in names, f"{host} never looked up: {dns.queries}"
-    first = {h: names.index(h) for h in ("missing.pref.test", "v6dead.pref.test", "good.pref.test")}
-    assert first["missing.pref.test"] < first["good.pref.test"], f"preference 10 before 30: {dns.queries}"
+    # The hosts' addresses are looked up at the same time, so the order the queries arrive in says nothing
+    # about preference (crates/dns/src/mx.rs tests the order); what shows here is the fallback: 10 has no
+    # address, 20 only ::1 where nothing listens, and 30 takes the message.
     wait_gone(srv, qid)
     assert srv.messages(ALICE) == []
 
