@@ -382,27 +382,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return (rejected, verdict);
             }
         } else {
-            let mail_reply = match self.command(Stage::Mail, &mail, t.mail).await {
-                Ok(r) => r,
-                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
-            };
-            if !mail_reply.is_positive() {
-                self.reset_after_failure().await;
-                return (
-                    rejected,
-                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
-                );
-            }
-            for (slot, cmd) in rejected.iter_mut().zip(&rcpts) {
-                match self.command(Stage::Rcpt, cmd, t.rcpt).await {
-                    Ok(r) if r.is_positive() => {}
-                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
-                    Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
-                }
-            }
-            if rejected.iter().all(Option::is_some) {
-                self.reset_after_failure().await;
-                return (rejected, Verdict::NoRecipients);
+            if let Some(verdict) = self.lockstep_envelope(&mail, &rcpts, &mut rejected).await {
+                return (rejected, verdict);
             }
             clock = BodyClock::start();
         }
@@ -436,6 +417,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Writes one `BDAT <n> [LAST]` line and its octets, under the data-block timeout and the
     /// minimum data rate as [`Session::write_body`] has them.
+    /// MAIL, then each RCPT, one at a time (no PIPELINING): the refused recipients are marked
+    /// in `rejected`. `Some` when the transaction ends here (MAIL refused, no recipient left,
+    /// the connection lost), with RSET sent where the session is still usable.
+    async fn lockstep_envelope(
+        &mut self,
+        mail: &Command,
+        rcpts: &[Command],
+        rejected: &mut [Option<Outcome>],
+    ) -> Option<Verdict> {
+        let t = self.opts.timeouts;
+        let mail_reply = match self.command(Stage::Mail, mail, t.mail).await {
+            Ok(r) => r,
+            Err(e) => return Some(Verdict::Failed(Outcome::from_error(e))),
+        };
+        if !mail_reply.is_positive() {
+            self.reset_after_failure().await;
+            return Some(Verdict::Failed(Outcome::from_reply(
+                Stage::Mail,
+                mail_reply,
+            )));
+        }
+        for (slot, cmd) in rejected.iter_mut().zip(rcpts) {
+            match self.command(Stage::Rcpt, cmd, t.rcpt).await {
+                Ok(r) if r.is_positive() => {}
+                Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
+                Err(e) => return Some(Verdict::Failed(Outcome::from_error(e))),
+            }
+        }
+        if rejected.iter().all(Option::is_some) {
+            self.reset_after_failure().await;
+            return Some(Verdict::NoRecipients);
+        }
+        None
+    }
+
     async fn send_chunk(
         &mut self,
         chunks: &mut Chunker,
@@ -548,27 +564,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
             }
         } else {
-            let mail_reply = match self.command(Stage::Mail, &mail, t.mail).await {
-                Ok(r) => r,
-                Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
-            };
-            if !mail_reply.is_positive() {
-                self.reset_after_failure().await;
-                return (
-                    rejected,
-                    Verdict::Failed(Outcome::from_reply(Stage::Mail, mail_reply)),
-                );
-            }
-            for (slot, cmd) in rejected.iter_mut().zip(&rcpts) {
-                match self.command(Stage::Rcpt, cmd, t.rcpt).await {
-                    Ok(r) if r.is_positive() => {}
-                    Ok(r) => *slot = Some(Outcome::from_reply(Stage::Rcpt, r)),
-                    Err(e) => return (rejected, Verdict::Failed(Outcome::from_error(e))),
-                }
-            }
-            if rejected.iter().all(Option::is_some) {
-                self.reset_after_failure().await;
-                return (rejected, Verdict::NoRecipients);
+            if let Some(verdict) = self.lockstep_envelope(&mail, &rcpts, &mut rejected).await {
+                return (rejected, verdict);
             }
             match self.command(Stage::Data, &Command::Data, t.data).await {
                 Ok(r) => r,
