@@ -496,8 +496,8 @@ def ehlo_reply(data: bytes):
     return behave
 
 
-def no_reply_after_dot(c: PeerConn) -> None:
-    """A well-behaved server until the final dot, which it never answers."""
+def no_reply_after_dot(c: PeerConn, at_dot: threading.Event | None = None) -> None:
+    """A well-behaved server until the final dot, which it never answers (and sets `at_dot`, if given)."""
     c.send(b"220 raw.test ESMTP\r\n")
     while (line := c.readline()) is not None:
         verb = line[:4].upper()
@@ -507,6 +507,8 @@ def no_reply_after_dot(c: PeerConn) -> None:
             c.send(b"354 go ahead\r\n")
             while (body := c.readline()) is not None and body != b".":
                 pass
+            if at_dot is not None:
+                at_dot.set()
             c.drain()
             return
         elif verb == b"QUIT":

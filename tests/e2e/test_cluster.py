@@ -25,7 +25,8 @@ import pytest
 
 import pg_helpers
 from pg_helpers import Cluster, Sink, message_id, pg_queue_config, wait_for
-from relay_helpers import ALICE, RawPeer, log_tail, parse_dsn, relay_config, route_to, tern_queue
+from relay_helpers import (ALICE, RawPeer, log_tail, no_reply_after_dot, parse_dsn, relay_config, route_to,
+                           tern_queue)
 from admin_helpers import AdminClient
 from ternlib import free_port, make_message, split_trace, tern_bin
 
@@ -260,27 +261,6 @@ def test_thousand_messages_over_two_nodes_delivered_exactly_once(tern, tmp_path,
 # ---------------------------------------------------------------- 3. kill -9 mid-delivery
 
 
-def hang_after_dot(in_data: threading.Event):
-    """A RawPeer behaviour: a normal server until the final dot, which it never answers (sets `in_data`)."""
-    def behave(c) -> None:
-        c.send(b"220 hang.test ESMTP\r\n")
-        while (line := c.readline()) is not None:
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                c.send(b"250-hang.test\r\n250 8BITMIME\r\n")
-            elif verb == b"DATA":
-                c.send(b"354 go ahead\r\n")
-                while (body := c.readline()) is not None and body != b".":
-                    pass
-                in_data.set()
-                c.drain()
-                return
-            elif verb == b"QUIT":
-                c.send(b"221 bye\r\n")
-                return
-            else:
-                c.send(b"250 ok\r\n")
-    return behave
 
 
 @pytest.mark.timeout(90)
@@ -288,7 +268,7 @@ def test_kill9_mid_delivery_other_node_delivers_after_lease(tern, tmp_path, clus
     """Node A (lease_time 6s) is killed with -9 while its remote sits on the final dot. Node B delivers every
     one of A's entries, but only once A's lease (read from `lease_until` after the kill) has run out."""
     in_data = threading.Event()
-    with RawPeer(hang_after_dot(in_data)) as hang, Sink() as sink:
+    with RawPeer(lambda c: no_reply_after_dot(c, in_data)) as hang, Sink() as sink:
         # A's route goes to the peer that never answers the dot (data_timeout far above the lease); B's to the sink.
         a = node(tern, tmp_path, cluster, db, "mx-a", hang.port, lease_time="6s",
                  outbound={"data_timeout": "60s", "attempt_timeout": "120s"})

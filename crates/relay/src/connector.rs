@@ -546,17 +546,7 @@ impl Connector {
     fn connect_options(&self, dest: &Destination) -> Result<ConnectOptions, StoredReply> {
         let o = &self.cfg.outbound;
         let mut session = SessionOptions::new(o.helo_name.clone());
-        session.timeouts = Timeouts {
-            connect: o.connect_timeout,
-            banner: o.command_timeout,
-            ehlo: o.command_timeout,
-            mail: o.command_timeout,
-            rcpt: o.command_timeout,
-            data: o.command_timeout,
-            data_block: o.command_timeout,
-            data_end: o.data_timeout,
-            command: o.command_timeout,
-        };
+        session.timeouts = outbound_timeouts(&self.cfg);
         // Issue 10: a server trickling the body must not hold the attempt for a data-block
         // timeout per block; routes too (a smarthost crawling is no better).
         session.min_data_rate = o.min_data_rate.map(|r| tern_client::MinDataRate {
@@ -617,6 +607,23 @@ fn enforcing(dest: &Destination, ca_file: Option<&std::path::PathBuf>) -> Destin
     }
     d.key.push_str(" mta-sts=enforce");
     d
+}
+
+/// The client's timeouts from `[outbound]`: `data_timeout` for the reply after the message,
+/// `command_timeout` for every other step (SMTP and LMTP alike).
+pub(crate) fn outbound_timeouts(cfg: &Config) -> Timeouts {
+    let o = &cfg.outbound;
+    Timeouts {
+        connect: o.connect_timeout,
+        banner: o.command_timeout,
+        ehlo: o.command_timeout,
+        mail: o.command_timeout,
+        rcpt: o.command_timeout,
+        data: o.command_timeout,
+        data_block: o.command_timeout,
+        data_end: o.data_timeout,
+        command: o.command_timeout,
+    }
 }
 
 fn peer(hop: &Hop) -> Peer<'_> {

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use tern_client::{Envelope as ClientEnvelope, Session, SessionOptions, Timeouts};
+use tern_client::{Envelope as ClientEnvelope, Session, SessionOptions};
 use tern_config::{Config, LmtpAddress};
 use tern_queue::{RcptOutcome, TlsOutcome};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -129,19 +129,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 
 /// The outbound timeouts, in LMTP mode (LHLO instead of EHLO, RFC 2033 4.1).
 fn options(cfg: &Config) -> SessionOptions {
-    let o = &cfg.outbound;
-    let mut session = SessionOptions::new(o.helo_name.clone());
+    let mut session = SessionOptions::new(cfg.outbound.helo_name.clone());
     session.lmtp = true;
-    session.timeouts = Timeouts {
-        connect: o.connect_timeout,
-        banner: o.command_timeout,
-        ehlo: o.command_timeout,
-        mail: o.command_timeout,
-        rcpt: o.command_timeout,
-        data: o.command_timeout,
-        data_block: o.command_timeout,
-        data_end: o.data_timeout,
-        command: o.command_timeout,
-    };
+    session.timeouts = crate::connector::outbound_timeouts(cfg);
     session
 }
