@@ -7,6 +7,7 @@ use rustls_pki_types::CertificateDer;
 use tern_proto::sasl::Credentials;
 use tokio::net::TcpStream;
 
+use crate::dane::DaneCheck;
 use crate::error::{ClientError, Stage, TlsFailure};
 use crate::fingerprint::CertFingerprint;
 use crate::session::{Session, SessionOptions};
@@ -29,6 +30,10 @@ pub struct ConnectOptions {
     /// and name (`verify_tls` and `extra_roots` are then unused); a mismatch fails the
     /// handshake in every mode.
     pub pin: Option<CertFingerprint>,
+    /// DANE (RFC 7672): judge the certificate by these TLSA records instead (`verify_tls`,
+    /// `extra_roots` and `pin` are then unused); a mismatch fails the handshake in every mode.
+    /// The caller also makes `tls` [`TlsMode::Required`]: DANE never falls back to cleartext.
+    pub dane: Option<DaneCheck>,
     pub credentials: Option<Credentials>,
 }
 
@@ -40,12 +45,16 @@ impl ConnectOptions {
             verify_tls: true,
             extra_roots: Vec::new(),
             pin: None,
+            dane: None,
             credentials: None,
         }
     }
 
     /// How the server certificate is judged, from `pin`, `verify_tls`, `extra_roots` and `tls`.
     pub fn cert_check(&self) -> CertCheck {
+        if let Some(dane) = &self.dane {
+            return CertCheck::Dane(dane.clone());
+        }
         match (self.pin, self.verify_tls) {
             (Some(pin), _) => CertCheck::Pinned(pin),
             (None, false) => CertCheck::Any,

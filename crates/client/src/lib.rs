@@ -6,6 +6,7 @@
 //! duplex), and [`connect`] opens a TCP connection and runs banner, EHLO, STARTTLS and AUTH.
 
 pub mod connect;
+pub mod dane;
 pub mod envelope;
 pub mod error;
 pub mod fingerprint;
@@ -28,6 +29,7 @@ mod session_tests;
 mod tls_tests;
 
 pub use connect::{connect, connect_first, connect_tcp, ConnectOptions};
+pub use dane::{DaneCheck, DaneMismatch, DaneRecord};
 pub use envelope::{DsnRequest, Envelope, MessageTraits, TraitsScanner};
 pub use error::{ClientError, Stage, TlsFailure};
 pub use fingerprint::{CertFingerprint, FingerprintError};

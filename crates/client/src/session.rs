@@ -125,6 +125,7 @@ fn tls_note(t: &NegotiatedTls) -> String {
     let cert = match &t.certificate {
         CertStatus::Verified => "certificate verified".to_string(),
         CertStatus::Pinned => "certificate matches the pinned fingerprint".to_string(),
+        CertStatus::Dane => "certificate matches the host's TLSA records (DANE)".to_string(),
         CertStatus::Unverified(reason) => format!(
             "certificate NOT verified ({reason}); continuing encrypted but unauthenticated (RFC 7435)"
         ),

@@ -48,6 +48,9 @@ pub enum CertCheck {
     /// msmtp's `tls_fingerprint`: the way to trust one self-signed server). A mismatch always
     /// fails the handshake.
     Pinned(CertFingerprint),
+    /// DANE (RFC 7672): the certificate matches one of these DNSSEC-validated TLSA records
+    /// ([`crate::dane`]); webpki roots play no part. A mismatch always fails the handshake.
+    Dane(crate::dane::DaneCheck),
 }
 
 /// What a certificate that fails [`CertCheck::WebPki`] does.
@@ -67,6 +70,8 @@ pub enum CertStatus {
     Verified,
     /// Its SHA-256 fingerprint is the pinned one.
     Pinned,
+    /// It matched the host's TLSA records (DANE, RFC 7672).
+    Dane,
     /// It was checked and did not verify, for this reason; the session went on anyway
     /// ([`Unverified::Continue`]).
     Unverified(String),
@@ -77,13 +82,16 @@ pub enum CertStatus {
 impl CertStatus {
     /// True when the server proved to be who we meant to reach: credentials may be sent.
     pub fn is_verified(&self) -> bool {
-        matches!(self, CertStatus::Verified | CertStatus::Pinned)
+        matches!(
+            self,
+            CertStatus::Verified | CertStatus::Pinned | CertStatus::Dane
+        )
     }
 
     /// Why the certificate does not count as verified; None when it does.
     pub fn unverified_reason(&self) -> Option<&str> {
         match self {
-            CertStatus::Verified | CertStatus::Pinned => None,
+            CertStatus::Verified | CertStatus::Pinned | CertStatus::Dane => None,
             CertStatus::Unverified(reason) => Some(reason),
             CertStatus::NotChecked => Some("certificate checks are off"),
         }
@@ -140,6 +148,17 @@ impl TlsParams {
             CertCheck::Pinned(pin) => (
                 signatures_only(Some(*pin)),
                 Judge::During(CertStatus::Pinned),
+            ),
+            CertCheck::Dane(check) => (
+                builder
+                    .clone()
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(crate::dane::DaneVerifier {
+                        check: check.clone(),
+                        provider: provider.clone(),
+                    }))
+                    .with_no_client_auth(),
+                Judge::During(CertStatus::Dane),
             ),
             CertCheck::WebPki {
                 extra_roots,
@@ -208,6 +227,9 @@ pub(crate) fn handshake_failure(e: &io::Error) -> TlsFailure {
     };
     match error {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) => {
+            if let Some(m) = other.downcast_ref::<crate::dane::DaneMismatch>() {
+                return TlsFailure::Certificate(m.to_string());
+            }
             match other.downcast_ref::<FingerprintMismatch>() {
                 Some(m) => TlsFailure::FingerprintMismatch {
                     expected: m.expected,

@@ -2,6 +2,7 @@
 //! explicit nameserver `ip:port` (tests run a fake DNS server on 127.0.0.1).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
@@ -10,6 +11,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
+use crate::dnssec::{Dnssec, DnssecResolver, Tlsa};
 use crate::error::DnsError;
 
 /// A resolver config that asks exactly these nameservers (UDP and TCP each, on their own
@@ -34,6 +36,9 @@ pub struct HickoryResolver {
     /// Set by [`HickoryResolver::dns_only`] with explicit nameservers: PTR queries go straight to
     /// them (see [`direct_ptr`]), with this per-query timeout.
     direct: Option<(Vec<SocketAddr>, Duration)>,
+    /// The validating resolver for DANE lookups ([`HickoryResolver::with_dnssec`]); None: the
+    /// DNSSEC lookups fall back to the trait's defaults (never validated).
+    dnssec: Option<Arc<DnssecResolver>>,
 }
 
 impl std::fmt::Debug for HickoryResolver {
@@ -56,6 +61,7 @@ impl HickoryResolver {
         Ok(Self {
             inner,
             direct: None,
+            dnssec: None,
         })
     }
 
@@ -79,7 +85,16 @@ impl HickoryResolver {
         Ok(Self {
             inner,
             direct: None,
+            dnssec: None,
         })
+    }
+}
+
+impl HickoryResolver {
+    /// Adds the DNSSEC-validating resolver used for DANE lookups only ([`crate::dnssec`]).
+    pub fn with_dnssec(mut self, dnssec: DnssecResolver) -> Self {
+        self.dnssec = Some(Arc::new(dnssec));
+        self
     }
 }
 
@@ -109,7 +124,11 @@ impl HickoryResolver {
             reason: e.to_string(),
         })?;
         let direct = (!addrs.is_empty()).then(|| (addrs.to_vec(), timeout));
-        Ok(Self { inner, direct })
+        Ok(Self {
+            inner,
+            direct,
+            dnssec: None,
+        })
     }
 }
 
@@ -177,6 +196,45 @@ impl Resolver for HickoryResolver {
                     })
                     .collect()),
                 Err(e) => classify(&name, e),
+            }
+        })
+    }
+
+    fn dnssec_validates(&self) -> DnsFuture<'_, bool> {
+        Box::pin(async move {
+            Ok(match &self.dnssec {
+                Some(d) => d.validates().await,
+                None => false,
+            })
+        })
+    }
+
+    fn mx_dnssec(&self, domain: &str) -> DnsFuture<'_, Dnssec<Vec<MxRecord>>> {
+        let domain = domain.to_string();
+        Box::pin(async move {
+            match &self.dnssec {
+                Some(d) => d.mx(&domain).await,
+                None => self.mx(&domain).await.map(Dnssec::Insecure),
+            }
+        })
+    }
+
+    fn ips_dnssec(&self, host: &str) -> DnsFuture<'_, Dnssec<Vec<IpAddr>>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            match &self.dnssec {
+                Some(d) => d.ips(&host).await,
+                None => self.ips(&host).await.map(Dnssec::Insecure),
+            }
+        })
+    }
+
+    fn tlsa(&self, host: &str, port: u16) -> DnsFuture<'_, Dnssec<Vec<Tlsa>>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            match &self.dnssec {
+                Some(d) => d.tlsa(&host, port).await,
+                None => Ok(Dnssec::Insecure(Vec::new())),
             }
         })
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
+use crate::dnssec::{Dnssec, Tlsa};
 use crate::error::DnsError;
 
 /// A boxed future returned by [`Resolver`] methods.
@@ -41,6 +42,34 @@ pub trait Resolver: Send + Sync {
             reason: "this resolver does not look up PTR records".into(),
         };
         Box::pin(async move { Err(e) })
+    }
+
+    /// Whether this resolver validates DNSSEC (the probe of [`crate::dnssec`]): when false,
+    /// the `*_dnssec` lookups and [`Resolver::tlsa`] say nothing useful and DANE is off. The
+    /// default (test fakes, resolvers without DNSSEC) is false.
+    fn dnssec_validates(&self) -> DnsFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// The MX records of `domain`, DNSSEC-validated (RFC 7672 2.2.1). The default: the plain
+    /// lookup, insecure.
+    fn mx_dnssec(&self, domain: &str) -> DnsFuture<'_, Dnssec<Vec<MxRecord>>> {
+        let domain = domain.to_string();
+        Box::pin(async move { self.mx(&domain).await.map(Dnssec::Insecure) })
+    }
+
+    /// The addresses of `host`, DNSSEC-validated (RFC 7672 2.2.2). The default: the plain
+    /// lookup, insecure.
+    fn ips_dnssec(&self, host: &str) -> DnsFuture<'_, Dnssec<Vec<IpAddr>>> {
+        let host = host.to_string();
+        Box::pin(async move { self.ips(&host).await.map(Dnssec::Insecure) })
+    }
+
+    /// The TLSA records of `_<port>._tcp.<host>` (RFC 7672 2.2.3), DNSSEC-validated; a secure
+    /// NXDOMAIN or NODATA is `Secure(vec![])`. The default: none, insecure.
+    fn tlsa(&self, host: &str, port: u16) -> DnsFuture<'_, Dnssec<Vec<Tlsa>>> {
+        let _ = (host, port);
+        Box::pin(async { Ok(Dnssec::Insecure(Vec::new())) })
     }
 }
 

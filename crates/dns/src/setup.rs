@@ -5,9 +5,11 @@
 //! telling error instead of the process refusing to start.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dnssec::DnssecResolver;
 use crate::error::DnsError;
 use crate::hickory::HickoryResolver;
 use crate::resolver::{DnsFuture, MxRecord, Resolver};
@@ -23,6 +25,9 @@ pub struct ResolverSetup {
     /// Why the configured resolver could not be built, when `resolver` is the fallback. The
     /// library does not log it: the relay logs it as an error, `tern send` fails with it.
     pub fallback: Option<DnsError>,
+    /// Why the DNSSEC resolver for DANE ([`setup_resolver_dnssec`]) could not be built (a bad
+    /// trust anchor file): DANE lookups then never validate. For the relay to log.
+    pub dnssec_error: Option<DnsError>,
 }
 
 impl std::fmt::Debug for ResolverSetup {
@@ -39,15 +44,38 @@ impl std::fmt::Debug for ResolverSetup {
 /// says why; should even that fail, every lookup fails temporarily (RFC 5321 4.5.4.1: retry
 /// later, never bounce for a local fault).
 pub fn setup_resolver(nameservers: &[SocketAddr], timeout: Duration) -> ResolverSetup {
+    setup_resolver_dnssec(nameservers, timeout, None)
+}
+
+/// As [`setup_resolver`], plus (when `dnssec` is given) a DNSSEC-validating resolver for the
+/// DANE lookups ([`crate::dnssec`]), asking the same nameservers, trusting the DNSKEY records
+/// of the file in `dnssec` or, when that is `None`, hickory's built-in root anchors.
+pub fn setup_resolver_dnssec(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    dnssec: Option<Option<&Path>>,
+) -> ResolverSetup {
     let built = if nameservers.is_empty() {
         HickoryResolver::from_system_conf()
     } else {
         HickoryResolver::with_nameservers(nameservers, timeout)
     };
+    let mut dnssec_error = None;
+    let built = built.map(|r| match dnssec {
+        None => r,
+        Some(anchor) => match DnssecResolver::new(nameservers, timeout, anchor) {
+            Ok(d) => r.with_dnssec(d),
+            Err(e) => {
+                dnssec_error = Some(e);
+                r
+            }
+        },
+    });
     match built {
         Ok(r) => ResolverSetup {
             resolver: Arc::new(r),
             fallback: None,
+            dnssec_error,
         },
         Err(e) => {
             let resolver: Arc<dyn Resolver> =
@@ -58,6 +86,7 @@ pub fn setup_resolver(nameservers: &[SocketAddr], timeout: Duration) -> Resolver
             ResolverSetup {
                 resolver,
                 fallback: Some(e),
+                dnssec_error,
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::dnssec::{tlsa_name, Dnssec, Tlsa};
 use crate::error::DnsError;
 use crate::resolver::{reverse_name, DnsFuture, MxRecord, Resolver};
 
@@ -13,6 +14,10 @@ pub struct StaticResolver {
     txt: HashMap<String, Vec<Vec<u8>>>,
     ptr: HashMap<String, Vec<String>>,
     failing: HashMap<String, String>,
+    /// TLSA records by TLSA base name (`_25._tcp.mx.example.test`), and whether they are secure.
+    tlsa: HashMap<String, Dnssec<Vec<Tlsa>>>,
+    /// Names whose answers are secure ([`StaticResolver::secure`]); with any, it validates.
+    secure: std::collections::HashSet<String>,
 }
 
 fn key(name: &str) -> String {
@@ -55,6 +60,28 @@ impl StaticResolver {
             .or_default()
             .push(key(name));
         self
+    }
+
+    /// Sets the TLSA answer for `_<port>._tcp.<host>` (secure, insecure or bogus); the
+    /// resolver then validates ([`Resolver::dnssec_validates`]).
+    pub fn tlsa(mut self, host: &str, port: u16, answer: Dnssec<Vec<Tlsa>>) -> Self {
+        self.tlsa.insert(key(&tlsa_name(host, port)), answer);
+        self
+    }
+
+    /// Marks the MX and address answers of `name` as DNSSEC-secure; the resolver then
+    /// validates.
+    pub fn secure(mut self, name: &str) -> Self {
+        self.secure.insert(key(name));
+        self
+    }
+
+    fn status<T>(&self, k: &str, t: T) -> Dnssec<T> {
+        if self.secure.contains(k) {
+            Dnssec::Secure(t)
+        } else {
+            Dnssec::Insecure(t)
+        }
     }
 
     /// Makes every lookup of `name` fail temporarily (like SERVFAIL).
@@ -106,6 +133,43 @@ impl Resolver for StaticResolver {
         let result = self
             .check(&k)
             .map(|()| self.txt.get(&k).cloned().unwrap_or_default());
+        Box::pin(async move { result })
+    }
+
+    fn dnssec_validates(&self) -> DnsFuture<'_, bool> {
+        let v = !self.secure.is_empty() || !self.tlsa.is_empty();
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn mx_dnssec(&self, domain: &str) -> DnsFuture<'_, Dnssec<Vec<MxRecord>>> {
+        let k = key(domain);
+        let result = self
+            .check(&k)
+            .map(|()| self.status(&k, self.mx.get(&k).cloned().unwrap_or_default()));
+        Box::pin(async move { result })
+    }
+
+    fn ips_dnssec(&self, host: &str) -> DnsFuture<'_, Dnssec<Vec<IpAddr>>> {
+        let k = key(host);
+        let result = self
+            .check(&k)
+            .map(|()| self.status(&k, self.ips.get(&k).cloned().unwrap_or_default()));
+        Box::pin(async move { result })
+    }
+
+    fn tlsa(&self, host: &str, port: u16) -> DnsFuture<'_, Dnssec<Vec<Tlsa>>> {
+        let k = key(&tlsa_name(host, port));
+        let result = match self.failing.get(&k) {
+            Some(reason) => Err(DnsError::Temporary {
+                name: k.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(self
+                .tlsa
+                .get(&k)
+                .cloned()
+                .unwrap_or(Dnssec::Insecure(Vec::new()))),
+        };
         Box::pin(async move { result })
     }
 
