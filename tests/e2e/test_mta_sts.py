@@ -10,7 +10,8 @@ Covered: enforce + a certificate for mx.remote.test from the CA -> delivered ove
 certificate for another name, or a self-signed one -> deferred 451 4.7.5 naming the policy, no MAIL ever sent;
 enforce + an MX outside the policy's mx patterns -> deferred, no connection at all; testing + a self-signed
 certificate -> delivered, and the "would have failed" warning logged; no TXT record -> delivered as before,
-no policy fetched; a policy served with the wrong Content-Type -> no policy (delivered as before)."""
+no policy fetched; a policy served with the wrong Content-Type -> no policy (delivered as before); a policy
+fetched before a restart still applies after it from the disk cache, with the policy host gone."""
 
 from __future__ import annotations
 
@@ -192,3 +193,23 @@ def test_a_policy_that_is_not_text_plain_is_no_policy(tern, sts_certs):
         wait_gone(srv, qid)
         assert https.requests, "the policy was asked for"
         assert "cannot fetch the MTA-STS policy" in srv.log() and "not text/plain" in srv.log()
+
+
+def test_a_policy_survives_a_restart_on_disk(tern, sts_certs):
+    # RFC 8461 5.1: policies are kept for max_age. After a restart, with the policy host unreachable, the enforce
+    # policy still applies from <data_dir>/mta-sts/ (the session is verified TLS, which opportunistic never is).
+    with LoggingDNS(records()) as dns, TlsRemote(tls=server_context(sts_certs.mx_good)) as remote:
+        with PolicyServer(sts_certs.policy, POLICY_ENFORCE) as https:
+            srv = sts_srv(tern, dns, remote, https, sts_certs)
+            wait_gone(srv, send(srv, "before restart"))
+            assert len(https.requests) == 1, https.requests
+        cached = srv.data_dir / "mta-sts" / "remote.test.policy"
+        text = cached.read_text()
+        assert "mode: enforce" in text and "mx: mx.remote.test" in text, text
+        srv.restart()
+        qid = send(srv, "after restart")
+        remote.wait_messages(2, srv=srv)
+        wait_gone(srv, qid)
+        lines = attempt_lines(srv)
+        assert len(lines) >= 2 and "/verified" in lines[-1], f"enforce must still apply: {lines}\n{log_tail(srv)}"
+        assert "cannot fetch the MTA-STS policy" not in srv.log(), log_tail(srv)

@@ -81,7 +81,7 @@ async fn fetch_body(cfg: &Config, resolver: &dyn Resolver, domain: &str) -> Resu
     Err(last)
 }
 
-fn tls_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -2,8 +2,8 @@
 //! (and its `id`), the policy itself comes over HTTPS from
 //! `https://mta-sts.<domain>/.well-known/mta-sts.txt` with a verified certificate, and is kept
 //! in memory for its `max_age` (refetched when the TXT `id` changes; a cached, unexpired policy
-//! is used when the record or the fetch fails). The cache is per process, not on disk: it
-//! survives a reload (the relay's connector is rebuilt then) but not a restart.
+//! is used when the record or the fetch fails). The cache is in memory and on disk under
+//! `<data_dir>/mta-sts/` ([`disk`]), so a restart keeps every policy until its `max_age`.
 //!
 //! [`crate::connector`] applies the policy: under `enforce` only MX hosts matching an `mx`
 //! pattern are used, over TLS with a certificate verified for the MX name; `testing` delivers
@@ -12,6 +12,7 @@
 //! `policy` parses records and policies (no I/O), `fetch` gets a policy over HTTPS, and this
 //! module keeps the cache and answers [`policy_for`].
 
+mod disk;
 mod fetch;
 mod policy;
 
@@ -25,6 +26,23 @@ use tern_config::Config;
 use tern_dns::{DnsError, Resolver};
 
 pub use fetch::fetch;
+
+/// The HTTPS client configuration of policy fetches (webpki roots and
+/// `outbound.mta_sts_ca_file`), for TLS-RPT's `https:` reports too.
+pub(crate) fn https_client_config(
+    cfg: &Config,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    fetch::tls_config(cfg)
+}
+
+/// A policy as lines (TLS-RPT's `policy-string`), rebuilt from the parsed policy: the same
+/// fields, normalized (mx patterns lower case, max_age capped).
+pub fn policy_lines(p: &Policy) -> Vec<String> {
+    let mut lines = vec!["version: STSv1".to_string(), format!("mode: {}", p.mode)];
+    lines.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+    lines.push(format!("max_age: {}", p.max_age.as_secs()));
+    lines
+}
 pub use policy::{mx_matches, parse_policy, parse_txt, Applied, Mode, Policy, Txt, MAX_AGE_CAP};
 
 /// The `_mta-sts` TXT lookup.
@@ -52,7 +70,8 @@ fn cached(domain: &str) -> Option<(String, Policy)> {
     (c.expires > Instant::now()).then(|| (c.id.clone(), c.policy.clone()))
 }
 
-fn store(domain: &str, id: &str, policy: &Policy) {
+/// Keeps `policy` in memory for `left` (its `max_age` when just fetched).
+fn store(domain: &str, id: &str, policy: &Policy, left: Duration) {
     let mut map = cache();
     if map.len() >= MAX_CACHED {
         let now = Instant::now();
@@ -66,9 +85,21 @@ fn store(domain: &str, id: &str, policy: &Policy) {
         Cached {
             id: id.to_string(),
             policy: policy.clone(),
-            expires: Instant::now() + policy.max_age,
+            expires: Instant::now() + left,
         },
     );
+}
+
+/// A policy cached on disk by an earlier run (or another process), put into memory for the
+/// time it has left.
+fn from_disk(cfg: &Config, domain: &str) -> Option<(String, Policy)> {
+    let (id, policy, expires) = disk::load(&cfg.data_dir, domain)?;
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    store(domain, &id, &policy, left);
+    tracing::debug!(domain = %domain, id = %id, "relay: MTA-STS policy from the disk cache");
+    Some((id, policy))
 }
 
 /// The policy that applies to MX delivery to `domain` now (mode enforce or testing), or None:
@@ -91,7 +122,7 @@ async fn lookup(cfg: &Config, resolver: &dyn Resolver, domain: &str) -> Option<P
         Ok(Err(e)) => Txt::Unknown(e.to_string()),
         Err(_) => Txt::Unknown("timed out".into()),
     };
-    let have = cached(domain);
+    let have = cached(domain).or_else(|| from_disk(cfg, domain));
     let id = match txt {
         Txt::Id(id) => id,
         // RFC 8461 5.1: without a (readable) record, a cached policy still applies until it
@@ -114,12 +145,17 @@ async fn lookup(cfg: &Config, resolver: &dyn Resolver, domain: &str) -> Option<P
             tracing::info!(domain = %domain, id = %id, mode = %policy.mode,
                 mx = %policy.patterns(), max_age = policy.max_age.as_secs(),
                 "relay: MTA-STS policy fetched");
-            store(domain, &id, &policy);
+            store(domain, &id, &policy, policy.max_age);
+            let expires = std::time::SystemTime::now() + policy.max_age;
+            disk::save(&cfg.data_dir, domain, &id, &policy, expires);
             Some(policy)
         }
         Err(e) => {
             tracing::warn!(domain = %domain, error = %e, cached = have.is_some(),
                 "relay: cannot fetch the MTA-STS policy");
+            if have.is_none() {
+                crate::tls_rpt::sts_unavailable(domain, &e);
+            }
             have.map(|(_, p)| p)
         }
     }
@@ -275,7 +311,7 @@ mod tests {
         let cfg = Config::from_toml_str("", std::path::Path::new("t.toml")).unwrap();
         let p = parse_policy("version: STSv1\nmode: enforce\nmx: mx.cached.test\nmax_age: 600\n")
             .unwrap();
-        store("cached.test", "v1", &p);
+        store("cached.test", "v1", &p, p.max_age);
         // Same id: no fetch (which would fail here: mta-sts.cached.test has no address).
         let r = tern_dns::StaticResolver::new().txt("_mta-sts.cached.test", "v=STSv1; id=v1;");
         let got = rt.block_on(policy_for(&cfg, &r, "cached.test")).unwrap();
