@@ -307,3 +307,30 @@ def test_notify_success_over_lmtp_is_reported_delivered(tern, dovecot):
         assert block["Original-Recipient"] == "rfc822; Alice@Tern.test", dict(block.items())
         assert dsn.per_message["Original-Envelope-Id"] == "lmtp+1", dict(dsn.per_message.items())
         assert dsn.original_headers is not None and dsn.original_headers["Subject"] == "tell me"
+
+
+def test_per_domain_delivery_splits_one_message_between_dovecot_and_maildir(tern, dovecot):
+    # `[local.per_domain."tern.test"]`: that domain's mailboxes are Dovecot's; maildir.test stays in tern's own
+    # Maildirs (the `[local] delivery` default). One message to one user of each: one copy in each store.
+    dovecot.start()
+    srv = tern(**relay_config(local={
+        "domains": ["tern.test", "maildir.test"],
+        "per_domain": {"tern.test": {"delivery": "lmtp", "lmtp": f"unix:{dovecot.socket}"}},
+    }))
+    msg = make_message("split", BODY.encode(), sender=SENDER, to="alice@tern.test")
+    qid = srv.deliver(SENDER, ["alice@tern.test", "carol@maildir.test"], msg)
+    [copy] = dovecot.wait_fetch("alice@tern.test")
+    check_copy(copy, BODY)
+    wait_gone(srv, qid)
+    # The Maildir copy was written before the 250, into carol's own mailbox, and only hers.
+    files = srv.delivered_files()
+    assert len(files) == 1, files
+    assert "maildir.test" in str(files[0]) and "carol" in str(files[0]), files
+    check_copy(files[0].read_text(), BODY)
+    # A Maildir-only message to maildir.test never touches the queue or Dovecot.
+    before = len(dovecot.fetch("alice@tern.test"))
+    srv.deliver(SENDER, ["dave@maildir.test"], make_message("local only", b"hi\r\n", sender=SENDER,
+                                                            to="dave@maildir.test"))
+    wait_for(lambda: len(srv.delivered_files()) == 2, what="dave's Maildir copy")
+    assert queue_ids(srv) == []
+    assert len(dovecot.fetch("alice@tern.test")) == before

@@ -307,14 +307,13 @@ fn store_blocking(
     let mut locals: Vec<&str> = Vec::new();
     // Queued recipients, each with whether it is a local mailbox (under LMTP).
     let mut remotes: BTreeMap<&str, (&AcceptedRecipient, bool)> = BTreeMap::new();
-    let lmtp = local.via_lmtp();
     for rcpt in &acc.recipients {
         for target in &rcpt.targets {
             match target {
-                // `delivery = "lmtp"`: the mailbox key (`local@domain`, after alias expansion)
-                // is queued like a remote address, so the queue holds the mail while the LMTP
-                // server is down; the relay hands it over (RFC 2033).
-                Target::Local(key) if lmtp => {
+                // A domain under `delivery = "lmtp"`: the mailbox key (`local@domain`, after
+                // alias expansion) is queued like a remote address, so the queue holds the mail
+                // while the LMTP server is down; the relay hands it over (RFC 2033).
+                Target::Local(key) if local.via_lmtp(key) => {
                     remotes.entry(key).or_insert((rcpt, true));
                 }
                 Target::Local(key) => locals.push(key),
@@ -458,10 +457,14 @@ fn notify_delivered(
         .recipients
         .iter()
         .filter(|r| r.dsn.wants(tern_queue::Notice::Success))
-        .filter(|r| r.targets.iter().any(|t| matches!(t, Target::Local(_))))
+        // Under LMTP no local copy was stored here: the relay reports on those once delivered.
+        .filter(|r| {
+            r.targets
+                .iter()
+                .any(|t| matches!(t, Target::Local(key) if !local.via_lmtp(key)))
+        })
         .collect();
-    // Under LMTP no local copy was stored here: the relay reports on them once delivered.
-    if asked.is_empty() || acc.sender.is_none() || local.via_lmtp() {
+    if asked.is_empty() || acc.sender.is_none() {
         return;
     }
     let Ok(id) = acc.id.parse::<QueueId>() else {

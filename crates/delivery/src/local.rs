@@ -27,9 +27,10 @@ pub struct LocalDelivery {
     /// mailbox's own `tmp/`, which is what a second process (`tern queue bounce`) must do:
     /// opening the staging area clears it, which would remove the server's files in flight.
     staging: Option<Staging>,
-    /// `[local] delivery = "lmtp"`: the mailboxes are the LMTP server's, and intake queues
-    /// local recipients for the relay instead of writing them here ([`LocalDelivery::via_lmtp`]).
-    lmtp: bool,
+    /// `[local] delivery` and `[local.per_domain]`: which local domains' mailboxes are an LMTP
+    /// server's, whose recipients intake queues for the relay instead of writing them here
+    /// ([`LocalDelivery::via_lmtp`]).
+    local: tern_config::LocalConfig,
 }
 
 impl LocalDelivery {
@@ -51,14 +52,15 @@ impl LocalDelivery {
             hostname: cfg.hostname.clone(),
             syncer: Arc::new(DirSyncer::new()),
             staging: None,
-            lmtp: cfg.local.lmtp().is_some(),
+            local: cfg.local.clone(),
         }
     }
 
-    /// True under `[local] delivery = "lmtp"`: local recipients of inbound mail go to the
-    /// queue (and from there over LMTP, RFC 2033) instead of into these mailboxes.
-    pub fn via_lmtp(&self) -> bool {
-        self.lmtp
+    /// True when the mailbox key `local@domain` is in a domain delivered over LMTP (`[local]
+    /// delivery = "lmtp"`, or its `[local.per_domain]` entry): mail for it goes to the queue
+    /// (and from there over LMTP, RFC 2033) instead of into these mailboxes.
+    pub fn via_lmtp(&self, key: &str) -> bool {
+        self.local.lmtp_for_mailbox(key).is_some()
     }
 
     /// Delivers `body` to each mailbox named by its router key (`local@domain`), after the

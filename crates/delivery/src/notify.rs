@@ -170,13 +170,17 @@ pub fn emit(
     }
 
     let (to, mut targets) = destination(cfg, env);
-    if cfg.local.lmtp().is_some() && env.sender.is_some() {
-        // `delivery = "lmtp"`: the mailboxes are the LMTP server's, so a notification for a
-        // local sender is queued for it like other local mail. One about a notification (null
-        // sender) stays in tern's own Maildir (the postmaster's, under data_dir): queued, and
-        // refused by the LMTP server, its failure would be notified again, without end.
-        let local = std::mem::take(&mut targets.local);
-        targets.remote.extend(local);
+    if env.sender.is_some() {
+        // A domain under `delivery = "lmtp"`: its mailboxes are the LMTP server's, so a
+        // notification for a local sender there is queued for it like other local mail. One
+        // about a notification (null sender) stays in tern's own Maildir (the postmaster's,
+        // under data_dir): queued, and refused by the LMTP server, its failure would be
+        // notified again, without end.
+        let (lmtp, maildir): (Vec<String>, Vec<String>) = std::mem::take(&mut targets.local)
+            .into_iter()
+            .partition(|key| local.via_lmtp(key));
+        targets.local = maildir;
+        targets.remote.extend(lmtp);
     }
     if targets.local.is_empty() && targets.remote.is_empty() {
         warn!(
