@@ -130,7 +130,8 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         ),
         vrfy: flag(&raw.local.vrfy, defaults::VRFY),
         expn: flag(&raw.local.expn, defaults::EXPN),
-        delivery: local_delivery(&mut v, &raw.local.delivery, &raw.local.lmtp),
+        delivery: local_delivery(&mut v, "local", &raw.local.delivery, &raw.local.lmtp),
+        per_domain: local_per_domain(&mut v, &raw.local.per_domain, &domains),
         domains,
     };
     check_user_domains(&mut v, &raw, &users, &local.domains);
@@ -180,6 +181,12 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         None => Vec::new(),
     };
 
+    let dnssec_trust_anchor = raw
+        .dns
+        .dnssec_trust_anchor
+        .as_ref()
+        .map(|p| readable_file(&mut v, p, "dns.dnssec_trust_anchor"));
+
     let queue = queue(&mut v, &raw);
     let outbound = outbound(&mut v, &raw, &hostname);
     let log = log(&mut v, &raw);
@@ -188,6 +195,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
     let srs = crate::srs::srs(&mut v, &raw, &hostname);
     let milters = crate::milters::milters(&mut v, &raw);
     let admin = crate::admin::admin(&mut v, &raw);
+    let tls_rpt = crate::tls_rpt::tls_rpt(&mut v, &raw, &outbound.helo_name);
 
     v.finish()?;
     Ok(Config {
@@ -203,7 +211,10 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         aliases,
         relay: RelayConfig { trusted_networks },
         routes,
-        dns: DnsConfig { nameservers },
+        dns: DnsConfig {
+            nameservers,
+            dnssec_trust_anchor,
+        },
         queue,
         outbound,
         log,
@@ -212,6 +223,7 @@ pub(crate) fn build(raw: RawConfig, text: &str, origin: &Path) -> Result<Config,
         srs,
         milters,
         admin,
+        tls_rpt,
         source: Some(origin.to_path_buf()),
     })
 }
@@ -600,7 +612,8 @@ fn size(v: &mut Issues, value: &Option<Spanned<Size>>, key: &str, default: u64) 
 /// `local.delivery` and `local.lmtp`: Maildir (the default), or LMTP (RFC 2033) to the server
 /// `lmtp` names. `lmtp` is required with "lmtp" and refused with "maildir", so a config never
 /// names a server it does not use.
-fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery {
+fn local_delivery(v: &mut Issues, prefix: &str, delivery: &Text, lmtp: &Text) -> LocalDelivery {
+    let (delivery_key, lmtp_key) = (format!("{prefix}.delivery"), format!("{prefix}.lmtp"));
     let mode = delivery
         .as_ref()
         .map(|d| d.get_ref().trim().to_ascii_lowercase());
@@ -609,9 +622,9 @@ fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery
             if let Some(l) = lmtp {
                 v.add(
                     at(l),
-                    "local.lmtp",
-                    "local.lmtp is set but local.delivery is \"maildir\", so it would never be used",
-                    "set local.delivery = \"lmtp\" to deliver through it, or remove local.lmtp",
+                    &lmtp_key,
+                    format!("{lmtp_key} is set but {delivery_key} is \"maildir\", so it would never be used"),
+                    format!("set {delivery_key} = \"lmtp\" to deliver through it, or remove {lmtp_key}"),
                 );
             }
             LocalDelivery::Maildir
@@ -620,8 +633,8 @@ fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery
             let Some(l) = lmtp else {
                 v.add(
                     delivery.as_ref().and_then(at),
-                    "local.lmtp",
-                    "local.delivery = \"lmtp\" needs the address of the LMTP server",
+                    &lmtp_key,
+                    format!("{delivery_key} = \"lmtp\" needs the address of the LMTP server"),
                     "add local.lmtp = \"unix:/run/dovecot/lmtp\" (or \"inet:127.0.0.1:24\")",
                 );
                 return LocalDelivery::Maildir;
@@ -632,7 +645,7 @@ fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery
                 None => {
                     v.add(
                         at(l),
-                        "local.lmtp",
+                        &lmtp_key,
                         format!("invalid LMTP address \"{}\"", l.get_ref()),
                         "write \"unix:/absolute/path\" (e.g. \"unix:/run/dovecot/lmtp\") or \"inet:IP:PORT\" (e.g. \"inet:127.0.0.1:24\")",
                     );
@@ -643,16 +656,54 @@ fn local_delivery(v: &mut Issues, delivery: &Text, lmtp: &Text) -> LocalDelivery
         Some(_) => {
             v.add(
                 delivery.as_ref().and_then(at),
-                "local.delivery",
+                &delivery_key,
                 format!(
                     "unknown local delivery \"{}\"",
                     delivery.as_ref().map_or("", |d| d.get_ref().as_str())
                 ),
-                "use \"maildir\" (the default: tern writes the mailboxes) or \"lmtp\" (with local.lmtp: hand mail to Dovecot or another LMTP server)",
+                format!("use \"maildir\" (the default: tern writes the mailboxes) or \"lmtp\" (with {lmtp_key}: hand mail to Dovecot or another LMTP server)"),
             );
             LocalDelivery::Maildir
         }
     }
+}
+
+/// `[local.per_domain."<domain>"]`: a delivery for one local domain, checked as `[local]`'s
+/// own. A domain that is not in `local.domains` is refused: its mail would never be local.
+fn local_per_domain(
+    v: &mut Issues,
+    raw: &BTreeMap<String, crate::raw::RawLocalDomain>,
+    domains: &[String],
+) -> BTreeMap<String, LocalDelivery> {
+    let mut out = BTreeMap::new();
+    for (name, entry) in raw {
+        let domain = name.trim_end_matches('.').to_ascii_lowercase();
+        let prefix = format!("local.per_domain.{name:?}");
+        let span = entry.delivery.as_ref().or(entry.lmtp.as_ref()).and_then(at);
+        if !domains.contains(&domain) {
+            v.add(
+                span,
+                &prefix,
+                format!(
+                    "{domain} is not one of local.domains, so no mail for it is delivered locally"
+                ),
+                format!("add \"{domain}\" to local.domains, or remove [local.per_domain.{name:?}]"),
+            );
+            continue;
+        }
+        if entry.delivery.is_none() {
+            v.add(
+                span,
+                format!("{prefix}.delivery"),
+                "a per-domain entry needs delivery",
+                "set delivery = \"lmtp\" (with lmtp = \"unix:...\") or delivery = \"maildir\"",
+            );
+            continue;
+        }
+        let delivery = local_delivery(v, &prefix, &entry.delivery, &entry.lmtp);
+        out.insert(domain, delivery);
+    }
+    out
 }
 
 fn bare_line_endings(v: &mut Issues, value: &Text) -> BareLineEndings {
@@ -1094,6 +1145,7 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                     tls: defaults::ROUTE_TLS,
                     auth: None,
                     ca_file: None,
+                    dane: defaults::ROUTE_DANE,
                 }),
                 Err(why) => {
                     v.add(
@@ -1142,6 +1194,7 @@ fn routes(v: &mut Issues, raw: &BTreeMap<String, Spanned<RawRoute>>) -> BTreeMap
                     tls,
                     auth,
                     ca_file,
+                    dane: flag(&t.dane, defaults::ROUTE_DANE),
                 })
             }
         };
@@ -1366,6 +1419,7 @@ fn outbound(v: &mut Issues, raw: &RawConfig, hostname: &str) -> OutboundConfig {
         allow_networks: allow_networks(v, &o.allow_networks),
         min_data_rate: min_data_rate(v, o),
         mta_sts: flag(&o.mta_sts, defaults::MTA_STS),
+        dane: flag(&o.dane, defaults::DANE),
         mta_sts_ca_file: o
             .mta_sts_ca_file
             .as_ref()

@@ -39,6 +39,8 @@ pub const STRESS_DATA_TIMEOUT: Duration = Duration::from_secs(DAY);
 pub const OUTBOUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(DAY);
 /// `outbound.min_data_rate_grace`: longer than this and the rate would hardly be a bound.
 pub const OUTBOUND_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(HOUR);
+/// `tls_rpt.interval`: one report period; a week is already far longer than RFC 8460's day.
+pub const TLS_RPT_INTERVAL: Duration = Duration::from_secs(7 * DAY);
 /// `milters[].timeout`: one reply of a content filter.
 pub const MILTER_TIMEOUT: Duration = Duration::from_secs(HOUR);
 /// `milters[].message_timeout`: a filter's whole end-of-message exchange.

@@ -104,6 +104,10 @@ pub const DELAY_WARNING: Option<Duration> = None;
 pub const MX_PORT: u16 = 25;
 /// RFC 8461: MTA-STS is on unless turned off.
 pub const MTA_STS: bool = true;
+/// `outbound.dane`: DANE for MX delivery is on (it only acts on DNSSEC-signed domains).
+pub const DANE: bool = true;
+/// A route's `dane`: off (a route is the operator's own choice).
+pub const ROUTE_DANE: bool = false;
 /// RFC 8461 3.3: policies are fetched over HTTPS.
 pub const MTA_STS_PORT: u16 = 443;
 /// Port used by a route written without one.
@@ -312,6 +316,7 @@ pub fn outbound(hostname: &str) -> OutboundConfig {
         mta_sts: MTA_STS,
         mta_sts_ca_file: None,
         mta_sts_port: MTA_STS_PORT,
+        dane: DANE,
     }
 }
 
@@ -348,6 +353,21 @@ pub const MILTER_MESSAGE_TIMEOUT: Duration = Duration::from_secs(300);
 /// 4.5.4.1 suggests 4-5 days), so a bounce that arrives at all still finds its way back.
 pub const SRS_MAX_AGE_DAYS: u16 = 21;
 
+/// `tls_rpt.interval`: one report per UTC day (RFC 8460 4.1: reports cover whole UTC days).
+pub const TLS_RPT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `[tls_rpt]`: off (an operator turns it on: reports go to third parties), one report per day,
+/// `outbound.helo_name` as the organization, `postmaster@<helo_name>` as contact and sender.
+pub fn tls_rpt(helo_name: &str) -> crate::TlsRptConfig {
+    crate::TlsRptConfig {
+        enabled: false,
+        interval: TLS_RPT_INTERVAL,
+        organization: helo_name.to_string(),
+        contact: format!("postmaster@{helo_name}"),
+        from: format!("postmaster@{helo_name}"),
+    }
+}
+
 /// The configuration used when no file is given: see `Config::defaults`.
 pub(crate) fn config() -> Config {
     let hostname = hostname();
@@ -365,6 +385,7 @@ pub(crate) fn config() -> Config {
             vrfy: VRFY,
             expn: EXPN,
             delivery: LocalDelivery::Maildir,
+            per_domain: Default::default(),
         },
         users: Vec::new(),
         aliases: Default::default(),
@@ -374,6 +395,7 @@ pub(crate) fn config() -> Config {
         routes: Default::default(),
         dns: DnsConfig {
             nameservers: Vec::new(),
+            dnssec_trust_anchor: None,
         },
         queue: queue(),
         outbound: outbound(&hostname),
@@ -383,6 +405,7 @@ pub(crate) fn config() -> Config {
         srs: None,
         milters: Vec::new(),
         admin: None,
+        tls_rpt: tls_rpt(&hostname),
         source: None,
         hostname,
     }

@@ -54,6 +54,7 @@ const RESTART_KEYS: &[&str] = &[
     "limits.max_auth_failures",
     "limits.max_auth_failures_per_user",
     "limits.stress_threshold",
+    "tls_rpt.",
 ];
 
 /// Keys whose values are never printed.

@@ -225,7 +225,8 @@ fn type_hint(key: &str) -> String {
         | "attempt_timeout"
         | "max_age"
         | "delay_warning"
-        | "min_data_rate_grace" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
+        | "min_data_rate_grace"
+        | "interval" => "write a duration string such as \"30s\", \"5m\" or \"1h\"",
         "retry_schedule" => "write a list of durations such as [\"5m\", \"10m\", \"1h\"]",
         "max_message_size" | "max_header_size" | "max_data_memory" => {
             "write a number of bytes such as 26214400 (or a string such as \"25MiB\")"
@@ -237,19 +238,37 @@ fn type_hint(key: &str) -> String {
         }
         "min_data_rate" => "write bytes per second such as 1024 (or a string such as \"1KiB\")",
         "domains" => "write a list of domain names such as [\"example.test\"]",
-        "require_tls_for_auth" | "enforce_sender" | "catch_all" | "vrfy" | "expn" | "mta_sts" => {
-            "write true or false"
-        }
+        "require_tls_for_auth"
+        | "enforce_sender"
+        | "catch_all"
+        | "vrfy"
+        | "expn"
+        | "mta_sts"
+        | "enabled"
+        | "dane" => "write true or false",
         "users" => "write each user as a [[users]] table with name = \"user@domain\"",
         "headers" => "write a list of header field names such as [\"From\", \"Subject\"]",
         "subdomains" => "write true or false",
         "selector" | "key_file" => "write the value as a quoted string",
         "tls" if key == "tls" => "write a [tls] table with cert = \"...\" and key = \"...\"",
         "tls" => "write one of \"none\", \"opportunistic\", \"required\"",
-        "hostname" | "helo_name" | "data_dir" | "level" | "format" | "cert" | "key" | "host"
-        | "user" | "password" | "password_file" | "name" | "mta_sts_ca_file" => {
-            "write the value as a quoted string"
-        }
+        "hostname"
+        | "helo_name"
+        | "data_dir"
+        | "level"
+        | "format"
+        | "cert"
+        | "key"
+        | "host"
+        | "user"
+        | "password"
+        | "password_file"
+        | "name"
+        | "mta_sts_ca_file"
+        | "dnssec_trust_anchor"
+        | "organization"
+        | "contact"
+        | "from" => "write the value as a quoted string",
         _ if key.starts_with("routes.") => {
             "write \"host[:port]\" or a table { host = \"...\", port = 25, tls = \"required\" }"
         }

@@ -23,6 +23,7 @@ mod password;
 mod query;
 mod raw;
 mod srs;
+mod tls_rpt;
 mod types;
 mod values;
 
@@ -33,6 +34,7 @@ pub use live::LiveConfig;
 pub use load::{ENV_VAR, SYSTEM_PATH};
 pub use milters::{MilterAddress, MilterConfig, MilterListener, OnFailure};
 pub use srs::{SrsConfig, SrsSecrets, MAX_AGE_DAYS_CAP, MIN_SECRET_LEN};
+pub use tls_rpt::TlsRptConfig;
 pub use types::{
     BareLineEndings, ChecksConfig, Config, DkimConfig, DnsConfig, Limits, ListenerConfig,
     LmtpAddress, LocalConfig, LocalDelivery, LogConfig, LogFormat, MinDataRate, MinFreeSpace,

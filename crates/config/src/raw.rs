@@ -37,6 +37,18 @@ pub(crate) struct RawConfig {
     pub srs: RawSrs,
     pub milters: Vec<Spanned<RawMilter>>,
     pub admin: RawAdmin,
+    pub tls_rpt: RawTlsRpt,
+}
+
+/// `[tls_rpt]`: RFC 8460 TLS reporting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawTlsRpt {
+    pub enabled: Flag,
+    pub interval: Text,
+    pub organization: Text,
+    pub contact: Text,
+    pub from: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +125,15 @@ pub(crate) struct RawLocal {
     pub expn: Flag,
     pub delivery: Text,
     pub lmtp: Text,
+    /// `[local.per_domain."example.com"]`: `delivery`/`lmtp` for one local domain.
+    pub per_domain: BTreeMap<String, RawLocalDomain>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawLocalDomain {
+    pub delivery: Text,
+    pub lmtp: Text,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +203,7 @@ pub(crate) struct RawMilter {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawDns {
     pub nameservers: TextList,
+    pub dnssec_trust_anchor: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +238,7 @@ pub(crate) struct RawOutbound {
     pub mta_sts: Flag,
     pub mta_sts_ca_file: Text,
     pub mta_sts_port: Int,
+    pub dane: Flag,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +264,7 @@ pub(crate) struct RawRouteTable {
     pub user: Text,
     pub password_file: Text,
     pub ca_file: Text,
+    pub dane: Flag,
 }
 
 // Hand-written instead of `#[serde(untagged)]`: untagged enums turn every mistake inside the table

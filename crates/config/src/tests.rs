@@ -365,6 +365,7 @@ format = "json"
             tls: TlsPolicy::Opportunistic,
             auth: None,
             ca_file: None,
+            dane: false,
         }
     );
     assert_eq!(c.routes["plain.test"].port, 25);
@@ -1433,20 +1434,83 @@ fn min_data_rate_defaults_sizes_and_off() {
 fn local_delivery_is_maildir_or_lmtp_with_its_address() {
     use crate::{LmtpAddress, LocalDelivery};
     assert_eq!(Config::defaults().local.delivery, LocalDelivery::Maildir);
-    assert_eq!(load("[local]\ndelivery = \"maildir\"\n").local.lmtp(), None);
+    assert_eq!(
+        load("[local]\ndelivery = \"maildir\"\n")
+            .local
+            .delivery
+            .lmtp(),
+        None
+    );
     let c = load("[local]\ndelivery = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n");
     assert_eq!(
         c.local.delivery,
         LocalDelivery::Lmtp(LmtpAddress::Unix(PathBuf::from("/run/dovecot/lmtp")))
     );
     assert_eq!(
-        c.local.lmtp().map(ToString::to_string).as_deref(),
+        c.local.delivery.lmtp().map(ToString::to_string).as_deref(),
         Some("unix:/run/dovecot/lmtp")
     );
     let c = load("[local]\ndelivery = \"LMTP\"\nlmtp = \"inet:127.0.0.1:24\"\n");
     assert_eq!(
-        c.local.lmtp(),
+        c.local.delivery.lmtp(),
         Some(&LmtpAddress::Inet(addr("127.0.0.1:24")))
+    );
+}
+
+#[test]
+fn local_delivery_per_domain_overrides_the_default() {
+    use crate::{LmtpAddress, LocalDelivery};
+    let c = load(
+        "[local]\ndomains = [\"a.test\", \"b.test\"]\n\
+         [local.per_domain.\"B.test\"]\ndelivery = \"lmtp\"\nlmtp = \"inet:127.0.0.1:24\"\n",
+    );
+    assert_eq!(c.local.delivery_for("a.test"), &LocalDelivery::Maildir);
+    assert_eq!(
+        c.local.lmtp_for("b.test"),
+        Some(&LmtpAddress::Inet(addr("127.0.0.1:24")))
+    );
+    assert_eq!(
+        c.local.lmtp_for_mailbox("bob@B.TEST"),
+        Some(&LmtpAddress::Inet(addr("127.0.0.1:24")))
+    );
+    assert_eq!(c.local.lmtp_for_mailbox("alice@a.test"), None);
+    assert!(c.local.any_lmtp());
+    // The other way round: LMTP by default, one domain kept in tern's Maildirs.
+    let c = load(
+        "[local]\ndomains = [\"a.test\", \"b.test\"]\ndelivery = \"lmtp\"\n\
+         lmtp = \"unix:/run/dovecot/lmtp\"\n[local.per_domain.\"a.test\"]\ndelivery = \"maildir\"\n",
+    );
+    assert_eq!(c.local.lmtp_for("a.test"), None);
+    assert_eq!(
+        c.local
+            .lmtp_for("b.test")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("unix:/run/dovecot/lmtp")
+    );
+    assert!(!Config::defaults().local.any_lmtp());
+}
+
+#[test]
+fn local_delivery_per_domain_errors_name_the_key_and_the_fix() {
+    rejects(
+        "[local]\ndomains = [\"a.test\"]\n[local.per_domain.\"c.test\"]\ndelivery = \"maildir\"\n",
+        &[
+            "local.per_domain.\"c.test\": c.test is not one of local.domains",
+            "fix: add \"c.test\" to local.domains",
+        ],
+    );
+    rejects(
+        "[local]\ndomains = [\"a.test\"]\n[local.per_domain.\"a.test\"]\ndelivery = \"lmtp\"\n",
+        &["local.per_domain.\"a.test\".lmtp: local.per_domain.\"a.test\".delivery = \"lmtp\" needs the address"],
+    );
+    rejects(
+        "[local]\ndomains = [\"a.test\"]\n[local.per_domain.\"a.test\"]\nlmtp = \"inet:127.0.0.1:24\"\n",
+        &["local.per_domain.\"a.test\".delivery: a per-domain entry needs delivery"],
+    );
+    rejects(
+        "[local]\ndomains = [\"a.test\"]\n[local.per_domain.\"a.test\"]\ndelivery = \"maildir\"\nfolder = \"x\"\n",
+        &["local.per_domain.\"a.test\".folder: unknown key `folder`"],
     );
 }
 
@@ -1532,4 +1596,87 @@ fn mta_sts_is_on_by_default_with_its_port_and_ca_file() {
     .unwrap();
     assert_eq!(changes.len(), 3);
     assert!(changes.iter().all(|c| !c.needs_restart), "{changes:?}");
+}
+
+#[test]
+fn tls_rpt_is_off_by_default_and_follows_helo_name() {
+    let d = Config::defaults();
+    assert!(!d.tls_rpt.enabled);
+    assert_eq!(d.tls_rpt.interval, Duration::from_secs(24 * 60 * MIN));
+    let c = load("hostname = \"h.test\"\n[outbound]\nhelo_name = \"mx.h.test\"\n");
+    assert_eq!(c.tls_rpt.organization, "mx.h.test");
+    assert_eq!(c.tls_rpt.contact, "postmaster@mx.h.test");
+    assert_eq!(c.tls_rpt.from, "postmaster@mx.h.test");
+    let c = load(
+        "[tls_rpt]\nenabled = true\ninterval = \"2s\"\norganization = \"Example Org\"\ncontact = \"https://example.test/tls\"\nfrom = \"reports@example.test\"\n",
+    );
+    assert!(c.tls_rpt.enabled);
+    assert_eq!(c.tls_rpt.interval, Duration::from_secs(2));
+    assert_eq!(c.tls_rpt.organization, "Example Org");
+    assert_eq!(c.tls_rpt.contact, "https://example.test/tls");
+    assert_eq!(c.tls_rpt.from, "reports@example.test");
+}
+
+#[test]
+fn tls_rpt_errors_name_the_key() {
+    rejects(
+        "[tls_rpt]\nfrom = \"not an address\"\n",
+        &["tls_rpt.from", "is not a mail address"],
+    );
+    rejects(
+        "[tls_rpt]\ninterval = \"0s\"\n",
+        &["tls_rpt.interval", "zero"],
+    );
+    rejects(
+        "[tls_rpt]\ninterval = \"30days\"\n",
+        &["tls_rpt.interval", "longer than the maximum"],
+    );
+    rejects(
+        "[tls_rpt]\nenabled = \"yes\"\n",
+        &["tls_rpt.enabled", "true or false"],
+    );
+    rejects(
+        "[tls_rpt]\nsecret = 1\n",
+        &["tls_rpt.secret", "unknown key"],
+    );
+    rejects(
+        "[tls_rpt]\norganization = \" \"\n",
+        &["tls_rpt.organization", "empty"],
+    );
+    let d = crate::diff::diff("", "[tls_rpt]\nenabled = true\n").unwrap();
+    assert!(d[0].key == "tls_rpt.enabled" && d[0].needs_restart);
+}
+
+#[test]
+fn dane_keys_default_parse_and_reload() {
+    let d = load("");
+    assert!(d.outbound.dane);
+    assert_eq!(d.dns.dnssec_trust_anchor, None);
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("test.key");
+    std::fs::write(&anchor, "test. 3600 IN DNSKEY 257 3 13 AAAA\n").unwrap();
+    let c = load(&format!(
+        "[dns]\ndnssec_trust_anchor = \"{}\"\n[outbound]\ndane = false\n[routes]\n\"a.test\" = {{ host = \"mx.a.test\", dane = true }}\n\"b.test\" = \"mx.b.test\"\n",
+        anchor.display()
+    ));
+    assert!(!c.outbound.dane);
+    assert_eq!(c.dns.dnssec_trust_anchor, Some(anchor));
+    assert!(c.routes["a.test"].dane);
+    assert!(!c.routes["b.test"].dane);
+    rejects(
+        "[outbound]\ndane = \"yes\"\n",
+        &["outbound.dane", "write true or false"],
+    );
+    rejects(
+        "[dns]\ndnssec_trust_anchor = \"/nonexistent/root.key\"\n",
+        &["dns.dnssec_trust_anchor"],
+    );
+    // Both apply on reload (the relay's resolver and connector are rebuilt).
+    let d = crate::diff::diff(
+        "",
+        "[outbound]\ndane = false\n[dns]\ndnssec_trust_anchor = \"/x\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|c| !c.needs_restart), "{d:?}");
 }

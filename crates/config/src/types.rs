@@ -44,6 +44,8 @@ pub struct Config {
     pub milters: Vec<crate::MilterConfig>,
     /// `[admin]`: the admin HTTP listener; `None` = off.
     pub admin: Option<crate::AdminConfig>,
+    /// `[tls_rpt]`: RFC 8460 TLS reporting of MX deliveries (off by default).
+    pub tls_rpt: crate::TlsRptConfig,
     /// The file this configuration came from; `None` for the embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -207,18 +209,40 @@ pub struct LocalConfig {
     pub vrfy: bool,
     /// RFC 5321 3.5.2: true lets EXPN expand aliases; false refuses.
     pub expn: bool,
-    /// `local.delivery` (with `local.lmtp`): how local recipients are stored. One choice for
-    /// every local domain.
+    /// `local.delivery` (with `local.lmtp`): how the recipients of local domains are stored,
+    /// unless `per_domain` says otherwise for their domain.
     pub delivery: LocalDelivery,
+    /// `[local.per_domain."<domain>"]`: the delivery of one local domain (lower-cased, one of
+    /// `domains`), e.g. one domain's mailboxes on a Dovecot, the others in tern's Maildirs.
+    pub per_domain: BTreeMap<String, LocalDelivery>,
 }
 
 impl LocalConfig {
-    /// The LMTP server local mail goes to, when `delivery = "lmtp"`.
-    pub fn lmtp(&self) -> Option<&LmtpAddress> {
-        match &self.delivery {
-            LocalDelivery::Maildir => None,
-            LocalDelivery::Lmtp(address) => Some(address),
+    /// How mail for the local domain `domain` is stored (`per_domain`, else `delivery`).
+    pub fn delivery_for(&self, domain: &str) -> &LocalDelivery {
+        if !self.per_domain.is_empty() {
+            let d = domain.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(delivery) = self.per_domain.get(&d) {
+                return delivery;
+            }
         }
+        &self.delivery
+    }
+
+    /// The LMTP server mail for the local domain `domain` goes to, if it goes to one.
+    pub fn lmtp_for(&self, domain: &str) -> Option<&LmtpAddress> {
+        self.delivery_for(domain).lmtp()
+    }
+
+    /// The LMTP server of the mailbox key `local@domain` (a router key), if it has one.
+    pub fn lmtp_for_mailbox(&self, key: &str) -> Option<&LmtpAddress> {
+        let domain = key.rsplit_once('@').map_or("", |(_, d)| d);
+        self.lmtp_for(domain)
+    }
+
+    /// True when some local domain is delivered over LMTP.
+    pub fn any_lmtp(&self) -> bool {
+        self.delivery.lmtp().is_some() || self.per_domain.values().any(|d| d.lmtp().is_some())
     }
 }
 
@@ -234,6 +258,14 @@ pub enum LocalDelivery {
 }
 
 impl LocalDelivery {
+    /// The LMTP server, for `Lmtp`.
+    pub fn lmtp(&self) -> Option<&LmtpAddress> {
+        match self {
+            LocalDelivery::Maildir => None,
+            LocalDelivery::Lmtp(address) => Some(address),
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             LocalDelivery::Maildir => "maildir",
@@ -295,6 +327,9 @@ pub struct Route {
     /// PEM file of CA certificates trusted (besides the public roots) when verifying this hop's
     /// certificate under `tls = "required"`: a smarthost with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// DANE (RFC 7672) for this hop: look up TLSA `_<port>._tcp.<host>` and, when usable
+    /// records are found, require TLS verified by them.
+    pub dane: bool,
 }
 
 /// Credentials for AUTH at a route's next hop.
@@ -390,6 +425,9 @@ pub struct ChecksConfig {
 pub struct DnsConfig {
     /// Empty = the system resolver (/etc/resolv.conf).
     pub nameservers: Vec<SocketAddr>,
+    /// DNSKEY records (zone-file form) trusted for DNSSEC validation of DANE lookups instead
+    /// of the built-in root anchors (a private signed zone, the tests).
+    pub dnssec_trust_anchor: Option<PathBuf>,
 }
 
 /// Spool lifetime and retry policy.
@@ -444,6 +482,9 @@ pub struct OutboundConfig {
     pub mta_sts_ca_file: Option<PathBuf>,
     /// The HTTPS port policies are fetched from; 443 (RFC 8461 3.3), a high port in tests.
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672) for MX delivery: DNSSEC-signed MX hosts with TLSA records get TLS
+    /// verified by those records (docs/dane.md).
+    pub dane: bool,
 }
 
 /// `outbound.min_data_rate` with its grace period: after `grace`, the body must have been

@@ -13,8 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tern_client::{
-    connect_first, load_ca_file, CaFileError, ClientError, ConnectOptions, Credentials, DsnRequest,
-    Envelope as ClientEnvelope, Session, SessionOptions, Timeouts, TlsMode,
+    connect_first, load_ca_file, CaFileError, CertStatus, ClientError, ConnectOptions, Credentials,
+    DsnRequest, Envelope as ClientEnvelope, Session, SessionOptions, Timeouts, TlsFailure, TlsMode,
 };
 use tern_config::{Config, TlsPolicy};
 use tern_dns::Resolver;
@@ -22,6 +22,7 @@ use tern_metrics as names;
 use tern_proto::{Address, ForwardPath, ReversePath};
 use tern_queue::{Cluster, HostSlot, RcptOutcome, StoredReply, TlsOutcome};
 
+use crate::dane::{DanePlan, HostDane};
 use crate::message::QueuedMessage;
 use crate::mta_sts::{Applied, Mode};
 use crate::route::{self, Destination, DestinationKind, Hop};
@@ -239,9 +240,12 @@ impl Connector {
     ) -> Result<(Hop, TlsOutcome, bool, Vec<RcptOutcome>), (Option<String>, RcptOutcome)> {
         // RFC 8461: the recipient domain's MTA-STS policy, for MX delivery only (a route is
         // the operator's own choice, with its own `tls`).
+        // TLS-RPT: a report's own delivery is never reported (crate::tls_rpt::scope).
+        let quiet = crate::tls_rpt::is_report(&message.head);
         let sts = match &dest.kind {
             DestinationKind::Mx { domain } => {
-                crate::mta_sts::policy_for(&self.cfg, self.resolver.as_ref(), domain).await
+                let lookup = crate::mta_sts::policy_for(&self.cfg, self.resolver.as_ref(), domain);
+                crate::tls_rpt::scope(quiet, lookup).await
             }
             _ => None,
         };
@@ -253,9 +257,22 @@ impl Connector {
             }
             _ => dest,
         };
+        // RFC 7672: DANE decides per host how it is spoken to, so the hosts come first; a
+        // session opened under DANE is pooled under its own key.
+        let prepared = self.dane_prepare(dest).await?;
+        let with_dane;
+        let dest = match &prepared {
+            Some((_, plan)) if plan.is_active() => {
+                let mut d = dest.clone();
+                d.key.push_str(" dane");
+                with_dane = d;
+                &with_dane
+            }
+            _ => dest,
+        };
         let (mut session, hop) = match self.take_pooled(&dest.key).await {
             Some(p) => (p.session, p.hop),
-            None => self.open(dest, sts.as_ref()).await?,
+            None => crate::tls_rpt::scope(quiet, self.open(dest, sts.as_ref(), prepared)).await?,
         };
         let tls = tls_outcome(&session);
         let dsn = session.capabilities().is_some_and(|c| c.dsn);
@@ -402,26 +419,46 @@ impl Connector {
     /// Connects to the first hop that answers and completes EHLO, STARTTLS and AUTH.
     /// Under an MTA-STS policy (`sts`), `enforce` keeps only the MX hosts it names (and `dest`
     /// requires verified TLS already, [`enforcing`]); `testing` logs what would have failed.
+    ///
+    /// `prepared`: the hops and their DANE plan when [`Connector::dane_prepare`] looked them up
+    /// (RFC 7672): a host with usable TLSA records must do STARTTLS with a certificate that
+    /// matches them (even under MTA-STS, RFC 8461 2), one whose DNSSEC lookups failed is not
+    /// used, the others are spoken to as without DANE.
     async fn open(
         &self,
         dest: &Destination,
         sts: Option<&Applied>,
+        prepared: Option<(Vec<Hop>, DanePlan)>,
     ) -> Result<(Session<TcpStream>, Hop), (Option<String>, RcptOutcome)> {
-        let mut hops = route::hops(&self.cfg, self.resolver.as_ref(), dest)
-            .await
-            .map_err(|f| (None, f))?;
+        let (mut hops, plan) = match prepared {
+            Some(p) => p,
+            None => (
+                route::hops(&self.cfg, self.resolver.as_ref(), dest)
+                    .await
+                    .map_err(|f| (None, f))?,
+                DanePlan::default(),
+            ),
+        };
+        // RFC 8461 2: a host with usable TLSA records is DANE's, whatever the MTA-STS policy.
+        let by_dane = |name: &str| matches!(plan.host(name), HostDane::Verify(_));
         let mut opts = self
             .connect_options(dest)
             .map_err(|reply| (None, RcptOutcome::deferred(reply)))?;
         let enforce = sts.filter(|s| s.policy.mode == Mode::Enforce);
         let testing = sts.filter(|s| s.policy.mode == Mode::Testing);
+        // TLS-RPT: what this delivery reports into (None: a route, or reporting is off). DANE:
+        // when TLSA records apply, set `rpt.policy = crate::tls_rpt::Policy::tlsa(records)`.
+        let mut rpt = crate::tls_rpt::Target::new(dest, sts);
+        if let Some(r) = rpt.as_mut().filter(|_| plan.is_active()) {
+            r.policy = crate::tls_rpt::Policy::tlsa(plan.records());
+        }
         if let Some(s) = sts {
             let mut names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
             names.dedup();
             let other: Vec<&str> = names
                 .iter()
                 .copied()
-                .filter(|n| !s.policy.allows(n))
+                .filter(|n| !s.policy.allows(n) && !by_dane(n))
                 .collect();
             if enforce.is_some() {
                 if other.len() == names.len() {
@@ -433,9 +470,12 @@ impl Connector {
                     tracing::warn!(domain = %s.domain, mx = %names.join(", "),
                         patterns = %s.policy.patterns(),
                         "relay: MTA-STS policy (enforce): no MX host matches; deferred");
+                    if let Some(r) = &rpt {
+                        r.no_matching_mx(&names);
+                    }
                     return Err((None, RcptOutcome::deferred(reply)));
                 }
-                hops.retain(|h| s.policy.allows(&h.name));
+                hops.retain(|h| s.policy.allows(&h.name) || by_dane(&h.name));
             } else {
                 // Testing changes nothing about where mail goes, in what order.
                 for name in other {
@@ -461,10 +501,7 @@ impl Connector {
             }
         }
         let tls_off = opts.tls == TlsMode::None;
-        let addrs: Vec<(std::net::SocketAddr, &str)> =
-            hops.iter().map(|h| (h.addr, h.name.as_str())).collect();
-        let reached = connect_first(&addrs, &opts).await;
-        drop(addrs);
+        let (reached, skipped) = self.connect_hops(&hops, &opts, &plan).await;
         match reached {
             Ok((session, i)) => {
                 let Some(hop) = hops.into_iter().nth(i) else {
@@ -506,12 +543,23 @@ impl Connector {
                         "version" => names::tls_version(&t.version))
                     .increment(1);
                 }
+                if let Some(r) = &rpt {
+                    r.session(&hop, &session, tls_off);
+                }
+                if session
+                    .tls()
+                    .is_some_and(|t| t.certificate == CertStatus::Dane)
+                {
+                    tracing::info!(host = %hop.name, addr = %hop.addr,
+                        "relay: DANE verified: the certificate matches the host's TLSA records");
+                }
                 Ok((session, hop))
             }
             Err(errors) => {
-                let failures = errors
-                    .into_iter()
-                    .filter_map(|(i, e)| {
+                // Hosts left out over DANE lookups come first: a later host's own failure,
+                // if any, is the one kept (status::connect_failure).
+                let mut failures: Vec<(String, RcptOutcome)> = skipped;
+                failures.extend(errors.into_iter().filter_map(|(i, e)| {
                         let hop = hops.get(i)?;
                         tracing::info!(host = %hop.name, addr = %hop.addr, error = %e, "relay: connection failed");
                         // RFC 8689 4.2.1: no STARTTLS at all is no REQUIRETLS either; the
@@ -523,6 +571,15 @@ impl Connector {
                             }
                             e => e,
                         };
+                        if let Some(r) = &rpt {
+                            r.connect_error(hop, &e);
+                        }
+                        // RFC 7672 2.2: a DANE host never goes unauthenticated or in the clear.
+                        if plan.host(&hop.name).requires_tls() {
+                            if let Some(reply) = dane_failure(hop, &e) {
+                                return Some((hop.name.clone(), RcptOutcome::deferred(reply)));
+                            }
+                        }
                         // RFC 8461 5: under enforce, a TLS failure is the policy's failure.
                         if let (Some(s), ClientError::Tls(_) | ClientError::TlsUnavailable) =
                             (enforce, &e)
@@ -536,11 +593,115 @@ impl Connector {
                             return Some((hop.name.clone(), RcptOutcome::deferred(reply)));
                         }
                         Some((hop.name.clone(), status::session_failure(peer(hop), e)))
-                    })
-                    .collect();
+                }));
                 Err(status::connect_failure(failures))
             }
         }
+    }
+
+    /// The hops of `dest` and their DANE plan (RFC 7672), when DANE applies to it: MX delivery
+    /// under `outbound.dane`, a route with `dane = true`, never `tls = "none"`. `None`: no
+    /// DANE, [`Connector::open`] looks the hops up itself.
+    async fn dane_prepare(
+        &self,
+        dest: &Destination,
+    ) -> Result<Option<(Vec<Hop>, DanePlan)>, (Option<String>, RcptOutcome)> {
+        if !dest.dane || dest.tls == TlsPolicy::None {
+            return Ok(None);
+        }
+        let resolver = self.resolver.as_ref();
+        // The probe (tern_dns::dnssec): without a validating resolver, nothing to look up.
+        if !resolver.dnssec_validates().await.unwrap_or(false) {
+            return Ok(None);
+        }
+        let plan = match &dest.kind {
+            DestinationKind::Lmtp { .. } => return Ok(None),
+            DestinationKind::Mx { domain } => {
+                let hops = route::hops(&self.cfg, resolver, dest)
+                    .await
+                    .map_err(|f| (None, f))?;
+                let mut names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
+                names.dedup();
+                let plan =
+                    crate::dane::plan_mx(resolver, domain, &names, self.cfg.outbound.mx_port)
+                        .await
+                        .map_err(|reply| {
+                            tracing::warn!(domain = %domain, status = %reply,
+                                "relay: DANE: the MX lookup failed; deferred");
+                            (None, RcptOutcome::deferred(reply))
+                        })?;
+                return Ok(Some((hops, plan.unwrap_or_default())));
+            }
+            DestinationKind::Route { host, port } => {
+                crate::dane::plan_route(resolver, host, *port).await
+            }
+        };
+        let hops = route::hops(&self.cfg, resolver, dest)
+            .await
+            .map_err(|f| (None, f))?;
+        Ok(Some((hops, plan.unwrap_or_default())))
+    }
+
+    /// RFC 5321 5.1 over `hops` in order, each host with the options its DANE verdict gives
+    /// (`opts` when none): the session and the index of the hop reached, or every hop's error;
+    /// and, in order, the hosts not tried because their DNSSEC lookups failed.
+    async fn connect_hops(
+        &self,
+        hops: &[Hop],
+        opts: &ConnectOptions,
+        plan: &DanePlan,
+    ) -> (
+        Result<(Session<TcpStream>, usize), Vec<(usize, ClientError)>>,
+        Vec<(String, RcptOutcome)>,
+    ) {
+        let mut errors = Vec::new();
+        let mut skipped = Vec::new();
+        let mut start = 0;
+        while start < hops.len() {
+            let name = hops[start].name.as_str();
+            let end = hops[start..]
+                .iter()
+                .position(|h| h.name != name)
+                .map_or(hops.len(), |n| start + n);
+            let group = start..end;
+            start = end;
+            let dane_opts;
+            let group_opts = match plan.host(name) {
+                HostDane::Off => opts,
+                HostDane::Unusable(reply) => {
+                    skipped.push((name.to_string(), RcptOutcome::deferred(reply.clone())));
+                    continue;
+                }
+                HostDane::Verify(check) => {
+                    let mut o = opts.clone();
+                    o.tls = TlsMode::Required;
+                    o.pin = None;
+                    o.dane = Some(check.clone());
+                    dane_opts = o;
+                    &dane_opts
+                }
+                HostDane::TlsOnly => {
+                    let mut o = opts.clone();
+                    // RFC 7672 3.1.3: TLS without authentication, unless something (an
+                    // MTA-STS enforce policy, a route) already demands a verified one.
+                    if o.tls != TlsMode::Required {
+                        o.tls = TlsMode::Required;
+                        o.verify_tls = false;
+                    }
+                    dane_opts = o;
+                    &dane_opts
+                }
+            };
+            let addrs: Vec<(std::net::SocketAddr, &str)> = hops[group.clone()]
+                .iter()
+                .map(|h| (h.addr, h.name.as_str()))
+                .collect();
+            match connect_first(&addrs, group_opts).await {
+                Ok((session, i)) => return (Ok((session, group.start + i)), skipped),
+                Err(errs) => errors.extend(errs.into_iter().map(|(i, e)| (group.start + i, e))),
+            }
+        }
+        (Err(errors), skipped)
     }
 
     fn connect_options(&self, dest: &Destination) -> Result<ConnectOptions, StoredReply> {
@@ -578,6 +739,24 @@ impl Connector {
             });
         }
         Ok(opts)
+    }
+}
+
+/// The status of a TLS failure at a host DANE applies to (RFC 7672 2.2): a certificate that
+/// matched no TLSA record, or no STARTTLS or a failed handshake; None for other failures.
+fn dane_failure(hop: &Hop, e: &ClientError) -> Option<StoredReply> {
+    match e {
+        ClientError::Tls(TlsFailure::Certificate(m)) if m.starts_with("DANE:") => {
+            Some(status::dane_mismatch(m))
+        }
+        ClientError::Tls(_) | ClientError::TlsUnavailable => {
+            let p = peer(hop);
+            Some(status::dane_tls_failed(
+                &status::at(p.name, p.addr),
+                &e.to_string(),
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod backoff;
 mod claimer;
 pub mod connector;
+pub mod dane;
 mod lmtp;
 pub mod message;
 pub mod mta_sts;
@@ -25,5 +26,6 @@ pub mod round;
 pub mod route;
 pub mod scheduler;
 pub mod status;
+pub mod tls_rpt;
 
 pub use scheduler::{spawn, Workers};

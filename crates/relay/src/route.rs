@@ -33,6 +33,9 @@ pub struct Destination {
     /// The message asked for REQUIRETLS (RFC 8689): `tls` is then `Required`, and a hop
     /// without STARTTLS fails the recipient (550 5.7.30) instead of deferring it.
     pub requiretls: bool,
+    /// DANE (RFC 7672, [`crate::dane`]): look up the hops' TLSA records; `outbound.dane` for
+    /// MX delivery, the route's `dane` for a route.
+    pub dane: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +61,11 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
     // Local recipients reach the queue only with `delivery = "lmtp"` (intake writes them to
     // Maildir otherwise); they go to the one LMTP server of every local domain, all of a
     // message's local recipients in one transaction (one key).
-    if let Some(target) = cfg.local.lmtp().filter(|_| cfg.is_local_domain(domain)) {
+    if let Some(target) = cfg
+        .local
+        .lmtp_for(domain)
+        .filter(|_| cfg.is_local_domain(domain))
+    {
         return Destination {
             key: format!("lmtp {target}"),
             kind: DestinationKind::Lmtp {
@@ -68,6 +75,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             auth: None,
             ca_file: None,
             requiretls: false,
+            dane: false,
         };
     }
     match cfg.route_for(domain) {
@@ -98,6 +106,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             auth: route.auth.clone(),
             ca_file: route.ca_file.clone(),
             requiretls: false,
+            dane: route.dane,
         },
         None => Destination {
             key: format!("mx {domain}"),
@@ -108,6 +117,7 @@ pub fn destination(cfg: &Config, domain: &str) -> Destination {
             auth: None,
             ca_file: None,
             requiretls: false,
+            dane: cfg.outbound.dane,
         },
     }
 }
@@ -221,6 +231,31 @@ mod tests {
         assert!(matches!(
             destination(&m, "tern.test").kind,
             DestinationKind::Mx { .. }
+        ));
+    }
+
+    #[test]
+    fn per_domain_lmtp_sends_only_that_domain_to_its_server() {
+        let c = cfg(
+            "[local]\ndomains = [\"tern.test\", \"dove.test\", \"other.test\"]\n\
+             [local.per_domain.\"dove.test\"]\ndelivery = \"lmtp\"\nlmtp = \"inet:127.0.0.1:24\"\n\
+             [local.per_domain.\"other.test\"]\ndelivery = \"lmtp\"\nlmtp = \"unix:/run/other\"\n",
+        );
+        assert_eq!(
+            destination(&c, "dove.test").kind,
+            DestinationKind::Lmtp {
+                target: LmtpAddress::Inet("127.0.0.1:24".parse().unwrap())
+            }
+        );
+        // Each server its own destination (and transaction).
+        assert_ne!(
+            destination(&c, "dove.test").key,
+            destination(&c, "other.test").key
+        );
+        // The Maildir domain is never handed to the relay as LMTP.
+        assert!(!matches!(
+            destination(&c, "tern.test").kind,
+            DestinationKind::Lmtp { .. }
         ));
     }
 

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use tern_config::Config;
-use tern_dns::{setup_resolver, Resolver};
+use tern_dns::{setup_resolver_dnssec, Resolver};
 use tern_queue::{QueueId, QueueStore, StoreEvent};
 
 use crate::connector::Connector;
@@ -123,7 +123,14 @@ pub fn domain_classes(cfg: &Config) -> tern_metrics::DomainClasses {
 }
 
 fn resolver(cfg: &Config) -> Arc<dyn Resolver> {
-    let setup = setup_resolver(&cfg.dns.nameservers, DNS_TIMEOUT);
+    // DANE (crate::dane): a DNSSEC-validating resolver beside the plain one, when MX delivery
+    // or a route uses DANE.
+    let dane = cfg.outbound.dane || cfg.routes.values().any(|r| r.dane);
+    let anchor = cfg.dns.dnssec_trust_anchor.as_deref();
+    let setup = setup_resolver_dnssec(&cfg.dns.nameservers, DNS_TIMEOUT, dane.then_some(anchor));
+    if let Some(e) = &setup.dnssec_error {
+        tracing::error!(error = %e, "relay: cannot set up the DNSSEC resolver; DANE lookups never validate");
+    }
     if let Some(e) = &setup.fallback {
         // Without /etc/resolv.conf MX delivery cannot work, but static routes still do, and
         // the errors from a resolver pointed at localhost say what is wrong.

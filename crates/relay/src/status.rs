@@ -263,6 +263,30 @@ pub fn mta_sts_tls_failed(domain: &str, at: &str, error: &str) -> StoredReply {
     )
 }
 
+/// DANE (RFC 7672 3.1): the certificate of a host with usable TLSA records matched none of
+/// them; `mismatch` is the client's `DANE: certificate of <host> does not match ...`.
+pub fn dane_mismatch(mismatch: &str) -> StoredReply {
+    own(451, 4, 7, 5, mismatch.to_string())
+}
+
+/// DANE (RFC 7672 2.2): a host with usable TLSA records offered no STARTTLS or the handshake
+/// failed; never sent in the clear.
+pub fn dane_tls_failed(at: &str, error: &str) -> StoredReply {
+    own(451, 4, 7, 5, format!("DANE: {at}: {error}"))
+}
+
+/// DANE (RFC 7672 2.1.1): a DNSSEC lookup (MX, addresses or TLSA) came back bogus or could not
+/// be done; the host (or the domain) is not used, never downgraded.
+pub fn dane_lookup_failed(name: &str, error: &str) -> StoredReply {
+    own(
+        451,
+        4,
+        7,
+        5,
+        format!("DANE: DNSSEC lookup of {name} failed: {error}"),
+    )
+}
+
 /// `host NAME[ADDR]`: how tern's own statuses say which host they are about.
 pub fn at(name: &str, addr: Option<IpAddr>) -> String {
     match addr {
@@ -615,6 +639,11 @@ mod tests {
             cluster_slots_busy("mx remote.test", 5, Duration::from_secs(300)),
             mta_sts_no_matching_mx("remote.test", "*.remote.test", "mx.other.test"),
             mta_sts_tls_failed("remote.test", &at, e),
+            dane_mismatch(
+                "DANE: certificate of mx.remote.test does not match its TLSA records (3 1 1)",
+            ),
+            dane_tls_failed(&at, e),
+            dane_lookup_failed("_25._tcp.mx.remote.test", e),
             err(ClientError::Unusable),
             client_error(&at, &ClientError::Unusable, true),
             err(ClientError::TooSlow {

@@ -176,6 +176,9 @@ async fn serve(
 
     let shutdown = CancellationToken::new();
     let live = LiveConfig::new(cfg.clone());
+    // TLS-RPT (RFC 8460, `[tls_rpt]`): before the relay, so the saved counters are loaded
+    // before the first delivery adds to them.
+    let tls_rpt = tern_relay::tls_rpt::spawn(cfg.clone(), queue.clone());
     let workers = Arc::new(tern_relay::spawn(
         cfg.clone(),
         queue.clone(),
@@ -218,6 +221,8 @@ async fn serve(
         let _ = a.await;
     }
     workers.stop().await;
+    // After the relay: the last sessions are counted, then the counters are written.
+    tls_rpt.stop().await;
     info!("tern stopped");
     Ok(())
 }
