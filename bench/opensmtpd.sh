@@ -36,7 +36,19 @@ CONF=$OS/smtpd.conf
 PIDFILE=$OS/smtpd.pid
 BIN=$ROOT/usr/sbin/smtpd
 
+# The unpacked binaries need the shared libraries their packages depend on (a fresh machine has few of
+# them: Exim wants libidn12 and libgnutls-dane0, OpenSMTPD libevent). Only the lib* dependencies are
+# installed: the packages themselves would conflict with postfix.
+install_libs() {
+    local libs
+    libs=$(apt-cache depends --no-recommends --no-suggests opensmtpd 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}' | sort -u)
+    # shellcheck disable=SC2086
+    dpkg -s $libs >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $libs </dev/null >/dev/null; }
+}
+
 install_opensmtpd() {
+    install_libs
     # The same steps as .ci/run.
     if [ ! -x "$BIN" ]; then
         local d
@@ -53,6 +65,8 @@ install_opensmtpd() {
             --shell /usr/sbin/nologin "$u"
     done
     mkdir -p /var/lib/opensmtpd/empty
+    # The mount points start() binds the private spool and run directory over.
+    mkdir -p /var/spool/smtpd
     getent group vmail >/dev/null || groupadd --system vmail
     id vmail >/dev/null 2>&1 || useradd --system -g vmail -d /nonexistent -s /usr/sbin/nologin vmail
 }
