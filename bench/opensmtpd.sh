@@ -35,6 +35,7 @@ OS=$BENCH_DIR/opensmtpd
 CONF=$OS/smtpd.conf
 PIDFILE=$OS/smtpd.pid
 BIN=$ROOT/usr/sbin/smtpd
+SHIM=$OS/listen_backlog.so
 
 # The unpacked binaries need the shared libraries their packages depend on (a fresh machine has few of
 # them: Exim wants libidn12 and libgnutls-dane0, OpenSMTPD libevent). Only the lib* dependencies are
@@ -101,6 +102,13 @@ EOF
     chmod 644 "$CONF"
     { grep -v '^lookup' /etc/resolv.conf; echo "lookup file bind"; } >"$OS/resolv.conf"
     "$BIN" -n -f "$CONF" >/dev/null 2>&1 || { "$BIN" -n -f "$CONF"; exit 1; }
+    # The listen backlog shim (see bench/shim/listen_backlog.c for why).
+    local src
+    src=$(cd "$(dirname "$0")" && pwd)/shim/listen_backlog.c
+    if [ ! -f "$SHIM" ] || [ "$src" -nt "$SHIM" ]; then
+        command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc libc6-dev </dev/null >/dev/null; }
+        gcc -O2 -shared -fPIC -o "$SHIM" "$src" -ldl
+    fi
 }
 
 running() {
@@ -113,7 +121,7 @@ start() {
     # -F: foreground, no debug output (-d and -v log every event to stderr and are slow). Logs go to syslog,
     # which this machine does not run: OpenSMTPD writes no log here (Postfix and Exim write one each).
     setsid unshare -m --propagation private sh -c \
-        "mount --bind '$OS/spool' /var/spool/smtpd && mount --bind '$OS/run' /run && mount --bind '$ROOT/usr/libexec' /usr/libexec && mount --bind '$OS/resolv.conf' /etc/resolv.conf && exec '$BIN' -F -f '$CONF'" \
+        "mount --bind '$OS/spool' /var/spool/smtpd && mount --bind '$OS/run' /run && mount --bind '$ROOT/usr/libexec' /usr/libexec && mount --bind '$OS/resolv.conf' /etc/resolv.conf && LD_PRELOAD='$SHIM' BENCH_LISTEN_BACKLOG=1024 exec '$BIN' -F -f '$CONF'" \
         </dev/null >>"$OS/smtpd.out" 2>&1 &
     echo $! >"$PIDFILE"
     local i
