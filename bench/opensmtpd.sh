@@ -84,10 +84,14 @@ setup() {
 # - smtp limit max-mails / max-rcpt: defaults (100 / 1000) are above what one session sends here.
 # - mda limit: at most 50 deliveries at once and 7 per user by default; every message here goes to the one
 #   user vmail, so 7 would serialize the local rows: raised to 100 / 100 (parse.y keywords of 6.8).
-# - mta limit max-conn-per-host: 10 by default (Postfix: 20 per destination): raised to 20 for the relay rows.
+# - mta limit (limit.c of 6.8): 10 connections per host and 5 per route by default (Postfix: 20 per
+#   destination), raised to 20 each; and delays meant for politeness to remote MXs, which hold every relayed
+#   message back by seconds when the next hop is one smarthost (here smtp-sink, as for Postfix's transport):
+#   conn-delay-route (5 s between new connections on a route), conn-delay-relay (2 s) and reconn-delay-route
+#   (3 s) set to 0.
 smtp max-message-size 50M
 mda limit max-session 100 max-session-per-user 100
-mta limit max-conn-per-host 20
+mta limit max-conn-per-host 20 max-conn-per-route 20 conn-delay-route 0 conn-delay-relay 0 reconn-delay-route 0
 
 listen on 127.0.0.1 port $OSMTPD_PORT hostname opensmtpd.bench.invalid
 
