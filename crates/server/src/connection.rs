@@ -48,7 +48,7 @@ pub enum Effect {
     Filter(FilterStep, FilterTicket),
     /// Make this message durable, then [`Connection::stored`] with the result. The body is the
     /// client's data without the trace header in `accepted.received`.
-    Store(Accepted, DataBody, StoreTicket),
+    Store(Box<Accepted>, DataBody, StoreTicket),
     /// The message being received is large: put these bytes on disk (see [`SpoolOp`]). No
     /// answer is needed unless the write fails ([`Connection::spool_failed`]).
     Spool(SpoolOp),
@@ -426,7 +426,7 @@ pub struct Connection {
     input: Input,
     phase: Phase,
     /// The BDAT message being received (between and during its chunks).
-    bdat: Option<BdatMessage>,
+    bdat: Option<Box<BdatMessage>>,
     /// The spool file of an abandoned message must go before anything else happens (the next
     /// message's first append would otherwise extend it).
     discard_spool: bool,
@@ -435,7 +435,7 @@ pub struct Connection {
     /// `out` must go out before anything else is processed.
     flush: bool,
     /// The effect to emit once `out` has been flushed.
-    pending: Option<Effect>,
+    pending: Option<Box<Effect>>,
     epoch: u64,
     accepted: u32,
     rejected: u32,
@@ -538,7 +538,7 @@ impl Connection {
                 return Some(Effect::Spool(SpoolOp::Discard));
             }
             if let Some(effect) = self.pending.take() {
-                return Some(effect);
+                return Some(*effect);
             }
             if let Phase::Data(DataPhase { done: true, .. }) = self.phase {
                 if let Phase::Data(d) = std::mem::replace(&mut self.phase, Phase::Command) {
@@ -743,7 +743,10 @@ impl Connection {
         }
         self.queue(&reply);
         self.flush = false;
-        self.pending = Some(Effect::Close(std::mem::take(&mut self.out), reason));
+        self.pending = Some(Box::new(Effect::Close(
+            std::mem::take(&mut self.out),
+            reason,
+        )));
         self.phase = Phase::Closed;
     }
 
@@ -793,25 +796,25 @@ impl Connection {
                 self.reader.clear();
                 self.input.clear();
                 self.phase = Phase::AwaitTls;
-                self.pending = Some(Effect::StartTls(TlsTicket(())));
+                self.pending = Some(Box::new(Effect::StartTls(TlsTicket(()))));
             }
             Action::Verify(creds) => {
                 // The replies so far go out before the (slow, maybe delayed) check.
                 self.flush = true;
                 self.phase = Phase::AwaitVerify;
-                self.pending = Some(Effect::Verify(creds, VerifyTicket(())));
+                self.pending = Some(Box::new(Effect::Verify(creds, VerifyTicket(()))));
             }
             Action::CheckSpf(query) => {
                 // The replies so far go out before the DNS lookups.
                 self.flush = true;
                 self.phase = Phase::AwaitSpf;
-                self.pending = Some(Effect::CheckSpf(query, SpfTicket(())));
+                self.pending = Some(Box::new(Effect::CheckSpf(query, SpfTicket(()))));
             }
             Action::Filter(step) => {
                 // The replies so far go out before the filters are asked.
                 self.flush = true;
                 self.phase = Phase::AwaitFilter;
-                self.pending = Some(Effect::Filter(step, FilterTicket(())));
+                self.pending = Some(Box::new(Effect::Filter(step, FilterTicket(()))));
             }
         }
     }
@@ -831,7 +834,9 @@ impl Connection {
             Some(reply) => ChunkUse::Refused(reply),
             None => {
                 let mode = crate::data::line_endings(self.cfg.smtp.bare_line_endings);
-                let m = self.bdat.get_or_insert_with(|| BdatMessage::new(mode));
+                let m = self
+                    .bdat
+                    .get_or_insert_with(|| Box::new(BdatMessage::new(mode)));
                 if m.size.saturating_add(chunk.size) > self.cfg.limits.max_message_size {
                     ChunkUse::TooBig
                 } else {
@@ -907,7 +912,7 @@ impl Connection {
                     let doomed = m.doomed();
                     let keep = BDAT_IDLE_KEEP.min(self.spill_at);
                     if let Some(op) = m.sink.spill(keep.saturating_add(1), doomed) {
-                        self.pending = Some(Effect::Spool(op));
+                        self.pending = Some(Box::new(Effect::Spool(op)));
                     }
                 }
                 self.queue(&replies::chunk_received(c.size));
@@ -969,7 +974,11 @@ impl Connection {
                 };
                 self.flush = true;
                 self.phase = Phase::AwaitStore;
-                self.pending = Some(Effect::Store(accepted, body, StoreTicket(())));
+                self.pending = Some(Box::new(Effect::Store(
+                    Box::new(accepted),
+                    body,
+                    StoreTicket(()),
+                )));
             }
         }
     }

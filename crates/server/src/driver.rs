@@ -36,9 +36,11 @@ use crate::tls::TlsProvider;
 
 pub use crate::stream::{BoxStream, Stream};
 
-/// Command-mode reads are small (a command line is at most 512 octets), which keeps an idle
-/// connection cheap; DATA gets a larger buffer only while a message streams in.
-const COMMAND_READ_BUF: usize = 1024;
+/// Command-mode reads are small (a command line is at most 512 octets, RFC 5321 4.5.3.1.4;
+/// a longer one, such as AUTH with a large initial response, just takes more reads), which
+/// keeps an idle connection cheap: 10,000 of them hold 10,000 of these buffers. DATA gets a
+/// larger buffer only while a message streams in.
+const COMMAND_READ_BUF: usize = 512;
 const DATA_READ_BUF: usize = 64 * 1024;
 /// The read buffer of a session that found the DATA memory budget spent.
 const LEAN_DATA_READ_BUF: usize = 8 * 1024;
@@ -182,10 +184,21 @@ impl Io {
 }
 
 impl<S: MessageStore> Driver<S> {
-    pub async fn run(&self, stream: BoxStream, session: Session) {
+    /// Serves one connection to its end. The session state goes to the heap before the future
+    /// is built: an async fn keeps its by-value arguments in the future next to what it moves
+    /// them into, and this future lives for every idle connection (10,000 of them must fit in
+    /// 60 MB, docs/performance.md).
+    pub fn run(
+        &self,
+        stream: BoxStream,
+        session: Session,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.run_boxed(stream, Box::new(Connection::new(session)))
+    }
+
+    async fn run_boxed(&self, stream: BoxStream, mut conn: Box<Connection>) {
         let started = Instant::now();
-        let peer = session.conn().peer;
-        let mut conn = Connection::new(session);
+        let peer = conn.session().conn().peer;
         let session_end = started + self.cfg.limits.max_session_time;
         let mut io = Io {
             stream,
@@ -194,10 +207,11 @@ impl<S: MessageStore> Driver<S> {
             shutdown: self.shutdown.clone(),
         };
         // The milters see the client before it is greeted; one may refuse it (554 or 421).
-        let mut filters = FilterChain::for_session(&self.cfg, conn.session().conn());
+        // Boxed: most sessions have no filters, and this future lives for every idle connection.
+        let mut filters = FilterChain::for_session(&self.cfg, conn.session().conn()).map(Box::new);
         let greeting = match &mut filters {
             Some(chain) => tokio::select! {
-                r = chain.connect() => r.map_or_else(|r| Err(r.to_bytes()), |()| Ok(conn.greeting())),
+                r = Box::pin(chain.connect()) => r.map_or_else(|r| Err(r.to_bytes()), |()| Ok(conn.greeting())),
                 _ = self.shutdown.cancelled() => Err(conn.session().shutdown_reply().to_bytes()),
             },
             None => Ok(conn.greeting()),
@@ -214,7 +228,7 @@ impl<S: MessageStore> Driver<S> {
             }
         };
         if let Some(chain) = filters {
-            chain.quit().await;
+            Box::pin(chain.quit()).await;
         }
         let session = conn.session();
         if let Some(txn) = session.transaction() {
@@ -241,7 +255,7 @@ impl<S: MessageStore> Driver<S> {
         io: &mut Io,
         conn: &mut Connection,
         session_end: Instant,
-        filters: &mut Option<FilterChain>,
+        filters: &mut Option<Box<FilterChain>>,
     ) -> End {
         // The wait in progress and when it began: the deadline counts from the start of a wait
         // (RFC 5321 4.5.3.2), not per read, so a client trickling bytes cannot stretch it.
@@ -264,7 +278,7 @@ impl<S: MessageStore> Driver<S> {
                         return reason.into();
                     }
                     Effect::StartTls(ticket) => {
-                        match self.start_tls(io, conn.session().conn().peer).await {
+                        match Box::pin(self.start_tls(io, conn.session().conn().peer)).await {
                             Ok(description) => conn.tls_established(ticket, description),
                             Err(end) => return end,
                         }
@@ -302,7 +316,7 @@ impl<S: MessageStore> Driver<S> {
                             // DNS lookups, bounded by the verifier's deadline; a shutdown does
                             // not wait for them.
                             Some(v) => tokio::select! {
-                                o = v.check_spf_mail(query.ip, &query.helo, &query.mail_from) => o,
+                                o = Box::pin(v.check_spf_mail(query.ip, &query.helo, &query.mail_from)) => o,
                                 _ = self.shutdown.cancelled() => {
                                     conn.shutdown();
                                     continue;
@@ -313,9 +327,9 @@ impl<S: MessageStore> Driver<S> {
                         conn.spf_checked(ticket, outcome);
                     }
                     Effect::Filter(step, ticket) => {
-                        let verdict = match filters.as_mut() {
+                        let verdict = match filters.as_deref_mut() {
                             Some(chain) => tokio::select! {
-                                v = chain.step(&step, conn.session()) => v,
+                                v = Box::pin(chain.step(&step, conn.session())) => v,
                                 _ = self.shutdown.cancelled() => {
                                     conn.shutdown();
                                     continue;
@@ -326,7 +340,7 @@ impl<S: MessageStore> Driver<S> {
                         conn.filtered(ticket, verdict);
                     }
                     Effect::Spool(SpoolOp::Append(bytes)) => {
-                        if let Err(e) = spool.append(self.store.clone(), bytes).await {
+                        if let Err(e) = Box::pin(spool.append(self.store.clone(), bytes)).await {
                             warn!(client = %conn.session().conn().peer, error = %e,
                                 "spooling a message failed");
                             conn.spool_failed(e);
@@ -337,7 +351,7 @@ impl<S: MessageStore> Driver<S> {
                         let body = match body {
                             DataBody::Memory(bytes) => MessageBody::Memory(bytes),
                             DataBody::Spooled { tail } => {
-                                match spool.finish(self.store.clone(), tail).await {
+                                match Box::pin(spool.finish(self.store.clone(), tail)).await {
                                     Ok(spooled) => MessageBody::Spooled(spooled),
                                     Err(e) => {
                                         warn!(queue_id = %accepted.id, error = %e,
@@ -362,7 +376,9 @@ impl<S: MessageStore> Driver<S> {
                         // The final dot has arrived (the body is complete): from here to the
                         // reply is what the client waits for.
                         let dot = Instant::now();
-                        let result = self.store_message(accepted, body, filters.as_mut()).await;
+                        let result =
+                            Box::pin(self.store_message(*accepted, body, filters.as_deref_mut()))
+                                .await;
                         let outcome = if result.is_ok() {
                             "accepted"
                         } else {

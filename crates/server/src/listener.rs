@@ -427,7 +427,7 @@ impl<S: MessageStore> Server<S> {
             let Some(tls) = &driver.tls else { return };
             // A client stalling the handshake must not hold up a shutdown.
             let accepted = tokio::select! {
-                r = tls.accept(boxed, cfg.limits.command_timeout) => r,
+                r = Box::pin(tls.accept(boxed, cfg.limits.command_timeout)) => r,
                 _ = driver.shutdown.cancelled() => return,
             };
             match accepted {
@@ -453,6 +453,6 @@ impl<S: MessageStore> Server<S> {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
             );
-        driver.run(boxed, session).await;
+        Box::pin(driver.run(boxed, session)).await;
     }
 }

@@ -87,14 +87,14 @@ enum State {
     /// No transaction open (before MAIL, or after RSET / end of DATA).
     Idle,
     /// MAIL is being answered: its SPF check ([`Action::CheckSpf`]) is out.
-    CheckingSpf(Transaction),
+    CheckingSpf(Box<Transaction>),
     /// MAIL accepted, collecting recipients.
-    Mail(Transaction),
+    Mail(Box<Transaction>),
     /// DATA accepted (354 sent); the driver feeds the message.
-    Data(Transaction),
+    Data(Box<Transaction>),
     /// A BDAT was accepted (RFC 3030): the message arrives in chunks, the connection keeps
     /// what came so far, the chunk with LAST ends it.
-    Bdat(Transaction),
+    Bdat(Box<Transaction>),
 }
 
 /// What the driver must do after a command.
@@ -165,7 +165,7 @@ pub enum FilterVerdict {
 #[derive(Debug, Clone)]
 enum Pending {
     Helo(Helo, Reply),
-    Mail(Transaction),
+    Mail(Box<Transaction>),
     Rcpt(AcceptedRecipient),
     Data,
     /// The first BDAT of a transaction (shown to the filters as DATA).
@@ -373,7 +373,7 @@ impl Session {
 
     /// MAIL passed every check of the session: the transaction opens, or waits for the
     /// filters.
-    fn open_transaction(&mut self, txn: Transaction) -> Action {
+    fn open_transaction(&mut self, txn: Box<Transaction>) -> Action {
         self.bdat_failed = false;
         if !self.filtered {
             self.state = State::Mail(txn);
@@ -736,10 +736,10 @@ impl Session {
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
             };
-            self.state = State::CheckingSpf(txn);
+            self.state = State::CheckingSpf(Box::new(txn));
             return Action::CheckSpf(query);
         }
-        self.open_transaction(txn)
+        self.open_transaction(Box::new(txn))
     }
 
     /// The outcome of [`Action::CheckSpf`] (`None`: no verifier, or SPF off): a `fail` refused
