@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark tern against Postfix, Exim and OpenSMTPD (issues 6 and 15). Needs root (the peers, the vmail user,
-# cgroups, strace) and ~40 minutes for the full matrix with all four servers (Exim and OpenSMTPD are slow here).
+# cgroups, strace) and ~20 minutes for the full matrix with all four servers (2026-12-04, 2 cores).
 #
 #   bench/run.sh            full matrix: 3 repetitions, medians, fsyncs per message, 10,000 idle connections
-#   bench/run.sh --quick    reduced matrix: 1 repetition, fewer messages (smoke test, ~12 minutes)
+#   bench/run.sh --quick    reduced matrix: 1 repetition, fewer messages (smoke test, ~7 minutes)
 #   bench/run.sh --servers postfix,exim,opensmtpd,tern   (the default) any subset; --only TEXT filters workloads
 #   bench/run.sh --reps 2 --no-idle --no-fsync           fewer repetitions, skip the idle or the strace pass
+#   bench/run.sh --generator smtp-source                 Postfix's smtp-source instead of loadgen (see bench.py generate())
 #
 # Installs what is missing (postfix from Debian; Exim and OpenSMTPD unpacked by bench/exim.sh and
 # bench/opensmtpd.sh, since their packages conflict with postfix), builds tern and bench/loadgen in release mode,
