@@ -66,8 +66,10 @@ install_opensmtpd() {
             --shell /usr/sbin/nologin "$u"
     done
     mkdir -p /var/lib/opensmtpd/empty
-    # The mount points start() binds the private spool and run directory over.
+    # The mount point start() binds the private spool over. OpenSMTPD itself (as the e2e tests run it,
+    # without the bind mount) refuses a spool that is not mode 711, so it is created that way.
     mkdir -p /var/spool/smtpd
+    chmod 711 /var/spool/smtpd
     getent group vmail >/dev/null || groupadd --system vmail
     id vmail >/dev/null 2>&1 || useradd --system -g vmail -d /nonexistent -s /usr/sbin/nologin vmail
 }
