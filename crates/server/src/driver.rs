@@ -250,6 +250,9 @@ impl<S: MessageStore> Driver<S> {
     }
 
     /// Runs the connection until it closes: effects first, then a read when it waits for input.
+    /// The futures of the rarer effects (STARTTLS, SPF, filters, spooling, the store) are boxed:
+    /// inline, each would widen the state that every idle connection keeps while it waits for
+    /// a command (docs/performance.md, "Idle connections, before and after").
     async fn serve(
         &self,
         io: &mut Io,

@@ -82,6 +82,8 @@ pub struct Transaction {
     discard: bool,
 }
 
+/// Where the session stands in a mail transaction. The transaction is boxed: an idle session
+/// keeps only the pointer (10,000 idle connections must fit in 60 MB).
 #[derive(Debug, Clone)]
 enum State {
     /// No transaction open (before MAIL, or after RSET / end of DATA).
