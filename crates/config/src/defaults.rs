@@ -77,7 +77,10 @@ pub const MAX_NEW_MAILBOXES_PER_MINUTE: usize = 60;
 /// Concurrent password checks: about one per core, since argon2 is CPU-bound (and takes 19 MiB
 /// each); more in flight would only queue and cost memory.
 pub fn max_auth_checks() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    // Asked once: std reads /proc/self/cgroup and the CPU quota files on every call (about 20
+    // system calls), and default limits are built in places that run per connection.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 pub const VRFY: bool = false;

@@ -266,6 +266,9 @@ pub struct Session {
 
 impl Session {
     pub fn new(cfg: Arc<Config>, conn: ConnInfo) -> Self {
+        // A session of its own (tests, `tern explain`) counts alone, by its config's limits;
+        // the listener shares the server's tracker (`with_tracker`).
+        let tracker = Arc::new(ClientTracker::for_limits(&cfg.limits));
         Self {
             cfg,
             conn,
@@ -276,7 +279,7 @@ impl Session {
             authenticated: None,
             auth_attempt: None,
             auth_exchange: None,
-            tracker: Arc::new(ClientTracker::new()),
+            tracker,
             storing: None,
             low_space: LowSpace::default(),
             mailbox_cap: None,
