@@ -592,7 +592,7 @@ fn unique_base(host: &str) -> String {
         "{}.M{}P{}Q{}R{:016x}.{host}",
         now.as_secs(),
         now.subsec_micros(),
-        std::process::id(),
+        tern_queue::durable::pid(),
         DELIVERIES.fetch_add(1, Ordering::Relaxed),
         rand::random::<u64>(),
     )

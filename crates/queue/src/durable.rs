@@ -189,12 +189,19 @@ pub fn rewrite_synced(path: &Path, parts: &[&[u8]], faults: &dyn Faults) -> io::
     })
 }
 
+/// This process's id, for unique file names. Asked once: `std::process::id` is a system call
+/// each time (glibc no longer caches it), and every stored message names a file or two.
+pub fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// A fresh temp-file name in `dir` (nothing is created). Recovery removes files so named.
 pub fn temp_name(dir: &Path, hint: &str) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(
         "{TEMP_PREFIX}{hint}.{}.{n}.{:016x}",
-        std::process::id(),
+        pid(),
         rand::random::<u64>()
     ))
 }
@@ -244,7 +251,7 @@ fn create_temp(dir: &Path, hint: &str) -> io::Result<(File, PathBuf)> {
         .filter(char::is_ascii_alphanumeric)
         .take(48)
         .collect();
-    let pid = std::process::id();
+    let pid = pid();
     let mut last = None;
     for _ in 0..8 {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
