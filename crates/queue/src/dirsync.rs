@@ -94,7 +94,28 @@ impl DirSyncer {
 
     /// Makes every rename into `dir` that completed before this call durable. Blocking.
     pub fn sync(&self, dir: &Path) -> io::Result<()> {
-        self.state(dir).run(|| fsync_dir(dir))
+        let state = self.state(dir);
+        let result = state.run(|| fsync_dir(dir));
+        self.forget_if_unused(dir, &state);
+        result
+    }
+
+    /// Drops a directory's entry once nobody is syncing it, so the map holds only the
+    /// directories in use: with a catch-all, new mailboxes arrive all the time, and an entry
+    /// per Maildir ever written to would grow without bound. A caller that took the entry
+    /// just before keeps its own `Arc`; a later caller starts a fresh one, and each still
+    /// gets a flush that started after its rename.
+    fn forget_if_unused(&self, dir: &Path, state: &Arc<GroupCommit>) {
+        let mut dirs = lock(&self.dirs);
+        // One reference is the map's, one is ours.
+        if Arc::strong_count(state) == 2 {
+            dirs.remove(dir);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        lock(&self.dirs).len()
     }
 }
 
@@ -121,11 +142,35 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        let state = syncer.state(dir.path());
-        let p = lock(&state.progress);
-        assert_eq!(p.requested, 320);
-        assert_eq!(p.synced, 320);
-        assert!(!p.running);
+        // Every caller is done: nothing is left in the map.
+        assert_eq!(syncer.tracked(), 0);
+    }
+
+    #[test]
+    fn the_map_holds_only_directories_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let syncer = DirSyncer::new();
+        for i in 0..100 {
+            let d = root.path().join(format!("mailbox{i}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("msg"), b"x").unwrap();
+            syncer.sync(&d).unwrap();
+        }
+        assert_eq!(
+            syncer.tracked(),
+            0,
+            "one entry per directory ever synced would leak"
+        );
+    }
+
+    #[test]
+    fn a_round_covers_every_ticket_handed_out_before_it() {
+        let gc = GroupCommit::default();
+        for _ in 0..3 {
+            gc.run(|| Ok(())).unwrap();
+        }
+        let p = lock(&gc.progress);
+        assert_eq!((p.requested, p.synced, p.running), (3, 3, false));
     }
 
     #[test]
