@@ -801,8 +801,7 @@ mod tests {
                 .begin_auth(client, "alice@tern.test", 100, 100)
                 .unwrap();
         }
-        let session =
-            Session::new(d.cfg.clone(), conn(ListenerKind::Submission)).with_tracker(tracker);
+        let session = Session::sharing(d.cfg.clone(), conn(ListenerKind::Submission), tracker);
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let run = tokio::spawn({
             let d = d.clone();

@@ -444,8 +444,7 @@ impl<S: MessageStore> Server<S> {
                 }
             }
         }
-        let session = Session::new(cfg.clone(), conn)
-            .with_tracker(self.clients.clone())
+        let session = Session::sharing(cfg.clone(), conn, self.clients.clone())
             .with_low_space(self.low_space.clone())
             .with_mailbox_cap(
                 self.mailbox_cap

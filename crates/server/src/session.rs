@@ -265,10 +265,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session that counts alone (tests, `tern explain`), by its config's limits.
     pub fn new(cfg: Arc<Config>, conn: ConnInfo) -> Self {
-        // A session of its own (tests, `tern explain`) counts alone, by its config's limits;
-        // the listener shares the server's tracker (`with_tracker`).
         let tracker = Arc::new(ClientTracker::for_limits(&cfg.limits));
+        Self::sharing(cfg, conn, tracker)
+    }
+
+    /// A session whose per-client counters (message rate, AUTH failures) are the server's,
+    /// shared with every other session: what the listener builds for each connection.
+    pub fn sharing(cfg: Arc<Config>, conn: ConnInfo, tracker: Arc<ClientTracker>) -> Self {
         Self {
             cfg,
             conn,
@@ -413,12 +418,6 @@ impl Session {
     /// Shares the new-mailbox caps (the per-minute count is server-wide).
     pub fn with_mailbox_cap(mut self, cap: Arc<MailboxCap>) -> Self {
         self.mailbox_cap = Some(cap);
-        self
-    }
-
-    /// Shares per-client counters (message rate, AUTH failures) with the other sessions.
-    pub fn with_tracker(mut self, tracker: Arc<ClientTracker>) -> Self {
-        self.tracker = tracker;
         self
     }
 

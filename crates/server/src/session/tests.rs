@@ -468,7 +468,7 @@ fn auth_lockout_holds_on_a_new_connection() {
     );
     let tracker = Arc::new(ClientTracker::new());
     let open = |peer: &str| {
-        Session::new(
+        Session::sharing(
             cfg.clone(),
             ConnInfo {
                 peer: peer.parse().unwrap(),
@@ -477,8 +477,8 @@ fn auth_lockout_holds_on_a_new_connection() {
                 tls: Some("TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
                 tls_available: true,
             },
+            tracker.clone(),
         )
-        .with_tracker(tracker.clone())
     };
     const PLAIN: &[u8] = b"AUTH PLAIN AGFsaWNlQHRlcm4udGVzdABwdw==";
 
