@@ -69,6 +69,10 @@ struct Args {
     /// Probe mode: measure fsync rates in this directory (on the data disk) and loopback bandwidth.
     #[arg(long)]
     probe: Option<PathBuf>,
+    /// Runtime threads; 0 is one per core. Measured at 20 sessions of 1 KiB: one thread costs
+    /// the client 3 % less CPU per message but the server gets ~10 % fewer messages per second.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Probe mode: seconds per probe.
     #[arg(long, default_value_t = 2.0)]
     probe_secs: f64,
@@ -96,9 +100,18 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     // 10k connections need 10k descriptors; the soft limit is often 1024.
     let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     if let Some(n) = args.idle {
         if nofile < n + 64 {
             eprintln!(

@@ -13,6 +13,9 @@ use tokio::time::timeout;
 const MAX_LINE: usize = 4096;
 /// Most continuation lines in one reply (EHLO lists a dozen capabilities at most).
 const MAX_LINES: usize = 100;
+/// A message up to this size (with its final ".") goes out in one write. smtp-source does the
+/// same: it writes into its stream buffer and flushes once before it reads the reply.
+const ONE_WRITE: usize = 64 * 1024;
 
 /// One connected SMTP client.
 pub struct Client {
@@ -20,6 +23,8 @@ pub struct Client {
     writer: OwnedWriteHalf,
     timeout: Duration,
     line: String,
+    /// Reused for the one write of a small message.
+    out: Vec<u8>,
 }
 
 impl Client {
@@ -38,6 +43,7 @@ impl Client {
             writer: w,
             timeout: limit,
             line: String::new(),
+            out: Vec::new(),
         };
         let code = c.reply().await.context("greeting")?;
         Ok((c, code))
@@ -91,7 +97,7 @@ impl Client {
     }
 
     /// Sends a message on an open session (after EHLO) and returns the time from writing the final
-    /// "." to reading the reply to it. Errors when any step is refused.
+    /// "." (for a small message: the one write that ends with it) to reading the reply to it. Errors when any step is refused.
     pub async fn transaction(
         &mut self,
         from: &str,
@@ -107,11 +113,29 @@ impl Client {
             expect(self.command(&format!("RCPT TO:<{r}>")).await?, 250, "RCPT")?;
         }
         expect(self.command("DATA").await?, 354, "DATA")?;
-        for part in content {
-            self.send(part).await?;
-        }
-        let t0 = Instant::now();
-        self.send(b".\r\n").await?;
+        let t0 = if content.iter().map(|p| p.len()).sum::<usize>() + 3 <= ONE_WRITE {
+            // One system call instead of one per part: the client's CPU per message is part of
+            // every server's figure on a machine with few cores. The clock starts before the
+            // write; for a message this small the write only copies into the socket buffer.
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            for part in content {
+                out.extend_from_slice(part);
+            }
+            out.extend_from_slice(b".\r\n");
+            let t0 = Instant::now();
+            let sent = self.send(&out).await;
+            self.out = out;
+            sent?;
+            t0
+        } else {
+            for part in content {
+                self.send(part).await?;
+            }
+            let t0 = Instant::now();
+            self.send(b".\r\n").await?;
+            t0
+        };
         let code = self.reply().await.context("reply to final dot")?;
         let took = t0.elapsed();
         expect(code, 250, "final dot")?;
@@ -164,8 +188,8 @@ mod tests {
     }
 
     /// A scripted server: reads the client's bytes and answers each line as a real server would.
-    #[tokio::test]
-    async fn transaction_against_scripted_server() {
+    /// Returns what the client sent between DATA and the end of the final ".".
+    async fn transaction_against_scripted_server(content: &[&[u8]]) -> Vec<u8> {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
@@ -209,12 +233,26 @@ mod tests {
         assert_eq!(code, 220);
         assert_eq!(c.command("EHLO client.test").await.unwrap(), 250);
         let rcpts = vec!["a@x.test".to_string(), "b@x.test".to_string()];
-        c.transaction("s@y.test", &rcpts, &[b"Subject: t\r\n\r\n", b"hello\r\n"])
-            .await
-            .unwrap();
+        c.transaction("s@y.test", &rcpts, content).await.unwrap();
         assert_eq!(c.command("NOOP").await.unwrap(), 500);
         c.quit().await;
-        let data = server.await.unwrap();
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_small_message_goes_out_whole() {
+        let data =
+            transaction_against_scripted_server(&[b"Subject: t\r\n\r\n", b"hello\r\n"]).await;
         assert_eq!(data, b"Subject: t\r\n\r\nhello\r\n.\r\n");
+    }
+
+    /// Over ONE_WRITE the parts go out one by one, then the dot: the same bytes.
+    #[tokio::test]
+    async fn a_large_message_goes_out_in_parts() {
+        let body = crate::message::body(ONE_WRITE);
+        let data = transaction_against_scripted_server(&[b"Subject: t\r\n\r\n", &body]).await;
+        assert_eq!(data.len(), 14 + ONE_WRITE + 3);
+        assert!(data.starts_with(b"Subject: t\r\n\r\nabc"));
+        assert!(data.ends_with(b"\r\n.\r\n"));
     }
 }
